@@ -1,0 +1,38 @@
+//! The `weir` command.
+
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: a Postgres-backed job queue whose every decision is made by one
+/// pure, checked state machine.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a short deterministic demo of the core's reference world: several
+    /// worker processes claim, complete, fail and retry jobs under virtual
+    /// time, one of them stalls and is fenced, and a summary is printed.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("weir: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,991 @@
+//! The invariants of `../shared/DESIGN.md`, as checks over a world and over
+//! one step of it.
+//!
+//! [`World::check_invariants`] looks at one state; [`World::check_step`]
+//! looks at a state, the command applied to it, the outcome and the next
+//! state (for what can only be seen across a step: epochs growing, stale
+//! writes changing nothing, one leader per term). Debug builds run the first
+//! after every [`World::apply`]; the property tests, the simulator and the
+//! model checker run both. Each violation is named after the invariant it
+//! breaks, with the same name in TLA+ and stateright (`correctness/MAPPING.md`).
+//!
+//! Two invariants hold by construction and have no runtime check:
+//! "no slot with two holders" (a slot has one `Option<SlotHolder>`) and
+//! "every job is in exactly one state" at the entity level (a job has one
+//! [`JobState`]); what can still go wrong — the indexes disagreeing with the
+//! jobs — is checked as [`Violation::NoJobLost`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::ids::{
+    Attempt, ClaimerSlot, Epoch, JobId, LeaderTerm, LeaseEpoch, ProcessId, QueueName, Receipt,
+    SemaphoreName, SlotEpoch, SlotIndex,
+};
+use crate::job::JobState;
+use crate::reject::StateName;
+use crate::world::{Command, Outcome, World};
+
+/// A broken invariant: always a bug.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A job used more attempts than it is allowed.
+    AttemptsBounded {
+        /// The job.
+        job: JobId,
+        /// Attempts used.
+        attempt: Attempt,
+        /// Attempts allowed.
+        max: Attempt,
+    },
+    /// A job waiting to run has no attempt left to run with.
+    QueuedJobHasAttemptLeft {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: StateName,
+    },
+    /// A running job whose epoch or attempt could not come from a claim.
+    AtMostOneLiveAttempt {
+        /// The job.
+        job: JobId,
+    },
+    /// A job is missing from, or misfiled in, the indexes, or the counts of
+    /// inserted and pruned jobs do not add up.
+    NoJobLost {
+        /// The job, when one is to blame.
+        job: Option<JobId>,
+        /// What disagrees.
+        what: &'static str,
+    },
+    /// More claimer slots, or active claimers, than K on a queue.
+    AtMostKActiveClaimers {
+        /// The queue.
+        queue: QueueName,
+        /// Slots counted.
+        count: usize,
+        /// K.
+        k: u16,
+    },
+    /// A semaphore with more slots, or holders, than N.
+    AtMostNHolders {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// Slots or holders counted.
+        count: usize,
+        /// N.
+        permits: u16,
+    },
+    /// A leader with no term.
+    LeaderHasTerm,
+    /// A job's epoch went down.
+    EpochsOnlyGrow {
+        /// The job.
+        job: JobId,
+        /// Before the step.
+        before: Epoch,
+        /// After the step.
+        after: Epoch,
+    },
+    /// A claimer slot's lease epoch went down.
+    LeaseEpochsOnlyGrow {
+        /// The queue.
+        queue: QueueName,
+        /// The slot.
+        slot: ClaimerSlot,
+        /// Before the step.
+        before: LeaseEpoch,
+        /// After the step.
+        after: LeaseEpoch,
+    },
+    /// A semaphore slot's epoch went down.
+    SlotEpochsOnlyGrow {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// The slot.
+        slot: SlotIndex,
+        /// Before the step.
+        before: SlotEpoch,
+        /// After the step.
+        after: SlotEpoch,
+    },
+    /// The leader term went down.
+    LeaderTermsOnlyGrow {
+        /// Before the step.
+        before: LeaderTerm,
+        /// After the step.
+        after: LeaderTerm,
+    },
+    /// Two different leaders held the same term.
+    AtMostOneLeaderPerTerm {
+        /// The term.
+        term: LeaderTerm,
+        /// Its first holder.
+        first: ProcessId,
+        /// Its second holder.
+        second: ProcessId,
+    },
+    /// A write carrying an old epoch changed a job.
+    StaleWriteNeverChangesJob {
+        /// The job.
+        job: JobId,
+        /// The epoch the write carried.
+        presented: Epoch,
+    },
+    /// A finished job changed without an admin retry opening a new epoch.
+    AtMostOneTerminalPerEpoch {
+        /// The job.
+        job: JobId,
+        /// The epoch it finished in.
+        epoch: Epoch,
+    },
+    /// A claim handed out a receipt whose epoch is not newer than every
+    /// epoch the job had before: two attempts could share a receipt.
+    ReceiptIssuedOnce {
+        /// The job.
+        job: JobId,
+        /// The epoch handed out.
+        epoch: Epoch,
+    },
+    /// A running or waiting attempt was taken away from its holder (rescue,
+    /// cancel, callback timeout) without bumping the epoch, so the holder's
+    /// receipt would not be recognisably stale.
+    TakeawayBumpsEpoch {
+        /// The job.
+        job: JobId,
+        /// The epoch that should have been left behind.
+        epoch: Epoch,
+    },
+    /// A slot was granted while it had a live holder: two processes would
+    /// both believe they hold it.
+    NoSlotWithTwoHolders {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// The slot.
+        slot: SlotIndex,
+    },
+    /// A maintenance write was accepted from a process that is not the live
+    /// leader of the current term.
+    DeposedLeaderWriteRejected {
+        /// The term the write carried.
+        presented: LeaderTerm,
+        /// The current term.
+        current: LeaderTerm,
+    },
+    /// A job disappeared in a step that did not prune it.
+    JobVanished {
+        /// The job.
+        job: JobId,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for Violation {}
+
+impl World {
+    /// Checks every invariant that one state can show.
+    pub fn check_invariants(&self) -> Result<(), Violation> {
+        self.check_jobs()?;
+        self.check_indexes()?;
+        self.check_claimers()?;
+        self.check_semaphores()?;
+        if self.leader.holder.is_some() && self.leader.term == LeaderTerm(0) {
+            return Err(Violation::LeaderHasTerm);
+        }
+        Ok(())
+    }
+
+    fn check_jobs(&self) -> Result<(), Violation> {
+        for job in self.jobs.values() {
+            if job.attempt > job.max_attempts {
+                return Err(Violation::AttemptsBounded {
+                    job: job.id,
+                    attempt: job.attempt,
+                    max: job.max_attempts,
+                });
+            }
+            let state = job.state_name();
+            let queued = matches!(
+                state,
+                StateName::Available | StateName::Scheduled | StateName::Retryable
+            );
+            if queued && job.attempt >= job.max_attempts {
+                return Err(Violation::QueuedJobHasAttemptLeft { job: job.id, state });
+            }
+            let live = matches!(state, StateName::Running | StateName::WaitingExternal);
+            if live && (job.epoch == Epoch(0) || job.attempt == Attempt(0)) {
+                return Err(Violation::AtMostOneLiveAttempt { job: job.id });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_indexes(&self) -> Result<(), Violation> {
+        let lost = |job, what| Err(Violation::NoJobLost { job, what });
+        if self.jobs.len() as u64 + self.pruned_total != self.enqueued_total {
+            return lost(None, "jobs + pruned != enqueued");
+        }
+        let indexed = self.available.values().map(BTreeSet::len).sum::<usize>()
+            + self.due.len()
+            + self.running.len()
+            + self.waiting.len()
+            + self.finished.len();
+        if indexed != self.jobs.len() {
+            return lost(None, "index sizes do not add up to the job count");
+        }
+        for job in self.jobs.values() {
+            let id = job.id;
+            let filed = match job.state {
+                JobState::Available { run_at } => self
+                    .available
+                    .get(&job.queue)
+                    .is_some_and(|q| q.contains(&(job.priority, run_at, id))),
+                JobState::Scheduled { run_at } | JobState::Retryable { run_at } => {
+                    self.due.contains(&(run_at, id))
+                }
+                JobState::Running { .. } => self.running.contains(&id),
+                JobState::WaitingExternal { deadline, .. } => {
+                    self.waiting.contains(&(deadline, id))
+                }
+                JobState::Completed { at }
+                | JobState::Failed { at, .. }
+                | JobState::Cancelled { at } => self.finished.contains(&(at, id)),
+            };
+            if !filed {
+                return lost(Some(id), "job is not in the index of its state");
+            }
+            if let Some(key) = &job.unique_key {
+                if self.unique.get(&(job.kind.clone(), key.clone())) != Some(&id) {
+                    return lost(Some(id), "unique key does not point at its job");
+                }
+            }
+        }
+        for &id in self.unique.values() {
+            if !self.jobs.contains_key(&id) {
+                return lost(Some(id), "unique key points at a missing job");
+            }
+        }
+        Ok(())
+    }
+
+    fn check_claimers(&self) -> Result<(), Violation> {
+        let k = self.config.claimer.slots_per_queue;
+        for (queue, table) in &self.claimers {
+            let slots = table.slots().count();
+            let out_of_range = table.slots().any(|(slot, _)| slot.0 >= k);
+            let active = table.active(self.now);
+            if slots > usize::from(k) || out_of_range || active > usize::from(k) {
+                return Err(Violation::AtMostKActiveClaimers {
+                    queue: queue.clone(),
+                    count: slots.max(active),
+                    k,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_semaphores(&self) -> Result<(), Violation> {
+        for (name, semaphore) in &self.semaphores {
+            let permits = semaphore.permits();
+            let slots = semaphore.slots().count();
+            let holders = semaphore.holders(self.now);
+            if slots != usize::from(permits) || holders > usize::from(permits) {
+                return Err(Violation::AtMostNHolders {
+                    semaphore: name.clone(),
+                    count: slots.max(holders),
+                    permits,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what one step may not do: `before` became `after` by applying
+    /// `command`, which answered `outcome`.
+    pub fn check_step(
+        before: &World,
+        command: &Command,
+        outcome: &Outcome,
+        after: &World,
+    ) -> Result<(), Violation> {
+        check_jobs_step(before, command, outcome, after)?;
+        check_fencing_step(before, command, outcome, after)?;
+        check_slot_step(before, command, outcome, after)?;
+        check_leader_step(before, command, outcome, after)?;
+        check_stale_writes(before, command, after)?;
+        check_counters_step(before, after)
+    }
+}
+
+fn check_jobs_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    let pruned: BTreeSet<JobId> = match (command, outcome) {
+        (Command::Prune { .. }, Outcome::Pruned(Ok(ids))) => ids.iter().copied().collect(),
+        _ => BTreeSet::new(),
+    };
+    for (id, old) in &before.jobs {
+        let Some(new) = after.jobs.get(id) else {
+            if pruned.contains(id) && old.state_name().is_terminal() {
+                continue;
+            }
+            return Err(Violation::JobVanished { job: *id });
+        };
+        if new.epoch < old.epoch {
+            return Err(Violation::EpochsOnlyGrow {
+                job: *id,
+                before: old.epoch,
+                after: new.epoch,
+            });
+        }
+        if old.state_name().is_terminal() && new.epoch == old.epoch && new.state != old.state {
+            return Err(Violation::AtMostOneTerminalPerEpoch {
+                job: *id,
+                epoch: old.epoch,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_fencing_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    if let Outcome::Claimed(Ok(claimed)) = outcome {
+        for job in &claimed.jobs {
+            let Receipt { job: id, epoch } = job.receipt;
+            let old = before.jobs.get(&id).map(|j| j.epoch);
+            let new = after.jobs.get(&id).map(|j| j.epoch);
+            if old.is_none_or(|old| epoch <= old) || new != Some(epoch) {
+                return Err(Violation::ReceiptIssuedOnce { job: id, epoch });
+            }
+        }
+    }
+    let takeaway = matches!(command, Command::Cancel { .. } | Command::Rescue { .. });
+    if !takeaway {
+        return Ok(());
+    }
+    for (id, old) in &before.jobs {
+        let live = |s: StateName| matches!(s, StateName::Running | StateName::WaitingExternal);
+        let Some(new) = after.jobs.get(id) else {
+            continue;
+        };
+        if live(old.state_name()) && !live(new.state_name()) && new.epoch <= old.epoch {
+            return Err(Violation::TakeawayBumpsEpoch {
+                job: *id,
+                epoch: old.epoch,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_slot_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    let (Command::SlotTry { semaphore, .. }, Outcome::SlotTried(Ok(grant))) = (command, outcome)
+    else {
+        return Ok(());
+    };
+    let held = before
+        .semaphores
+        .get(semaphore)
+        .and_then(|sem| sem.slots().nth(usize::from(grant.slot.0)))
+        .and_then(|(_, slot)| slot.holder_at(after.now));
+    match held {
+        Some(_) => Err(Violation::NoSlotWithTwoHolders {
+            semaphore: semaphore.clone(),
+            slot: grant.slot,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_leader_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    let grant = match (command, outcome) {
+        (Command::Promote { leader, .. }, Outcome::Promoted(Ok(_)))
+        | (Command::Rescue { leader, .. }, Outcome::Rescued(Ok(_)))
+        | (Command::Prune { leader, .. }, Outcome::Pruned(Ok(_))) => leader,
+        _ => return Ok(()),
+    };
+    if before.leader.leader_at(after.now) != Some(*grant) {
+        return Err(Violation::DeposedLeaderWriteRejected {
+            presented: grant.term,
+            current: before.leader.term,
+        });
+    }
+    Ok(())
+}
+
+/// The receipts a command writes with; a stale one must change nothing.
+fn receipts(command: &Command) -> Vec<crate::ids::Receipt> {
+    match command {
+        Command::Heartbeat { receipts } | Command::Complete { receipts } => receipts.clone(),
+        Command::Fail { failures } => failures.iter().map(|f| f.receipt).collect(),
+        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
+            items.iter().map(|(r, _)| *r).collect()
+        }
+        Command::ResumeExternal { receipt } => vec![*receipt],
+        _ => Vec::new(),
+    }
+}
+
+fn check_stale_writes(before: &World, command: &Command, after: &World) -> Result<(), Violation> {
+    for receipt in receipts(command) {
+        let Some(old) = before.jobs.get(&receipt.job) else {
+            continue;
+        };
+        if receipt.epoch != old.epoch && after.jobs.get(&receipt.job) != Some(old) {
+            return Err(Violation::StaleWriteNeverChangesJob {
+                job: receipt.job,
+                presented: receipt.epoch,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_counters_step(before: &World, after: &World) -> Result<(), Violation> {
+    for (queue, table) in &before.claimers {
+        for (slot, old) in table.slots() {
+            let new = after.claimers.get(queue).and_then(|t| t.lease(slot));
+            match new {
+                Some(new) if new.lease_epoch >= old.lease_epoch => {}
+                _ => {
+                    return Err(Violation::LeaseEpochsOnlyGrow {
+                        queue: queue.clone(),
+                        slot,
+                        before: old.lease_epoch,
+                        after: new.map_or(LeaseEpoch(0), |n| n.lease_epoch),
+                    })
+                }
+            }
+        }
+    }
+    for (name, sem) in &before.semaphores {
+        for (slot, old) in sem.slots() {
+            let new = after
+                .semaphores
+                .get(name)
+                .and_then(|s| s.slots().nth(usize::from(slot.0)).map(|(_, s)| s.epoch));
+            if new.is_none_or(|new| new < old.epoch) {
+                return Err(Violation::SlotEpochsOnlyGrow {
+                    semaphore: name.clone(),
+                    slot,
+                    before: old.epoch,
+                    after: new.unwrap_or_default(),
+                });
+            }
+        }
+    }
+    let (old, new) = (&before.leader, &after.leader);
+    if new.term < old.term {
+        return Err(Violation::LeaderTermsOnlyGrow {
+            before: old.term,
+            after: new.term,
+        });
+    }
+    if let (true, Some(first), Some(second)) = (new.term == old.term, old.holder, new.holder) {
+        if first != second {
+            return Err(Violation::AtMostOneLeaderPerTerm {
+                term: new.term,
+                first,
+                second,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! For each invariant: build a state (or step) that breaks it, and show
+    //! the check names it.
+
+    use super::*;
+    use crate::claimer::ClaimerLease;
+    use crate::ids::{Kind, UniqueKey};
+    use crate::job::{NewJob, Payload};
+    use crate::leader::LeaderGrant;
+    use crate::reject::Reject;
+    use crate::semaphore::{Hold, Slot, SlotGrant, SlotHolder};
+    use crate::time::Timestamp;
+    use crate::world::WorldConfig;
+
+    fn queue() -> QueueName {
+        QueueName::new("q").unwrap()
+    }
+
+    /// A world with one job per interesting state: available, running,
+    /// completed; a claimer lease; a semaphore; a leader.
+    fn world() -> (World, Receipt) {
+        let mut w = World::new(WorldConfig::default());
+        let now = Timestamp(1_000);
+        let new = |key: Option<&str>| NewJob {
+            max_attempts: 3,
+            unique_key: key.map(|k| UniqueKey::new(k).unwrap()),
+            ..NewJob::new(queue(), Kind::new("k").unwrap(), Payload::default())
+        };
+        w.apply(
+            now,
+            Command::Enqueue {
+                jobs: vec![new(Some("u")), new(None), new(None)],
+            },
+        );
+        let Outcome::ClaimerAcquired(Ok((claimer, _))) = w.apply(
+            now,
+            Command::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(1),
+            },
+        ) else {
+            unreachable!()
+        };
+        let Outcome::Claimed(Ok(claimed)) = w.apply(
+            now,
+            Command::Claim {
+                queue: queue(),
+                claimer,
+                max: 2,
+                kinds: None,
+            },
+        ) else {
+            unreachable!()
+        };
+        w.apply(
+            now,
+            Command::Complete {
+                receipts: vec![claimed.jobs[1].receipt],
+            },
+        );
+        w.apply(
+            now,
+            Command::SlotTry {
+                semaphore: SemaphoreName::new("s").unwrap(),
+                permits: 2,
+                slot: SlotIndex(0),
+                holder: ProcessId(1),
+                lease_ttl: None,
+            },
+        );
+        w.apply(
+            now,
+            Command::LeaderElect {
+                process: ProcessId(1),
+            },
+        );
+        assert_eq!(w.check_invariants(), Ok(()));
+        (w, claimed.jobs[0].receipt)
+    }
+
+    fn job_mut(w: &mut World, id: i64) -> &mut crate::job::Job {
+        w.jobs.get_mut(&JobId(id)).unwrap()
+    }
+
+    fn violation(w: &World) -> Violation {
+        w.check_invariants()
+            .expect_err("the state was built to break an invariant")
+    }
+
+    #[test]
+    fn attempts_bounded() {
+        let (mut w, _) = world();
+        job_mut(&mut w, 1).attempt = Attempt(4);
+        assert!(matches!(
+            violation(&w),
+            Violation::AttemptsBounded { job: JobId(1), .. }
+        ));
+    }
+
+    #[test]
+    fn queued_job_has_attempt_left() {
+        let (mut w, _) = world();
+        job_mut(&mut w, 3).attempt = Attempt(3);
+        assert!(matches!(
+            violation(&w),
+            Violation::QueuedJobHasAttemptLeft { job: JobId(3), .. }
+        ));
+    }
+
+    #[test]
+    fn at_most_one_live_attempt() {
+        let (mut w, _) = world();
+        job_mut(&mut w, 1).epoch = Epoch(0);
+        assert_eq!(
+            violation(&w),
+            Violation::AtMostOneLiveAttempt { job: JobId(1) }
+        );
+    }
+
+    #[test]
+    fn no_job_lost_when_a_job_leaves_its_index() {
+        let (mut w, _) = world();
+        w.running.clear();
+        assert!(matches!(violation(&w), Violation::NoJobLost { .. }));
+    }
+
+    #[test]
+    fn no_job_lost_when_a_job_is_filed_under_the_wrong_state() {
+        let (mut w, _) = world();
+        job_mut(&mut w, 3).state = JobState::Scheduled {
+            run_at: Timestamp(5_000),
+        };
+        assert!(matches!(
+            violation(&w),
+            Violation::NoJobLost {
+                job: Some(JobId(3)),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn no_job_lost_when_a_job_disappears() {
+        let (mut w, _) = world();
+        let job = w.jobs.remove(&JobId(3)).unwrap();
+        w.unindex(&job);
+        assert!(matches!(
+            violation(&w),
+            Violation::NoJobLost { job: None, .. }
+        ));
+    }
+
+    #[test]
+    fn no_job_lost_when_a_unique_key_dangles() {
+        let (mut w, _) = world();
+        w.unique.clear();
+        assert!(matches!(
+            violation(&w),
+            Violation::NoJobLost {
+                job: Some(JobId(1)),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn at_most_k_active_claimers() {
+        let (mut w, _) = world();
+        let k = w.config.claimer.slots_per_queue;
+        let table = w.claimers.get_mut(&queue()).unwrap();
+        let lease = ClaimerLease {
+            owner: Some(ProcessId(9)),
+            lease_epoch: LeaseEpoch(1),
+            last_claimed_at: Timestamp(1_000),
+            expires_at: Timestamp(99_000),
+        };
+        for slot in 0..=k {
+            table.slots_mut().insert(ClaimerSlot(slot), lease);
+        }
+        assert!(matches!(
+            violation(&w),
+            Violation::AtMostKActiveClaimers { .. }
+        ));
+    }
+
+    #[test]
+    fn at_most_n_holders() {
+        let (mut w, _) = world();
+        let sem = w.semaphores.values_mut().next().unwrap();
+        let held = Slot {
+            epoch: SlotEpoch(1),
+            held: Some(SlotHolder {
+                holder: ProcessId(7),
+                hold: Hold::Session,
+            }),
+        };
+        sem.slots_mut().push(held);
+        assert!(matches!(
+            violation(&w),
+            Violation::AtMostNHolders {
+                permits: 2,
+                count: 3,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn leader_has_term() {
+        let (mut w, _) = world();
+        w.leader.term = LeaderTerm(0);
+        assert_eq!(violation(&w), Violation::LeaderHasTerm);
+    }
+
+    /// Applies `command` to `before` for real, then lets `corrupt` break the
+    /// result, and returns what `check_step` says.
+    fn step(
+        before: &World,
+        command: Command,
+        corrupt: impl FnOnce(&mut World),
+    ) -> Result<(), Violation> {
+        let mut after = before.clone();
+        let outcome = after.apply(Timestamp(2_000), command.clone());
+        assert_eq!(
+            World::check_step(before, &command, &outcome, &after),
+            Ok(())
+        );
+        corrupt(&mut after);
+        World::check_step(before, &command, &outcome, &after)
+    }
+
+    fn noop() -> Command {
+        Command::PauseQueue {
+            queue: QueueName::new("other").unwrap(),
+        }
+    }
+
+    #[test]
+    fn epochs_only_grow() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| job_mut(a, 1).epoch = Epoch(0));
+        assert!(matches!(
+            r,
+            Err(Violation::EpochsOnlyGrow { job: JobId(1), .. })
+        ));
+    }
+
+    #[test]
+    fn stale_write_never_changes_job() {
+        let (w, receipt) = world();
+        let stale = Receipt {
+            epoch: Epoch(0),
+            ..receipt
+        };
+        let r = step(
+            &w,
+            Command::Heartbeat {
+                receipts: vec![stale],
+            },
+            |a| {
+                if let JobState::Running { heartbeat_at, .. } = &mut job_mut(a, 1).state {
+                    *heartbeat_at = Timestamp(2_000);
+                }
+            },
+        );
+        assert_eq!(
+            r,
+            Err(Violation::StaleWriteNeverChangesJob {
+                job: JobId(1),
+                presented: Epoch(0)
+            })
+        );
+    }
+
+    #[test]
+    fn at_most_one_terminal_outcome_per_epoch() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| {
+            let job = job_mut(a, 2);
+            job.state = JobState::Cancelled {
+                at: Timestamp(2_000),
+            };
+        });
+        assert_eq!(
+            r,
+            Err(Violation::AtMostOneTerminalPerEpoch {
+                job: JobId(2),
+                epoch: Epoch(1)
+            })
+        );
+    }
+
+    #[test]
+    fn a_claim_issues_each_receipt_once() {
+        let (mut w, _) = world();
+        let before = w.clone();
+        let Outcome::ClaimerAcquired(Ok((claimer, _))) = w.apply(
+            Timestamp(2_000),
+            Command::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(1),
+            },
+        ) else {
+            unreachable!()
+        };
+        let command = Command::Claim {
+            queue: queue(),
+            claimer,
+            max: 1,
+            kinds: None,
+        };
+        let mut after = w.clone();
+        let mut outcome = after.apply(Timestamp(2_000), command.clone());
+        assert_eq!(World::check_step(&w, &command, &outcome, &after), Ok(()));
+        // The same claim answering with the job's old epoch.
+        let Outcome::Claimed(Ok(claimed)) = &mut outcome else {
+            unreachable!()
+        };
+        let id = claimed.jobs[0].receipt.job;
+        claimed.jobs[0].receipt.epoch = before.jobs[&id].epoch;
+        assert!(matches!(
+            World::check_step(&w, &command, &outcome, &after),
+            Err(Violation::ReceiptIssuedOnce { .. })
+        ));
+    }
+
+    #[test]
+    fn taking_an_attempt_away_bumps_the_epoch() {
+        let (w, receipt) = world();
+        let r = step(&w, Command::Cancel { job: receipt.job }, |a| {
+            job_mut(a, 1).epoch = receipt.epoch;
+        });
+        assert_eq!(
+            r,
+            Err(Violation::TakeawayBumpsEpoch {
+                job: JobId(1),
+                epoch: receipt.epoch
+            })
+        );
+    }
+
+    #[test]
+    fn a_held_slot_is_never_granted_again() {
+        let (w, _) = world();
+        let command = Command::SlotTry {
+            semaphore: SemaphoreName::new("s").unwrap(),
+            permits: 2,
+            slot: SlotIndex(0),
+            holder: ProcessId(2),
+            lease_ttl: None,
+        };
+        let mut after = w.clone();
+        let refused = after.apply(Timestamp(2_000), command.clone());
+        assert!(matches!(
+            refused,
+            Outcome::SlotTried(Err(Reject::SlotBusy { .. }))
+        ));
+        // A world that granted it anyway.
+        let grant = SlotGrant {
+            slot: SlotIndex(0),
+            epoch: SlotEpoch(2),
+            holder: ProcessId(2),
+        };
+        let granted = Outcome::SlotTried(Ok(grant));
+        assert_eq!(
+            World::check_step(&w, &command, &granted, &after),
+            Err(Violation::NoSlotWithTwoHolders {
+                semaphore: SemaphoreName::new("s").unwrap(),
+                slot: SlotIndex(0)
+            })
+        );
+    }
+
+    #[test]
+    fn a_deposed_leaders_write_is_refused() {
+        let (w, _) = world();
+        let deposed = LeaderGrant {
+            process: ProcessId(2),
+            term: LeaderTerm(1),
+        };
+        let command = Command::Promote {
+            leader: deposed,
+            max: 1,
+        };
+        let mut after = w.clone();
+        let outcome = after.apply(Timestamp(2_000), command.clone());
+        assert!(matches!(
+            outcome,
+            Outcome::Promoted(Err(Reject::NotLeader { .. }))
+        ));
+        let accepted = Outcome::Promoted(Ok(Vec::new()));
+        assert_eq!(
+            World::check_step(&w, &command, &accepted, &after),
+            Err(Violation::DeposedLeaderWriteRejected {
+                presented: LeaderTerm(1),
+                current: LeaderTerm(1)
+            })
+        );
+    }
+
+    #[test]
+    fn no_job_vanishes_without_a_prune() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| {
+            a.jobs.remove(&JobId(3));
+        });
+        assert_eq!(r, Err(Violation::JobVanished { job: JobId(3) }));
+    }
+
+    #[test]
+    fn lease_epochs_only_grow() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| {
+            let table = a.claimers.get_mut(&queue()).unwrap();
+            table.slots_mut().values_mut().next().unwrap().lease_epoch = LeaseEpoch(0);
+        });
+        assert!(matches!(r, Err(Violation::LeaseEpochsOnlyGrow { .. })));
+    }
+
+    #[test]
+    fn slot_epochs_only_grow() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| {
+            a.semaphores.values_mut().next().unwrap().slots_mut()[0].epoch = SlotEpoch(0);
+        });
+        assert!(matches!(r, Err(Violation::SlotEpochsOnlyGrow { .. })));
+    }
+
+    #[test]
+    fn leader_terms_only_grow() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| a.leader.term = LeaderTerm(0));
+        assert!(matches!(r, Err(Violation::LeaderTermsOnlyGrow { .. })));
+    }
+
+    #[test]
+    fn at_most_one_leader_per_term() {
+        let (w, _) = world();
+        let r = step(&w, noop(), |a| a.leader.holder = Some(ProcessId(2)));
+        assert_eq!(
+            r,
+            Err(Violation::AtMostOneLeaderPerTerm {
+                term: LeaderTerm(1),
+                first: ProcessId(1),
+                second: ProcessId(2)
+            })
+        );
+    }
+
+    #[test]
+    fn a_real_deposition_is_not_a_violation() {
+        let (w, _) = world();
+        let grant = LeaderGrant {
+            process: ProcessId(1),
+            term: LeaderTerm(1),
+        };
+        let mut after = w.clone();
+        after.apply(Timestamp(2_000), Command::LeaderResign { leader: grant });
+        let command = Command::LeaderElect {
+            process: ProcessId(2),
+        };
+        let before = after.clone();
+        let outcome = after.apply(Timestamp(2_001), command.clone());
+        assert_eq!(
+            World::check_step(&before, &command, &outcome, &after),
+            Ok(())
+        );
+        assert_eq!(after.leader.term, LeaderTerm(2));
+    }
+}

@@ -1,0 +1,129 @@
+//! # weir-core: every decision of a Postgres job queue, as pure state machines
+//!
+//! This crate contains no networking, no database driver, no async runtime,
+//! no clock and no random number generator. Time comes in as a
+//! [`Timestamp`] argument and randomness as a `u64` draw, so every decision
+//! is a function of its inputs and any run replays exactly.
+//!
+//! ## What goes in, what comes out
+//!
+//! There are two layers, and backends use the second:
+//!
+//! 1. **Entity transitions.** [`Job`] methods (`claim`, `complete`, `fail`,
+//!    `snooze`, `cancel`, `rescue`, …), [`ClaimerTable`] (`acquire`,
+//!    `check`, `refresh_after_claim`, `release`), [`Semaphore`] (`try_slot`,
+//!    `release`, `release_holder`), [`Leadership`] (`elect`, `check_term`),
+//!    [`Backoff::delay`] and [`Warmup`]. Each takes the current state plus
+//!    its inputs and either moves to the next state or returns a [`Reject`]
+//!    and changes nothing.
+//! 2. **The reference world.** [`World::apply`]`(now, command) -> outcome` is
+//!    the meaning of every storage [`Command`]: an enqueue batch, a claim
+//!    batch, completions, a rescue sweep, a slot try, an election. The
+//!    in-memory backend is this world behind a lock; the model checker
+//!    explores it; the Postgres backend is tested to give the same
+//!    [`Outcome`] for the same commands.
+//!
+//! Two small sans-IO loops run *inside one process* instead of in shared
+//! storage: [`Acquisition`] (scan a semaphore's slots, skip a slot whose try
+//! errored, wait a jittered pause on a miss, time out at a deadline) and
+//! [`Pacer`] (warm-up work in paced batches). The caller drives them: call
+//! `poll(now, …)`, do what the returned step says (try a slot, sleep until a
+//! time, run a batch), and report the result back (`on_try`,
+//! `batch_done`), until a final step.
+//!
+//! ## Order and time
+//!
+//! Commands are applied one at a time, in the order the backend serialises
+//! them. Time never goes backwards: `World::apply` clamps a `now` older than
+//! the latest it has seen, as a database clock would. Iteration is always in
+//! a fixed order (`BTreeMap`/`BTreeSet`, slots by index), so outcomes never
+//! depend on hashing.
+//!
+//! ## Fencing
+//!
+//! Every claim bumps the job's [`Epoch`] and hands out a [`Receipt`]
+//! `(job, epoch)`. Heartbeat, complete, fail, snooze and wait-external are
+//! accepted only with the current epoch of a running job. Rescue, cancel,
+//! callback timeout and admin retry bump the epoch, so a worker that was
+//! paused, partitioned or simply slow is told [`Reject::StaleEpoch`] and can
+//! change nothing. Claimer leases ([`LeaseEpoch`]), semaphore slots
+//! ([`SlotEpoch`]) and the leader ([`LeaderTerm`]) are fenced the same way.
+//!
+//! ## Rejections and bugs
+//!
+//! A rejection is an expected answer (a late worker, a full semaphore) and
+//! is a value of a `#[non_exhaustive]` enum. A broken invariant is a bug and
+//! panics; debug builds run [`World::check_invariants`] after every apply.
+//!
+//! ```
+//! use weir_core::*;
+//!
+//! let mut world = World::new(WorldConfig::default());
+//! let queue = QueueName::new("default").unwrap();
+//! let kind = Kind::new("email.send").unwrap();
+//! let now = Timestamp(1_000);
+//!
+//! let job = NewJob::new(queue.clone(), kind, Payload(b"{}".to_vec()));
+//! world.apply(now, Command::Enqueue { jobs: vec![job] });
+//!
+//! let Outcome::ClaimerAcquired(Ok((claimer, _))) =
+//!     world.apply(now, Command::ClaimerAcquire { queue: queue.clone(), process: ProcessId(1) })
+//! else { unreachable!() };
+//! let Outcome::Claimed(Ok(claimed)) =
+//!     world.apply(now, Command::Claim { queue, claimer, max: 10, kinds: None })
+//! else { unreachable!() };
+//! let receipt = claimed.jobs[0].receipt;
+//!
+//! let done = world.apply(now, Command::Complete { receipts: vec![receipt] });
+//! assert_eq!(done, Outcome::Completed(Ok(vec![Ok(())])));
+//!
+//! // The same receipt again is refused, and changes nothing.
+//! let again = world.apply(now, Command::Complete { receipts: vec![receipt] });
+//! assert_eq!(
+//!     again,
+//!     Outcome::Completed(Ok(vec![Err(Reject::NotRunning { state: StateName::Completed })]))
+//! );
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod claimer;
+pub mod ids;
+pub mod invariants;
+pub mod job;
+pub mod leader;
+pub mod mutation;
+pub mod reject;
+pub mod semaphore;
+pub mod time;
+pub mod warmup;
+pub mod world;
+
+pub use backoff::{Backoff, InvalidBackoff};
+pub use claimer::{
+    Acquired, ClaimerConfig, ClaimerGrant, ClaimerLease, ClaimerTable, InvalidClaimerConfig,
+};
+pub use ids::{
+    Attempt, ClaimerSlot, Epoch, InvalidName, JobId, Kind, LeaderTerm, LeaseEpoch, NameKind,
+    Priority, ProcessId, QueueName, Receipt, SemaphoreName, SlotEpoch, SlotIndex, UniqueKey,
+};
+pub use invariants::Violation;
+pub use job::{
+    ErrorRecord, FailError, FailOutcome, FailReason, InvalidJob, Job, JobLimits, JobState, NewJob,
+    Payload, Retry,
+};
+pub use leader::{LeaderGrant, Leadership};
+pub use mutation::Mutation;
+pub use reject::{Reject, StateName};
+pub use semaphore::{
+    AcquireStep, Acquisition, Hold, InvalidWaitConfig, Semaphore, Slot, SlotGrant, SlotHolder,
+    TryResult, WaitConfig,
+};
+pub use time::{Millis, Timestamp};
+pub use warmup::{herd_bound, PaceStep, Pacer, Warmup};
+pub use world::{
+    command_name, BatchResult, Claimed, ClaimedJob, Command, Enqueued, Failure, Outcome, World,
+    WorldConfig,
+};

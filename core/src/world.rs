@@ -1,0 +1,1030 @@
+//! The reference world: every job, claimer lease, semaphore and the leader,
+//! and [`World::apply`], the meaning of every storage command.
+//!
+//! The memory backend is this world behind a lock; the model checker explores
+//! it; the Postgres backend must give the same [`Outcome`] for the same
+//! sequence of [`Command`]s. Batches answer per item, in input order, so one
+//! stale receipt does not spoil its neighbours.
+//!
+//! The world keeps secondary indexes (available jobs per queue in claim
+//! order, due times, running and waiting jobs, finished jobs, unique keys) so
+//! each command costs time in what it touches, not in the world's size.
+//! [`World::check_invariants`] verifies that the indexes and the jobs agree.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+use crate::claimer::{Acquired, ClaimerConfig, ClaimerGrant, ClaimerTable};
+use crate::ids::{
+    Attempt, Epoch, JobId, Kind, LeaderTerm, Priority, ProcessId, QueueName, Receipt,
+    SemaphoreName, SlotIndex, UniqueKey,
+};
+use crate::job::{FailError, FailOutcome, Job, JobLimits, JobState, NewJob, Payload};
+use crate::leader::{LeaderGrant, Leadership};
+use crate::mutation::Mutation;
+use crate::reject::{Reject, StateName};
+use crate::semaphore::{Hold, Semaphore, SlotGrant};
+use crate::time::{Millis, Timestamp};
+
+/// Settings that shape every decision of a world.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorldConfig {
+    /// Claimer slots and their freshness rule.
+    pub claimer: ClaimerConfig,
+    /// A running job whose heartbeat is this old is rescued.
+    pub heartbeat_stale_after: Millis,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// How long a leader lease lasts without renewal.
+    pub leader_ttl: Millis,
+    /// Bounds on enqueued jobs.
+    pub limits: JobLimits,
+    /// The most items one batch command may carry.
+    pub batch_max: usize,
+}
+
+impl Default for WorldConfig {
+    fn default() -> WorldConfig {
+        WorldConfig {
+            claimer: ClaimerConfig::default(),
+            heartbeat_stale_after: Millis::from_secs(60),
+            backoff: Backoff::standard(),
+            leader_ttl: Millis::from_secs(30),
+            limits: JobLimits::default(),
+            batch_max: 10_000,
+        }
+    }
+}
+
+/// One failed attempt, as a worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Failure {
+    /// The attempt.
+    pub receipt: Receipt,
+    /// What went wrong.
+    pub error: FailError,
+    /// A uniform draw for the backoff jitter.
+    pub draw: u64,
+}
+
+/// A storage command: the unit every backend implements.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    /// Insert jobs, all or none.
+    Enqueue {
+        /// The jobs, in order.
+        jobs: Vec<NewJob>,
+    },
+    /// Claim up to `max` available jobs of `queue` under a claimer lease,
+    /// in priority, then `run_at`, then id order.
+    Claim {
+        /// The queue.
+        queue: QueueName,
+        /// The caller's claimer lease.
+        claimer: ClaimerGrant,
+        /// At most this many.
+        max: u32,
+        /// Only these kinds (`None`: any kind).
+        kinds: Option<BTreeSet<Kind>>,
+    },
+    /// Heartbeat running attempts.
+    Heartbeat {
+        /// The attempts.
+        receipts: Vec<Receipt>,
+    },
+    /// Complete running attempts.
+    Complete {
+        /// The attempts.
+        receipts: Vec<Receipt>,
+    },
+    /// Fail running attempts.
+    Fail {
+        /// The failures.
+        failures: Vec<Failure>,
+    },
+    /// Snooze running attempts for a delay each (no attempt is used).
+    Snooze {
+        /// The attempts and their delays.
+        snoozes: Vec<(Receipt, Millis)>,
+    },
+    /// Park running attempts until an external callback, for at most a
+    /// timeout each.
+    WaitExternal {
+        /// The attempts and their callback timeouts.
+        waits: Vec<(Receipt, Millis)>,
+    },
+    /// The external callback arrived: make the job available again.
+    ResumeExternal {
+        /// The receipt of the attempt that started waiting.
+        receipt: Receipt,
+    },
+    /// Cancel a job in any unfinished state.
+    Cancel {
+        /// The job.
+        job: JobId,
+    },
+    /// Admin retry of a failed or cancelled job.
+    Retry {
+        /// The job.
+        job: JobId,
+    },
+    /// Stop claims from a queue.
+    PauseQueue {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// Allow claims from a queue again.
+    ResumeQueue {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// Get (or reuse) a claimer lease on a queue.
+    ClaimerAcquire {
+        /// The queue.
+        queue: QueueName,
+        /// The caller.
+        process: ProcessId,
+    },
+    /// Give a claimer lease up.
+    ClaimerRelease {
+        /// The queue.
+        queue: QueueName,
+        /// The lease.
+        claimer: ClaimerGrant,
+    },
+    /// Try one semaphore slot.
+    SlotTry {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// Its size, as the caller configured it.
+        permits: u16,
+        /// The slot.
+        slot: SlotIndex,
+        /// The caller.
+        holder: ProcessId,
+        /// `None`: hold for the session; `Some(ttl)`: a lease of `ttl`.
+        lease_ttl: Option<Millis>,
+    },
+    /// Extend a lease hold.
+    SlotRenew {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// The hold.
+        grant: SlotGrant,
+        /// New lease length from now.
+        lease_ttl: Millis,
+    },
+    /// Release a slot (idempotent).
+    SlotRelease {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// The hold.
+        grant: SlotGrant,
+    },
+    /// A process's session ended: its session-held slots are freed.
+    ProcessCrashed {
+        /// The process.
+        process: ProcessId,
+    },
+    /// Become or stay maintenance leader.
+    LeaderElect {
+        /// The candidate.
+        process: ProcessId,
+    },
+    /// Step down.
+    LeaderResign {
+        /// The lease.
+        leader: LeaderGrant,
+    },
+    /// Leader only: make due scheduled and retryable jobs available.
+    Promote {
+        /// The leader's lease.
+        leader: LeaderGrant,
+        /// At most this many.
+        max: u32,
+    },
+    /// Leader only: rescue overdue running jobs and time out callback waits.
+    Rescue {
+        /// The leader's lease.
+        leader: LeaderGrant,
+        /// A uniform draw for the backoff jitter.
+        draw: u64,
+        /// At most this many.
+        max: u32,
+    },
+    /// Leader only: delete jobs that finished before a time.
+    Prune {
+        /// The leader's lease.
+        leader: LeaderGrant,
+        /// Delete finished jobs older than this.
+        finished_before: Timestamp,
+        /// At most this many.
+        max: u32,
+    },
+}
+
+/// What enqueueing one job did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Enqueued {
+    /// The job (the existing one for a duplicate).
+    pub id: JobId,
+    /// True when a job with the same kind and unique key already existed.
+    pub duplicate: bool,
+}
+
+/// A job handed to a worker by a claim.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClaimedJob {
+    /// The attempt's receipt.
+    pub receipt: Receipt,
+    /// Which handler runs it.
+    pub kind: Kind,
+    /// Its argument bytes.
+    pub payload: Payload,
+    /// This attempt's number (1 for the first).
+    pub attempt: Attempt,
+    /// Attempts allowed.
+    pub max_attempts: Attempt,
+    /// When the attempt times out.
+    pub deadline: Timestamp,
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Claimed {
+    /// The claimed jobs, in claim order.
+    pub jobs: Vec<ClaimedJob>,
+    /// Whether the claimer lease row was rewritten.
+    pub lease_refreshed: bool,
+}
+
+/// Per-item answers of a batch, or a refusal of the whole batch.
+pub type BatchResult<T> = Result<Vec<Result<T, Reject>>, Reject>;
+
+/// The answer to a [`Command`], variant for variant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// For [`Command::Enqueue`].
+    Enqueued(Result<Vec<Enqueued>, Reject>),
+    /// For [`Command::Claim`].
+    Claimed(Result<Claimed, Reject>),
+    /// For [`Command::Heartbeat`].
+    Heartbeats(BatchResult<()>),
+    /// For [`Command::Complete`].
+    Completed(BatchResult<()>),
+    /// For [`Command::Fail`].
+    Failed(BatchResult<FailOutcome>),
+    /// For [`Command::Snooze`].
+    Snoozed(BatchResult<()>),
+    /// For [`Command::WaitExternal`].
+    Waiting(BatchResult<()>),
+    /// For [`Command::ResumeExternal`].
+    Resumed(Result<(), Reject>),
+    /// For [`Command::Cancel`]: the state the job was cancelled from.
+    Cancelled(Result<StateName, Reject>),
+    /// For [`Command::Retry`].
+    Retried(Result<(), Reject>),
+    /// For [`Command::PauseQueue`] and [`Command::ResumeQueue`]: whether
+    /// the paused flag changed.
+    QueuePauseChanged(bool),
+    /// For [`Command::ClaimerAcquire`].
+    ClaimerAcquired(Result<(ClaimerGrant, Acquired), Reject>),
+    /// For [`Command::ClaimerRelease`]: whether this call released it.
+    ClaimerReleased(bool),
+    /// For [`Command::SlotTry`].
+    SlotTried(Result<SlotGrant, Reject>),
+    /// For [`Command::SlotRenew`].
+    SlotRenewed(Result<(), Reject>),
+    /// For [`Command::SlotRelease`]: whether this call freed the slot.
+    SlotReleased(bool),
+    /// For [`Command::ProcessCrashed`]: the slots freed.
+    SessionEnded(Vec<(SemaphoreName, SlotIndex)>),
+    /// For [`Command::LeaderElect`].
+    LeaderElected(Result<LeaderGrant, Reject>),
+    /// For [`Command::LeaderResign`]: whether this call ended the lease.
+    LeaderResigned(bool),
+    /// For [`Command::Promote`].
+    Promoted(Result<Vec<JobId>, Reject>),
+    /// For [`Command::Rescue`]: each rescued job or timed-out wait.
+    Rescued(Result<Vec<(JobId, FailOutcome)>, Reject>),
+    /// For [`Command::Prune`].
+    Pruned(Result<Vec<JobId>, Reject>),
+}
+
+type ClaimKey = (Priority, Timestamp, JobId);
+
+/// Every job, claimer lease, semaphore and the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct World {
+    pub(crate) config: WorldConfig,
+    pub(crate) now: Timestamp,
+    pub(crate) next_id: i64,
+    pub(crate) jobs: BTreeMap<JobId, Job>,
+    pub(crate) available: BTreeMap<QueueName, BTreeSet<ClaimKey>>,
+    pub(crate) due: BTreeSet<(Timestamp, JobId)>,
+    pub(crate) running: BTreeSet<JobId>,
+    pub(crate) waiting: BTreeSet<(Timestamp, JobId)>,
+    pub(crate) finished: BTreeSet<(Timestamp, JobId)>,
+    pub(crate) unique: BTreeMap<(Kind, UniqueKey), JobId>,
+    pub(crate) paused: BTreeSet<QueueName>,
+    pub(crate) claimers: BTreeMap<QueueName, ClaimerTable>,
+    pub(crate) semaphores: BTreeMap<SemaphoreName, Semaphore>,
+    pub(crate) leader: Leadership,
+    pub(crate) enqueued_total: u64,
+    pub(crate) pruned_total: u64,
+    #[cfg(feature = "mutants")]
+    pub(crate) mutation: Option<Mutation>,
+}
+
+impl World {
+    /// An empty world.
+    pub fn new(config: WorldConfig) -> World {
+        World {
+            config,
+            now: Timestamp::ZERO,
+            next_id: 1,
+            jobs: BTreeMap::new(),
+            available: BTreeMap::new(),
+            due: BTreeSet::new(),
+            running: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            unique: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            claimers: BTreeMap::new(),
+            semaphores: BTreeMap::new(),
+            leader: Leadership::default(),
+            enqueued_total: 0,
+            pruned_total: 0,
+            #[cfg(feature = "mutants")]
+            mutation: None,
+        }
+    }
+
+    /// The same world, but making one deliberate mistake (tests only).
+    #[cfg(feature = "mutants")]
+    pub fn with_mutation(mut self, mutation: Mutation) -> World {
+        self.mutation = Some(mutation);
+        self
+    }
+
+    /// Whether this world makes the deliberate mistake `m`; always false
+    /// without the `mutants` feature.
+    #[inline]
+    fn mutant(&self, m: Mutation) -> bool {
+        #[cfg(feature = "mutants")]
+        return self.mutation == Some(m);
+        #[cfg(not(feature = "mutants"))]
+        {
+            let _ = m;
+            false
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WorldConfig {
+        &self.config
+    }
+
+    /// The latest time the world has seen (it never goes backwards).
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Every job, in id order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// The claimer slots of a queue.
+    pub fn claimers(&self, queue: &QueueName) -> Option<&ClaimerTable> {
+        self.claimers.get(queue)
+    }
+
+    /// Every queue's claimer slots, in queue order.
+    pub fn all_claimers(&self) -> impl Iterator<Item = (&QueueName, &ClaimerTable)> {
+        self.claimers.iter()
+    }
+
+    /// A semaphore, once its first slot was tried.
+    pub fn semaphore(&self, name: &SemaphoreName) -> Option<&Semaphore> {
+        self.semaphores.get(name)
+    }
+
+    /// Every semaphore, in name order.
+    pub fn semaphores(&self) -> impl Iterator<Item = (&SemaphoreName, &Semaphore)> {
+        self.semaphores.iter()
+    }
+
+    /// The leader lease.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leader
+    }
+
+    /// Whether claims from `queue` are paused.
+    pub fn is_paused(&self, queue: &QueueName) -> bool {
+        self.paused.contains(queue)
+    }
+
+    /// Jobs ever inserted (duplicates not counted).
+    pub fn enqueued_total(&self) -> u64 {
+        self.enqueued_total
+    }
+
+    /// Jobs deleted by prune.
+    pub fn pruned_total(&self) -> u64 {
+        self.pruned_total
+    }
+
+    /// How many jobs of `queue` are in each state, in [`StateName::ALL`] order.
+    pub fn depths(&self, queue: &QueueName) -> [(StateName, usize); 8] {
+        let mut depths = StateName::ALL.map(|state| (state, 0));
+        for job in self.jobs.values().filter(|job| &job.queue == queue) {
+            let i = StateName::ALL
+                .iter()
+                .position(|&state| state == job.state_name())
+                .expect("ALL lists every state");
+            depths[i].1 += 1;
+        }
+        depths
+    }
+
+    /// The earliest time at which a promote or rescue would find work:
+    /// a due time, a running deadline or staleness, or a callback deadline.
+    pub fn next_maintenance_at(&self) -> Option<Timestamp> {
+        let due = self.due.first().map(|&(at, _)| at);
+        let wait = self.waiting.first().map(|&(at, _)| at);
+        let stale_after = self.config.heartbeat_stale_after;
+        let run = self
+            .running
+            .iter()
+            .filter_map(|id| match self.jobs[id].state {
+                JobState::Running {
+                    heartbeat_at,
+                    deadline,
+                    ..
+                } => Some(heartbeat_at.plus(stale_after).min(deadline)),
+                _ => None,
+            });
+        due.into_iter().chain(wait).chain(run).min()
+    }
+
+    /// Applies `command` at `now` (clamped so the world's time never goes
+    /// backwards) and returns its outcome. Debug builds check every
+    /// invariant afterwards.
+    pub fn apply(&mut self, now: Timestamp, command: Command) -> Outcome {
+        let now = now.max(self.now);
+        self.now = now;
+        #[cfg(debug_assertions)]
+        let name = command_name(&command);
+        let outcome = self.dispatch(now, command);
+        #[cfg(debug_assertions)]
+        if let Err(violation) = self.check_invariants() {
+            panic!("invariant broken by {name} at {now}: {violation}");
+        }
+        outcome
+    }
+
+    fn dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {
+        match command {
+            Command::Enqueue { jobs } => Outcome::Enqueued(self.enqueue(now, jobs)),
+            Command::Claim {
+                queue,
+                claimer,
+                max,
+                kinds,
+            } => Outcome::Claimed(self.claim(now, &queue, &claimer, max, kinds.as_ref())),
+            Command::Heartbeat { receipts } => Outcome::Heartbeats(self.batch(receipts, |w, r| {
+                w.update(r.job, |job| job.heartbeat(r, now))
+            })),
+            Command::Complete { receipts } => Outcome::Completed(self.complete(now, receipts)),
+            Command::Fail { failures } => {
+                let backoff = self.config.backoff;
+                Outcome::Failed(self.batch(failures, |w, f| {
+                    w.update(f.receipt.job, |job| {
+                        job.fail(f.receipt, &f.error, now, &backoff, f.draw)
+                    })
+                }))
+            }
+            Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes)),
+            Command::WaitExternal { waits } => {
+                Outcome::Waiting(self.batch(waits, |w, (r, timeout)| {
+                    w.update(r.job, |job| job.wait_external(r, now.plus(timeout), now))
+                }))
+            }
+            Command::ResumeExternal { receipt } => {
+                Outcome::Resumed(self.update(receipt.job, |job| job.resume_external(receipt, now)))
+            }
+            Command::Cancel { job } => Outcome::Cancelled(self.cancel(now, job)),
+            Command::Retry { job } => {
+                Outcome::Retried(self.update(job, |job| job.admin_retry(now)))
+            }
+            Command::PauseQueue { queue } => Outcome::QueuePauseChanged(self.paused.insert(queue)),
+            Command::ResumeQueue { queue } => {
+                Outcome::QueuePauseChanged(self.paused.remove(&queue))
+            }
+            Command::ClaimerAcquire { queue, process } => {
+                let config = self.config.claimer;
+                let table = self.claimers.entry(queue).or_default();
+                Outcome::ClaimerAcquired(table.acquire(process, now, &config))
+            }
+            Command::ClaimerRelease { queue, claimer } => Outcome::ClaimerReleased(
+                self.claimers
+                    .get_mut(&queue)
+                    .is_some_and(|table| table.release(&claimer, now)),
+            ),
+            Command::SlotTry {
+                semaphore,
+                permits,
+                slot,
+                holder,
+                lease_ttl,
+            } => {
+                Outcome::SlotTried(self.slot_try(now, semaphore, permits, slot, holder, lease_ttl))
+            }
+            Command::SlotRenew {
+                semaphore,
+                grant,
+                lease_ttl,
+            } => Outcome::SlotRenewed(match self.semaphores.get_mut(&semaphore) {
+                Some(sem) => sem.renew(&grant, now.plus(lease_ttl), now),
+                None => Err(Reject::SlotNotHeld { slot: grant.slot }),
+            }),
+            Command::SlotRelease { semaphore, grant } => Outcome::SlotReleased(
+                self.semaphores
+                    .get_mut(&semaphore)
+                    .is_some_and(|sem| sem.release(&grant)),
+            ),
+            Command::ProcessCrashed { process } => Outcome::SessionEnded(self.end_session(process)),
+            Command::LeaderElect { process } => Outcome::LeaderElected(self.elect(now, process)),
+            Command::LeaderResign { leader } => {
+                Outcome::LeaderResigned(self.leader.resign(&leader, now))
+            }
+            Command::Promote { leader, max } => Outcome::Promoted(self.promote(now, &leader, max)),
+            Command::Rescue { leader, draw, max } => {
+                Outcome::Rescued(self.rescue(now, &leader, draw, max))
+            }
+            Command::Prune {
+                leader,
+                finished_before,
+                max,
+            } => Outcome::Pruned(self.prune(now, &leader, finished_before, max)),
+        }
+    }
+
+    fn complete(&mut self, now: Timestamp, receipts: Vec<Receipt>) -> BatchResult<()> {
+        let unchecked = self.mutant(Mutation::CompleteWithoutEpochCheck);
+        self.batch(receipts, |w, r| {
+            w.update(r.job, |job| match job.complete(r, now) {
+                Err(Reject::StaleEpoch { current, .. }) if unchecked => job.complete(
+                    Receipt {
+                        epoch: current,
+                        ..r
+                    },
+                    now,
+                ),
+                result => result,
+            })
+        })
+    }
+
+    fn snooze(&mut self, now: Timestamp, snoozes: Vec<(Receipt, Millis)>) -> BatchResult<()> {
+        let no_refund = self.mutant(Mutation::SnoozeConsumesAttempt);
+        self.batch(snoozes, |w, (r, delay)| {
+            w.update(r.job, |job| {
+                job.snooze(r, now.plus(delay), now)?;
+                if no_refund {
+                    job.attempt = job.attempt.next();
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn cancel(&mut self, now: Timestamp, id: JobId) -> Result<StateName, Reject> {
+        let no_bump = self.mutant(Mutation::CancelWithoutEpochBump);
+        self.update(id, |job| {
+            let (state, epoch) = (job.state_name(), job.epoch);
+            job.cancel(now)?;
+            if no_bump {
+                job.epoch = epoch;
+            }
+            Ok(state)
+        })
+    }
+
+    fn elect(&mut self, now: Timestamp, process: ProcessId) -> Result<LeaderGrant, Reject> {
+        let term = self.leader.term;
+        let mut grant = self.leader.elect(process, now, self.config.leader_ttl)?;
+        if self.mutant(Mutation::ElectWithoutTermBump) && term > LeaderTerm(0) {
+            self.leader.term = term;
+            grant.term = term;
+        }
+        Ok(grant)
+    }
+
+    fn check_batch_len(&self, len: usize) -> Result<(), Reject> {
+        if len > self.config.batch_max {
+            return Err(Reject::BatchTooLarge {
+                len,
+                max: self.config.batch_max,
+            });
+        }
+        Ok(())
+    }
+
+    fn batch<I, T>(
+        &mut self,
+        items: Vec<I>,
+        mut each: impl FnMut(&mut World, I) -> Result<T, Reject>,
+    ) -> BatchResult<T> {
+        self.check_batch_len(items.len())?;
+        Ok(items.into_iter().map(|item| each(self, item)).collect())
+    }
+
+    /// Runs one job transition with the indexes kept in step: the job
+    /// leaves its index, changes (or, on a rejection, does not), and
+    /// re-enters the index of its new state.
+    fn update<T>(
+        &mut self,
+        id: JobId,
+        transition: impl FnOnce(&mut Job) -> Result<T, Reject>,
+    ) -> Result<T, Reject> {
+        let mut job = self
+            .jobs
+            .remove(&id)
+            .ok_or(Reject::UnknownJob { job: id })?;
+        self.unindex(&job);
+        #[cfg(debug_assertions)]
+        let before = job.clone();
+        let result = transition(&mut job);
+        #[cfg(debug_assertions)]
+        if result.is_err() {
+            assert_eq!(before, job, "a rejected transition changed job {id}");
+        }
+        self.index(&job);
+        self.jobs.insert(id, job);
+        result
+    }
+
+    fn index(&mut self, job: &Job) {
+        let id = job.id;
+        match job.state {
+            JobState::Available { run_at } => {
+                self.available
+                    .entry(job.queue.clone())
+                    .or_default()
+                    .insert((job.priority, run_at, id));
+            }
+            JobState::Scheduled { run_at } | JobState::Retryable { run_at } => {
+                self.due.insert((run_at, id));
+            }
+            JobState::Running { .. } => {
+                self.running.insert(id);
+            }
+            JobState::WaitingExternal { deadline, .. } => {
+                self.waiting.insert((deadline, id));
+            }
+            JobState::Completed { at }
+            | JobState::Failed { at, .. }
+            | JobState::Cancelled { at } => {
+                self.finished.insert((at, id));
+            }
+        }
+    }
+
+    pub(crate) fn unindex(&mut self, job: &Job) {
+        let id = job.id;
+        let removed = match job.state {
+            JobState::Available { run_at } => {
+                let queue = self.available.get_mut(&job.queue);
+                let removed = queue.is_some_and(|q| q.remove(&(job.priority, run_at, id)));
+                if self
+                    .available
+                    .get(&job.queue)
+                    .is_some_and(BTreeSet::is_empty)
+                {
+                    self.available.remove(&job.queue);
+                }
+                removed
+            }
+            JobState::Scheduled { run_at } | JobState::Retryable { run_at } => {
+                self.due.remove(&(run_at, id))
+            }
+            JobState::Running { .. } => self.running.remove(&id),
+            JobState::WaitingExternal { deadline, .. } => self.waiting.remove(&(deadline, id)),
+            JobState::Completed { at }
+            | JobState::Failed { at, .. }
+            | JobState::Cancelled { at } => self.finished.remove(&(at, id)),
+        };
+        assert!(removed, "job {id} was missing from the index of its state");
+    }
+
+    fn enqueue(&mut self, now: Timestamp, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, Reject> {
+        self.check_batch_len(jobs.len())?;
+        // All or none: validate the whole batch before writing anything.
+        for (index, job) in jobs.iter().enumerate() {
+            job.validate(now, &self.config.limits)
+                .map_err(|error| Reject::InvalidJob { index, error })?;
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            if let Some(key) = &new.unique_key {
+                if let Some(&existing) = self.unique.get(&(new.kind.clone(), key.clone())) {
+                    out.push(Enqueued {
+                        id: existing,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            let id = JobId(self.next_id);
+            self.next_id += 1;
+            if let Some(key) = &new.unique_key {
+                self.unique.insert((new.kind.clone(), key.clone()), id);
+            }
+            let job = Job::enqueue(id, new, now);
+            self.index(&job);
+            self.jobs.insert(id, job);
+            self.enqueued_total += 1;
+            out.push(Enqueued {
+                id,
+                duplicate: false,
+            });
+        }
+        Ok(out)
+    }
+
+    fn claim(
+        &mut self,
+        now: Timestamp,
+        queue: &QueueName,
+        claimer: &ClaimerGrant,
+        max: u32,
+        kinds: Option<&BTreeSet<Kind>>,
+    ) -> Result<Claimed, Reject> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.check_batch_len(max)?;
+        let lost = || Reject::ClaimerLeaseLost {
+            slot: claimer.slot,
+            presented: claimer.lease_epoch,
+        };
+        self.claimers
+            .get(queue)
+            .ok_or_else(lost)?
+            .check(claimer, now)?;
+        if self.paused.contains(queue) {
+            return Ok(Claimed::default());
+        }
+        let picked: Vec<JobId> = match self.available.get(queue) {
+            None => Vec::new(),
+            Some(ready) => ready
+                .iter()
+                .map(|&(_, _, id)| id)
+                .filter(|id| kinds.is_none_or(|kinds| kinds.contains(&self.jobs[id].kind)))
+                .take(max)
+                .collect(),
+        };
+        let mut claimed = Claimed::default();
+        let no_bump = self.mutant(Mutation::ClaimWithoutEpochBump);
+        for id in picked {
+            let receipt = self
+                .update(id, |job| {
+                    let epoch = job.epoch;
+                    let mut receipt = job.claim(claimer.process, now)?;
+                    if no_bump && epoch > Epoch(0) {
+                        job.epoch = epoch;
+                        receipt.epoch = epoch;
+                    }
+                    Ok(receipt)
+                })
+                .expect("picked from the available index, so the job is available");
+            let job = &self.jobs[&id];
+            let JobState::Running { deadline, .. } = job.state else {
+                unreachable!("a successful claim leaves the job running")
+            };
+            claimed.jobs.push(ClaimedJob {
+                receipt,
+                kind: job.kind.clone(),
+                payload: job.payload.clone(),
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                deadline,
+            });
+        }
+        if !claimed.jobs.is_empty() && !self.mutant(Mutation::ClaimerNeverRefreshes) {
+            let config = self.config.claimer;
+            let lax = self.mutant(Mutation::RefreshPredicateTooLax);
+            let table = self.claimers.get_mut(queue).expect("checked above");
+            claimed.lease_refreshed = if lax {
+                table.refresh_if(claimer, now, &config, |lease| {
+                    lease.last_claimed_at <= now.minus(config.idle_threshold)
+                        || lease.expires_at <= now
+                })
+            } else {
+                table.refresh_after_claim(claimer, now, &config)
+            };
+        }
+        Ok(claimed)
+    }
+
+    fn slot_try(
+        &mut self,
+        now: Timestamp,
+        name: SemaphoreName,
+        permits: u16,
+        slot: SlotIndex,
+        holder: ProcessId,
+        lease_ttl: Option<Millis>,
+    ) -> Result<SlotGrant, Reject> {
+        let ignore_holder = self.mutant(Mutation::AcquireIgnoresHolder);
+        let hold = match lease_ttl {
+            None => Hold::Session,
+            Some(ttl) => Hold::Lease {
+                expires_at: now.plus(ttl),
+            },
+        };
+        let semaphore = match self.semaphores.get_mut(&name) {
+            Some(sem) if sem.permits() != permits => {
+                return Err(Reject::PermitsMismatch {
+                    name,
+                    configured: sem.permits(),
+                    presented: permits,
+                })
+            }
+            Some(sem) => sem,
+            None => self
+                .semaphores
+                .entry(name)
+                .or_insert(Semaphore::new(permits)?),
+        };
+        if ignore_holder {
+            return semaphore.force_slot(slot, holder, hold);
+        }
+        semaphore.try_slot(slot, holder, hold, now)
+    }
+
+    fn end_session(&mut self, process: ProcessId) -> Vec<(SemaphoreName, SlotIndex)> {
+        let mut freed = Vec::new();
+        for (name, semaphore) in &mut self.semaphores {
+            freed.extend(
+                semaphore
+                    .release_holder(process)
+                    .into_iter()
+                    .map(|slot| (name.clone(), slot)),
+            );
+        }
+        freed
+    }
+
+    fn maintenance_limit(
+        &self,
+        leader: &LeaderGrant,
+        now: Timestamp,
+        max: u32,
+    ) -> Result<usize, Reject> {
+        if !self.mutant(Mutation::NoTermCheck) {
+            self.leader.check_term(leader, now)?;
+        }
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.check_batch_len(max)?;
+        Ok(max)
+    }
+
+    fn promote(
+        &mut self,
+        now: Timestamp,
+        leader: &LeaderGrant,
+        max: u32,
+    ) -> Result<Vec<JobId>, Reject> {
+        let max = self.maintenance_limit(leader, now, max)?;
+        let due: Vec<JobId> = self
+            .due
+            .iter()
+            .take_while(|&&(at, _)| at <= now)
+            .take(max)
+            .map(|&(_, id)| id)
+            .collect();
+        for &id in &due {
+            self.update(id, |job| job.promote(now))
+                .expect("taken from the due index at its due time");
+        }
+        Ok(due)
+    }
+
+    fn rescue(
+        &mut self,
+        now: Timestamp,
+        leader: &LeaderGrant,
+        draw: u64,
+        max: u32,
+    ) -> Result<Vec<(JobId, FailOutcome)>, Reject> {
+        let max = self.maintenance_limit(leader, now, max)?;
+        let stale_after = self.config.heartbeat_stale_after;
+        let backoff = self.config.backoff;
+        let overdue: Vec<JobId> = self
+            .running
+            .iter()
+            .copied()
+            .filter(|id| self.jobs[id].is_overdue(now, stale_after))
+            .take(max)
+            .collect();
+        let mut out = Vec::with_capacity(overdue.len());
+        let no_bump = self.mutant(Mutation::RescueWithoutEpochBump);
+        for id in overdue {
+            let outcome = self.update(id, |job| {
+                let epoch = job.epoch;
+                let outcome = job.rescue(now, stale_after, &backoff, draw)?;
+                if no_bump {
+                    job.epoch = epoch;
+                }
+                Ok(outcome)
+            });
+            out.push((id, outcome.expect("filtered as overdue")));
+        }
+        let expired: Vec<JobId> = self
+            .waiting
+            .iter()
+            .take_while(|&&(deadline, _)| deadline <= now)
+            .take(max - out.len())
+            .map(|&(_, id)| id)
+            .collect();
+        for id in expired {
+            let outcome = self.update(id, |job| job.expire_external(now, &backoff, draw));
+            out.push((
+                id,
+                outcome.expect("taken from the waiting index past its deadline"),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn prune(
+        &mut self,
+        now: Timestamp,
+        leader: &LeaderGrant,
+        before: Timestamp,
+        max: u32,
+    ) -> Result<Vec<JobId>, Reject> {
+        let max = self.maintenance_limit(leader, now, max)?;
+        let old: Vec<(Timestamp, JobId)> = self
+            .finished
+            .iter()
+            .take_while(|&&(at, _)| at < before)
+            .take(max)
+            .copied()
+            .collect();
+        let mut pruned = Vec::with_capacity(old.len());
+        for key in old {
+            self.finished.remove(&key);
+            let job = self
+                .jobs
+                .remove(&key.1)
+                .expect("finished index points at a job");
+            if let Some(unique_key) = job.unique_key {
+                self.unique.remove(&(job.kind, unique_key));
+            }
+            self.pruned_total += 1;
+            pruned.push(key.1);
+        }
+        Ok(pruned)
+    }
+}
+
+/// A command's name, for messages.
+pub fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Enqueue { .. } => "enqueue",
+        Command::Claim { .. } => "claim",
+        Command::Heartbeat { .. } => "heartbeat",
+        Command::Complete { .. } => "complete",
+        Command::Fail { .. } => "fail",
+        Command::Snooze { .. } => "snooze",
+        Command::WaitExternal { .. } => "wait_external",
+        Command::ResumeExternal { .. } => "resume_external",
+        Command::Cancel { .. } => "cancel",
+        Command::Retry { .. } => "retry",
+        Command::PauseQueue { .. } => "pause_queue",
+        Command::ResumeQueue { .. } => "resume_queue",
+        Command::ClaimerAcquire { .. } => "claimer_acquire",
+        Command::ClaimerRelease { .. } => "claimer_release",
+        Command::SlotTry { .. } => "slot_try",
+        Command::SlotRenew { .. } => "slot_renew",
+        Command::SlotRelease { .. } => "slot_release",
+        Command::ProcessCrashed { .. } => "process_crashed",
+        Command::LeaderElect { .. } => "leader_elect",
+        Command::LeaderResign { .. } => "leader_resign",
+        Command::Promote { .. } => "promote",
+        Command::Rescue { .. } => "rescue",
+        Command::Prune { .. } => "prune",
+    }
+}

@@ -1,0 +1,1 @@
+//! stateright models over weir-core (being written).
