@@ -90,6 +90,7 @@
 
 pub mod backoff;
 pub mod claimer;
+pub mod dispatcher;
 pub mod ids;
 pub mod invariants;
 pub mod job;
@@ -104,6 +105,10 @@ pub mod world;
 pub use backoff::{Backoff, InvalidBackoff};
 pub use claimer::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerLease, ClaimerTable, InvalidClaimerConfig,
+};
+pub use dispatcher::{
+    CommandId, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input, QueueConfig, Reason,
+    Stats, StopReason,
 };
 pub use ids::{
     Attempt, ClaimerSlot, Epoch, InvalidName, JobId, Kind, LeaderTerm, LeaseEpoch, NameKind,

@@ -20,9 +20,21 @@ fn weir_core_depends_on_no_runtime_and_no_driver() {
         String::from_utf8_lossy(&output.stderr)
     );
     let tree = String::from_utf8(output.stdout).expect("utf-8 output");
-    let crates: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert!(crates.contains(&"weir-core"), "unexpected cargo tree output:\n{tree}");
-    assert!(crates.contains(&"serde"), "the check must see real dependencies:\n{tree}");
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        crates.contains(&"weir-core"),
+        "unexpected cargo tree output:\n{tree}"
+    );
+    assert!(
+        crates.contains(&"serde"),
+        "the check must see real dependencies:\n{tree}"
+    );
     let found: Vec<&&str> = FORBIDDEN.iter().filter(|f| crates.contains(f)).collect();
-    assert!(found.is_empty(), "weir-core must not depend on {found:?}:\n{tree}");
+    assert!(
+        found.is_empty(),
+        "weir-core must not depend on {found:?}:\n{tree}"
+    );
 }

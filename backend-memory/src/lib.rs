@@ -1,0 +1,1 @@
+//! Weir's in-memory backend (being written).
