@@ -337,6 +337,60 @@ impl Dispatcher {
             }
         }
         self.step(now, draw);
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.check_invariants() {
+            panic!("dispatcher invariant broken at {now}: {broken}");
+        }
+    }
+
+    /// Checks the dispatcher's own bookkeeping: per-queue running counts
+    /// match the running handlers and stay within `max_workers`; a result is
+    /// never both buffered and being reported; a receipt is never both
+    /// running and reported.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (i, q) in self.queues.iter().enumerate() {
+            let counted = self.running.values().filter(|&&queue| queue == i).count();
+            if counted != q.running as usize {
+                return Err(format!(
+                    "queue {i}: running count {} but {counted} handlers",
+                    q.running
+                ));
+            }
+            if q.running > self.config.queues[i].max_workers {
+                return Err(format!(
+                    "queue {i}: {} running above max_workers",
+                    q.running
+                ));
+            }
+        }
+        for (_, receipt, _) in &self.buffered {
+            if self.reporting.contains_key(receipt) || self.running.contains_key(receipt) {
+                return Err(format!(
+                    "{receipt} is buffered and also running or being reported"
+                ));
+            }
+        }
+        if let Some(receipt) = self.reporting.keys().find(|r| self.running.contains_key(r)) {
+            return Err(format!("{receipt} is being reported while still running"));
+        }
+        let reported: usize = self
+            .in_flight
+            .values()
+            .map(|lane| {
+                if let Lane::Report(rs) = lane {
+                    rs.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        if reported != self.reporting.len() {
+            return Err(format!(
+                "{reported} results in flight but {} remembered",
+                self.reporting.len()
+            ));
+        }
+        Ok(())
     }
 
     /// The next thing to do, if any.
@@ -743,4 +797,69 @@ fn mix(draw: u64, receipt: &Receipt) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Epoch, JobId};
+
+    fn dispatcher() -> Dispatcher {
+        let queue = QueueName::new("q").unwrap();
+        Dispatcher::new(DispatcherConfig::new(ProcessId(1), queue, 2), Timestamp(0))
+    }
+
+    #[test]
+    fn a_fresh_dispatcher_acquires_a_lease_and_seeks_leadership_first() {
+        let mut d = dispatcher();
+        d.handle(Timestamp(0), 0, Input::Tick);
+        let effects: Vec<Effect> = std::iter::from_fn(|| d.poll_effect()).collect();
+        assert!(matches!(
+            effects[0],
+            Effect::Execute(_, Command::LeaderElect { .. })
+        ));
+        assert!(matches!(
+            effects[1],
+            Effect::Execute(_, Command::ClaimerAcquire { .. })
+        ));
+        assert_eq!(effects.len(), 2);
+        assert_eq!(d.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn broken_bookkeeping_is_caught() {
+        let receipt = Receipt {
+            job: JobId(1),
+            epoch: Epoch(1),
+        };
+        let mut d = dispatcher();
+        d.queues[0].running = 1;
+        assert!(d.check_invariants().unwrap_err().contains("running count"));
+
+        let mut d = dispatcher();
+        d.running.insert(receipt, 0);
+        d.queues[0].running = 1;
+        d.reporting.insert(receipt, HandlerResult::Complete);
+        assert!(d
+            .check_invariants()
+            .unwrap_err()
+            .contains("being reported while still running"));
+
+        let mut d = dispatcher();
+        d.reporting.insert(receipt, HandlerResult::Complete);
+        assert!(d.check_invariants().unwrap_err().contains("in flight"));
+
+        let mut d = dispatcher();
+        for i in 0..3 {
+            d.running.insert(
+                Receipt {
+                    job: JobId(i),
+                    epoch: Epoch(1),
+                },
+                0,
+            );
+        }
+        d.queues[0].running = 3;
+        assert!(d.check_invariants().unwrap_err().contains("max_workers"));
+    }
 }

@@ -9,11 +9,11 @@
 //! model checker run both. Each violation is named after the invariant it
 //! breaks, with the same name in TLA+ and stateright (`correctness/MAPPING.md`).
 //!
-//! Two invariants hold by construction and have no runtime check:
-//! "no slot with two holders" (a slot has one `Option<SlotHolder>`) and
-//! "every job is in exactly one state" at the entity level (a job has one
-//! [`JobState`]); what can still go wrong — the indexes disagreeing with the
-//! jobs — is checked as [`Violation::NoJobLost`].
+//! Some invariants hold partly by construction: a slot has one
+//! `Option<SlotHolder>` and a job has one [`JobState`]. What can still go
+//! wrong is checked: a slot granted while it had a live holder
+//! ([`Violation::NoSlotWithTwoHolders`], per step), and the indexes
+//! disagreeing with the jobs ([`Violation::NoJobLost`]).
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -7,7 +7,7 @@
 //!
 //! ## What goes in, what comes out
 //!
-//! There are two layers, and backends use the second:
+//! There are three layers: backends implement the second, workers drive the third.
 //!
 //! 1. **Entity transitions.** [`Job`] methods (`claim`, `complete`, `fail`,
 //!    `snooze`, `cancel`, `rescue`, …), [`ClaimerTable`] (`acquire`,
@@ -22,6 +22,13 @@
 //!    in-memory backend is this world behind a lock; the model checker
 //!    explores it; the Postgres backend is tested to give the same
 //!    [`Outcome`] for the same commands.
+//!
+//! 3. **The dispatcher.** [`Dispatcher`] is one process's worker logic:
+//!    `handle(now, draw, input)`, then drain `poll_effect()` (storage commands
+//!    to execute, handlers to start or stop), then sleep until
+//!    `poll_timeout()`. It decides when and how much to claim, when to flush
+//!    batched results, when to heartbeat and when to lead maintenance. The
+//!    runtime and the simulator both drive it.
 //!
 //! Two small sans-IO loops run *inside one process* instead of in shared
 //! storage: [`Acquisition`] (scan a semaphore's slots, skip a slot whose try
