@@ -106,6 +106,8 @@ pub enum HandlerResult {
     Snooze(Millis),
     /// Parked until an external callback, for at most this long.
     WaitExternal(Millis),
+    /// The job should not run at all: cancel it (receipt-guarded).
+    Cancel,
 }
 
 /// Identifies an executed command, so its outcome can be routed back.
@@ -537,6 +539,7 @@ impl Dispatcher {
         let batch: Vec<_> = self.buffered.drain(..take).collect();
         let (mut completes, mut failures, mut snoozes, mut waits) =
             (vec![], vec![], vec![], vec![]);
+        let mut cancels = Vec::new();
         for (_, receipt, result) in &batch {
             match result {
                 HandlerResult::Complete => completes.push(*receipt),
@@ -547,7 +550,14 @@ impl Dispatcher {
                 }),
                 HandlerResult::Snooze(delay) => snoozes.push((*receipt, *delay)),
                 HandlerResult::WaitExternal(timeout) => waits.push((*receipt, *timeout)),
+                HandlerResult::Cancel => cancels.push(*receipt),
             }
+        }
+        if !cancels.is_empty() {
+            let command = Command::CancelAttempts {
+                receipts: cancels.clone(),
+            };
+            self.execute(Lane::Report(cancels), command);
         }
         if !completes.is_empty() {
             self.execute(
@@ -762,7 +772,10 @@ impl Dispatcher {
 
     fn on_reported(&mut self, receipts: Vec<Receipt>, outcome: Outcome) {
         let results: Vec<Result<(), Reject>> = match outcome {
-            Outcome::Completed(Ok(r)) | Outcome::Snoozed(Ok(r)) | Outcome::Waiting(Ok(r)) => r,
+            Outcome::Completed(Ok(r))
+            | Outcome::Snoozed(Ok(r))
+            | Outcome::Waiting(Ok(r))
+            | Outcome::AttemptsCancelled(Ok(r)) => r,
             Outcome::Failed(Ok(r)) => r.into_iter().map(|x| x.map(|_| ())).collect(),
             other => panic!("a report batch was refused as a whole: {other:?}"),
         };

@@ -441,7 +441,9 @@ fn check_leader_step(
 /// The receipts a command writes with; a stale one must change nothing.
 fn receipts(command: &Command) -> Vec<crate::ids::Receipt> {
     match command {
-        Command::Heartbeat { receipts } | Command::Complete { receipts } => receipts.clone(),
+        Command::Heartbeat { receipts }
+        | Command::Complete { receipts }
+        | Command::CancelAttempts { receipts } => receipts.clone(),
         Command::Fail { failures } => failures.iter().map(|f| f.receipt).collect(),
         Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
             items.iter().map(|(r, _)| *r).collect()

@@ -594,6 +594,14 @@ impl Job {
         Ok(())
     }
 
+    /// Running → cancelled, by the attempt's own handler (it decided the job
+    /// should not run at all). Guarded by the receipt like every holder
+    /// write, so a late worker cannot cancel a job someone else now runs.
+    pub fn cancel_attempt(&mut self, receipt: Receipt, now: Timestamp) -> Result<(), Reject> {
+        self.check_receipt(receipt, StateName::Running)?;
+        self.cancel(now)
+    }
+
     /// Failed or cancelled → available under a new epoch, with its attempts
     /// reset: an operator decided it deserves a fresh run.
     pub fn admin_retry(&mut self, now: Timestamp) -> Result<(), Reject> {

@@ -110,6 +110,12 @@ pub enum Command {
         /// The attempts and their delays.
         snoozes: Vec<(Receipt, Millis)>,
     },
+    /// Cancel running attempts at their handlers' request (receipt-guarded,
+    /// unlike the operator's [`Command::Cancel`]).
+    CancelAttempts {
+        /// The attempts.
+        receipts: Vec<Receipt>,
+    },
     /// Park running attempts until an external callback, for at most a
     /// timeout each.
     WaitExternal {
@@ -280,6 +286,8 @@ pub enum Outcome {
     Failed(BatchResult<FailOutcome>),
     /// For [`Command::Snooze`].
     Snoozed(BatchResult<()>),
+    /// For [`Command::CancelAttempts`].
+    AttemptsCancelled(BatchResult<()>),
     /// For [`Command::WaitExternal`].
     Waiting(BatchResult<()>),
     /// For [`Command::ResumeExternal`].
@@ -516,6 +524,11 @@ impl World {
                 }))
             }
             Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes)),
+            Command::CancelAttempts { receipts } => {
+                Outcome::AttemptsCancelled(self.batch(receipts, |w, r| {
+                    w.update(r.job, |job| job.cancel_attempt(r, now))
+                }))
+            }
             Command::WaitExternal { waits } => {
                 Outcome::Waiting(self.batch(waits, |w, (r, timeout)| {
                     w.update(r.job, |job| job.wait_external(r, now.plus(timeout), now))
@@ -1009,6 +1022,7 @@ pub fn command_name(command: &Command) -> &'static str {
         Command::Complete { .. } => "complete",
         Command::Fail { .. } => "fail",
         Command::Snooze { .. } => "snooze",
+        Command::CancelAttempts { .. } => "cancel_attempts",
         Command::WaitExternal { .. } => "wait_external",
         Command::ResumeExternal { .. } => "resume_external",
         Command::Cancel { .. } => "cancel",

@@ -52,6 +52,7 @@ fn random_command_sequences_keep_every_invariant() {
     }
     let must_reach = [
         "Completed:ok",
+        "AttemptsCancelled:ok",
         "reject:StaleEpoch",
         "reject:NotRunning",
         "reject:NotWaiting",

@@ -662,3 +662,26 @@ fn unknown_jobs_are_typed_rejections() {
         Outcome::Cancelled(Err(Reject::UnknownJob { job: JobId(99) }))
     );
 }
+
+#[test]
+fn a_handler_cancels_its_own_job_but_a_late_worker_cannot() {
+    let mut h = Harness::new();
+    let id = h.enqueue_one();
+    let receipt = h.claim(P1, 1)[0].receipt;
+    let cancel = |receipt| Command::CancelAttempts {
+        receipts: vec![receipt],
+    };
+    assert_eq!(
+        h.apply(cancel(receipt)),
+        Outcome::AttemptsCancelled(Ok(vec![Ok(())]))
+    );
+    assert_eq!(h.state(id), StateName::Cancelled);
+    // An operator retries it; the old holder's cancel is now stale.
+    h.apply(Command::Retry { job: id });
+    let fresh = h.claim(P2, 1)[0].receipt;
+    let Outcome::AttemptsCancelled(Ok(results)) = h.apply(cancel(receipt)) else {
+        panic!("batch refused")
+    };
+    assert!(matches!(results[0], Err(Reject::StaleEpoch { .. })));
+    assert_eq!(h.world.job(id).unwrap().receipt(), Some(fresh));
+}

@@ -68,6 +68,9 @@ pub enum Op {
         r: u16,
         timeout_ms: u16,
     },
+    CancelAttempt {
+        r: u16,
+    },
     Resume {
         r: u16,
     },
@@ -131,6 +134,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u16>(), 0..200u16).prop_map(|(r, delay_ms)| Op::Snooze { r, delay_ms }),
         1 => (any::<u16>(), 0..400u16).prop_map(|(r, timeout_ms)| Op::WaitExternal { r, timeout_ms }),
         1 => any::<u16>().prop_map(|r| Op::Resume { r }),
+        1 => any::<u16>().prop_map(|r| Op::CancelAttempt { r }),
         1 => any::<u16>().prop_map(|job| Op::Cancel { job }),
         1 => any::<u16>().prop_map(|job| Op::Retry { job }),
         1 => (0..2u8, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
@@ -187,7 +191,8 @@ impl Coverage {
             Outcome::Heartbeats(Ok(items))
             | Outcome::Completed(Ok(items))
             | Outcome::Snoozed(Ok(items))
-            | Outcome::Waiting(Ok(items)) => {
+            | Outcome::Waiting(Ok(items))
+            | Outcome::AttemptsCancelled(Ok(items)) => {
                 for item in items {
                     match item {
                         Ok(()) => note(format!("{kind}:ok")),
@@ -457,6 +462,12 @@ impl Run {
             Op::WaitExternal { r, timeout_ms } => match pick(&self.receipts, r) {
                 Some(receipt) => Command::WaitExternal {
                     waits: vec![(receipt, Millis(u64::from(timeout_ms)))],
+                },
+                None => return,
+            },
+            Op::CancelAttempt { r } => match pick(&self.receipts, r) {
+                Some(receipt) => Command::CancelAttempts {
+                    receipts: vec![receipt],
                 },
                 None => return,
             },
