@@ -1,14 +1,28 @@
 //! # weir: the job queue a Rust service embeds
 //!
-//! So far this crate holds the [`Backend`] trait that every storage backend
-//! implements (the in-memory one in `weir-memory`, the Postgres one in
-//! `weir-postgres`); the typed job API, the client and the worker pool are
-//! being built on top of it.
+//! - [`JobArgs`]: a job is a serde type with a kind and defaults.
+//! - [`Registry`]: the async handlers a process can run, by kind.
+//! - [`Client`]: insert jobs (one, or many atomically), cancel, retry,
+//!   pause and resume queues, resume jobs waiting for an external callback.
+//! - [`WorkerPool`]: claims, runs and reports jobs by driving the core's
+//!   sans-IO [`weir_core::Dispatcher`], with graceful shutdown.
+//! - [`Backend`]: the storage interface; `weir-memory` and `weir-postgres`
+//!   implement it.
+//!
+//! Every decision is made by `weir-core`; this crate executes them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod client;
+pub mod job;
+pub mod registry;
+pub mod worker;
 
 pub use backend::{Backend, BackendError};
+pub use client::{new_job, Client, ClientError, InsertOptions, Inserted};
+pub use job::{HandlerError, JobArgs, JobContext, JobOutcome};
+pub use registry::Registry;
 pub use weir_core as core;
+pub use worker::{wall_clock, PoolError, PoolReport, WorkerPool};

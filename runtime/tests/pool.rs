@@ -1,0 +1,271 @@
+//! The worker pool end to end over a backend that is the reference world
+//! behind a lock.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir::core::{
+    Command, DispatcherConfig, Millis, Outcome, ProcessId, QueueName, StateName, Timestamp, World,
+    WorldConfig,
+};
+use weir::{
+    Backend, BackendError, Client, InsertOptions, JobArgs, JobOutcome, Registry, WorkerPool,
+};
+
+struct WorldBackend {
+    world: Mutex<World>,
+}
+
+#[async_trait::async_trait]
+impl Backend for WorldBackend {
+    async fn execute(&self, command: Command) -> Result<Outcome, BackendError> {
+        let mut world = self.world.lock().unwrap();
+        Ok(world.apply(weir::wall_clock(), command))
+    }
+
+    async fn now(&self) -> Result<Timestamp, BackendError> {
+        Ok(weir::wall_clock())
+    }
+}
+
+fn backend() -> Arc<WorldBackend> {
+    let config = WorldConfig {
+        backoff: weir::core::Backoff::constant(Millis(10)),
+        ..WorldConfig::default()
+    };
+    Arc::new(WorldBackend {
+        world: Mutex::new(World::new(config)),
+    })
+}
+
+fn pool_config(process: u64) -> DispatcherConfig {
+    DispatcherConfig {
+        poll_interval: Millis(20),
+        flush_delay: Millis(5),
+        maintenance_interval: Millis(20),
+        heartbeat_interval: Millis(200),
+        shutdown_timeout: Millis(200),
+        ..DispatcherConfig::new(ProcessId(process), QueueName::new("default").unwrap(), 32)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Add {
+    a: u32,
+    b: u32,
+}
+
+impl JobArgs for Add {
+    const KIND: &'static str = "test.add";
+}
+
+fn states(backend: &WorldBackend) -> Vec<StateName> {
+    backend
+        .world
+        .lock()
+        .unwrap()
+        .jobs()
+        .map(|j| j.state_name())
+        .collect()
+}
+
+async fn wait_until(backend: &WorldBackend, done: impl Fn(&[StateName]) -> bool) {
+    for _ in 0..500 {
+        if done(&states(backend)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out; states: {:?}", states(backend));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_jobs_run_to_completion_and_the_pool_shuts_down_cleanly() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    let jobs: Vec<Add> = (0..200).map(|i| Add { a: i, b: 1 }).collect();
+    let inserted = client
+        .insert_many(jobs.iter().map(|j| (j, InsertOptions::default())))
+        .await
+        .unwrap();
+    assert_eq!(inserted.len(), 200);
+
+    let sum = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::new();
+    let seen = Arc::clone(&sum);
+    registry
+        .register(move |job: Add, _ctx| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.fetch_add(job.a + job.b, Ordering::SeqCst);
+                Ok(JobOutcome::Complete)
+            }
+        })
+        .unwrap();
+    let pool = WorkerPool::new(Arc::clone(&backend), registry, pool_config(1)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pool.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_until(&backend, |s| s.iter().all(|s| *s == StateName::Completed)).await;
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.stats.reported, 200);
+    assert_eq!(sum.load(Ordering::SeqCst), (0..200).sum::<u32>() + 200);
+    let world = backend.world.lock().unwrap();
+    let queue = QueueName::new("default").unwrap();
+    assert!(
+        world
+            .claimers(&queue)
+            .unwrap()
+            .slots()
+            .all(|(_, l)| l.owner.is_none()),
+        "lease released"
+    );
+}
+
+#[derive(Serialize, Deserialize)]
+struct Flaky {
+    id: u32,
+}
+
+impl JobArgs for Flaky {
+    const KIND: &'static str = "test.flaky";
+    const MAX_ATTEMPTS: u32 = 3;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_retry_panics_are_contained_and_bad_payloads_fail_for_good() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    for id in 0..4 {
+        client.insert(&Flaky { id }).await.unwrap();
+    }
+    // A payload that does not decode as Flaky.
+    let bad = weir::core::NewJob::new(
+        QueueName::new("default").unwrap(),
+        weir::core::Kind::new("test.flaky").unwrap(),
+        weir::core::Payload(b"{\"nope\":1}".to_vec()),
+    );
+    backend
+        .execute(Command::Enqueue { jobs: vec![bad] })
+        .await
+        .unwrap();
+
+    let mut registry = Registry::new();
+    registry
+        .register(|job: Flaky, ctx| async move {
+            match (job.id, ctx.attempt()) {
+                (0, _) => Ok(JobOutcome::Complete),
+                (1, 1) => Err("transient".into()),
+                (2, 1) => panic!("handler bug"),
+                (3, _) => Ok(JobOutcome::Cancel),
+                _ => Ok(JobOutcome::Complete),
+            }
+        })
+        .unwrap();
+    let pool = WorkerPool::new(Arc::clone(&backend), registry, pool_config(1)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pool.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_until(&backend, |s| {
+        s.len() == 5 && s.iter().all(|s| s.is_terminal())
+    })
+    .await;
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.panics, 1);
+    let world = backend.world.lock().unwrap();
+    let by_id: Vec<(StateName, u32)> = world
+        .jobs()
+        .map(|j| (j.state_name(), j.attempt.0))
+        .collect();
+    assert_eq!(
+        by_id,
+        vec![
+            (StateName::Completed, 1),
+            (StateName::Completed, 2),
+            (StateName::Completed, 2),
+            (StateName::Cancelled, 1),
+            (StateName::Failed, 1),
+        ]
+    );
+    let bad = world.jobs().last().unwrap();
+    assert!(
+        bad.last_error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("does not decode"),
+        "{:?}",
+        bad.last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_slow_handlers_and_hands_their_jobs_back() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    for a in 0..3 {
+        client.insert(&Add { a, b: 0 }).await.unwrap();
+    }
+    let mut registry = Registry::new();
+    registry
+        .register(|_job: Add, ctx| async move {
+            ctx.cancelled().cancelled().await;
+            Ok(JobOutcome::Complete)
+        })
+        .unwrap();
+    let pool = WorkerPool::new(Arc::clone(&backend), registry, pool_config(1)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pool.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_until(&backend, |s| {
+        s.iter().filter(|s| **s == StateName::Running).count() == 3
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let world = backend.world.lock().unwrap();
+    for job in world.jobs() {
+        assert_eq!(job.state_name(), StateName::Available);
+        assert_eq!(job.attempt.0, 0);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_and_writes_nothing() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    let bad_queue = InsertOptions {
+        queue: Some("Bad Queue".into()),
+        ..InsertOptions::default()
+    };
+    let err = client
+        .insert_with(&Add { a: 1, b: 2 }, bad_queue)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, weir::ClientError::InvalidName(_)), "{err}");
+    let zero = InsertOptions {
+        max_attempts: Some(0),
+        ..InsertOptions::default()
+    };
+    let err = client
+        .insert_with(&Add { a: 1, b: 2 }, zero)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, weir::ClientError::InvalidJob { index: 0, .. }),
+        "{err}"
+    );
+    assert!(states(&backend).is_empty());
+    let no_queues = DispatcherConfig {
+        queues: vec![],
+        ..pool_config(1)
+    };
+    assert!(WorkerPool::new(Arc::clone(&backend), Registry::new(), no_queues).is_err());
+}
