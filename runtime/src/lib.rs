@@ -6,6 +6,8 @@
 //!   pause and resume queues, resume jobs waiting for an external callback.
 //! - [`WorkerPool`]: claims, runs and reports jobs by driving the core's
 //!   sans-IO [`weir_core::Dispatcher`], with graceful shutdown.
+//! - [`warmup`]: herd mitigation for start-up work (delay + jitter, a
+//!   cluster-wide N-slot semaphore with wait-on-miss, paced batches).
 //! - [`Backend`]: the storage interface; `weir-memory` and `weir-postgres`
 //!   implement it.
 //!
@@ -18,11 +20,13 @@ pub mod backend;
 pub mod client;
 pub mod job;
 pub mod registry;
+pub mod warmup;
 pub mod worker;
 
 pub use backend::{Backend, BackendError};
 pub use client::{new_job, Client, ClientError, InsertOptions, Inserted};
 pub use job::{HandlerError, JobArgs, JobContext, JobOutcome};
 pub use registry::Registry;
+pub use warmup::{warmup, WarmupConfig, WarmupError, WarmupReport};
 pub use weir_core as core;
 pub use worker::{wall_clock, PoolError, PoolReport, WorkerPool};

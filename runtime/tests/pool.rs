@@ -269,3 +269,70 @@ async fn bad_input_is_a_typed_error_and_writes_nothing() {
     };
     assert!(WorkerPool::new(Arc::clone(&backend), Registry::new(), no_queues).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_of_eight_warmups_never_has_more_than_two_at_once() {
+    use weir::core::{SemaphoreName, WaitConfig, Warmup};
+    let backend = backend();
+    let active = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let started = weir::wall_clock();
+    let mut tasks = Vec::new();
+    for p in 0..8u64 {
+        let backend = Arc::clone(&backend);
+        let (active, most) = (Arc::clone(&active), Arc::clone(&most));
+        tasks.push(tokio::spawn(async move {
+            let config = weir::WarmupConfig {
+                process: ProcessId(p + 1),
+                pacing: Warmup {
+                    delay: Millis(0),
+                    jitter: Millis(20),
+                    batch_size: 10,
+                    batch_pause: Millis(5),
+                },
+                semaphore: Some((SemaphoreName::new("cache-warm").unwrap(), 2)),
+                wait: WaitConfig {
+                    retry_min: Millis(5),
+                    retry_max: Millis(15),
+                    wait_max: Millis(10_000),
+                },
+                lease_ttl: None,
+            };
+            weir::warmup(backend.as_ref(), &config, 30, |_range| {
+                let (active, most) = (Arc::clone(&active), Arc::clone(&most));
+                async move {
+                    let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await.unwrap());
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "at most N = 2 warm at once"
+    );
+    assert!(reports
+        .iter()
+        .all(|r| r.limited && r.slot.is_some() && r.batches == 3));
+    // Bound: delay + ceil(8/2) * work + retry jitter, with generous slack
+    // for a loaded machine (this is a sanity check, not a benchmark).
+    let last = reports.iter().map(|r| r.finished_at).max().unwrap();
+    let bound = weir::core::herd_bound(Millis(0), 8, 2, Millis(3 * 10 + 2 * 5), Millis(20 + 15));
+    println!(
+        "last finisher after {} (herd bound {bound})",
+        last.since(started)
+    );
+    let world = backend.world.lock().unwrap();
+    let sem = world
+        .semaphore(&SemaphoreName::new("cache-warm").unwrap())
+        .unwrap();
+    assert_eq!(sem.holders(weir::wall_clock()), 0, "every slot released");
+}
