@@ -1,0 +1,61 @@
+//! How many single-job transitions per second `World::apply` sustains
+//! (release build): enqueue, claim and complete jobs one at a time.
+//!
+//! `cargo run --release -p weir-core --example apply_rate [jobs]`
+
+use std::time::Instant;
+
+use weir_core::*;
+
+fn main() {
+    let jobs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let queue = QueueName::new("default").expect("valid");
+    let kind = Kind::new("noop").expect("valid");
+    let mut world = World::new(WorldConfig::default());
+    let now = Timestamp(1);
+    let started = Instant::now();
+    let mut transitions = 0u64;
+    for _ in 0..jobs {
+        let job = NewJob::new(queue.clone(), kind.clone(), Payload::default());
+        world.apply(now, Command::Enqueue { jobs: vec![job] });
+        transitions += 1;
+    }
+    let Outcome::ClaimerAcquired(Ok((claimer, _))) = world.apply(
+        now,
+        Command::ClaimerAcquire {
+            queue: queue.clone(),
+            process: ProcessId(1),
+        },
+    ) else {
+        panic!("no claimer slot")
+    };
+    for _ in 0..jobs {
+        let Outcome::Claimed(Ok(claimed)) = world.apply(
+            now,
+            Command::Claim {
+                queue: queue.clone(),
+                claimer,
+                max: 1,
+                kinds: None,
+            },
+        ) else {
+            panic!("claim refused")
+        };
+        let receipt = claimed.jobs[0].receipt;
+        world.apply(
+            now,
+            Command::Complete {
+                receipts: vec![receipt],
+            },
+        );
+        transitions += 2;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{transitions} single-job transitions in {secs:.3} s: {:.0} per second",
+        transitions as f64 / secs
+    );
+}
