@@ -5,7 +5,8 @@
 //! slots in order, skips a slot whose try failed with an error (a transient
 //! failure on one slot must not make the whole acquisition fail), and on a
 //! miss sleeps a jittered pause in `[retry_min, retry_max]` that never runs
-//! past its deadline. At the deadline the answer is a typed timeout.
+//! past its deadline. Every pause ends with a scan, the last one at the
+//! deadline; when that misses too, the answer is a typed timeout.
 //!
 //! A holder dies in one of two ways, and both free its slot: its session
 //! ends ([`Semaphore::release_holder`], like an advisory lock whose
@@ -377,12 +378,8 @@ impl Acquisition {
             Phase::Done(step) => step,
             Phase::AwaitingTry { slot } => AcquireStep::Try(SlotIndex(slot)),
             Phase::Sleeping { until } if now < until => AcquireStep::SleepUntil(until),
-            Phase::Sleeping { .. } | Phase::Scanning { .. } if now >= self.deadline => {
-                self.finish(AcquireStep::TimedOut {
-                    scans: self.scans,
-                    errors: self.errors,
-                })
-            }
+            // Waking up (also at the deadline): scan once more, so a slot
+            // freed during the last pause is not missed.
             Phase::Sleeping { .. } => {
                 self.phase = Phase::AwaitingTry { slot: 0 };
                 AcquireStep::Try(SlotIndex(0))
@@ -391,8 +388,15 @@ impl Acquisition {
                 self.phase = Phase::AwaitingTry { slot: next };
                 AcquireStep::Try(SlotIndex(next))
             }
+            // A full scan missed: give up at the deadline, else pause.
             Phase::Scanning { .. } => {
                 self.scans += 1;
+                if now >= self.deadline {
+                    return self.finish(AcquireStep::TimedOut {
+                        scans: self.scans,
+                        errors: self.errors,
+                    });
+                }
                 let until = now.plus(self.pause(draw)).min(self.deadline);
                 self.phase = Phase::Sleeping { until };
                 AcquireStep::SleepUntil(until)
@@ -560,7 +564,8 @@ mod tests {
                 AcquireStep::TimedOut { scans, errors } => {
                     assert_eq!(now, Timestamp(50));
                     assert_eq!(errors, 0);
-                    assert_eq!(scans as usize, sleeps.len());
+                    // One more scan at the deadline than pauses taken.
+                    assert_eq!(scans as usize, sleeps.len() + 1);
                     break;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -568,6 +573,31 @@ mod tests {
         }
         // 17, 17, 16 (clamped to the deadline).
         assert_eq!(sleeps, vec![17, 17, 16]);
+    }
+
+    #[test]
+    fn a_slot_freed_during_the_last_pause_is_taken_at_the_deadline() {
+        let mut acq = Acquisition::new(Some(1), Timestamp(0), wait());
+        let mut now = Timestamp(0);
+        loop {
+            match acq.poll(now, 7) {
+                AcquireStep::Try(slot) if now < Timestamp(50) => acq.on_try(slot, TryResult::Busy),
+                AcquireStep::Try(slot) => {
+                    let grant = SlotGrant {
+                        slot,
+                        epoch: SlotEpoch(2),
+                        holder: P1,
+                    };
+                    acq.on_try(slot, TryResult::Acquired(grant));
+                }
+                AcquireStep::SleepUntil(until) => now = until,
+                AcquireStep::Acquired(grant) => {
+                    assert_eq!((now, grant.slot), (Timestamp(50), SlotIndex(0)));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     #[test]
