@@ -118,6 +118,21 @@ impl Backoff {
     pub fn cap(&self) -> Millis {
         self.cap
     }
+
+    /// The delay for the first attempt, before growth and jitter.
+    pub fn base(&self) -> Millis {
+        self.base
+    }
+
+    /// The growth factor per attempt.
+    pub fn factor(&self) -> u32 {
+        self.factor
+    }
+
+    /// The largest share of a delay that jitter removes, in thousandths.
+    pub fn jitter_permille(&self) -> u16 {
+        self.jitter_permille
+    }
 }
 
 impl Default for Backoff {

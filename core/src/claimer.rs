@@ -133,6 +133,16 @@ pub struct ClaimerTable {
 }
 
 impl ClaimerTable {
+    /// A table with these rows (a backend rebuilding the core's view from
+    /// storage).
+    pub fn from_slots(
+        slots: impl IntoIterator<Item = (ClaimerSlot, ClaimerLease)>,
+    ) -> ClaimerTable {
+        ClaimerTable {
+            slots: slots.into_iter().collect(),
+        }
+    }
+
     /// The slots, in slot order.
     pub fn slots(&self) -> impl Iterator<Item = (ClaimerSlot, &ClaimerLease)> {
         self.slots.iter().map(|(slot, lease)| (*slot, lease))

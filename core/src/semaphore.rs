@@ -97,6 +97,20 @@ impl Semaphore {
         })
     }
 
+    /// A semaphore with these slots (a backend rebuilding the core's view
+    /// from storage). Missing slots are free; slots past `permits` are
+    /// refused.
+    pub fn from_slots(
+        permits: u16,
+        slots: impl IntoIterator<Item = (SlotIndex, Slot)>,
+    ) -> Result<Semaphore, Reject> {
+        let mut semaphore = Semaphore::new(permits)?;
+        for (index, slot) in slots {
+            *semaphore.slot_mut(index)? = slot;
+        }
+        Ok(semaphore)
+    }
+
     /// N.
     pub fn permits(&self) -> u16 {
         self.permits
@@ -598,6 +612,27 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_semaphore_rebuilt_from_rows_keeps_its_holders_and_bounds() {
+        let held = Slot {
+            epoch: SlotEpoch(4),
+            held: Some(SlotHolder {
+                holder: P2,
+                hold: Hold::Session,
+            }),
+        };
+        let sem = Semaphore::from_slots(3, [(SlotIndex(1), held)]).unwrap();
+        assert_eq!(sem.holders(Timestamp(0)), 1);
+        assert_eq!(sem.slots().nth(1).unwrap().1, &held);
+        assert_eq!(
+            Semaphore::from_slots(2, [(SlotIndex(2), held)]),
+            Err(Reject::SlotOutOfRange {
+                slot: SlotIndex(2),
+                permits: 2
+            })
+        );
     }
 
     #[test]

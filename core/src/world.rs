@@ -443,6 +443,11 @@ impl World {
         self.paused.contains(queue)
     }
 
+    /// The paused queues, in name order.
+    pub fn paused(&self) -> impl Iterator<Item = &QueueName> {
+        self.paused.iter()
+    }
+
     /// Jobs ever inserted (duplicates not counted).
     pub fn enqueued_total(&self) -> u64 {
         self.enqueued_total
