@@ -1,13 +1,51 @@
-//! Weir's Postgres backend.
+//! # weir-postgres: Weir's Postgres backend
 //!
-//! The backend itself is still to come. With the `harness` feature (off by
-//! default) the crate also provides [`harness`]: throwaway Postgres clusters
-//! and isolated per-test databases for tests, examples and benchmarks.
+//! [`PgBackend`] applies every storage [`Command`](weir_core::Command) of the
+//! core in Postgres and answers with the [`Outcome`](weir_core::Outcome)
+//! that `World::apply` gives for the same command: differential tests hold
+//! it to that, command by command and state by state.
+//!
+//! * [`migrate()`] brings a schema (its name a validated [`SchemaName`],
+//!   always quoted) to the version this code needs; re-running it is a
+//!   no-op and a newer database is refused.
+//! * [`PgBackend`] implements [`weir::Backend`]; [`PgBackend::enqueue`]
+//!   enqueues inside the caller's own transaction and
+//!   [`PgBackend::enqueue_copy`] bulk-loads with `COPY`.
+//! * [`semaphore`] holds the two client-side semaphores: session advisory
+//!   locks on a dedicated connection, and a lease table for deployments
+//!   behind a transaction-pooling PgBouncer.
+//! * [`notify`] turns LISTEN/NOTIFY into wake-ups, with a polling fallback.
+//!
+//! The tables, their indexes and why each exists, the grants the role
+//! needs, and the round trips of each command are in the crate's README.
+//!
+//! With the `harness` feature (off by default) the crate also provides
+//! `harness`: throwaway Postgres clusters and isolated per-test databases
+//! for tests, examples and benchmarks.
 
 #![warn(missing_docs)]
 // The only unsafe code is the `atexit` registration in `harness`, allowed
 // locally on that one function.
 #![deny(unsafe_code)]
 
+mod backend;
+mod bulk;
+mod jobs;
+mod leases;
+mod maintenance;
+pub mod migrate;
+pub mod notify;
+mod receipts;
+mod rows;
+mod schema;
+pub mod semaphore;
+mod snapshot;
+
 #[cfg(feature = "harness")]
 pub mod harness;
+
+pub use backend::{ConfigError, PgBackend, PgConfig};
+pub use bulk::CopyError;
+pub use migrate::{migrate, MigrateError, MigrateReport, LATEST_VERSION};
+pub use schema::{InvalidSchemaName, SchemaName};
+pub use snapshot::Snapshot;

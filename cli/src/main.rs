@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -21,12 +22,18 @@ enum Command {
     /// worker processes claim, complete, fail and retry jobs under virtual
     /// time, one of them stalls and is fenced, and a summary is printed.
     Demo(demo::DemoArgs),
+    /// Run the deterministic simulator: worker processes running the core's
+    /// real logic against the in-memory backend under seeded faults, every
+    /// invariant checked after every step. A failure prints the command that
+    /// replays it.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,7 +6,7 @@
 //!   pause and resume queues, resume jobs waiting for an external callback.
 //! - [`WorkerPool`]: claims, runs and reports jobs by driving the core's
 //!   sans-IO [`weir_core::Dispatcher`], with graceful shutdown.
-//! - [`warmup`]: herd mitigation for start-up work (delay + jitter, a
+//! - [`warmup()`]: herd mitigation for start-up work (delay + jitter, a
 //!   cluster-wide N-slot semaphore with wait-on-miss, paced batches).
 //! - [`Backend`]: the storage interface; `weir-memory` and `weir-postgres`
 //!   implement it.

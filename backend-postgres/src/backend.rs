@@ -1,0 +1,321 @@
+//! [`PgBackend`]: every [`Command`] of the core, applied in Postgres.
+//!
+//! # Time
+//!
+//! Every statement takes `now` as its first parameter: `NULL` in
+//! production, where `coalesce($1, now_ms())` reads the database clock
+//! (transaction time, so every statement of one command agrees), or an
+//! explicit time through [`PgBackend::execute_at`], which the differential
+//! tests use to apply the very `now` the reference world sees.
+//!
+//! `World::apply` clamps `now` so the world's time never goes backwards. An
+//! explicit `now` is clamped the same way here (per backend value). The
+//! database clock is not clamped: a table holding "the latest time" would
+//! be one more row written by every command and a point every command
+//! serialises on. Instead every time-based decision compares `now` with the
+//! row it guards (a lease's `expires_at`, a job's `heartbeat_at`, which a
+//! heartbeat only ever raises), and fencing never depends on time at all:
+//! epochs, lease epochs and terms decide who may write. A clock that steps
+//! back makes leases last a little longer and rescues come a little later;
+//! it never lets two holders in.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use weir::{Backend, BackendError};
+use weir_core::{Command, InvalidClaimerConfig, Outcome, Reject, Timestamp, WorldConfig};
+
+use crate::migrate::{self, MigrateError, MigrateReport, LATEST_VERSION};
+use crate::schema::SchemaName;
+
+/// How a [`PgBackend`] is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgConfig {
+    /// The schema holding Weir's tables.
+    pub schema: SchemaName,
+    /// The decision settings; the same as the reference world's.
+    pub world: WorldConfig,
+    /// Send NOTIFY wake-ups when jobs become available and when a running
+    /// job is cancelled. Off, workers find work by polling only.
+    pub notify: bool,
+}
+
+impl Default for PgConfig {
+    fn default() -> PgConfig {
+        PgConfig {
+            schema: SchemaName::default(),
+            world: WorldConfig::default(),
+            notify: true,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The claimer settings are invalid.
+    #[error(transparent)]
+    Claimer(#[from] InvalidClaimerConfig),
+    /// The connection failed.
+    #[error("connecting: {0}")]
+    Connect(#[from] sqlx::Error),
+}
+
+/// The Postgres backend. Cheap to clone: clones share one pool.
+#[derive(Clone, Debug)]
+pub struct PgBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) config: PgConfig,
+    /// The latest explicit `now` seen by `execute_at`, for the clamp.
+    explicit_now: AtomicI64,
+}
+
+impl PgBackend {
+    /// A backend on `pool`. Does not touch the database: call
+    /// [`PgBackend::migrate`] (or `weir migrate`) first.
+    pub fn new(pool: PgPool, config: PgConfig) -> Result<PgBackend, ConfigError> {
+        config.world.claimer.validate()?;
+        Ok(PgBackend {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                explicit_now: AtomicI64::new(i64::MIN),
+            }),
+        })
+    }
+
+    /// Connects a pool of up to `max_connections` to `url`.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        config: PgConfig,
+    ) -> Result<PgBackend, ConfigError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url)
+            .await?;
+        PgBackend::new(pool, config)
+    }
+
+    /// Brings the schema up to date (see [`crate::migrate()`]).
+    pub async fn migrate(&self) -> Result<MigrateReport, MigrateError> {
+        migrate::migrate(&self.inner.pool, &self.inner.config.schema).await
+    }
+
+    /// Checks that the schema is at the version this code expects.
+    pub async fn check_schema(&self) -> Result<(), BackendError> {
+        let found = migrate::schema_version(&self.inner.pool, &self.inner.config.schema)
+            .await
+            .map_err(db)?;
+        if found == LATEST_VERSION {
+            return Ok(());
+        }
+        Err(BackendError::Misconfigured(format!(
+            "schema {} is at version {found}, this code needs {LATEST_VERSION}{}",
+            self.inner.config.schema,
+            if found < LATEST_VERSION {
+                ": run `weir migrate`"
+            } else {
+                ": upgrade Weir"
+            }
+        )))
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &SchemaName {
+        &self.inner.config.schema
+    }
+
+    /// `template` with `{s}` replaced by the quoted schema name.
+    pub(crate) fn sql(&self, template: &str) -> String {
+        template.replace("{s}", &self.inner.config.schema.quoted())
+    }
+
+    /// Applies `command` at an explicit `now` instead of the database clock,
+    /// clamped so it never goes backwards, as `World::apply` does. For
+    /// differential tests and simulations; production uses
+    /// [`Backend::execute`].
+    #[doc(hidden)]
+    pub async fn execute_at(
+        &self,
+        now: Timestamp,
+        command: Command,
+    ) -> Result<Outcome, BackendError> {
+        let previous = self.inner.explicit_now.fetch_max(now.0, Ordering::SeqCst);
+        let now = Timestamp(now.0.max(previous));
+        self.run(Some(now), command).await
+    }
+
+    pub(crate) async fn run(
+        &self,
+        now: Option<Timestamp>,
+        command: Command,
+    ) -> Result<Outcome, BackendError> {
+        Ok(match command {
+            Command::Enqueue { jobs } => {
+                Outcome::Enqueued(self.enqueue_in(&self.inner.pool, now, jobs).await?)
+            }
+            Command::Claim {
+                queue,
+                claimer,
+                max,
+                kinds,
+            } => Outcome::Claimed(
+                self.claim(now, &queue, &claimer, max, kinds.as_ref())
+                    .await?,
+            ),
+            Command::Heartbeat { receipts } => {
+                Outcome::Heartbeats(self.heartbeat(now, receipts).await?)
+            }
+            Command::Complete { receipts } => {
+                Outcome::Completed(self.complete(now, receipts).await?)
+            }
+            Command::Fail { failures } => Outcome::Failed(self.fail(now, failures).await?),
+            Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes).await?),
+            Command::WaitExternal { waits } => {
+                Outcome::Waiting(self.wait_external(now, waits).await?)
+            }
+            Command::ResumeExternal { receipt } => {
+                Outcome::Resumed(self.resume_external(now, receipt).await?)
+            }
+            Command::Cancel { job } => Outcome::Cancelled(self.cancel(now, job).await?),
+            Command::Retry { job } => Outcome::Retried(self.admin_retry(now, job).await?),
+            Command::PauseQueue { queue } => {
+                Outcome::QueuePauseChanged(self.set_paused(&queue, true).await?)
+            }
+            Command::ResumeQueue { queue } => {
+                Outcome::QueuePauseChanged(self.set_paused(&queue, false).await?)
+            }
+            Command::ClaimerAcquire { queue, process } => {
+                Outcome::ClaimerAcquired(self.claimer_acquire(now, &queue, process).await?)
+            }
+            Command::ClaimerRelease { queue, claimer } => {
+                Outcome::ClaimerReleased(self.claimer_release(now, &queue, &claimer).await?)
+            }
+            Command::SlotTry {
+                semaphore,
+                permits,
+                slot,
+                holder,
+                lease_ttl,
+            } => Outcome::SlotTried(
+                self.slot_try(now, semaphore, permits, slot, holder, lease_ttl)
+                    .await?,
+            ),
+            Command::SlotRenew {
+                semaphore,
+                grant,
+                lease_ttl,
+            } => Outcome::SlotRenewed(self.slot_renew(now, &semaphore, &grant, lease_ttl).await?),
+            Command::SlotRelease { semaphore, grant } => {
+                Outcome::SlotReleased(self.slot_release(&semaphore, &grant).await?)
+            }
+            Command::ProcessCrashed { process } => {
+                Outcome::SessionEnded(self.end_session(process).await?)
+            }
+            Command::LeaderElect { process } => {
+                Outcome::LeaderElected(self.leader_elect(now, process).await?)
+            }
+            Command::LeaderResign { leader } => {
+                Outcome::LeaderResigned(self.leader_resign(now, &leader).await?)
+            }
+            Command::Promote { leader, max } => {
+                Outcome::Promoted(self.promote(now, &leader, max).await?)
+            }
+            Command::Rescue { leader, draw, max } => {
+                Outcome::Rescued(self.rescue(now, &leader, draw, max).await?)
+            }
+            Command::Prune {
+                leader,
+                finished_before,
+                max,
+            } => Outcome::Pruned(self.prune(now, &leader, finished_before, max).await?),
+            other => {
+                return Err(BackendError::Misconfigured(format!(
+                    "command {} is not supported by this version of weir-postgres",
+                    weir_core::command_name(&other)
+                )))
+            }
+        })
+    }
+
+    /// The database clock (or the explicit `now`), in one round trip.
+    pub(crate) async fn now_in<'c, E>(
+        &self,
+        executor: E,
+        now: Option<Timestamp>,
+    ) -> Result<Timestamp, BackendError>
+    where
+        E: sqlx::PgExecutor<'c>,
+    {
+        if let Some(now) = now {
+            return Ok(now);
+        }
+        let ms: i64 = sqlx::query_scalar(&self.sql("SELECT {s}.now_ms()"))
+            .fetch_one(executor)
+            .await
+            .map_err(db)?;
+        Ok(Timestamp(ms))
+    }
+
+    /// Refuses a batch longer than the configured maximum, as the world does.
+    pub(crate) fn check_batch_len(&self, len: usize) -> Result<(), Reject> {
+        let max = self.inner.config.world.batch_max;
+        if len > max {
+            return Err(Reject::BatchTooLarge { len, max });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for PgBackend {
+    async fn execute(&self, command: Command) -> Result<Outcome, BackendError> {
+        self.run(None, command).await
+    }
+
+    async fn now(&self) -> Result<Timestamp, BackendError> {
+        self.now_in(&self.inner.pool, None).await
+    }
+}
+
+/// Maps a driver error to what the caller may assume about the command.
+pub(crate) fn db(error: sqlx::Error) -> BackendError {
+    match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            BackendError::Unavailable(error.to_string())
+        }
+        sqlx::Error::Database(e) => match e.code().as_deref() {
+            // insufficient_privilege, undefined_table, undefined_function,
+            // invalid_schema_name, undefined_column: the schema is missing,
+            // old, or the role lacks a grant. Retrying will not help.
+            Some("42501" | "42P01" | "42883" | "3F000" | "42703") => {
+                BackendError::Misconfigured(error.to_string())
+            }
+            // The server answered with an error: the statement (and its
+            // transaction) was rolled back, so nothing was applied.
+            _ => BackendError::Unavailable(error.to_string()),
+        },
+        // The connection broke or the answer was garbled: the command may
+        // have been applied.
+        _ => BackendError::Lost(error.to_string()),
+    }
+}

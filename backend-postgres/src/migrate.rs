@@ -1,0 +1,170 @@
+//! Versioned migrations, embedded in the crate.
+//!
+//! [`migrate`] brings a schema to [`LATEST_VERSION`] in one transaction,
+//! under a transaction-level advisory lock so that two processes migrating
+//! at once apply each step once. Re-running it is a no-op; a schema at a
+//! newer version than this code knows is refused with
+//! [`MigrateError::NewerThanCode`] and left untouched.
+
+use sqlx::postgres::PgPool;
+use sqlx::{Connection, Row};
+
+use crate::schema::SchemaName;
+
+/// One embedded migration.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    /// Its version; versions are applied in increasing order.
+    pub version: i32,
+    /// A short name.
+    pub name: &'static str,
+    sql: &'static str,
+}
+
+impl Migration {
+    /// The SQL for `schema` (the quoted name replaces `{schema}`).
+    pub fn sql(&self, schema: &SchemaName) -> String {
+        self.sql.replace("{schema}", &schema.quoted())
+    }
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/0001_initial.sql"),
+}];
+
+/// The schema version this code reads and writes.
+pub const LATEST_VERSION: i32 = 1;
+
+/// What [`migrate`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// The version found (0 for a new schema).
+    pub from: i32,
+    /// The version now.
+    pub to: i32,
+    /// The versions applied by this call (empty when it was a no-op).
+    pub applied: Vec<i32>,
+}
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// The database was migrated by newer code; this code must not touch it.
+    #[error(
+        "schema {schema} is at version {found}, newer than this code's {latest}: upgrade Weir"
+    )]
+    NewerThanCode {
+        /// The schema.
+        schema: String,
+        /// Its version.
+        found: i32,
+        /// The newest version this code knows.
+        latest: i32,
+    },
+    /// A statement failed (including missing privileges; see the README's
+    /// list of grants).
+    #[error("migrating schema {schema}: {source}")]
+    Database {
+        /// The schema.
+        schema: String,
+        /// The error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Brings `schema` to [`LATEST_VERSION`], creating it if it does not exist.
+pub async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<MigrateReport, MigrateError> {
+    let db = |source| MigrateError::Database {
+        schema: schema.to_string(),
+        source,
+    };
+    let mut conn = pool.acquire().await.map_err(db)?;
+    let mut tx = conn.begin().await.map_err(db)?;
+    // Serialises concurrent migrators of this schema; released at commit.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("weir.migrate.{schema}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+    // schema exists, so look first: a DBA may have created it for us.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+    let q = schema.quoted();
+    if !exists {
+        sqlx::raw_sql(&format!("CREATE SCHEMA {q}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE IF NOT EXISTS {q}.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )"
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let row = sqlx::query(&format!(
+        "SELECT coalesce(max(version), 0) AS v FROM {q}.schema_migrations"
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    let from: i32 = row.try_get("v").map_err(db)?;
+    if from > LATEST_VERSION {
+        return Err(MigrateError::NewerThanCode {
+            schema: schema.to_string(),
+            found: from,
+            latest: LATEST_VERSION,
+        });
+    }
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version > from) {
+        sqlx::raw_sql(&migration.sql(schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(&format!(
+            "INSERT INTO {q}.schema_migrations (version, name) VALUES ($1, $2)"
+        ))
+        .bind(migration.version)
+        .bind(migration.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        applied.push(migration.version);
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(MigrateReport {
+        from,
+        to: LATEST_VERSION,
+        applied,
+    })
+}
+
+/// The schema's version (0 when it has never been migrated).
+pub async fn schema_version(pool: &PgPool, schema: &SchemaName) -> Result<i32, sqlx::Error> {
+    let table = format!("{}.schema_migrations", schema.quoted());
+    let present: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(&table)
+        .fetch_one(pool)
+        .await?;
+    if present.is_none() {
+        return Ok(0);
+    }
+    sqlx::query_scalar(&format!("SELECT coalesce(max(version), 0) FROM {table}"))
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,137 @@
+//! LISTEN/NOTIFY wake-ups, with a polling fallback.
+//!
+//! The backend sends, on the channel `weir_<schema>` (only when
+//! [`PgConfig::notify`](crate::PgConfig::notify) is on):
+//!
+//! * `j:<queue>` when jobs of `queue` became available (enqueue, promote,
+//!   snooze, resume, admin retry, resuming a paused queue);
+//! * `c:<job>:<epoch>:<holder>` when a running job was taken away from its
+//!   holder (cancel, rescue): the holder can stop the handler at once
+//!   instead of learning it at its next heartbeat. The epoch bump fences it
+//!   either way; the message only saves work.
+//!
+//! Notifications are hints. They are lost while the listening connection
+//! is down, so [`Listener::wait`] also returns after a polling interval and
+//! reports [`Wakeup::Missed`] after a reconnection; a worker then polls its
+//! queues. New work is thus picked up within milliseconds when NOTIFY works,
+//! and within the polling interval when it does not, without hot polling.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use weir::BackendError;
+use weir_core::{Epoch, JobId, ProcessId, QueueName};
+
+use crate::backend::{db, PgBackend};
+
+/// What a notification says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wakeup {
+    /// Jobs of this queue became available.
+    Jobs(QueueName),
+    /// A running attempt was taken from its holder.
+    Cancelled {
+        /// The job.
+        job: JobId,
+        /// The epoch of the attempt that was fenced.
+        epoch: Epoch,
+        /// The holder of that attempt.
+        holder: ProcessId,
+    },
+    /// The connection was lost and re-established: notifications may have
+    /// been missed, so poll.
+    Missed,
+}
+
+impl Wakeup {
+    /// Parses a payload; `None` for one this version does not know.
+    pub fn parse(payload: &str) -> Option<Wakeup> {
+        if let Some(queue) = payload.strip_prefix("j:") {
+            return QueueName::new(queue).ok().map(Wakeup::Jobs);
+        }
+        let rest = payload.strip_prefix("c:")?;
+        let mut parts = rest.split(':');
+        let job = parts.next()?.parse().ok()?;
+        let epoch = parts.next()?.parse().ok()?;
+        let holder = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Wakeup::Cancelled {
+            job: JobId(job),
+            epoch: Epoch(epoch),
+            holder: ProcessId(holder),
+        })
+    }
+}
+
+/// A dedicated connection listening on the backend's channel.
+pub struct Listener {
+    listener: PgListener,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Opens a connection from the backend's pool options and listens.
+    pub async fn connect(backend: &PgBackend) -> Result<Listener, BackendError> {
+        let mut listener = PgListener::connect_with(backend.pool()).await.map_err(db)?;
+        listener
+            .listen(&backend.schema().channel())
+            .await
+            .map_err(db)?;
+        Ok(Listener { listener })
+    }
+
+    /// The next wake-up, or `None` when `poll_interval` passed without one
+    /// (the polling fallback: look for work anyway).
+    pub async fn wait(&mut self, poll_interval: Duration) -> Result<Option<Wakeup>, BackendError> {
+        let deadline = tokio::time::Instant::now() + poll_interval;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.listener.try_recv()).await;
+            match next {
+                Err(_elapsed) => return Ok(None),
+                // The connection dropped; sqlx reconnects on the next call.
+                Ok(Ok(None)) => return Ok(Some(Wakeup::Missed)),
+                Ok(Ok(Some(notification))) => {
+                    if let Some(wakeup) = Wakeup::parse(notification.payload()) {
+                        return Ok(Some(wakeup));
+                    }
+                }
+                Ok(Err(error)) => return Err(db(error)),
+            }
+        }
+    }
+}
+
+/// How long [`Listener::wait`] should wait when idle, by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_junk_is_ignored() {
+        assert_eq!(
+            Wakeup::parse("j:emails"),
+            Some(Wakeup::Jobs(QueueName::new("emails").unwrap()))
+        );
+        assert_eq!(
+            Wakeup::parse("c:7:3:42"),
+            Some(Wakeup::Cancelled {
+                job: JobId(7),
+                epoch: Epoch(3),
+                holder: ProcessId(42)
+            })
+        );
+        for junk in ["", "j:", "j:BAD", "c:1:2", "c:1:2:3:4", "x:1"] {
+            assert_eq!(Wakeup::parse(junk), None, "{junk:?}");
+        }
+    }
+}

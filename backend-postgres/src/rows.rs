@@ -1,0 +1,327 @@
+//! Rows ⇄ the core's values: a job row is a [`Job`], a claimer row a
+//! [`ClaimerLease`], a slot row a [`Slot`].
+//!
+//! Counters and process ids are `u64` in the core and `bigint` here: they
+//! are stored bit for bit (`as i64`), so every value round-trips. Spans are
+//! `u64` milliseconds; one longer than `i64::MAX` ms is stored as `i64::MAX`,
+//! which changes no decision because `Timestamp::plus` saturates there too.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use weir_core::{
+    Attempt, ClaimerLease, ClaimerSlot, ClaimerTable, Epoch, ErrorRecord, FailReason, Hold, Job,
+    JobId, JobState, Kind, LeaseEpoch, Millis, Payload, Priority, ProcessId, QueueName, Semaphore,
+    Slot, SlotEpoch, SlotHolder, Timestamp, UniqueKey,
+};
+
+/// The columns [`job_from_row`] reads, in `SELECT` form (table alias `j`).
+pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.kind, j.payload, j.priority, j.attempt, \
+     j.max_attempts, j.epoch, j.timeout_ms, j.unique_key, j.created_at, j.state, j.run_at, \
+     j.holder, j.claimed_at, j.heartbeat_at, j.deadline, j.waiting_since, j.finished_at, \
+     j.fail_reason, j.error_attempt, j.error_at, j.error_message";
+
+pub(crate) fn u64_to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+pub(crate) fn i64_to_u64(v: i64) -> u64 {
+    v as u64
+}
+
+/// A span for SQL: `u64` milliseconds clamped to `i64::MAX`.
+pub(crate) fn span(m: Millis) -> i64 {
+    i64::try_from(m.0).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: impl Into<String>) -> sqlx::Error {
+    sqlx::Error::Decode(what.into().into())
+}
+
+fn need<T>(v: Option<T>, state: &str, column: &str) -> Result<T, sqlx::Error> {
+    v.ok_or_else(|| corrupt(format!("a {state} job has no {column}")))
+}
+
+/// Reads one job row (selected with [`JOB_COLUMNS`]).
+pub(crate) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
+    let ts = |c: &str| -> Result<Option<Timestamp>, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(c)?.map(Timestamp))
+    };
+    let state_name: String = row.try_get("state")?;
+    let s = state_name.as_str();
+    let state = match s {
+        "scheduled" => JobState::Scheduled {
+            run_at: need(ts("run_at")?, s, "run_at")?,
+        },
+        "available" => JobState::Available {
+            run_at: need(ts("run_at")?, s, "run_at")?,
+        },
+        "retryable" => JobState::Retryable {
+            run_at: need(ts("run_at")?, s, "run_at")?,
+        },
+        "running" => JobState::Running {
+            holder: ProcessId(i64_to_u64(need(row.try_get("holder")?, s, "holder")?)),
+            claimed_at: need(ts("claimed_at")?, s, "claimed_at")?,
+            heartbeat_at: need(ts("heartbeat_at")?, s, "heartbeat_at")?,
+            deadline: need(ts("deadline")?, s, "deadline")?,
+        },
+        "waiting_external" => JobState::WaitingExternal {
+            since: need(ts("waiting_since")?, s, "waiting_since")?,
+            deadline: need(ts("deadline")?, s, "deadline")?,
+        },
+        "completed" => JobState::Completed {
+            at: need(ts("finished_at")?, s, "finished_at")?,
+        },
+        "failed" => {
+            let reason: String = need(row.try_get("fail_reason")?, s, "fail_reason")?;
+            JobState::Failed {
+                at: need(ts("finished_at")?, s, "finished_at")?,
+                reason: match reason.as_str() {
+                    "attempts_exhausted" => FailReason::AttemptsExhausted,
+                    "terminal" => FailReason::Terminal,
+                    other => return Err(corrupt(format!("unknown fail_reason {other:?}"))),
+                },
+            }
+        }
+        "cancelled" => JobState::Cancelled {
+            at: need(ts("finished_at")?, s, "finished_at")?,
+        },
+        other => return Err(corrupt(format!("unknown job state {other:?}"))),
+    };
+    let last_error = match row.try_get::<Option<i32>, _>("error_attempt")? {
+        None => None,
+        Some(attempt) => Some(ErrorRecord {
+            attempt: Attempt(to_u32(attempt)?),
+            at: need(ts("error_at")?, s, "error_at")?,
+            message: need(row.try_get("error_message")?, s, "error_message")?,
+        }),
+    };
+    let unique_key = match row.try_get::<Option<String>, _>("unique_key")? {
+        None => None,
+        Some(key) => Some(UniqueKey::new(key).map_err(|e| corrupt(e.to_string()))?),
+    };
+    Ok(Job {
+        id: JobId(row.try_get("id")?),
+        queue: QueueName::new(row.try_get::<String, _>("queue")?)
+            .map_err(|e| corrupt(e.to_string()))?,
+        kind: Kind::new(row.try_get::<String, _>("kind")?).map_err(|e| corrupt(e.to_string()))?,
+        payload: Payload(row.try_get("payload")?),
+        priority: Priority(row.try_get("priority")?),
+        attempt: Attempt(to_u32(row.try_get("attempt")?)?),
+        max_attempts: Attempt(to_u32(row.try_get("max_attempts")?)?),
+        epoch: Epoch(i64_to_u64(row.try_get("epoch")?)),
+        timeout: Millis(i64_to_u64(row.try_get("timeout_ms")?)),
+        unique_key,
+        created_at: Timestamp(row.try_get("created_at")?),
+        last_error,
+        state,
+    })
+}
+
+fn to_u32(v: i32) -> Result<u32, sqlx::Error> {
+    u32::try_from(v).map_err(|_| corrupt(format!("negative counter {v}")))
+}
+
+/// The columns of a job that a transition may change, as parallel arrays
+/// for one `UPDATE ... FROM unnest(...)`.
+#[derive(Default)]
+pub(crate) struct JobWrites {
+    pub id: Vec<i64>,
+    pub attempt: Vec<i32>,
+    pub epoch: Vec<i64>,
+    pub state: Vec<String>,
+    pub run_at: Vec<Option<i64>>,
+    pub holder: Vec<Option<i64>>,
+    pub claimed_at: Vec<Option<i64>>,
+    pub heartbeat_at: Vec<Option<i64>>,
+    pub deadline: Vec<Option<i64>>,
+    pub waiting_since: Vec<Option<i64>>,
+    pub finished_at: Vec<Option<i64>>,
+    pub fail_reason: Vec<Option<String>>,
+    pub error_attempt: Vec<Option<i32>>,
+    pub error_at: Vec<Option<i64>>,
+    pub error_message: Vec<Option<String>>,
+}
+
+/// Writes back what a transition may change (`$1`..`$15`).
+pub(crate) const JOB_WRITE_SQL: &str = "UPDATE {s}.jobs j SET
+        attempt = u.attempt, epoch = u.epoch, state = u.state, run_at = u.run_at,
+        holder = u.holder, claimed_at = u.claimed_at, heartbeat_at = u.heartbeat_at,
+        deadline = u.deadline, waiting_since = u.waiting_since, finished_at = u.finished_at,
+        fail_reason = u.fail_reason, error_attempt = u.error_attempt, error_at = u.error_at,
+        error_message = u.error_message
+    FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::text[], $5::bigint[],
+                $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+                $11::bigint[], $12::text[], $13::integer[], $14::bigint[], $15::text[])
+        AS u(id, attempt, epoch, state, run_at, holder, claimed_at, heartbeat_at, deadline,
+             waiting_since, finished_at, fail_reason, error_attempt, error_at, error_message)
+    WHERE j.id = u.id";
+
+impl JobWrites {
+    pub(crate) fn push(&mut self, job: &Job) {
+        let mut run_at = None;
+        let mut holder = None;
+        let mut claimed_at = None;
+        let mut heartbeat_at = None;
+        let mut deadline = None;
+        let mut waiting_since = None;
+        let mut finished_at = None;
+        let mut fail_reason = None;
+        match job.state {
+            JobState::Scheduled { run_at: at }
+            | JobState::Available { run_at: at }
+            | JobState::Retryable { run_at: at } => run_at = Some(at.0),
+            JobState::Running {
+                holder: h,
+                claimed_at: c,
+                heartbeat_at: b,
+                deadline: d,
+            } => {
+                holder = Some(u64_to_i64(h.0));
+                claimed_at = Some(c.0);
+                heartbeat_at = Some(b.0);
+                deadline = Some(d.0);
+            }
+            JobState::WaitingExternal { since, deadline: d } => {
+                waiting_since = Some(since.0);
+                deadline = Some(d.0);
+            }
+            JobState::Completed { at } | JobState::Cancelled { at } => finished_at = Some(at.0),
+            JobState::Failed { at, reason } => {
+                finished_at = Some(at.0);
+                fail_reason = Some(fail_reason_str(reason).to_string());
+            }
+        }
+        self.id.push(job.id.0);
+        self.attempt.push(job.attempt.0 as i32);
+        self.epoch.push(u64_to_i64(job.epoch.0));
+        self.state.push(job.state_name().as_str().to_string());
+        self.run_at.push(run_at);
+        self.holder.push(holder);
+        self.claimed_at.push(claimed_at);
+        self.heartbeat_at.push(heartbeat_at);
+        self.deadline.push(deadline);
+        self.waiting_since.push(waiting_since);
+        self.finished_at.push(finished_at);
+        self.fail_reason.push(fail_reason);
+        let error = job.last_error.as_ref();
+        self.error_attempt.push(error.map(|e| e.attempt.0 as i32));
+        self.error_at.push(error.map(|e| e.at.0));
+        self.error_message.push(error.map(|e| e.message.clone()));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    pub(crate) fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.id)
+            .bind(self.attempt)
+            .bind(self.epoch)
+            .bind(self.state)
+            .bind(self.run_at)
+            .bind(self.holder)
+            .bind(self.claimed_at)
+            .bind(self.heartbeat_at)
+            .bind(self.deadline)
+            .bind(self.waiting_since)
+            .bind(self.finished_at)
+            .bind(self.fail_reason)
+            .bind(self.error_attempt)
+            .bind(self.error_at)
+            .bind(self.error_message)
+    }
+}
+
+pub(crate) fn fail_reason_str(reason: FailReason) -> &'static str {
+    match reason {
+        FailReason::AttemptsExhausted => "attempts_exhausted",
+        FailReason::Terminal => "terminal",
+        // `FailReason` is non-exhaustive; a new reason needs a migration
+        // of the CHECK constraint before it can be stored.
+        #[allow(unreachable_patterns)]
+        _ => "terminal",
+    }
+}
+
+/// Reads one claimer lease row (`slot, owner, lease_epoch, last_claimed_at,
+/// expires_at`).
+pub(crate) fn lease_from_row(row: &PgRow) -> Result<(ClaimerSlot, ClaimerLease), sqlx::Error> {
+    let slot: i32 = row.try_get("slot")?;
+    let slot = u16::try_from(slot).map_err(|_| corrupt(format!("claimer slot {slot}")))?;
+    Ok((
+        ClaimerSlot(slot),
+        ClaimerLease {
+            owner: row
+                .try_get::<Option<i64>, _>("owner")?
+                .map(|p| ProcessId(i64_to_u64(p))),
+            lease_epoch: LeaseEpoch(i64_to_u64(row.try_get("lease_epoch")?)),
+            last_claimed_at: Timestamp(row.try_get("last_claimed_at")?),
+            expires_at: Timestamp(row.try_get("expires_at")?),
+        },
+    ))
+}
+
+/// Rebuilds a [`ClaimerTable`] from its rows.
+///
+/// The core has no public constructor from stored slots, so this goes
+/// through the table's serde form (a `slots` map), which is its exact
+/// state. See the report: `ClaimerTable::from_slots` would remove this.
+pub(crate) fn claimer_table(slots: BTreeMap<ClaimerSlot, ClaimerLease>) -> ClaimerTable {
+    let slots: serde_json::Map<String, serde_json::Value> = slots
+        .into_iter()
+        .map(|(slot, lease)| {
+            let lease = serde_json::to_value(lease).expect("a lease serialises");
+            (slot.0.to_string(), lease)
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "slots": slots }))
+        .expect("the serde form of a claimer table is {slots: {slot: lease}}")
+}
+
+/// Reads one semaphore slot row (`slot, epoch, holder, lease_expires_at`).
+pub(crate) fn slot_from_row(row: &PgRow) -> Result<(u16, Slot), sqlx::Error> {
+    let index: i32 = row.try_get("slot")?;
+    let index = u16::try_from(index).map_err(|_| corrupt(format!("semaphore slot {index}")))?;
+    let held = row
+        .try_get::<Option<i64>, _>("holder")?
+        .map(|holder| -> Result<SlotHolder, sqlx::Error> {
+            let hold = match row.try_get::<Option<i64>, _>("lease_expires_at")? {
+                None => Hold::Session,
+                Some(at) => Hold::Lease {
+                    expires_at: Timestamp(at),
+                },
+            };
+            Ok(SlotHolder {
+                holder: ProcessId(i64_to_u64(holder)),
+                hold,
+            })
+        })
+        .transpose()?;
+    Ok((
+        index,
+        Slot {
+            epoch: SlotEpoch(i64_to_u64(row.try_get("epoch")?)),
+            held,
+        },
+    ))
+}
+
+/// Rebuilds a [`Semaphore`] of `permits` slots from the rows of some of
+/// its slots (the others are free at epoch 0), through its serde form for
+/// the same reason as [`claimer_table`].
+pub(crate) fn semaphore(permits: u16, rows: impl IntoIterator<Item = (u16, Slot)>) -> Semaphore {
+    let mut slots = vec![Slot::default(); usize::from(permits)];
+    for (index, slot) in rows {
+        if let Some(entry) = slots.get_mut(usize::from(index)) {
+            *entry = slot;
+        }
+    }
+    serde_json::from_value(serde_json::json!({ "permits": permits, "slots": slots }))
+        .expect("the serde form of a semaphore is {permits, slots}")
+}

@@ -1,0 +1,418 @@
+//! Client-side semaphores: N slots shared by every process on the database,
+//! acquired by the core's sans-IO [`Acquisition`] loop (scan the slots in
+//! order, skip a slot whose try errored, sleep a jittered pause on a miss,
+//! never past the deadline).
+//!
+//! Two stores, one interface ([`SlotStore`], driven by [`acquire`]):
+//!
+//! * [`AdvisorySemaphore`]: session-level advisory locks held on a
+//!   dedicated connection. A holder that crashes loses its connection and
+//!   the server frees its slot at once. Needs session pooling (or a direct
+//!   connection).
+//! * [`LeaseSemaphore`]: rows in `semaphore_slots` with an expiry
+//!   (`Command::SlotTry` with a lease), for deployments behind a
+//!   transaction-pooling PgBouncer, where session locks do not survive the
+//!   transaction. A crashed holder's slot frees when its lease lapses.
+//!
+//! # Advisory-lock keys
+//!
+//! A slot's lock is `pg_try_advisory_lock(key bigint)` with
+//! `key = 1<<62 | namespace<<47 | semaphore<<16 | slot`: `namespace` is 15
+//! bits derived from the schema name (so two Weir schemas in one database do
+//! not share locks), `semaphore` the semaphore's stable number from the
+//! `semaphores` table (never a hash of its name, so two names never share a
+//! key), and `slot` its index. Every key is at least 2^62: no lock taken
+//! with a 32-bit key (`pg_advisory_lock(int)`, `hashtext`) or the two-key
+//! form (a separate key space) can collide with it.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Row};
+use weir::BackendError;
+use weir_core::{
+    AcquireStep, Acquisition, Command, Millis, Outcome, ProcessId, Reject, SemaphoreName,
+    SlotEpoch, SlotGrant, SlotIndex, Timestamp, TryResult, WaitConfig,
+};
+
+use crate::backend::{db, PgBackend};
+
+/// One semaphore's slots, as [`acquire`] drives them.
+#[async_trait]
+pub trait SlotStore: Send {
+    /// N.
+    fn permits(&self) -> u16;
+
+    /// Tries one slot. An error of any kind is [`TryResult::Error`]: the
+    /// scan goes on to the next slot.
+    async fn try_slot(&mut self, slot: SlotIndex) -> TryResult;
+
+    /// Releases a held slot. Idempotent: whether this call released it.
+    async fn release(&mut self, grant: &SlotGrant) -> Result<bool, BackendError>;
+
+    /// The acquisition gave up; drop anything kept for it.
+    async fn on_timeout(&mut self) {}
+}
+
+/// Why [`acquire`] returned without a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// `wait_max` passed with every slot busy (or erroring).
+    #[error("no slot within the wait ({scans} scans, {errors} failed tries)")]
+    TimedOut {
+        /// Full scans made.
+        scans: u32,
+        /// Tries that failed with an error.
+        errors: u32,
+    },
+}
+
+/// Milliseconds on a process-local monotonic clock: the Acquisition's time.
+fn local_now() -> Timestamp {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    Timestamp(i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX))
+}
+
+fn local_instant(at: Timestamp) -> tokio::time::Instant {
+    static ORIGIN: OnceLock<(Instant, Timestamp)> = OnceLock::new();
+    let (instant, stamp) = *ORIGIN.get_or_init(|| (Instant::now(), local_now()));
+    let ahead = Duration::from_millis(u64::try_from(at.0 - stamp.0).unwrap_or(0));
+    tokio::time::Instant::from_std(instant + ahead)
+}
+
+/// A uniform draw for the pause jitter (std's per-instance random keys).
+fn draw() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish()
+}
+
+/// Acquires a slot of `store`, waiting at most `wait.wait_max` plus one
+/// scan's tries (each bounded by the store's own try timeout).
+pub async fn acquire<S: SlotStore + ?Sized>(
+    store: &mut S,
+    wait: WaitConfig,
+) -> Result<SlotGrant, AcquireError> {
+    let mut acquisition = Acquisition::new(Some(store.permits()), local_now(), wait);
+    loop {
+        match acquisition.poll(local_now(), draw()) {
+            AcquireStep::Try(slot) => {
+                let result = store.try_slot(slot).await;
+                acquisition.on_try(slot, result);
+            }
+            AcquireStep::SleepUntil(until) => {
+                tokio::time::sleep_until(local_instant(until)).await;
+            }
+            AcquireStep::Acquired(grant) => return Ok(grant),
+            AcquireStep::TimedOut { scans, errors } => {
+                store.on_timeout().await;
+                return Err(AcquireError::TimedOut { scans, errors });
+            }
+            // `permits` is at least 1 for every store here.
+            AcquireStep::Disabled => unreachable!("stores always have permits"),
+        }
+    }
+}
+
+/// The 15-bit lock namespace of a schema (FNV-1a of its name): stable
+/// across processes and versions, unlike std's hasher.
+pub fn lock_namespace(schema: &str) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in schema.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash & 0x7fff) as u16
+}
+
+/// The advisory-lock key of one slot; see the module docs.
+pub fn lock_key(namespace: u16, semaphore: i32, slot: SlotIndex) -> i64 {
+    debug_assert!(semaphore >= 0, "semaphore numbers come from an identity");
+    (1_i64 << 62)
+        | (i64::from(namespace & 0x7fff) << 47)
+        | ((i64::from(semaphore) & 0x7fff_ffff) << 16)
+        | i64::from(slot.0)
+}
+
+/// A semaphore of session advisory locks on a dedicated connection.
+pub struct AdvisorySemaphore {
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+    name: SemaphoreName,
+    permits: u16,
+    namespace: u16,
+    number: i32,
+    try_timeout: Duration,
+    holder: ProcessId,
+    acquisitions: u64,
+}
+
+impl std::fmt::Debug for AdvisorySemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdvisorySemaphore")
+            .field("name", &self.name)
+            .field("permits", &self.permits)
+            .field("connected", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdvisorySemaphore {
+    /// Registers the semaphore (its size is fixed by the first user, as for
+    /// `Command::SlotTry`) and opens its dedicated connection with
+    /// `options` (the same server and database as `backend`).
+    pub async fn open(
+        backend: &PgBackend,
+        options: PgConnectOptions,
+        name: SemaphoreName,
+        permits: u16,
+        holder: ProcessId,
+        try_timeout: Duration,
+    ) -> Result<Result<AdvisorySemaphore, Reject>, BackendError> {
+        let Some((configured, number)) = register(backend, &name, permits).await? else {
+            return Ok(Err(Reject::ZeroPermits));
+        };
+        if configured != permits {
+            return Ok(Err(Reject::PermitsMismatch {
+                name,
+                configured,
+                presented: permits,
+            }));
+        }
+        let mut semaphore = AdvisorySemaphore {
+            options,
+            conn: None,
+            name,
+            permits,
+            namespace: lock_namespace(backend.schema().as_str()),
+            number,
+            try_timeout,
+            holder,
+            acquisitions: 0,
+        };
+        semaphore.connection().await?;
+        Ok(Ok(semaphore))
+    }
+
+    /// The dedicated connection, reopened if the last one died.
+    async fn connection(&mut self) -> Result<&mut PgConnection, BackendError> {
+        if self.conn.is_none() {
+            let conn = tokio::time::timeout(self.try_timeout, self.options.connect())
+                .await
+                .map_err(|_| BackendError::Unavailable("connect timed out".to_string()))?
+                .map_err(db)?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    /// Whether the dedicated connection is open (it holds the locks).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// The lock key of `slot`.
+    pub fn key(&self, slot: SlotIndex) -> i64 {
+        lock_key(self.namespace, self.number, slot)
+    }
+
+    /// Closes the dedicated connection: every slot it held is freed.
+    pub async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    async fn query_bool(&mut self, sql: &'static str, key: i64) -> Result<bool, BackendError> {
+        let timeout = self.try_timeout;
+        let conn = self.connection().await?;
+        match tokio::time::timeout(timeout, sqlx::query(sql).bind(key).fetch_one(&mut *conn)).await
+        {
+            Ok(Ok(row)) => row.try_get::<bool, _>(0).map_err(db),
+            Ok(Err(error)) => {
+                // A broken connection is dropped; the next try reopens it.
+                self.conn = None;
+                Err(db(error))
+            }
+            Err(_elapsed) => {
+                // The try may yet succeed on the server: closing the
+                // connection makes sure no lock outlives our giving up.
+                self.conn = None;
+                Err(BackendError::Lost(
+                    "advisory lock try timed out".to_string(),
+                ))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SlotStore for AdvisorySemaphore {
+    fn permits(&self) -> u16 {
+        self.permits
+    }
+
+    async fn try_slot(&mut self, slot: SlotIndex) -> TryResult {
+        let key = self.key(slot);
+        match self
+            .query_bool("SELECT pg_try_advisory_lock($1)", key)
+            .await
+        {
+            Ok(true) => {
+                self.acquisitions += 1;
+                TryResult::Acquired(SlotGrant {
+                    slot,
+                    // Advisory locks have no stored epoch; this counts this
+                    // value's acquisitions, so a stale grant is recognisable
+                    // locally.
+                    epoch: SlotEpoch(self.acquisitions),
+                    holder: self.holder,
+                })
+            }
+            Ok(false) => TryResult::Busy,
+            Err(_) => TryResult::Error,
+        }
+    }
+
+    async fn release(&mut self, grant: &SlotGrant) -> Result<bool, BackendError> {
+        if grant.epoch != SlotEpoch(self.acquisitions) || self.conn.is_none() {
+            return Ok(false);
+        }
+        let key = self.key(grant.slot);
+        self.query_bool("SELECT pg_advisory_unlock($1)", key).await
+    }
+
+    async fn on_timeout(&mut self) {
+        self.close().await;
+    }
+}
+
+/// Registers `name` with `permits` slots (or finds it): its size and its
+/// stable number. `None` when it does not exist and `permits` is 0.
+async fn register(
+    backend: &PgBackend,
+    name: &SemaphoreName,
+    permits: u16,
+) -> Result<Option<(u16, i32)>, BackendError> {
+    let find = backend.sql("SELECT permits, key FROM {s}.semaphores WHERE name = $1");
+    let found = sqlx::query(&find)
+        .bind(name.as_str())
+        .fetch_optional(backend.pool())
+        .await
+        .map_err(db)?;
+    if found.is_none() {
+        if permits == 0 {
+            return Ok(None);
+        }
+        backend.slot_try_create(name, permits).await?;
+    }
+    let row = sqlx::query(&find)
+        .bind(name.as_str())
+        .fetch_one(backend.pool())
+        .await
+        .map_err(db)?;
+    let configured: i32 = row.try_get("permits").map_err(db)?;
+    let number: i32 = row.try_get("key").map_err(db)?;
+    Ok(Some((configured as u16, number)))
+}
+
+/// A semaphore of lease rows with an expiry: `Command::SlotTry` with a
+/// lease, through the backend (any pooling mode).
+#[derive(Debug)]
+pub struct LeaseSemaphore {
+    backend: PgBackend,
+    name: SemaphoreName,
+    permits: u16,
+    holder: ProcessId,
+    lease_ttl: Millis,
+}
+
+impl LeaseSemaphore {
+    /// A semaphore whose holds last `lease_ttl` unless renewed.
+    pub fn new(
+        backend: PgBackend,
+        name: SemaphoreName,
+        permits: u16,
+        holder: ProcessId,
+        lease_ttl: Millis,
+    ) -> LeaseSemaphore {
+        LeaseSemaphore {
+            backend,
+            name,
+            permits,
+            holder,
+            lease_ttl,
+        }
+    }
+
+    /// Extends a hold by the lease length from now.
+    pub async fn renew(&self, grant: &SlotGrant) -> Result<Result<(), Reject>, BackendError> {
+        let command = Command::SlotRenew {
+            semaphore: self.name.clone(),
+            grant: *grant,
+            lease_ttl: self.lease_ttl,
+        };
+        match self.backend.run(None, command).await? {
+            Outcome::SlotRenewed(result) => Ok(result),
+            other => unreachable!("SlotRenew answers SlotRenewed, got {other:?}"),
+        }
+    }
+}
+
+#[async_trait]
+impl SlotStore for LeaseSemaphore {
+    fn permits(&self) -> u16 {
+        self.permits
+    }
+
+    async fn try_slot(&mut self, slot: SlotIndex) -> TryResult {
+        let command = Command::SlotTry {
+            semaphore: self.name.clone(),
+            permits: self.permits,
+            slot,
+            holder: self.holder,
+            lease_ttl: Some(self.lease_ttl),
+        };
+        match self.backend.run(None, command).await {
+            Ok(Outcome::SlotTried(Ok(grant))) => TryResult::Acquired(grant),
+            Ok(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => TryResult::Busy,
+            _ => TryResult::Error,
+        }
+    }
+
+    async fn release(&mut self, grant: &SlotGrant) -> Result<bool, BackendError> {
+        let command = Command::SlotRelease {
+            semaphore: self.name.clone(),
+            grant: *grant,
+        };
+        match self.backend.run(None, command).await? {
+            Outcome::SlotReleased(released) => Ok(released),
+            other => unreachable!("SlotRelease answers SlotReleased, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_distinct_and_above_the_32_bit_range() {
+        let ns = lock_namespace("weir");
+        assert_eq!(ns, lock_namespace("weir"));
+        assert_ne!(ns, lock_namespace("weir2"));
+        let a = lock_key(ns, 1, SlotIndex(0));
+        let b = lock_key(ns, 1, SlotIndex(1));
+        let c = lock_key(ns, 2, SlotIndex(0));
+        let d = lock_key(lock_namespace("other"), 1, SlotIndex(0));
+        assert!(a != b && a != c && b != c && a != d);
+        for key in [a, b, c, d, lock_key(0x7fff, i32::MAX, SlotIndex(u16::MAX))] {
+            assert!(key >= 1 << 62, "{key:#x}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Everything the backend stores, read back as the core's values: for
+//! differential tests (compared with a `World`) and for inspection.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::Row;
+use weir::BackendError;
+use weir_core::{
+    ClaimerLease, ClaimerSlot, Job, LeaderTerm, Leadership, ProcessId, QueueName, SemaphoreName,
+    Slot, Timestamp,
+};
+
+use crate::backend::{db, PgBackend};
+use crate::rows::{i64_to_u64, job_from_row, lease_from_row, slot_from_row, JOB_COLUMNS};
+
+/// The stored state, in the core's types and orders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every job, by id.
+    pub jobs: Vec<Job>,
+    /// Every queue's claimer slots (queues with at least one slot).
+    pub claimers: BTreeMap<QueueName, Vec<(ClaimerSlot, ClaimerLease)>>,
+    /// Every semaphore: its permits and all its slots in order.
+    pub semaphores: BTreeMap<SemaphoreName, (u16, Vec<Slot>)>,
+    /// The leader lease.
+    pub leadership: Leadership,
+    /// The paused queues.
+    pub paused: BTreeSet<QueueName>,
+}
+
+fn decode<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, BackendError> {
+    r.map_err(|e| BackendError::Unavailable(format!("stored value: {e}")))
+}
+
+impl PgBackend {
+    /// Reads the whole state in one repeatable-read transaction. For tests
+    /// and small databases: it reads every row.
+    pub async fn snapshot(&self) -> Result<Snapshot, BackendError> {
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let jobs = sqlx::query(&self.sql(&format!(
+            "SELECT {JOB_COLUMNS} FROM {{s}}.jobs j ORDER BY j.id"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(job_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+        let mut claimers: BTreeMap<QueueName, Vec<(ClaimerSlot, ClaimerLease)>> = BTreeMap::new();
+        for row in sqlx::query(&self.sql(
+            "SELECT queue, slot, owner, lease_epoch, last_claimed_at, expires_at
+             FROM {s}.claimer_leases ORDER BY queue, slot",
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        {
+            let queue = decode(QueueName::new(
+                row.try_get::<String, _>("queue").map_err(db)?,
+            ))?;
+            claimers
+                .entry(queue)
+                .or_default()
+                .push(lease_from_row(&row).map_err(db)?);
+        }
+        let mut semaphores: BTreeMap<SemaphoreName, (u16, Vec<Slot>)> = BTreeMap::new();
+        for row in sqlx::query(&self.sql("SELECT name, permits FROM {s}.semaphores"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+        {
+            let name = decode(SemaphoreName::new(
+                row.try_get::<String, _>("name").map_err(db)?,
+            ))?;
+            let permits: i32 = row.try_get("permits").map_err(db)?;
+            let permits = permits as u16;
+            semaphores.insert(name, (permits, vec![Slot::default(); usize::from(permits)]));
+        }
+        for row in sqlx::query(
+            &self
+                .sql("SELECT name, slot, epoch, holder, lease_expires_at FROM {s}.semaphore_slots"),
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        {
+            let name = decode(SemaphoreName::new(
+                row.try_get::<String, _>("name").map_err(db)?,
+            ))?;
+            let (index, slot) = slot_from_row(&row).map_err(db)?;
+            if let Some((_, slots)) = semaphores.get_mut(&name) {
+                if let Some(entry) = slots.get_mut(usize::from(index)) {
+                    *entry = slot;
+                }
+            }
+        }
+        let row = sqlx::query(&self.sql("SELECT term, holder, expires_at FROM {s}.leader"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let leadership = Leadership {
+            term: LeaderTerm(i64_to_u64(row.try_get("term").map_err(db)?)),
+            holder: row
+                .try_get::<Option<i64>, _>("holder")
+                .map_err(db)?
+                .map(|p| ProcessId(i64_to_u64(p))),
+            expires_at: Timestamp(row.try_get("expires_at").map_err(db)?),
+        };
+        let paused =
+            sqlx::query_scalar::<_, String>(&self.sql("SELECT queue FROM {s}.paused_queues"))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|q| decode(QueueName::new(q)))
+                .collect::<Result<BTreeSet<_>, _>>()?;
+        tx.commit().await.map_err(db)?;
+        Ok(Snapshot {
+            jobs,
+            claimers,
+            semaphores,
+            leadership,
+            paused,
+        })
+    }
+}

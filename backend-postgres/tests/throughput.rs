@@ -1,0 +1,100 @@
+//! A quick throughput check against the raw-SQL ceiling of
+//! `../shared/bench/ceiling.sh`, on the same server in the same run. Not a
+//! timed test: it is ignored by default and only prints.
+//!
+//! ```sh
+//! cargo test -p weir-postgres --release --test throughput -- --ignored --nocapture
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use weir::Backend;
+use weir_core::{Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName, WorldConfig};
+
+const BATCH: usize = 128;
+const CLIENTS: u64 = 4;
+const SECONDS: u64 = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand with --ignored --nocapture"]
+async fn enqueue_claim_complete_cycle_against_the_ceiling() {
+    let (db, backend) = common::backend_with(WorldConfig::default(), CLIENTS as u32 + 2).await;
+    let queue = QueueName::new("bench").unwrap();
+    let stop = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for process in 1..=CLIENTS {
+        let backend = backend.clone();
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
+                .execute(Command::ClaimerAcquire {
+                    queue: queue.clone(),
+                    process: ProcessId(process),
+                })
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            let mut done = 0usize;
+            while Instant::now() < stop {
+                let jobs = (0..BATCH)
+                    .map(|n| {
+                        NewJob::new(
+                            queue.clone(),
+                            Kind::new("noop").unwrap(),
+                            Payload(format!("{{\"n\":{n}}}").into_bytes()),
+                        )
+                    })
+                    .collect();
+                backend.execute(Command::Enqueue { jobs }).await.unwrap();
+                let Outcome::Claimed(Ok(claimed)) = backend
+                    .execute(Command::Claim {
+                        queue: queue.clone(),
+                        claimer,
+                        max: BATCH as u32,
+                        kinds: None,
+                    })
+                    .await
+                    .unwrap()
+                else {
+                    panic!()
+                };
+                let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
+                done += receipts.len();
+                backend
+                    .execute(Command::Complete { receipts })
+                    .await
+                    .unwrap();
+            }
+            done
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    let weir_rate = total as f64 / started.elapsed().as_secs_f64();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/ceiling.sh");
+    let ceiling = std::process::Command::new("bash")
+        .args([script, db.url(), &SECONDS.to_string(), &CLIENTS.to_string()])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<f64>().ok())
+        });
+    match ceiling {
+        Some(ceiling) => eprintln!(
+            "weir: {weir_rate:.0} jobs/s (enqueue+claim+complete, {CLIENTS} clients, batches of \
+             {BATCH}); ceiling {ceiling:.0} jobs/s; ratio {:.2}",
+            weir_rate / ceiling
+        ),
+        None => eprintln!("weir: {weir_rate:.0} jobs/s; ceiling.sh not found or failed"),
+    }
+}
