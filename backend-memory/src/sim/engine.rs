@@ -156,6 +156,8 @@ pub(crate) struct Engine {
     pub phase: Phase,
     pub coverage: Coverage,
     pub trace: TraceHash,
+    /// Every applied command, when the caller asked for the trace.
+    pub recorded: Option<Vec<super::TraceStep>>,
     pub names: Names,
     pub semaphore: SemaphoreSetup,
     pub latency_max: u64,
@@ -201,6 +203,7 @@ impl Engine {
             phase: Phase::Faults,
             coverage: Coverage::default(),
             trace: TraceHash::default(),
+            recorded: None,
             names,
             semaphore,
             latency_max,
@@ -295,6 +298,15 @@ impl Engine {
             self.fault_commands += 1;
         }
         self.trace.add(&(self.now().0, sender, &seen, &outcome));
+        let at = self.now();
+        if let Some(recorded) = &mut self.recorded {
+            recorded.push(super::TraceStep {
+                at,
+                sender,
+                command: seen.clone(),
+                outcome: outcome.clone(),
+            });
+        }
         self.coverage.outcome(&outcome);
         self.observe(&seen, &outcome)?;
         Ok(outcome)

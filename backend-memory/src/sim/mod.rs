@@ -205,6 +205,45 @@ impl fmt::Display for SimFailure {
 
 impl std::error::Error for SimFailure {}
 
+/// One applied command of a run: when, from whom (a process id, or the
+/// client/operator), what, and what the world answered. A run's steps, fed
+/// to a fresh `World::new(options.world_config())` in order at their times,
+/// give the same answers (the model checker's trace-conformance test does
+/// exactly that).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceStep {
+    /// The world's time when it was applied.
+    pub at: Timestamp,
+    /// Who sent it.
+    pub sender: u64,
+    /// The command.
+    pub command: weir_core::Command,
+    /// Its outcome.
+    pub outcome: weir_core::Outcome,
+}
+
+/// Runs one simulation on a fresh world and returns every applied command
+/// with its outcome as well as the summary.
+pub fn simulate_traced(options: &SimOptions) -> Result<(Summary, Vec<TraceStep>), SimFailure> {
+    let mut engine = Engine::new(options.clone(), World::new(options.world_config()));
+    engine.recorded = Some(Vec::new());
+    let result = panic::catch_unwind(AssertUnwindSafe(|| engine.run()));
+    let message = match result {
+        Ok(Ok(())) => {
+            let steps = engine.recorded.take().unwrap_or_default();
+            return Ok((engine.summary(), steps));
+        }
+        Ok(Err(message)) => message,
+        Err(panic) => panic_message(panic.as_ref()),
+    };
+    Err(SimFailure {
+        options: options.clone(),
+        message,
+        at: engine.now(),
+        commands: engine.commands,
+    })
+}
+
 /// Runs one simulation on a fresh world.
 pub fn simulate(options: &SimOptions) -> Result<Summary, SimFailure> {
     simulate_world(options, World::new(options.world_config()))
