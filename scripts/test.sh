@@ -26,7 +26,7 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
 sim_seeds="${WEIR_SIM_SEEDS:-200}"
 sim_ops="${WEIR_SIM_OPS:-10000}"
 echo "== simulator: seeds 0..$sim_seeds × $sim_ops operations"
-cargo run --release -q -p weir-cli -- simulate \
+cargo run --release -q -p weir-cli --no-default-features -- simulate \
     --seeds "0..$sim_seeds" --ops "$sim_ops" --check-coverage
 
 if [ -x correctness/run-tlc.sh ]; then

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+#[cfg(feature = "postgres")]
+mod migrate;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,10 @@ enum Command {
     /// invariant checked after every step. A failure prints the command that
     /// replays it.
     Simulate(simulate::SimulateArgs),
+    /// Create or upgrade Weir's schema in a Postgres database (idempotent;
+    /// a schema newer than this binary is refused).
+    #[cfg(feature = "postgres")]
+    Migrate(migrate::MigrateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +40,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        #[cfg(feature = "postgres")]
+        Command::Migrate(args) => migrate::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

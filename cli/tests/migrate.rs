@@ -1,0 +1,51 @@
+//! `weir migrate` against a real Postgres (the harness starts one when
+//! DATABASE_URL is unset): creates the schema, is a no-op the second time,
+//! and gives clear errors for a bad schema name and a database that does not
+//! answer.
+
+use std::process::Command;
+
+fn weir(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("the weir binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_schema_then_is_a_no_op() {
+    let db = weir_postgres::harness::test_database().await;
+    let url = db.url_as_app_user();
+    let (ok, text) = weir(&["migrate", "--database-url", url, "--schema", "weir_cli"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("migrated from version 0"), "{text}");
+    let (ok, text) = weir(&["migrate", "--database-url", url, "--schema", "weir_cli"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("up to date"), "{text}");
+    let (ok, text) = weir(&["migrate", "--database-url", url, "--schema", "bad\"; drop"]);
+    assert!(!ok);
+    assert!(text.contains("--schema"), "{text}");
+}
+
+#[test]
+fn a_database_that_does_not_answer_is_a_clear_error() {
+    let (ok, text) = weir(&[
+        "migrate",
+        "--database-url",
+        "postgres://weir@127.0.0.1:1/none",
+        "--connect-timeout-s",
+        "2",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("cannot connect to the database"), "{text}");
+    let (ok, text) = weir(&["migrate", "--database-url", "not a url"]);
+    assert!(!ok);
+    assert!(text.contains("cannot connect"), "{text}");
+}
