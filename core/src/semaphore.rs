@@ -148,24 +148,18 @@ impl Semaphore {
         hold: Hold,
         now: Timestamp,
     ) -> Result<SlotGrant, Reject> {
-        let entry = self.slot_mut(slot)?;
-        if let Some(current) = entry.holder_at(now) {
+        if let Some(current) = self.slot_mut(slot)?.holder_at(now) {
             return Err(Reject::SlotBusy {
                 slot,
                 holder: current,
             });
         }
-        entry.epoch = entry.epoch.next();
-        entry.held = Some(SlotHolder { holder, hold });
-        Ok(SlotGrant {
-            slot,
-            epoch: entry.epoch,
-            holder,
-        })
+        self.force_slot(slot, holder, hold)
     }
 
-    /// Takes a slot without looking at its holder: only for the
-    /// `AcquireIgnoresHolder` mutation.
+    /// Takes a slot without looking at its holder: the second half of
+    /// [`Semaphore::try_slot`], and on its own the `AcquireIgnoresHolder`
+    /// mutation.
     pub(crate) fn force_slot(
         &mut self,
         slot: SlotIndex,

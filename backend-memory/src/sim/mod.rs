@@ -227,21 +227,7 @@ pub struct TraceStep {
 pub fn simulate_traced(options: &SimOptions) -> Result<(Summary, Vec<TraceStep>), SimFailure> {
     let mut engine = Engine::new(options.clone(), World::new(options.world_config()));
     engine.recorded = Some(Vec::new());
-    let result = panic::catch_unwind(AssertUnwindSafe(|| engine.run()));
-    let message = match result {
-        Ok(Ok(())) => {
-            let steps = engine.recorded.take().unwrap_or_default();
-            return Ok((engine.summary(), steps));
-        }
-        Ok(Err(message)) => message,
-        Err(panic) => panic_message(panic.as_ref()),
-    };
-    Err(SimFailure {
-        options: options.clone(),
-        message,
-        at: engine.now(),
-        commands: engine.commands,
-    })
+    run(engine).map(|(summary, steps)| (summary, steps.unwrap_or_default()))
 }
 
 /// Runs one simulation on a fresh world.
@@ -253,15 +239,21 @@ pub fn simulate(options: &SimOptions) -> Result<Summary, SimFailure> {
 /// perhaps with a deliberate mutation). A panic in the code under test is a
 /// failure like any other.
 pub fn simulate_world(options: &SimOptions, world: World) -> Result<Summary, SimFailure> {
-    let mut engine = Engine::new(options.clone(), world);
+    run(Engine::new(options.clone(), world)).map(|(summary, _)| summary)
+}
+
+fn run(mut engine: Engine) -> Result<(Summary, Option<Vec<TraceStep>>), SimFailure> {
     let result = panic::catch_unwind(AssertUnwindSafe(|| engine.run()));
     let message = match result {
-        Ok(Ok(())) => return Ok(engine.summary()),
+        Ok(Ok(())) => {
+            let steps = engine.recorded.take();
+            return Ok((engine.summary(), steps));
+        }
         Ok(Err(message)) => message,
         Err(panic) => panic_message(panic.as_ref()),
     };
     Err(SimFailure {
-        options: options.clone(),
+        options: engine.opts.clone(),
         message,
         at: engine.now(),
         commands: engine.commands,
