@@ -129,7 +129,8 @@ refreshed AS (
     RETURNING 1
 )
 SELECT (SELECT ok FROM ok) AS ok, EXISTS (SELECT 1 FROM refreshed) AS refreshed,
-       cl.id, cl.epoch, cl.kind, cl.payload, cl.attempt, cl.max_attempts, cl.deadline
+       cl.id, cl.epoch, cl.kind, cl.payload, cl.attempt, cl.max_attempts, cl.deadline,
+       p.run_at
 FROM (SELECT 1) one
 LEFT JOIN (claimed cl JOIN picked p ON p.id = cl.id) ON true
 ORDER BY p.priority, p.run_at, p.id";
@@ -601,5 +602,6 @@ fn claimed_job(id: i64, row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
         attempt: weir_core::Attempt(attempt as u32),
         max_attempts: weir_core::Attempt(max_attempts as u32),
         deadline: Timestamp(row.try_get("deadline")?),
+        run_at: Timestamp(row.try_get("run_at")?),
     })
 }

@@ -128,6 +128,12 @@ pub enum Input {
     Lost(CommandId),
     /// A handler started by [`Effect::StartHandler`] finished.
     HandlerDone(Receipt, HandlerResult),
+    /// Storage says this attempt was taken away (a cancel or rescue
+    /// notification, or a handler's own heartbeat was refused): stop its
+    /// handler now rather than at the next heartbeat. The epoch bump fences
+    /// the attempt either way; this only saves the handler's work. A
+    /// receipt that is not running here is ignored.
+    Fenced(Receipt),
     /// Stop: finish or cancel running handlers, flush, release, resign.
     Shutdown,
 }
@@ -330,6 +336,7 @@ impl Dispatcher {
             Input::Outcome(id, outcome) => self.on_outcome(now, id, outcome),
             Input::Lost(id) => self.on_lost(now, id),
             Input::HandlerDone(receipt, result) => self.on_handler_done(now, receipt, result),
+            Input::Fenced(receipt) => self.fence(receipt),
             Input::Shutdown => {
                 if self.phase == Phase::Running {
                     self.phase = Phase::Draining {

@@ -256,6 +256,9 @@ pub struct ClaimedJob {
     pub max_attempts: Attempt,
     /// When the attempt times out.
     pub deadline: Timestamp,
+    /// When the job became due (its `run_at` while available): the claim
+    /// time minus this is the job's pickup latency.
+    pub run_at: Timestamp,
 }
 
 /// The answer to a claim.
@@ -803,18 +806,18 @@ impl World {
         if self.paused.contains(queue) {
             return Ok(Claimed::default());
         }
-        let picked: Vec<JobId> = match self.available.get(queue) {
+        let picked: Vec<(Timestamp, JobId)> = match self.available.get(queue) {
             None => Vec::new(),
             Some(ready) => ready
                 .iter()
-                .map(|&(_, _, id)| id)
-                .filter(|id| kinds.is_none_or(|kinds| kinds.contains(&self.jobs[id].kind)))
+                .map(|&(_, run_at, id)| (run_at, id))
+                .filter(|(_, id)| kinds.is_none_or(|kinds| kinds.contains(&self.jobs[id].kind)))
                 .take(max)
                 .collect(),
         };
         let mut claimed = Claimed::default();
         let no_bump = self.mutant(Mutation::ClaimWithoutEpochBump);
-        for id in picked {
+        for (run_at, id) in picked {
             let receipt = self
                 .update(id, |job| {
                     let epoch = job.epoch;
@@ -837,6 +840,7 @@ impl World {
                 attempt: job.attempt,
                 max_attempts: job.max_attempts,
                 deadline,
+                run_at,
             });
         }
         if !claimed.jobs.is_empty() && !self.mutant(Mutation::ClaimerNeverRefreshes) {

@@ -237,6 +237,30 @@ fn a_cancelled_job_stops_its_handler_at_the_next_heartbeat() {
 }
 
 #[test]
+fn a_cancel_notification_stops_the_handler_at_once_and_ignores_others() {
+    fn never(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
+        Some((Millis(1_000_000), HandlerResult::Complete))
+    }
+    let mut h = Harness::new(1, never);
+    h.enqueue(2);
+    h.run_until(Timestamp(1_000), |h| h.processes[0].running().count() == 2);
+    let running: Vec<Receipt> = h.processes[0].running().collect();
+    // A notification for an attempt this process does not run changes nothing.
+    let stranger = Receipt {
+        job: JobId(99),
+        epoch: Epoch(1),
+    };
+    h.feed(0, Input::Fenced(stranger));
+    assert!(h.stopped.is_empty());
+    h.world.apply(h.now, Command::Cancel { job: running[0].job });
+    // No time passes: the stop comes from the notification, not a heartbeat.
+    h.feed(0, Input::Fenced(running[0]));
+    assert_eq!(h.stopped, vec![(0, running[0], StopReason::Fenced)]);
+    assert_eq!(h.processes[0].running().collect::<Vec<_>>(), vec![running[1]]);
+    assert_eq!(h.processes[0].stats().fenced, 1);
+}
+
+#[test]
 fn shutdown_hands_unfinished_jobs_back_and_releases_everything() {
     fn slow(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
         Some((Millis(1_000_000), HandlerResult::Complete))

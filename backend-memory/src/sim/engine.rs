@@ -561,7 +561,26 @@ impl Engine {
 
     fn cancel_one(&mut self) -> Result<(), String> {
         let job = self.pick_job(&[StateName::Running]);
-        self.apply(CLIENT, Command::Cancel { job })?;
+        let held = self.backend.inspect(|w| {
+            w.job(job).and_then(|j| match j.state {
+                weir_core::JobState::Running { holder, .. } => j.receipt().map(|r| (r, holder)),
+                _ => None,
+            })
+        });
+        let outcome = self.apply(CLIENT, Command::Cancel { job })?;
+        // The cancel notification to the holder (NOTIFY `c:...`), best
+        // effort like every notification: the epoch bump fences the
+        // attempt whether or not it arrives.
+        if let (Some((receipt, holder)), Outcome::Cancelled(Ok(StateName::Running))) =
+            (held, outcome)
+        {
+            let to = self.procs.iter().find(|p| p.alive && p.me.id == holder).map(|p| p.me);
+            if let Some(to) = to.filter(|_| self.rng.random_ratio(9, 10)) {
+                let at = self.now().plus(self.latency());
+                let reply = Reply::Input(Input::Fenced(receipt));
+                self.schedule(at, Event::Deliver { to, reply });
+            }
+        }
         Ok(())
     }
 
