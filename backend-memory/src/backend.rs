@@ -111,6 +111,9 @@ impl State {
 pub struct MemoryBackend<C = SystemClock> {
     state: Mutex<State>,
     clock: C,
+    /// Presence and wake-ups for the runtime's `Backend` trait.
+    #[cfg(feature = "runtime")]
+    pub(crate) extras: crate::runtime::Extras,
 }
 
 impl MemoryBackend<SystemClock> {
@@ -137,6 +140,8 @@ impl<C: Clock> MemoryBackend<C> {
                 applied: 0,
             }),
             clock,
+            #[cfg(feature = "runtime")]
+            extras: crate::runtime::Extras::default(),
         }
     }
 
@@ -168,18 +173,15 @@ impl<C: Clock> MemoryBackend<C> {
     /// Panics if step checking is on ([`MemoryBackend::check_every_step`])
     /// and the command broke an invariant.
     pub fn apply(&self, command: Command) -> Outcome {
-        let mut state = self.lock();
-        let now = self.clock.now();
-        state.applied += 1;
-        if !state.check_steps {
-            // The shadow would fall behind: the next checked apply starts
-            // a new one.
-            state.shadow = None;
-            return state.world.apply(now, command);
-        }
-        match state.apply_checked(now, command) {
-            Ok(outcome) => outcome,
-            Err(broken) => panic!("{broken}"),
+        self.locked().apply(command)
+    }
+
+    /// The world under the lock, to apply several commands back to back or
+    /// to look at it before and after one, with nothing in between.
+    pub(crate) fn locked(&self) -> Locked<'_, C> {
+        Locked {
+            state: self.lock(),
+            clock: &self.clock,
         }
     }
 
@@ -209,26 +211,47 @@ impl<C: Clock> MemoryBackend<C> {
     }
 }
 
+/// The backend's world, locked.
+pub(crate) struct Locked<'a, C> {
+    state: MutexGuard<'a, State>,
+    clock: &'a C,
+}
+
+impl<C: Clock> Locked<'_, C> {
+    /// The world as it is now.
+    pub(crate) fn world(&self) -> &World {
+        &self.state.world
+    }
+
+    /// The clock's time (the world applies it clamped to its own latest).
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// [`MemoryBackend::apply`], under this lock.
+    pub(crate) fn apply(&mut self, command: Command) -> Outcome {
+        let now = self.clock.now();
+        let state = &mut *self.state;
+        state.applied += 1;
+        if !state.check_steps {
+            // The shadow would fall behind: the next checked apply starts
+            // a new one.
+            state.shadow = None;
+            return state.world.apply(now, command);
+        }
+        match state.apply_checked(now, command) {
+            Ok(outcome) => outcome,
+            Err(broken) => panic!("{broken}"),
+        }
+    }
+}
+
 impl<C: Clock + fmt::Debug> fmt::Debug for MemoryBackend<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryBackend")
             .field("clock", &self.clock)
             .field("applied", &self.applied())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(feature = "runtime")]
-#[async_trait::async_trait]
-impl<C: Clock> weir::Backend for MemoryBackend<C> {
-    /// Never fails: an in-memory world has no connection to lose. Use the
-    /// simulator for lost results and the other faults.
-    async fn execute(&self, command: Command) -> Result<Outcome, weir::BackendError> {
-        Ok(self.apply(command))
-    }
-
-    async fn now(&self) -> Result<Timestamp, weir::BackendError> {
-        Ok(self.clock.now())
     }
 }
 

@@ -25,6 +25,8 @@
 mod backend;
 mod clock;
 mod fault;
+#[cfg(feature = "runtime")]
+mod runtime;
 pub mod sim;
 mod sync;
 mod trace;

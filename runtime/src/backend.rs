@@ -5,9 +5,29 @@
 //! backend *is* a `World` behind a lock; the Postgres backend is held to it
 //! by differential tests. Nothing else about storage leaks into the worker
 //! logic, which lives in the core's sans-IO [`weir_core::Dispatcher`].
+//!
+//! Beside the commands a backend offers four things that decide nothing:
+//!
+//! * **reads** for operators ([`Backend::job`], [`Backend::jobs`],
+//!   [`Backend::queues`]): what `weir jobs` and `weir queues` show;
+//! * **a bulk path** ([`Backend::enqueue_bulk`]): the same all-or-none
+//!   insert as [`Command::Enqueue`], by the backend's fastest route and
+//!   without the per-command batch limit;
+//! * **presence** ([`Backend::announce`], [`Backend::retire`],
+//!   [`Backend::workers`]): which worker processes are alive and which
+//!   kinds they can run, so a job no live process can run is shown as such
+//!   instead of silently waiting;
+//! * **wake-ups** ([`Backend::subscribe`]): hints that work arrived or an
+//!   attempt was taken away. Optional: without them workers poll.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
-use weir_core::{Command, Outcome, Timestamp};
+use serde::{Deserialize, Serialize};
+use weir_core::{
+    Command, Enqueued, Epoch, Job, JobId, Kind, NewJob, Outcome, ProcessId, QueueName, Reject,
+    StateName, Timestamp,
+};
 
 /// Why a command has no outcome.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +48,125 @@ pub enum BackendError {
     Misconfigured(String),
 }
 
+/// Which jobs [`Backend::jobs`] lists. Every field narrows the list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFilter {
+    /// Only this queue.
+    pub queue: Option<QueueName>,
+    /// Only jobs in this state.
+    pub state: Option<StateName>,
+    /// Only this kind.
+    pub kind: Option<Kind>,
+    /// Only ids greater than this (to page through a long list).
+    pub after: Option<JobId>,
+    /// At most this many, in id order.
+    pub limit: u32,
+}
+
+impl Default for JobFilter {
+    fn default() -> JobFilter {
+        JobFilter {
+            queue: None,
+            state: None,
+            kind: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl JobFilter {
+    /// The most jobs one listing returns, whatever `limit` asks for.
+    pub const LIMIT_MAX: u32 = 10_000;
+
+    /// Whether `job` passes the filter (ignoring `limit`).
+    pub fn matches(&self, job: &Job) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == job.queue)
+            && self.state.is_none_or(|s| s == job.state_name())
+            && self.kind.as_ref().is_none_or(|k| *k == job.kind)
+            && self.after.is_none_or(|after| job.id > after)
+    }
+}
+
+/// One queue as an operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The queue.
+    pub queue: QueueName,
+    /// Whether claims from it are paused.
+    pub paused: bool,
+    /// How many of its jobs are in each state, in [`StateName::ALL`] order.
+    pub depths: Vec<(StateName, u64)>,
+    /// Unfinished jobs by kind (scheduled, available, running, waiting,
+    /// retryable), in kind order: with [`Backend::workers`], what shows a
+    /// kind that no live worker can run.
+    pub unfinished_by_kind: Vec<(Kind, u64)>,
+}
+
+impl QueueInfo {
+    /// The count for one state.
+    pub fn depth(&self, state: StateName) -> u64 {
+        self.depths
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// What a worker process says about itself when it announces its presence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Its process id (the one its claims and leases carry).
+    pub process: ProcessId,
+    /// A human-readable label: host name and OS process id, say.
+    pub label: String,
+    /// The queues it works.
+    pub queues: Vec<QueueName>,
+    /// The kinds it can run.
+    pub kinds: Vec<Kind>,
+    /// When it started.
+    pub started_at: Timestamp,
+}
+
+/// A live worker process, as the backend knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// What it announced.
+    pub presence: Presence,
+    /// When it last announced itself (the backend's clock).
+    pub seen_at: Timestamp,
+    /// It counts as gone after this, unless it announces itself again.
+    pub expires_at: Timestamp,
+}
+
+/// A hint from storage. Hints can be lost; workers poll as well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wakeup {
+    /// Jobs of this queue became available.
+    Jobs(QueueName),
+    /// A running attempt was taken from its holder (cancelled or rescued).
+    Cancelled {
+        /// The job.
+        job: JobId,
+        /// The epoch of the attempt that was fenced.
+        epoch: Epoch,
+        /// The holder of that attempt.
+        holder: ProcessId,
+    },
+    /// Hints may have been missed (the listening connection was lost and
+    /// re-established): look for work anyway.
+    Missed,
+}
+
+/// A stream of [`Wakeup`]s from [`Backend::subscribe`].
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next wake-up, or `Ok(None)` when `within` passed without one.
+    /// An error means the subscription is broken: subscribe again.
+    async fn next(&mut self, within: Duration) -> Result<Option<Wakeup>, BackendError>;
+}
+
 /// A place jobs, leases, semaphores and the leader are stored.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -36,4 +175,40 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The backend's clock: every command is applied at this time.
     async fn now(&self) -> Result<Timestamp, BackendError>;
+
+    /// Inserts `jobs` all or none, like [`Command::Enqueue`] but by the
+    /// fastest route the backend has and without
+    /// [`weir_core::WorldConfig::batch_max`]: an invalid job refuses the
+    /// whole call with [`Reject::InvalidJob`] and writes nothing. Unique
+    /// keys are honoured.
+    async fn enqueue_bulk(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError>;
+
+    /// One job, if it exists (a pruned job does not).
+    async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError>;
+
+    /// Jobs passing `filter`, in id order, at most
+    /// `min(filter.limit, JobFilter::LIMIT_MAX)` of them.
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError>;
+
+    /// Every queue that has jobs or is paused, in name order.
+    async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError>;
+
+    /// Records (or refreshes) a live worker process; it counts as alive
+    /// for `ttl` from the backend's clock.
+    async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError>;
+
+    /// Removes a worker process's presence (on graceful shutdown).
+    async fn retire(&self, process: ProcessId) -> Result<(), BackendError>;
+
+    /// The worker processes whose presence has not expired, by process id.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError>;
+
+    /// Wake-ups, if this backend sends any (`Ok(None)`: it does not, so
+    /// workers find work by polling alone).
+    async fn subscribe(&self) -> Result<Option<Box<dyn Subscription>>, BackendError> {
+        Ok(None)
+    }
 }

@@ -19,11 +19,14 @@
 pub mod backend;
 pub mod client;
 pub mod job;
+pub mod reference;
 pub mod registry;
 pub mod warmup;
 pub mod worker;
 
-pub use backend::{Backend, BackendError};
+pub use backend::{
+    Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, Wakeup, WorkerInfo,
+};
 pub use client::{new_job, Client, ClientError, InsertOptions, Inserted};
 pub use job::{HandlerError, JobArgs, JobContext, JobOutcome};
 pub use registry::Registry;
