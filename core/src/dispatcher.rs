@@ -304,6 +304,13 @@ impl Dispatcher {
         self.running.keys().copied()
     }
 
+    /// The queue a running handler's job was claimed from.
+    pub fn queue_of(&self, receipt: Receipt) -> Option<&QueueName> {
+        self.running
+            .get(&receipt)
+            .map(|&i| &self.config.queues[i].queue)
+    }
+
     /// The leader lease this process believes it holds.
     pub fn leader(&self) -> Option<LeaderGrant> {
         self.leader

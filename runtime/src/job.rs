@@ -1,12 +1,16 @@
 //! Typed jobs: a serde type with a kind and defaults, and what its handler
 //! can decide.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use weir_core::{Attempt, Receipt, Timestamp};
+use weir_core::{Attempt, Command, Outcome, Receipt, Reject, Timestamp};
+
+use crate::backend::{Backend, BackendError};
+use crate::metrics::PoolMetrics;
 
 /// A job's arguments, with the kind its handler is registered under and
 /// the defaults every insert starts from.
@@ -36,6 +40,15 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     const MAX_ATTEMPTS: u32 = 25;
     /// How long one attempt may run by default.
     const TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+    /// A cluster-wide concurrency limit for this job: at most `permits`
+    /// jobs naming the same semaphore run at once, across every process
+    /// (`Some(("tenant:42".into(), 2))`). The name follows
+    /// [`weir_core::SemaphoreName`]'s rules; an invalid one fails the job
+    /// for good with the reason. `None` (the default): no limit.
+    fn concurrency(&self) -> Option<(String, u16)> {
+        None
+    }
 }
 
 /// What a handler decided.
@@ -66,14 +79,47 @@ pub enum JobOutcome {
 /// remain) and the message is kept on the job.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why [`JobContext::heartbeat`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeartbeatError {
+    /// The attempt is no longer this handler's (cancelled, rescued after a
+    /// stall, timed out): stop, and do not perform side effects that
+    /// assume the job is still yours. The cancellation token has fired.
+    #[error("the attempt was taken away: {0}")]
+    Fenced(Reject),
+    /// Storage did not answer; the attempt may still be yours.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Reports a fenced receipt back to the pool's loop.
+pub(crate) type OnFenced = Arc<dyn Fn(Receipt) + Send + Sync>;
+
 /// What a running handler can see and use.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JobContext {
     pub(crate) receipt: Receipt,
     pub(crate) attempt: Attempt,
     pub(crate) max_attempts: Attempt,
     pub(crate) deadline: Timestamp,
     pub(crate) cancelled: CancellationToken,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) metrics: Arc<PoolMetrics>,
+    pub(crate) on_fenced: OnFenced,
+    pub(crate) limiter: Arc<crate::limit::Limiter>,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("receipt", &self.receipt)
+            .field("attempt", &self.attempt)
+            .field("max_attempts", &self.max_attempts)
+            .field("deadline", &self.deadline)
+            .field("cancelled", &self.cancelled.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobContext {
@@ -108,5 +154,44 @@ impl JobContext {
     /// Whether [`JobContext::cancelled`] fired.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.is_cancelled()
+    }
+
+    /// Heartbeats this attempt now and says whether it is still this
+    /// handler's. The pool already heartbeats every running job on its
+    /// interval; call this before a side effect that must not happen twice
+    /// (a payment, an email), so a handler that stalled and was rescued
+    /// learns it before acting. When the attempt was taken away, the
+    /// cancellation token fires and the pool stops tracking the attempt.
+    pub async fn heartbeat(&self) -> Result<(), HeartbeatError> {
+        let command = Command::Heartbeat {
+            receipts: vec![self.receipt],
+        };
+        match self.backend.execute(command).await? {
+            Outcome::Heartbeats(Ok(mut results)) => match results.pop() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(reject)) => {
+                    self.cancelled.cancel();
+                    (self.on_fenced)(self.receipt);
+                    Err(HeartbeatError::Fenced(reject))
+                }
+                None => unreachable!("one receipt, one answer"),
+            },
+            Outcome::Heartbeats(Err(reject)) => Err(HeartbeatError::Fenced(reject)),
+            other => unreachable!("a heartbeat answered {other:?}"),
+        }
+    }
+
+    /// Records this attempt's progress (any JSON value, for example
+    /// `{"done": 40, "of": 100}`). It is kept in the pool, shown by
+    /// [`crate::PoolMetrics::running`] and in a tracing event; it is not
+    /// written to storage, so it costs no database write.
+    pub fn set_progress(&self, progress: impl Serialize) {
+        match serde_json::to_value(progress) {
+            Ok(value) => {
+                tracing::debug!(receipt = %self.receipt, progress = %value, "job progress");
+                self.metrics.progress(self.receipt, value);
+            }
+            Err(error) => tracing::warn!(%error, "job progress does not serialise; ignored"),
+        }
     }
 }

@@ -19,6 +19,8 @@
 pub mod backend;
 pub mod client;
 pub mod job;
+pub mod limit;
+pub mod metrics;
 pub mod reference;
 pub mod registry;
 pub mod warmup;
@@ -28,8 +30,10 @@ pub use backend::{
     Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, Wakeup, WorkerInfo,
 };
 pub use client::{new_job, Client, ClientError, InsertOptions, Inserted};
-pub use job::{HandlerError, JobArgs, JobContext, JobOutcome};
+pub use job::{HandlerError, HeartbeatError, JobArgs, JobContext, JobOutcome};
+pub use limit::{Limit, LimitConfig};
+pub use metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
 pub use registry::Registry;
 pub use warmup::{warmup, WarmupConfig, WarmupError, WarmupReport};
 pub use weir_core as core;
-pub use worker::{wall_clock, PoolError, PoolReport, WorkerPool};
+pub use worker::{new_process_id, wall_clock, PoolConfig, PoolError, PoolReport, WorkerPool};

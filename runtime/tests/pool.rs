@@ -7,15 +7,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir::core::{
-    Command, DispatcherConfig, Millis, Outcome, ProcessId, QueueName, StateName, Timestamp, World,
-    WorldConfig,
+    Command, DispatcherConfig, Enqueued, Job, JobId, Millis, NewJob, Outcome, ProcessId, QueueName,
+    Reject, StateName, Timestamp, World, WorldConfig,
 };
 use weir::{
-    Backend, BackendError, Client, InsertOptions, JobArgs, JobOutcome, Registry, WorkerPool,
+    Backend, BackendError, Client, InsertOptions, JobArgs, JobFilter, JobOutcome, Presence,
+    QueueInfo, Registry, WorkerInfo, WorkerPool,
 };
 
+/// The reference world behind a lock on the wall clock, with the
+/// runtime's reference reads; no presence and no wake-ups (workers poll).
 struct WorldBackend {
     world: Mutex<World>,
+    workers: Mutex<Vec<WorkerInfo>>,
 }
 
 #[async_trait::async_trait]
@@ -28,6 +32,57 @@ impl Backend for WorldBackend {
     async fn now(&self) -> Result<Timestamp, BackendError> {
         Ok(weir::wall_clock())
     }
+
+    async fn enqueue_bulk(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+        let mut world = self.world.lock().unwrap();
+        let (now, config) = (weir::wall_clock(), world.config().clone());
+        Ok(weir::reference::enqueue_bulk(
+            now,
+            config.batch_max,
+            &config.limits,
+            jobs,
+            |command| world.apply(now, command),
+        ))
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError> {
+        Ok(weir::reference::job(&self.world.lock().unwrap(), id))
+    }
+
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError> {
+        Ok(weir::reference::jobs(&self.world.lock().unwrap(), filter))
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
+        Ok(weir::reference::queues(&self.world.lock().unwrap()))
+    }
+
+    async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError> {
+        let now = weir::wall_clock();
+        let mut workers = self.workers.lock().unwrap();
+        workers.retain(|w| w.presence.process != presence.process);
+        workers.push(WorkerInfo {
+            presence: presence.clone(),
+            seen_at: now,
+            expires_at: now.plus(Millis(ttl.as_millis() as u64)),
+        });
+        Ok(())
+    }
+
+    async fn retire(&self, process: ProcessId) -> Result<(), BackendError> {
+        self.workers
+            .lock()
+            .unwrap()
+            .retain(|w| w.presence.process != process);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        Ok(self.workers.lock().unwrap().clone())
+    }
 }
 
 fn backend() -> Arc<WorldBackend> {
@@ -37,6 +92,7 @@ fn backend() -> Arc<WorldBackend> {
     };
     Arc::new(WorldBackend {
         world: Mutex::new(World::new(config)),
+        workers: Mutex::new(Vec::new()),
     })
 }
 
