@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_core::{
-    Command, Enqueued, InvalidJob, InvalidName, JobId, Kind, Millis, NewJob, Outcome, Payload,
+    Command, Enqueued, InvalidJob, InvalidName, Job, JobId, Kind, Millis, NewJob, Outcome, Payload,
     Priority, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
 };
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, JobFilter, QueueInfo, WorkerInfo};
 use crate::job::JobArgs;
 
 /// Everything that can go wrong with a client call, each with what to do.
@@ -27,9 +27,13 @@ pub enum ClientError {
         /// What is wrong.
         error: InvalidJob,
     },
-    /// The arguments do not serialise as JSON.
-    #[error("job arguments do not serialise: {0}")]
+    /// The arguments do not serialise as JSON, or a raw payload is not
+    /// valid JSON.
+    #[error("job arguments are not valid JSON: {0}")]
     Payload(#[from] serde_json::Error),
+    /// The options contradict each other (`delay` and `run_at` both set).
+    #[error("invalid insert options: {0}")]
+    Options(&'static str),
     /// The command was refused (the job is finished, not retryable, ...).
     #[error(transparent)]
     Rejected(Reject),
@@ -51,6 +55,9 @@ pub struct InsertOptions {
     pub timeout: Option<Duration>,
     /// Run no earlier than this long from now.
     pub delay: Option<Duration>,
+    /// Run no earlier than this time (milliseconds since the Unix epoch);
+    /// not together with `delay`.
+    pub run_at: Option<Timestamp>,
     /// At most one job of this kind with this key exists until it is
     /// pruned; inserting another returns the existing one.
     pub unique_key: Option<String>,
@@ -84,17 +91,99 @@ pub fn new_job<J: JobArgs>(
     options: &InsertOptions,
     now: Timestamp,
 ) -> Result<NewJob, ClientError> {
-    let queue = QueueName::new(options.queue.as_deref().unwrap_or(J::QUEUE))?;
-    let kind = Kind::new(J::KIND)?;
-    let payload = Payload(serde_json::to_vec(args)?);
+    let defaults = Defaults {
+        kind: J::KIND,
+        queue: J::QUEUE,
+        priority: J::PRIORITY,
+        max_attempts: J::MAX_ATTEMPTS,
+        timeout: J::TIMEOUT,
+    };
+    build(&defaults, Payload(serde_json::to_vec(args)?), options, now)
+}
+
+/// A job type's defaults, for jobs built without the type.
+struct Defaults<'a> {
+    kind: &'a str,
+    queue: &'a str,
+    priority: i16,
+    max_attempts: u32,
+    timeout: Duration,
+}
+
+fn build(
+    defaults: &Defaults<'_>,
+    payload: Payload,
+    options: &InsertOptions,
+    now: Timestamp,
+) -> Result<NewJob, ClientError> {
+    let queue = QueueName::new(options.queue.as_deref().unwrap_or(defaults.queue))?;
+    let kind = Kind::new(defaults.kind)?;
+    let run_at = match (options.delay, options.run_at) {
+        (Some(_), Some(_)) => return Err(ClientError::Options("set delay or run_at, not both")),
+        (Some(delay), None) => Some(now.plus(millis(delay))),
+        (None, run_at) => run_at,
+    };
     Ok(NewJob {
-        priority: Priority(options.priority.unwrap_or(J::PRIORITY)),
-        max_attempts: options.max_attempts.unwrap_or(J::MAX_ATTEMPTS),
-        timeout: millis(options.timeout.unwrap_or(J::TIMEOUT)),
-        run_at: options.delay.map(|d| now.plus(millis(d))),
+        priority: Priority(options.priority.unwrap_or(defaults.priority)),
+        max_attempts: options.max_attempts.unwrap_or(defaults.max_attempts),
+        timeout: millis(options.timeout.unwrap_or(defaults.timeout)),
+        run_at,
         unique_key: options.unique_key.clone().map(UniqueKey::new).transpose()?,
         ..NewJob::new(queue, kind, payload)
     })
+}
+
+/// Builds the core's [`NewJob`] of `kind` from raw JSON bytes (checked to
+/// be valid JSON), with the core's defaults under `options`. For callers
+/// without the job's Rust type: other languages' payloads, the command line.
+pub fn new_raw_job(
+    kind: &str,
+    json: &[u8],
+    options: &InsertOptions,
+    now: Timestamp,
+) -> Result<NewJob, ClientError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(json)?;
+    let defaults = Defaults {
+        kind,
+        queue: "default",
+        priority: 0,
+        max_attempts: 25,
+        timeout: Duration::from_secs(30 * 60),
+    };
+    build(&defaults, Payload(json.to_vec()), options, now)
+}
+
+/// Jobs of a kind that no live worker of their queue can run: they wait,
+/// visible, until a process that runs the kind starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stranded {
+    /// The queue.
+    pub queue: QueueName,
+    /// The kind no live worker on the queue has a handler for.
+    pub kind: Kind,
+    /// How many unfinished jobs of it wait there.
+    pub jobs: u64,
+}
+
+/// The kinds, per queue, with unfinished jobs that no live worker working
+/// that queue can run.
+pub fn stranded(queues: &[QueueInfo], workers: &[WorkerInfo]) -> Vec<Stranded> {
+    let mut out = Vec::new();
+    for info in queues {
+        for (kind, jobs) in &info.unfinished_by_kind {
+            let runnable = workers.iter().any(|w| {
+                w.presence.queues.contains(&info.queue) && w.presence.kinds.contains(kind)
+            });
+            if !runnable {
+                out.push(Stranded {
+                    queue: info.queue.clone(),
+                    kind: kind.clone(),
+                    jobs: *jobs,
+                });
+            }
+        }
+    }
+    out
 }
 
 impl<B: Backend> Client<B> {
@@ -137,14 +226,73 @@ impl<B: Backend> Client<B> {
             .into_iter()
             .map(|(args, options)| new_job(args, &options, now))
             .collect::<Result<Vec<_>, _>>()?;
+        self.enqueue(jobs).await
+    }
+
+    /// Inserts a job of `kind` whose arguments are raw JSON bytes (checked).
+    pub async fn insert_json(
+        &self,
+        kind: &str,
+        json: &[u8],
+        options: InsertOptions,
+    ) -> Result<Inserted, ClientError> {
+        let now = self.backend.now().await?;
+        let job = new_raw_job(kind, json, &options, now)?;
+        let mut inserted = self.enqueue(vec![job]).await?;
+        Ok(inserted.remove(0))
+    }
+
+    /// Inserts many jobs by the backend's bulk path (`COPY` on Postgres):
+    /// all or none, with no per-batch limit. Returns them in input order.
+    pub async fn insert_bulk<'a, J: JobArgs>(
+        &self,
+        jobs: impl IntoIterator<Item = (&'a J, InsertOptions)>,
+    ) -> Result<Vec<Inserted>, ClientError> {
+        let now = self.backend.now().await?;
+        let jobs = jobs
+            .into_iter()
+            .map(|(args, options)| new_job(args, &options, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.backend.enqueue_bulk(jobs).await? {
+            Ok(inserted) => Ok(inserted),
+            Err(reject) => Err(rejected(reject)),
+        }
+    }
+
+    /// Inserts already built jobs ([`new_job`], [`new_raw_job`]) in one
+    /// command, all or none.
+    pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, ClientError> {
         match self.execute(Command::Enqueue { jobs }).await? {
-            Outcome::Enqueued(Ok(inserted)) => Ok(inserted),
-            Outcome::Enqueued(Err(Reject::InvalidJob { index, error })) => {
-                Err(ClientError::InvalidJob { index, error })
-            }
-            Outcome::Enqueued(Err(reject)) => Err(ClientError::Rejected(reject)),
+            Outcome::Enqueued(result) => result.map_err(rejected),
             other => unreachable!("enqueue answered {other:?}"),
         }
+    }
+
+    /// One job, as stored now; `None` if it never existed or was pruned.
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>, ClientError> {
+        Ok(self.backend.job(id).await?)
+    }
+
+    /// Jobs passing `filter`, in id order.
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, ClientError> {
+        Ok(self.backend.jobs(filter).await?)
+    }
+
+    /// Every queue with jobs or paused: depth per state, paused or not.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, ClientError> {
+        Ok(self.backend.queues().await?)
+    }
+
+    /// The live worker processes.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
+        Ok(self.backend.workers().await?)
+    }
+
+    /// Unfinished jobs whose kind no live worker on their queue can run.
+    pub async fn stranded(&self) -> Result<Vec<Stranded>, ClientError> {
+        let queues = self.backend.queues().await?;
+        let workers = self.backend.workers().await?;
+        Ok(stranded(&queues, &workers))
     }
 
     /// Cancels a job in any unfinished state; a running one's handler is
@@ -190,5 +338,12 @@ impl<B: Backend> Client<B> {
             Outcome::QueuePauseChanged(changed) => Ok(changed),
             other => unreachable!("resume answered {other:?}"),
         }
+    }
+}
+
+fn rejected(reject: Reject) -> ClientError {
+    match reject {
+        Reject::InvalidJob { index, error } => ClientError::InvalidJob { index, error },
+        reject => ClientError::Rejected(reject),
     }
 }

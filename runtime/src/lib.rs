@@ -29,7 +29,9 @@ pub mod worker;
 pub use backend::{
     Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, Wakeup, WorkerInfo,
 };
-pub use client::{new_job, Client, ClientError, InsertOptions, Inserted};
+pub use client::{
+    new_job, new_raw_job, stranded, Client, ClientError, InsertOptions, Inserted, Stranded,
+};
 pub use job::{HandlerError, HeartbeatError, JobArgs, JobContext, JobOutcome};
 pub use limit::{Limit, LimitConfig};
 pub use metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};

@@ -392,3 +392,293 @@ async fn a_herd_of_eight_warmups_never_has_more_than_two_at_once() {
         .unwrap();
     assert_eq!(sem.holders(weir::wall_clock()), 0, "every slot released");
 }
+
+fn limited_config(process: u64, max_workers: u32) -> weir::PoolConfig {
+    let mut config = weir::PoolConfig::from_dispatcher(DispatcherConfig {
+        queues: vec![weir::core::QueueConfig {
+            queue: QueueName::new("default").unwrap(),
+            max_workers,
+        }],
+        ..pool_config(process)
+    });
+    config.limits = weir::LimitConfig {
+        lease_ttl: Duration::from_millis(300),
+        retry_min: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+    };
+    config
+}
+
+/// Counts handlers running at once and the most ever seen.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicU32,
+    most: AtomicU32,
+}
+
+impl Gauge {
+    async fn hold(&self, for_ms: u64) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(for_ms)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn run_pools<F>(
+    backend: &Arc<WorldBackend>,
+    configs: Vec<weir::PoolConfig>,
+    registry: F,
+    done: impl Fn(&[StateName]) -> bool,
+) -> Vec<weir::PoolReport>
+where
+    F: Fn() -> Registry,
+{
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut runs = Vec::new();
+    for config in configs {
+        let pool = WorkerPool::with_config(Arc::clone(backend), registry(), config).unwrap();
+        let mut stopped = stop.subscribe();
+        runs.push(tokio::spawn(pool.run(async move {
+            let _ = stopped.recv().await;
+        })));
+    }
+    wait_until(backend, done).await;
+    stop.send(()).unwrap();
+    let mut reports = Vec::new();
+    for run in runs {
+        reports.push(run.await.unwrap().unwrap());
+    }
+    reports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_limit_holds_across_pools_and_every_job_still_runs() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    let jobs: Vec<Add> = (0..40).map(|a| Add { a, b: 0 }).collect();
+    client
+        .insert_many(jobs.iter().map(|j| (j, InsertOptions::default())))
+        .await
+        .unwrap();
+    let gauge = Arc::new(Gauge::default());
+    let registry = || {
+        let gauge = Arc::clone(&gauge);
+        let mut registry = Registry::new();
+        registry
+            .register(move |_job: Add, _ctx| {
+                let gauge = Arc::clone(&gauge);
+                async move {
+                    gauge.hold(10).await;
+                    Ok(JobOutcome::Complete)
+                }
+            })
+            .unwrap();
+        registry
+    };
+    let configs = (1..=2)
+        .map(|p| limited_config(p, 8).queue_limit("default", 3).unwrap())
+        .collect();
+    let reports = run_pools(&backend, configs, registry, |s| {
+        s.iter().all(|s| *s == StateName::Completed)
+    })
+    .await;
+    assert!(gauge.most.load(Ordering::SeqCst) <= 3, "at most 3 at once");
+    let completed: u64 = reports.iter().map(|r| r.metrics.completed).sum();
+    let limited: u64 = reports.iter().map(|r| r.metrics.limited).sum();
+    assert_eq!(completed, 40);
+    assert!(limited > 0, "16 workers on 3 slots must miss sometimes");
+    let world = backend.world.lock().unwrap();
+    for job in world.jobs() {
+        assert_eq!(job.attempt.0, 1, "a limited miss does not use an attempt");
+    }
+    let sem = world
+        .semaphore(&weir::core::SemaphoreName::new("queue:default").unwrap())
+        .unwrap();
+    assert_eq!(sem.holders(weir::wall_clock()), 0, "every slot released");
+}
+
+#[derive(Serialize, Deserialize)]
+struct Tenant {
+    tenant: u32,
+}
+
+impl JobArgs for Tenant {
+    const KIND: &'static str = "test.tenant";
+    fn concurrency(&self) -> Option<(String, u16)> {
+        Some((format!("tenant:{}", self.tenant), 1))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_key_limit_runs_one_job_per_tenant_at_a_time() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    let jobs: Vec<Tenant> = (0..30).map(|i| Tenant { tenant: i % 3 }).collect();
+    client
+        .insert_many(jobs.iter().map(|j| (j, InsertOptions::default())))
+        .await
+        .unwrap();
+    let gauges: Arc<Vec<Gauge>> = Arc::new((0..3).map(|_| Gauge::default()).collect());
+    let registry = || {
+        let gauges = Arc::clone(&gauges);
+        let mut registry = Registry::new();
+        registry
+            .register(move |job: Tenant, _ctx| {
+                let gauges = Arc::clone(&gauges);
+                async move {
+                    gauges[job.tenant as usize].hold(5).await;
+                    Ok(JobOutcome::Complete)
+                }
+            })
+            .unwrap();
+        registry
+    };
+    let configs = (1..=2).map(|p| limited_config(p, 6)).collect();
+    let reports = run_pools(&backend, configs, registry, |s| {
+        s.iter().all(|s| *s == StateName::Completed)
+    })
+    .await;
+    for (tenant, gauge) in gauges.iter().enumerate() {
+        assert_eq!(gauge.most.load(Ordering::SeqCst), 1, "tenant {tenant}");
+    }
+    assert_eq!(reports.iter().map(|r| r.metrics.completed).sum::<u64>(), 30);
+}
+
+#[derive(Serialize, Deserialize)]
+struct BadKey;
+
+impl JobArgs for BadKey {
+    const KIND: &'static str = "test.bad_key";
+    fn concurrency(&self) -> Option<(String, u16)> {
+        Some(("no spaces allowed".into(), 1))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_concurrency_key_fails_the_job_with_the_reason() {
+    let backend = backend();
+    Client::new(Arc::clone(&backend))
+        .insert(&BadKey)
+        .await
+        .unwrap();
+    let registry = || {
+        let mut registry = Registry::new();
+        registry
+            .register(|_: BadKey, _ctx| async { Ok(JobOutcome::Complete) })
+            .unwrap();
+        registry
+    };
+    run_pools(&backend, vec![limited_config(1, 2)], registry, |s| {
+        s == [StateName::Failed]
+    })
+    .await;
+    let world = backend.world.lock().unwrap();
+    let error = world.jobs().next().unwrap().last_error.clone().unwrap();
+    assert!(
+        error.message.contains("invalid concurrency key"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_tells_a_handler_its_job_was_taken_and_progress_is_visible() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    let id = client.insert(&Add { a: 0, b: 0 }).await.unwrap().id;
+    let (told, heard) = tokio::sync::oneshot::channel::<String>();
+    let told = Arc::new(Mutex::new(Some(told)));
+    let mut registry = Registry::new();
+    registry
+        .register(move |_: Add, ctx| {
+            let told = Arc::clone(&told);
+            async move {
+                ctx.set_progress(serde_json::json!({"step": 1}));
+                assert!(ctx.heartbeat().await.is_ok(), "still ours");
+                // Wait until the test cancels the job, then heartbeat.
+                while !ctx.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if let Err(e) = ctx.heartbeat().await {
+                        let _ = told.lock().unwrap().take().unwrap().send(e.to_string());
+                        assert!(ctx.is_cancelled(), "the token fired");
+                    }
+                }
+                Ok(JobOutcome::Complete)
+            }
+        })
+        .unwrap();
+    let config = DispatcherConfig {
+        // So the pool's own heartbeat cannot be what notices the cancel.
+        heartbeat_interval: Millis(60_000),
+        ..pool_config(1)
+    };
+    let pool = WorkerPool::new(Arc::clone(&backend), registry, config).unwrap();
+    let metrics = pool.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pool.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_until(&backend, |s| s == [StateName::Running]).await;
+    for _ in 0..100 {
+        if metrics
+            .running()
+            .first()
+            .and_then(|j| j.progress.clone())
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        metrics.running()[0].progress,
+        Some(serde_json::json!({"step": 1}))
+    );
+    client.cancel(id).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), heard)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(message.contains("taken away"), "{message}");
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.stats.fenced, 1, "stopped by the handler's heartbeat");
+    assert!(metrics.running().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_shows_live_workers_and_a_kind_no_one_runs_is_stranded() {
+    let backend = backend();
+    let client = Client::new(Arc::clone(&backend));
+    client.insert(&Add { a: 1, b: 1 }).await.unwrap();
+    client.insert(&Flaky { id: 0 }).await.unwrap();
+    let mut registry = Registry::new();
+    registry
+        .register(|_: Add, _ctx| async { Ok(JobOutcome::Complete) })
+        .unwrap();
+    let pool = WorkerPool::new(Arc::clone(&backend), registry, pool_config(7)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pool.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_until(&backend, |s| s[0] == StateName::Completed).await;
+    let workers = client.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].presence.process, ProcessId(7));
+    let stranded = client.stranded().await.unwrap();
+    assert_eq!(stranded.len(), 1);
+    assert_eq!(stranded[0].kind.as_str(), "test.flaky");
+    assert_eq!(stranded[0].jobs, 1);
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.metrics.started, 1);
+    assert_eq!(
+        states(&backend)[1],
+        StateName::Available,
+        "never claimed, never lost"
+    );
+    assert!(
+        client.workers().await.unwrap().is_empty(),
+        "retired on shutdown"
+    );
+}
