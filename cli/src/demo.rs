@@ -1,387 +1,449 @@
-//! `weir demo`: a short, deterministic run of the core's reference world.
+//! `weir demo`: the runtime's worker pools burning down a queue.
 //!
-//! Several simulated worker processes share one `World` under virtual time:
-//! each acquires a claimer lease, claims batches, "runs" jobs, and reports
-//! completions, retries and snoozes in batches; the leader promotes and
-//! rescues. One process stalls past the heartbeat staleness limit, its jobs
-//! are rescued and run elsewhere, and its late completions are fenced. Every
-//! decision is made by `World::apply`; this file only plays the processes.
+//! By default on the embedded in-memory backend (no set-up); with
+//! `--database-url` against Postgres. It bulk-enqueues `--jobs` no-op jobs
+//! (a few percent fail once and are retried with backoff), starts
+//! `--processes` worker pools of `--workers` each, sharing the backend the
+//! way separate processes share a database, and shows a progress bar.
+//!
+//! Part way through, one pool's storage traffic stalls for longer than the
+//! heartbeat staleness limit (as if its process were paused or cut off):
+//! the maintenance leader rescues its running jobs, another pool runs
+//! them, and when the stalled pool comes back its late completions are
+//! refused by epoch — the "fenced late writes" of the summary. Every job
+//! must end completed exactly once in storage; the demo fails otherwise.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use clap::Args;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use weir_core::{
-    Backoff, ClaimerConfig, ClaimerGrant, Command, FailError, Failure, JobLimits, Kind,
-    LeaderGrant, Millis, NewJob, Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject,
-    Retry, StateName, Timestamp, World, WorldConfig,
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use weir::core::{
+    Backoff, ClaimerConfig, Command, DispatcherConfig, Enqueued, Job, JobId, JobLimits, Millis,
+    NewJob, Outcome, ProcessId, Reject, StateName, Timestamp, WorldConfig,
+};
+use weir::{
+    Backend, BackendError, Client, InsertOptions, JobArgs, JobFilter, JobOutcome, PoolConfig,
+    PoolMetrics, PoolReport, Presence, QueueInfo, Registry, Subscription, WorkerInfo, WorkerPool,
 };
 
 /// Options of `weir demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Jobs to enqueue.
-    #[arg(long, default_value_t = 2_000)]
+    /// Jobs to enqueue (at least 100).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..))]
     jobs: u32,
-    /// Simulated worker processes (at least 2: one of them stalls).
-    #[arg(long, default_value_t = 3)]
+    /// Worker pools, each standing for one process (at least 2: one of
+    /// them stalls).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=32))]
     processes: u8,
-    /// Seed for the job durations and outcomes; the same seed prints the
-    /// same run.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// Handlers per pool.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: u32,
+    /// Percent of jobs whose first attempt fails (and is retried).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    fail_percent: u32,
+    /// Skip the stalled process (and so the fenced writes).
+    #[arg(long)]
+    no_stall: bool,
+    /// Run against this Postgres instead of the in-memory backend (the
+    /// schema is created or upgraded first).
+    #[cfg(feature = "postgres")]
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// With --database-url: the schema Weir's tables live in.
+    #[cfg(feature = "postgres")]
+    #[arg(long, default_value = "weir")]
+    schema: String,
 }
 
-const TICK: Millis = Millis(5);
-const CAPACITY: usize = 16;
-const STALL_AT: Timestamp = Timestamp(300);
-const STALL_FOR: Millis = Millis(1_500);
-const TIME_LIMIT: Timestamp = Timestamp(600_000);
+const QUEUE: &str = "demo";
+/// Heartbeats older than this are rescued: short, so the stall shows.
+const STALE_AFTER: Millis = Millis(2_000);
+const STALL_FOR: Duration = Duration::from_millis(3_500);
 
-enum Fate {
-    Complete,
-    Retry,
-    Snooze,
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u32,
+    /// This job's first attempt fails.
+    flaky: bool,
 }
 
-struct Running {
-    receipt: Receipt,
-    done_at: Timestamp,
-    fate: Fate,
+impl JobArgs for Noop {
+    const KIND: &'static str = "demo.noop";
+    const QUEUE: &'static str = QUEUE;
+    const MAX_ATTEMPTS: u32 = 5;
+    const TIMEOUT: Duration = Duration::from_secs(60);
 }
 
-struct Process {
-    id: ProcessId,
-    claimer: Option<ClaimerGrant>,
-    running: Vec<Running>,
-    stalled_until: Option<Timestamp>,
-}
-
-#[derive(Default)]
-struct Tally {
-    commands: u64,
-    claims: u64,
-    lease_refreshes: u64,
-    completed: u64,
-    retried: u64,
-    snoozed: u64,
-    rescued: u64,
-    fenced: u64,
-    duplicates: u64,
-}
-
-struct Demo {
-    world: World,
-    now: Timestamp,
-    rng: ChaCha8Rng,
-    tally: Tally,
-    queue: QueueName,
-    leader: Option<LeaderGrant>,
-}
-
-fn config() -> WorldConfig {
+fn world_config() -> WorldConfig {
     WorldConfig {
         claimer: ClaimerConfig {
-            slots_per_queue: 4,
-            lease_ttl: Millis(2_000),
-            idle_threshold: Millis(1_000),
+            slots_per_queue: 8,
+            ..ClaimerConfig::default()
         },
-        heartbeat_stale_after: Millis(1_000),
-        backoff: Backoff::new(Millis(50), 2, Millis(1_000), 200).expect("a valid policy"),
-        leader_ttl: Millis(1_000),
+        heartbeat_stale_after: STALE_AFTER,
+        backoff: Backoff::new(Millis(100), 2, Millis(2_000), 200).expect("a valid policy"),
+        leader_ttl: Millis(5_000),
         limits: JobLimits::default(),
-        batch_max: 1_000,
+        batch_max: 10_000,
     }
 }
 
 /// Runs the demo and prints what happened.
 pub fn run(args: &DemoArgs) -> Result<(), String> {
-    if args.processes < 2 {
-        return Err("--processes must be at least 2 (one of them stalls)".into());
-    }
-    if args.jobs == 0 {
-        return Err("--jobs must be at least 1".into());
-    }
-    let started = Instant::now();
-    let mut demo = Demo {
-        world: World::new(config()),
-        now: Timestamp::ZERO,
-        rng: ChaCha8Rng::seed_from_u64(args.seed),
-        tally: Tally::default(),
-        queue: QueueName::new("default").expect("a valid name"),
-        leader: None,
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        #[cfg(feature = "postgres")]
+        if let Some(url) = &args.database_url {
+            let backend = connect_postgres(url, &args.schema, args.processes).await?;
+            println!(
+                "weir demo on Postgres (schema {}, queue {QUEUE:?})",
+                args.schema
+            );
+            return demo(Arc::new(backend), args).await;
+        }
+        println!("weir demo on the in-memory backend (use --database-url for Postgres)");
+        demo(
+            Arc::new(weir_memory::MemoryBackend::new(world_config())),
+            args,
+        )
+        .await
+    })
+}
+
+#[cfg(feature = "postgres")]
+async fn connect_postgres(
+    url: &str,
+    schema: &str,
+    processes: u8,
+) -> Result<weir_postgres::PgBackend, String> {
+    let schema =
+        weir_postgres::SchemaName::new(schema.to_string()).map_err(|e| format!("--schema: {e}"))?;
+    let config = weir_postgres::PgConfig {
+        schema,
+        world: world_config(),
+        notify: true,
     };
-    println!(
-        "weir demo: {} jobs, {} worker processes, seed {} (virtual time; every decision by World::apply)",
-        args.jobs, args.processes, args.seed
-    );
-    demo.enqueue(args.jobs);
-    let mut processes: Vec<Process> = (0..args.processes)
-        .map(|i| Process {
-            id: ProcessId(u64::from(i) + 1),
-            claimer: None,
-            running: Vec::new(),
-            stalled_until: None,
+    let backend = crate::pg::connect(url, 4 + 4 * u32::from(processes), config).await?;
+    let report = backend.migrate().await.map_err(|e| e.to_string())?;
+    if !report.applied.is_empty() {
+        println!("schema migrated to version {}", report.to);
+    }
+    let leftover = backend
+        .queues()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|q| q.queue.as_str() == QUEUE)
+        .map(|q| q.unfinished_by_kind.iter().map(|(_, n)| n).sum::<u64>())
+        .unwrap_or(0);
+    if leftover > 0 {
+        return Err(format!(
+            "queue {QUEUE:?} has {leftover} unfinished jobs from an earlier run; \
+             let them finish (or use another --schema)"
+        ));
+    }
+    Ok(backend)
+}
+
+async fn demo<B: Backend>(backend: Arc<B>, args: &DemoArgs) -> Result<(), String> {
+    let client = Client::new(Arc::clone(&backend));
+    let before = completed_in_queue(&client).await?;
+    let started = Instant::now();
+    let jobs: Vec<Noop> = (0..args.jobs)
+        .map(|n| Noop {
+            n,
+            flaky: n % 100 < args.fail_percent,
         })
         .collect();
-    while !demo.all_finished() {
-        if demo.now >= TIME_LIMIT {
-            return Err(format!("jobs still unfinished at {}", demo.now));
-        }
-        demo.maintain(processes[0].id);
-        for process in &mut processes {
-            demo.drive(process);
-        }
-        let last = processes.last_mut().expect("at least two processes");
-        if demo.now == STALL_AT {
-            last.stalled_until = Some(demo.now.plus(STALL_FOR));
-            println!(
-                "{:>8}  process {} stalls for {} holding {} jobs (heartbeats stop)",
-                demo.now.to_string(),
-                last.id,
-                STALL_FOR,
-                last.running.len()
-            );
-        }
-        demo.now = demo.now.plus(TICK);
+    let inserted = client
+        .insert_bulk(jobs.iter().map(|j| (j, InsertOptions::default())))
+        .await
+        .map_err(|e| format!("enqueue: {e}"))?;
+    println!(
+        "enqueued {} jobs with the bulk path in {:.2} s",
+        inserted.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let stall = Arc::new(Stall::default());
+    let mut runs = Vec::new();
+    let mut metrics = Vec::new();
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    for p in 0..args.processes {
+        // The last pool's storage traffic is the one that stalls.
+        let stalling = p + 1 == args.processes && !args.no_stall;
+        let mut config = pool_config(args.workers)?;
+        let (m, run) = if stalling {
+            // A stalled leader would stall maintenance too; the rescue is
+            // the other pools' to make.
+            config.dispatcher.lead = false;
+            let wrapped = Arc::new(Stalling {
+                inner: Arc::clone(&backend),
+                stall: Arc::clone(&stall),
+            });
+            spawn_pool(wrapped, config, stop.subscribe())?
+        } else {
+            spawn_pool(Arc::clone(&backend), config, stop.subscribe())?
+        };
+        metrics.push(m);
+        runs.push(run);
     }
-    demo.summary(args.jobs, started.elapsed().as_secs_f64());
+    let pools_started = Instant::now();
+    let total = u64::from(args.jobs);
+    watch(&client, &metrics, &stall, total, before, args.no_stall).await?;
+    let elapsed = pools_started.elapsed();
+    stop.send(()).map_err(|_| "the pools stopped early")?;
+    let mut reports = Vec::new();
+    for run in runs {
+        let report = run.await.map_err(|e| format!("a pool panicked: {e}"))?;
+        reports.push(report.map_err(|e| format!("a pool failed: {e}"))?);
+    }
+    summary(&client, &metrics, &reports, total, before, elapsed).await
+}
+
+type PoolRun = tokio::task::JoinHandle<Result<PoolReport, weir::PoolError>>;
+
+fn spawn_pool<B: Backend>(
+    backend: Arc<B>,
+    config: PoolConfig,
+    mut stopped: tokio::sync::broadcast::Receiver<()>,
+) -> Result<(Arc<PoolMetrics>, PoolRun), String> {
+    let pool = WorkerPool::with_config(backend, registry(), config).map_err(|e| e.to_string())?;
+    let metrics = pool.metrics();
+    let run = tokio::spawn(pool.run(async move {
+        let _ = stopped.recv().await;
+    }));
+    Ok((metrics, run))
+}
+
+fn pool_config(workers: u32) -> Result<PoolConfig, String> {
+    let mut config = PoolConfig::new(QUEUE, workers).map_err(|e| e.to_string())?;
+    config.dispatcher = DispatcherConfig {
+        poll_interval: Millis(200),
+        heartbeat_interval: Millis(500),
+        maintenance_interval: Millis(250),
+        flush_delay: Millis(5),
+        shutdown_timeout: Millis(5_000),
+        ..config.dispatcher
+    };
+    Ok(config)
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register(|job: Noop, ctx| async move {
+            if job.flaky && ctx.attempt() == 1 {
+                return Err(format!("job {} fails its first attempt", job.n).into());
+            }
+            Ok(JobOutcome::Complete)
+        })
+        .expect("a valid kind");
+    registry
+}
+
+async fn completed_in_queue<B: Backend>(client: &Client<B>) -> Result<u64, String> {
+    let queues = client.queues().await.map_err(|e| e.to_string())?;
+    Ok(queues
+        .iter()
+        .find(|q| q.queue.as_str() == QUEUE)
+        .map_or(0, |q| q.depth(StateName::Completed)))
+}
+
+/// Shows progress until every job completed; stalls the last pool once a
+/// quarter of the jobs are done.
+async fn watch<B: Backend>(
+    client: &Client<B>,
+    metrics: &[Arc<PoolMetrics>],
+    stall: &Stall,
+    total: u64,
+    before: u64,
+    no_stall: bool,
+) -> Result<(), String> {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} completed ({per_sec}) {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let mut stalled = no_stall;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = completed_in_queue(client).await? - before;
+        bar.set_position(done);
+        let fenced: u64 = metrics.iter().map(|m| m.snapshot().fenced).sum();
+        bar.set_message(format!("fenced {fenced}"));
+        if done >= total {
+            bar.finish();
+            return Ok(());
+        }
+        if !stalled && done >= total / 4 {
+            stalled = true;
+            stall.begin(STALL_FOR);
+            bar.println(format!(
+                "pool {} stalls for {:.1} s (heartbeat staleness limit {STALE_AFTER}): \
+                 its jobs will be rescued and its late writes fenced",
+                metrics.len(),
+                STALL_FOR.as_secs_f64()
+            ));
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            return Err(format!(
+                "only {done} of {total} jobs completed in 10 minutes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn summary<B: Backend>(
+    client: &Client<B>,
+    metrics: &[Arc<PoolMetrics>],
+    reports: &[PoolReport],
+    total: u64,
+    before: u64,
+    elapsed: Duration,
+) -> Result<(), String> {
+    let mut pickup = metrics[0].pickup_histogram();
+    for m in &metrics[1..] {
+        pickup
+            .add(m.pickup_histogram())
+            .map_err(|e| format!("merging histograms: {e}"))?;
+    }
+    let sum = |f: fn(&PoolReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let queue = client
+        .queues()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|q| q.queue.as_str() == QUEUE)
+        .ok_or("the demo queue vanished")?;
+    let completed = queue.depth(StateName::Completed) - before;
+    let executions = sum(|r| r.metrics.finished());
+    println!();
+    println!("summary");
+    println!(
+        "  completed        {completed} of {total} jobs in {:.2} s: {:.0} jobs/s",
+        elapsed.as_secs_f64(),
+        completed as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  pickup latency   p50 {} ms, p99 {} ms, max {} ms (due -> handler start; \
+         the backlog is the wait)",
+        pickup.value_at_quantile(0.5),
+        pickup.value_at_quantile(0.99),
+        pickup.max()
+    );
+    println!(
+        "  retries          {} (first attempts that failed on purpose)",
+        sum(|r| r.metrics.retried)
+    );
+    println!(
+        "  fenced writes    {} (late results and heartbeats refused by epoch)",
+        sum(|r| r.stats.fenced)
+    );
+    println!(
+        "  rescued          {} jobs re-run after the stall; {} handler executions in all",
+        executions.saturating_sub(total + sum(|r| r.metrics.retried)),
+        executions
+    );
+    println!(
+        "  claims           {} batches, {} claimer-lease writes, {} lease acquisitions",
+        sum(|r| r.stats.claims),
+        sum(|r| r.stats.lease_refreshes),
+        sum(|r| r.stats.lease_acquisitions)
+    );
+    let unfinished: u64 = queue.unfinished_by_kind.iter().map(|(_, n)| n).sum();
+    if completed != total || unfinished != 0 {
+        return Err(format!(
+            "{completed} of {total} completed and {unfinished} unfinished: a job was lost"
+        ));
+    }
+    println!("  every job completed exactly once in storage; none lost");
     Ok(())
 }
 
-impl Demo {
-    fn apply(&mut self, command: Command) -> Outcome {
-        self.tally.commands += 1;
-        self.world.apply(self.now, command)
+/// When a stall ends (wall-clock milliseconds; 0: no stall).
+#[derive(Default)]
+struct Stall {
+    until_ms: AtomicI64,
+}
+
+impl Stall {
+    fn begin(&self, for_: Duration) {
+        let until = weir::wall_clock().0 + for_.as_millis() as i64;
+        self.until_ms.store(until, Ordering::SeqCst);
     }
 
-    fn enqueue(&mut self, jobs: u32) {
-        let kind = Kind::new("demo.noop").expect("a valid kind");
-        let mut left = jobs;
-        while left > 0 {
-            let n = left.min(500);
-            left -= n;
-            let batch = (0..n)
-                .map(|i| NewJob {
-                    priority: Priority(i16::from(i % 10 == 0)),
-                    max_attempts: 5,
-                    timeout: Millis(10_000),
-                    ..NewJob::new(self.queue.clone(), kind.clone(), Payload(b"{}".to_vec()))
-                })
-                .collect();
-            match self.apply(Command::Enqueue { jobs: batch }) {
-                Outcome::Enqueued(Ok(ids)) => {
-                    self.tally.duplicates += ids.iter().filter(|e| e.duplicate).count() as u64
-                }
-                other => panic!("enqueue refused: {other:?}"),
-            }
-        }
-        println!(
-            "{:>8}  enqueued {jobs} jobs in batches of up to 500",
-            self.now.to_string()
-        );
-    }
-
-    fn all_finished(&self) -> bool {
-        self.world.jobs().all(|job| job.state_name().is_terminal())
-    }
-
-    /// The first process leads: renew the lease, promote due jobs, rescue
-    /// overdue ones.
-    fn maintain(&mut self, process: ProcessId) {
-        if self.now.0 % 100 != 0 {
-            return;
-        }
-        if let Outcome::LeaderElected(Ok(grant)) = self.apply(Command::LeaderElect { process }) {
-            if self.leader.is_none() {
-                println!(
-                    "{:>8}  process {process} leads maintenance (term {})",
-                    self.now.to_string(),
-                    grant.term
-                );
-            }
-            self.leader = Some(grant);
-        }
-        let Some(leader) = self.leader else { return };
-        self.apply(Command::Promote { leader, max: 1_000 });
-        let draw = self.rng.random();
-        if let Outcome::Rescued(Ok(rescued)) = self.apply(Command::Rescue {
-            leader,
-            draw,
-            max: 1_000,
-        }) {
-            if !rescued.is_empty() {
-                println!(
-                    "{:>8}  leader rescues {} jobs whose heartbeat went stale (epochs bumped)",
-                    self.now.to_string(),
-                    rescued.len()
-                );
-            }
-            self.tally.rescued += rescued.len() as u64;
+    async fn wait(&self) {
+        let until = self.until_ms.load(Ordering::SeqCst);
+        let now = weir::wall_clock().0;
+        if until > now {
+            tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
         }
     }
+}
 
-    fn drive(&mut self, process: &mut Process) {
-        match process.stalled_until {
-            Some(until) if self.now < until => return,
-            Some(_) => self.wake_up(process),
-            None => {}
-        }
-        self.report(process);
-        if self.now.0 % 200 == 0 && !process.running.is_empty() {
-            let receipts = process.running.iter().map(|r| r.receipt).collect();
-            self.apply(Command::Heartbeat { receipts });
-        }
-        if process.running.len() < CAPACITY {
-            self.claim(process);
-        }
+/// A backend whose commands hang while a stall lasts: the pool above it
+/// looks, to everyone else, like a process that stopped.
+struct Stalling<B> {
+    inner: Arc<B>,
+    stall: Arc<Stall>,
+}
+
+#[async_trait]
+impl<B: Backend> Backend for Stalling<B> {
+    async fn execute(&self, command: Command) -> Result<Outcome, BackendError> {
+        self.stall.wait().await;
+        self.inner.execute(command).await
     }
 
-    /// A stalled process comes back and reports its jobs as if nothing
-    /// happened: every one of them is fenced.
-    fn wake_up(&mut self, process: &mut Process) {
-        process.stalled_until = None;
-        let receipts: Vec<Receipt> = process.running.drain(..).map(|r| r.receipt).collect();
-        let Outcome::Completed(Ok(results)) = self.apply(Command::Complete { receipts }) else {
-            panic!("complete batch refused")
-        };
-        let fenced = results
-            .iter()
-            .filter(|r| matches!(r, Err(Reject::StaleEpoch { .. })))
-            .count();
-        self.tally.fenced += fenced as u64;
-        println!(
-            "{:>8}  process {} wakes up and completes {} jobs late: {} refused as stale epochs, nothing overwritten",
-            self.now.to_string(),
-            process.id,
-            results.len(),
-            fenced
-        );
+    async fn now(&self) -> Result<Timestamp, BackendError> {
+        self.inner.now().await
     }
 
-    fn report(&mut self, process: &mut Process) {
-        let now = self.now;
-        let (done, still): (Vec<Running>, Vec<Running>) =
-            process.running.drain(..).partition(|r| r.done_at <= now);
-        process.running = still;
-        let mut completes = Vec::new();
-        let mut failures = Vec::new();
-        let mut snoozes = Vec::new();
-        for job in done {
-            match job.fate {
-                Fate::Complete => completes.push(job.receipt),
-                Fate::Retry => failures.push(Failure {
-                    receipt: job.receipt,
-                    error: FailError {
-                        retry: Retry::Backoff,
-                        message: "upstream timed out".into(),
-                    },
-                    draw: self.rng.random(),
-                }),
-                Fate::Snooze => snoozes.push((job.receipt, Millis(100))),
-            }
-        }
-        if !completes.is_empty() {
-            if let Outcome::Completed(Ok(results)) = self.apply(Command::Complete {
-                receipts: completes,
-            }) {
-                self.tally.completed += results.iter().filter(|r| r.is_ok()).count() as u64;
-            }
-        }
-        if !failures.is_empty() {
-            self.tally.retried += failures.len() as u64;
-            self.apply(Command::Fail { failures });
-        }
-        if !snoozes.is_empty() {
-            self.tally.snoozed += snoozes.len() as u64;
-            self.apply(Command::Snooze { snoozes });
-        }
+    async fn enqueue_bulk(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+        self.inner.enqueue_bulk(jobs).await
     }
 
-    fn claim(&mut self, process: &mut Process) {
-        let claimer = match process.claimer {
-            Some(grant) => grant,
-            None => match self.apply(Command::ClaimerAcquire {
-                queue: self.queue.clone(),
-                process: process.id,
-            }) {
-                Outcome::ClaimerAcquired(Ok((grant, _))) => {
-                    process.claimer = Some(grant);
-                    grant
-                }
-                _ => return,
-            },
-        };
-        let max = (CAPACITY - process.running.len()) as u32;
-        let command = Command::Claim {
-            queue: self.queue.clone(),
-            claimer,
-            max,
-            kinds: None,
-        };
-        match self.apply(command) {
-            Outcome::Claimed(Ok(claimed)) => {
-                if !claimed.jobs.is_empty() {
-                    self.tally.claims += 1;
-                }
-                self.tally.lease_refreshes += u64::from(claimed.lease_refreshed);
-                for job in claimed.jobs {
-                    let done_at = self.now.plus(Millis(self.rng.random_range(5..60)));
-                    let roll: u32 = self.rng.random_range(0..100);
-                    let fate = match roll {
-                        0..=4 => Fate::Retry,
-                        5 => Fate::Snooze,
-                        _ => Fate::Complete,
-                    };
-                    process.running.push(Running {
-                        receipt: job.receipt,
-                        done_at,
-                        fate,
-                    });
-                }
-            }
-            // The lease lapsed or was taken over: acquire again next time.
-            Outcome::Claimed(Err(_)) => process.claimer = None,
-            other => panic!("unexpected claim outcome {other:?}"),
-        }
+    async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError> {
+        self.inner.job(id).await
     }
 
-    fn summary(&self, jobs: u32, wall_s: f64) {
-        let t = &self.tally;
-        let virtual_s = self.now.0 as f64 / 1000.0;
-        println!();
-        println!("all {jobs} jobs finished after {virtual_s:.2} s of virtual time ({wall_s:.3} s of wall time)");
-        for (state, count) in self.world.depths(&self.queue) {
-            if count > 0 {
-                println!("  {:<22} {count}", state.to_string());
-            }
-        }
-        println!("  commands applied       {}", t.commands);
-        println!("  non-empty claims       {}", t.claims);
-        println!(
-            "  claimer lease writes   {} ({:.3} per claim: refreshed only when half-stale)",
-            t.lease_refreshes,
-            t.lease_refreshes as f64 / t.claims.max(1) as f64
-        );
-        println!("  completions accepted   {}", t.completed);
-        println!("  retries (backoff)      {}", t.retried);
-        println!("  snoozes                {}", t.snoozed);
-        println!("  rescued by the leader  {}", t.rescued);
-        println!("  late writes fenced     {}", t.fenced);
-        let failed = self
-            .world
-            .depths(&self.queue)
-            .iter()
-            .find(|(s, _)| *s == StateName::Failed)
-            .map_or(0, |(_, n)| *n);
-        println!("  failed for good        {failed}");
-        println!(
-            "world check: {}",
-            match self.world.check_invariants() {
-                Ok(()) => "every invariant holds".to_string(),
-                Err(v) => format!("BROKEN: {v}"),
-            }
-        );
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError> {
+        self.inner.jobs(filter).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
+        self.inner.queues().await
+    }
+
+    async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError> {
+        self.inner.announce(presence, ttl).await
+    }
+
+    async fn retire(&self, process: ProcessId) -> Result<(), BackendError> {
+        self.inner.retire(process).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        self.inner.workers().await
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn Subscription>>, BackendError> {
+        self.inner.subscribe().await
     }
 }

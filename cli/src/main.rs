@@ -2,9 +2,13 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "postgres")]
+mod admin;
 mod demo;
 #[cfg(feature = "postgres")]
 mod migrate;
+#[cfg(feature = "postgres")]
+mod pg;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -20,9 +24,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a short deterministic demo of the core's reference world: several
-    /// worker processes claim, complete, fail and retry jobs under virtual
-    /// time, one of them stalls and is fenced, and a summary is printed.
+    /// Burn down a queue with worker pools: bulk-enqueue jobs, run pools
+    /// with a progress bar (one of them stalls and is fenced), and print
+    /// jobs/s, pickup latency, retries and fenced late writes. In memory
+    /// by default; --database-url runs it on Postgres.
     Demo(demo::DemoArgs),
     /// Run the deterministic simulator: worker processes running the core's
     /// real logic against the in-memory backend under seeded faults, every
@@ -33,6 +38,16 @@ enum Command {
     /// a schema newer than this binary is refused).
     #[cfg(feature = "postgres")]
     Migrate(migrate::MigrateArgs),
+    /// List, show, retry and cancel jobs.
+    #[cfg(feature = "postgres")]
+    Jobs(admin::JobsArgs),
+    /// Queue depths per state and whether each is paused (or pause and
+    /// resume one); warns about kinds no live worker runs.
+    #[cfg(feature = "postgres")]
+    Queues(admin::QueuesArgs),
+    /// The live worker processes, their queues and kinds.
+    #[cfg(feature = "postgres")]
+    Workers(admin::WorkersArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +57,12 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate::run(&args),
         #[cfg(feature = "postgres")]
         Command::Migrate(args) => migrate::run(&args),
+        #[cfg(feature = "postgres")]
+        Command::Jobs(args) => admin::jobs(&args),
+        #[cfg(feature = "postgres")]
+        Command::Queues(args) => admin::queues(&args),
+        #[cfg(feature = "postgres")]
+        Command::Workers(args) => admin::workers(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

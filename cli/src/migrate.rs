@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use clap::Args;
-use sqlx::postgres::PgPoolOptions;
 use weir_postgres::{migrate, SchemaName};
 
 /// Options of `weir migrate`.
@@ -28,12 +27,8 @@ pub fn run(args: &MigrateArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(args.connect_timeout_s))
-            .connect(&args.database_url)
-            .await
-            .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        let timeout = Duration::from_secs(args.connect_timeout_s);
+        let pool = crate::pg::pool(&args.database_url, 1, timeout).await?;
         let report = migrate(&pool, &schema).await.map_err(|e| e.to_string())?;
         if report.applied.is_empty() {
             println!(

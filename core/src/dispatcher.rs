@@ -53,6 +53,14 @@ pub struct DispatcherConfig {
     pub kinds: Option<BTreeSet<Kind>>,
     /// The most jobs one claim asks for.
     pub claim_batch_max: u32,
+    /// While handlers run, wait until this many workers are free (or
+    /// `claim_delay` passed since the first one freed) before claiming, so
+    /// a busy process claims in batches rather than one job per finished
+    /// handler. Capped at `max_workers` and `claim_batch_max`; 1 claims at
+    /// once.
+    pub claim_batch_min: u32,
+    /// The longest a free worker waits for others before claiming anyway.
+    pub claim_delay: Millis,
     /// How long an idle queue waits before polling again without a
     /// notification.
     pub poll_interval: Millis,
@@ -82,6 +90,8 @@ impl DispatcherConfig {
             queues: vec![QueueConfig { queue, max_workers }],
             kinds: None,
             claim_batch_max: 128,
+            claim_batch_min: (max_workers / 2).clamp(1, 64),
+            claim_delay: Millis(20),
             poll_interval: Millis(1_000),
             flush_max: 128,
             flush_delay: Millis(10),
@@ -228,6 +238,8 @@ struct QueueState {
     grant: Option<ClaimerGrant>,
     running: u32,
     next_poll: Timestamp,
+    /// When a worker first became free since the last claim was sent.
+    freed_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -268,6 +280,7 @@ impl Dispatcher {
                 grant: None,
                 running: 0,
                 next_poll: now,
+                freed_at: None,
             })
             .collect();
         Dispatcher {
@@ -425,7 +438,8 @@ impl Dispatcher {
                     if !self.lane_busy(&Lane::Acquire(i))
                         && q.running < self.config.queues[i].max_workers
                     {
-                        timers.push((q.next_poll, Reason::Claim(i)));
+                        let at = q.next_poll.max(self.claim_ready_at(i));
+                        timers.push((at, Reason::Claim(i)));
                     }
                 }
                 if self.config.lead {
@@ -483,10 +497,38 @@ impl Dispatcher {
         }
     }
 
+    /// When queue `i`'s next claim may go out as far as gathering free
+    /// workers goes: at once when enough are free (or none is busy), else
+    /// `claim_delay` after the first one freed.
+    fn claim_ready_at(&self, i: usize) -> Timestamp {
+        let q = &self.queues[i];
+        let max_workers = self.config.queues[i].max_workers;
+        let want = self
+            .config
+            .claim_batch_min
+            .min(max_workers)
+            .min(self.config.claim_batch_max)
+            .max(1);
+        if q.grant.is_none() || q.running == 0 || max_workers - q.running >= want {
+            return Timestamp::ZERO;
+        }
+        // `freed_at` is set by `step` for every queue with a free worker.
+        q.freed_at
+            .map_or(Timestamp::ZERO, |at| at.plus(self.config.claim_delay))
+    }
+
     fn claim_if_due(&mut self, now: Timestamp, i: usize) {
         let max_workers = self.config.queues[i].max_workers;
+        let q = &mut self.queues[i];
+        if q.running < max_workers && q.freed_at.is_none() {
+            q.freed_at = Some(now);
+        }
         let q = &self.queues[i];
-        if self.lane_busy(&Lane::Acquire(i)) || q.running >= max_workers || now < q.next_poll {
+        if self.lane_busy(&Lane::Acquire(i))
+            || q.running >= max_workers
+            || now < q.next_poll
+            || now < self.claim_ready_at(i)
+        {
             return;
         }
         let queue = self.config.queues[i].queue.clone();
@@ -498,6 +540,7 @@ impl Dispatcher {
             Some(claimer) => {
                 let max = (max_workers - q.running).min(self.config.claim_batch_max);
                 let kinds = self.config.kinds.clone();
+                self.queues[i].freed_at = None;
                 self.execute(
                     Lane::Claim { queue: i, max },
                     Command::Claim {

@@ -181,6 +181,50 @@ fn three_processes_drain_a_queue_with_few_lease_writes() {
 }
 
 #[test]
+fn a_busy_process_gathers_free_workers_into_batched_claims() {
+    // Handlers of different lengths finish one at a time. Claiming for
+    // every freed worker would send a claim per job; gathering sends one
+    // per several.
+    fn staggered(job: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
+        Some((
+            Millis(1 + job.receipt.job.0 as u64 % 13),
+            HandlerResult::Complete,
+        ))
+    }
+    let claims_with = |batch_min: u32, delay: Millis| {
+        let mut h = Harness::new(1, staggered);
+        let config = DispatcherConfig {
+            claim_batch_min: batch_min,
+            claim_delay: delay,
+            ..config(1)
+        };
+        h.processes[0] = Dispatcher::new(config, Timestamp(0));
+        h.enqueue(400);
+        h.run_until(Timestamp(60_000), Harness::all_terminal);
+        assert!(h
+            .world
+            .jobs()
+            .all(|j| j.state_name() == StateName::Completed));
+        h.processes[0].stats().claims
+    };
+    let eager = claims_with(1, Millis(20));
+    let gathered = claims_with(8, Millis(1_000));
+    let timed = claims_with(16, Millis(2));
+    println!("claims: eager {eager}, gathered {gathered}, timed {timed}");
+    assert!(
+        gathered * 4 <= eager,
+        "gathering 8 of 16 workers: {gathered} claims, against {eager} claiming at once"
+    );
+    assert!(
+        gathered <= 400 / 8 + 2,
+        "each gathered claim takes at least 8 jobs: {gathered} claims for 400 jobs"
+    );
+    // A claim_delay shorter than the gaps between finishing handlers sends
+    // claims before 16 are free: the delay bounds the wait.
+    assert!(timed > 400 / 16 + 2, "the delay fired: {timed} claims");
+}
+
+#[test]
 fn a_lost_completion_is_retried_and_counted_once() {
     let mut h = Harness::new(1, complete_after_10ms);
     h.enqueue(20);

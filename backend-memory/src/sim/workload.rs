@@ -96,6 +96,8 @@ pub(crate) fn dispatcher_config(
         queues,
         kinds,
         claim_batch_max: rng.random_range(1..=16),
+        claim_batch_min: rng.random_range(1..=8),
+        claim_delay: Millis(rng.random_range(0..=40)),
         poll_interval: Millis(rng.random_range(20..=200)),
         flush_max: rng.random_range(1..=32),
         flush_delay: Millis(rng.random_range(0..=20)),
