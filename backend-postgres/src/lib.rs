@@ -35,6 +35,8 @@ mod leases;
 mod maintenance;
 pub mod migrate;
 pub mod notify;
+mod presence;
+mod reads;
 mod receipts;
 mod rows;
 mod schema;

@@ -1,21 +1,27 @@
 //! The worker pool end to end over a backend that is the reference world
 //! behind a lock.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir::core::{
-    Command, DispatcherConfig, Millis, Outcome, ProcessId, QueueName, StateName, Timestamp, World,
-    WorldConfig,
+    Command, DispatcherConfig, Enqueued, Job, JobId, Millis, NewJob, Outcome, ProcessId, QueueName,
+    Reject, StateName, Timestamp, World, WorldConfig,
 };
 use weir::{
-    Backend, BackendError, Client, InsertOptions, JobArgs, JobOutcome, Registry, WorkerPool,
+    Backend, BackendError, Client, InsertOptions, JobArgs, JobFilter, JobOutcome, Presence,
+    QueueInfo, Registry, WorkerInfo, WorkerPool,
 };
 
+/// The reference world behind a lock, with the runtime's reference reads
+/// and bulk path, and presence in a map beside it. No wake-ups: the pool
+/// polls.
 struct WorldBackend {
     world: Mutex<World>,
+    workers: Mutex<BTreeMap<ProcessId, WorkerInfo>>,
 }
 
 #[async_trait::async_trait]
@@ -28,6 +34,61 @@ impl Backend for WorldBackend {
     async fn now(&self) -> Result<Timestamp, BackendError> {
         Ok(weir::wall_clock())
     }
+
+    async fn enqueue_bulk(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+        let mut world = self.world.lock().unwrap();
+        let now = weir::wall_clock().max(world.now());
+        let config = world.config().clone();
+        Ok(weir::reference::enqueue_bulk(
+            now,
+            config.batch_max,
+            &config.limits,
+            jobs,
+            |command| world.apply(now, command),
+        ))
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError> {
+        Ok(weir::reference::job(&self.world.lock().unwrap(), id))
+    }
+
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError> {
+        Ok(weir::reference::jobs(&self.world.lock().unwrap(), filter))
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
+        Ok(weir::reference::queues(&self.world.lock().unwrap()))
+    }
+
+    async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError> {
+        let now = weir::wall_clock();
+        let ttl = Millis(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let info = WorkerInfo {
+            presence: presence.clone(),
+            seen_at: now,
+            expires_at: now.plus(ttl),
+        };
+        self.workers.lock().unwrap().insert(presence.process, info);
+        Ok(())
+    }
+
+    async fn retire(&self, process: ProcessId) -> Result<(), BackendError> {
+        self.workers.lock().unwrap().remove(&process);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        let now = weir::wall_clock();
+        let workers = self.workers.lock().unwrap();
+        Ok(workers
+            .values()
+            .filter(|w| w.expires_at > now)
+            .cloned()
+            .collect())
+    }
 }
 
 fn backend() -> Arc<WorldBackend> {
@@ -37,6 +98,7 @@ fn backend() -> Arc<WorldBackend> {
     };
     Arc::new(WorldBackend {
         world: Mutex::new(World::new(config)),
+        workers: Mutex::new(BTreeMap::new()),
     })
 }
 
