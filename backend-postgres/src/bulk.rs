@@ -119,10 +119,22 @@ impl PgBackend {
         now: Option<Timestamp>,
         jobs: &[NewJob],
     ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
-        let mut tx = self.inner.pool.begin().await.map_err(db)?;
-        let (now, ids) = self.reserve(&mut tx, now, jobs).await?;
+        let mut tx = self.inner.pool.begin().await.map_err(uncommitted)?;
+        let written = self
+            .copy_uncommitted(&mut tx, now, jobs)
+            .await
+            .map_err(|e| not_applied(e, "COPY"))?;
+        finish(tx, written).await
+    }
+
+    async fn copy_uncommitted(
+        &self,
+        tx: &mut PgConnection,
+        now: Option<Timestamp>,
+        jobs: &[NewJob],
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+        let (now, ids) = self.reserve(&mut *tx, now, jobs).await?;
         let Some(ids) = ids else {
-            tx.rollback().await.map_err(db)?;
             let limits = self.inner.config.world.limits;
             let (index, error) = jobs
                 .iter()
@@ -153,7 +165,6 @@ impl PgBackend {
             jobs.len() as u64,
             "COPY inserts every row or fails"
         );
-        tx.commit().await.map_err(db)?;
         Ok(Ok(ids
             .into_iter()
             .map(|id| Enqueued {
@@ -210,17 +221,29 @@ impl PgBackend {
         now: Option<Timestamp>,
         jobs: &[NewJob],
     ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+        let mut tx = self.inner.pool.begin().await.map_err(uncommitted)?;
+        let written = self
+            .chunks_uncommitted(&mut tx, now, jobs)
+            .await
+            .map_err(|e| not_applied(e, "bulk enqueue"))?;
+        finish(tx, written).await
+    }
+
+    async fn chunks_uncommitted(
+        &self,
+        tx: &mut PgConnection,
+        now: Option<Timestamp>,
+        jobs: &[NewJob],
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
         let batch_max = self.inner.config.world.batch_max.max(1);
-        let mut tx = self.inner.pool.begin().await.map_err(db)?;
         let mut out = Vec::with_capacity(jobs.len());
         let mut start = 0;
         while start < jobs.len() {
             let chunk = jobs[start..jobs.len().min(start + batch_max)].to_vec();
             let len = chunk.len();
-            match self.enqueue_on(&mut tx, now, chunk).await? {
+            match self.enqueue_on(&mut *tx, now, chunk).await? {
                 Ok(done) => out.extend(done),
                 Err(Reject::InvalidJob { index, error }) => {
-                    tx.rollback().await.map_err(db)?;
                     let index = start + index;
                     return Ok(Err(Reject::InvalidJob { index, error }));
                 }
@@ -230,8 +253,46 @@ impl PgBackend {
             }
             start += len;
         }
-        tx.commit().await.map_err(db)?;
         Ok(Ok(out))
+    }
+}
+
+/// Commits a bulk that was written, rolls back one that was refused. Only
+/// a failed `COMMIT` leaves the outcome unknown ([`BackendError::Lost`]).
+async fn finish(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    written: Result<Vec<Enqueued>, Reject>,
+) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+    match written {
+        Ok(done) => {
+            tx.commit().await.map_err(db)?;
+            Ok(Ok(done))
+        }
+        Err(reject) => {
+            // The answer stands whether or not the rollback gets through:
+            // an uncommitted transaction never takes effect.
+            let _ = tx.rollback().await;
+            Ok(Err(reject))
+        }
+    }
+}
+
+/// `BEGIN` failed: nothing was applied.
+fn uncommitted(error: sqlx::Error) -> BackendError {
+    not_applied(db(error), "BEGIN")
+}
+
+/// An error before `COMMIT` was sent: the transaction cannot have
+/// committed, so nothing was applied and the bulk is safe to retry, even
+/// when the driver lost the connection (which alone would mean
+/// [`BackendError::Lost`]). That matters for a bulk: retrying one whose
+/// outcome is unknown could insert its jobs twice.
+fn not_applied(error: BackendError, step: &str) -> BackendError {
+    match error {
+        BackendError::Lost(message) => {
+            BackendError::Unavailable(format!("{step} failed before commit: {message}"))
+        }
+        other => other,
     }
 }
 
