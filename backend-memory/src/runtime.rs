@@ -76,7 +76,9 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
                 .filter(|(_, r)| r.is_ok())
                 .map(|((receipt, _), _)| receipt.job),
         ),
-        (Command::ResumeExternal { receipt }, Outcome::Resumed(Ok(()))) => touched.push(receipt.job),
+        (Command::ResumeExternal { receipt }, Outcome::Resumed(Ok(()))) => {
+            touched.push(receipt.job)
+        }
         (Command::Retry { job }, Outcome::Retried(Ok(()))) => touched.push(*job),
         (Command::ResumeQueue { queue }, Outcome::QueuePauseChanged(true)) => {
             queues.insert(queue.clone());
@@ -162,13 +164,10 @@ impl<C: Clock> Backend for MemoryBackend<C> {
         let mut locked = self.locked();
         let now = locked.now().max(locked.world().now());
         let config = locked.world().config().clone();
-        let result = weir::reference::enqueue_bulk(
-            now,
-            config.batch_max,
-            &config.limits,
-            jobs,
-            |command| locked.apply(command),
-        );
+        let result =
+            weir::reference::enqueue_bulk(now, config.batch_max, &config.limits, jobs, |command| {
+                locked.apply(command)
+            });
         let queues: BTreeSet<QueueName> = match &result {
             Ok(ids) => ids
                 .iter()

@@ -252,11 +252,19 @@ fn a_cancel_notification_stops_the_handler_at_once_and_ignores_others() {
     };
     h.feed(0, Input::Fenced(stranger));
     assert!(h.stopped.is_empty());
-    h.world.apply(h.now, Command::Cancel { job: running[0].job });
+    h.world.apply(
+        h.now,
+        Command::Cancel {
+            job: running[0].job,
+        },
+    );
     // No time passes: the stop comes from the notification, not a heartbeat.
     h.feed(0, Input::Fenced(running[0]));
     assert_eq!(h.stopped, vec![(0, running[0], StopReason::Fenced)]);
-    assert_eq!(h.processes[0].running().collect::<Vec<_>>(), vec![running[1]]);
+    assert_eq!(
+        h.processes[0].running().collect::<Vec<_>>(),
+        vec![running[1]]
+    );
     assert_eq!(h.processes[0].stats().fenced, 1);
 }
 

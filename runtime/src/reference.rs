@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use weir_core::{Enqueued, Job, JobId, Kind, NewJob, QueueName, Reject, StateName, Timestamp, World};
 use weir_core::{Command, Outcome};
+use weir_core::{
+    Enqueued, Job, JobId, Kind, NewJob, QueueName, Reject, StateName, Timestamp, World,
+};
 
 use crate::backend::{JobFilter, QueueInfo};
 
@@ -48,14 +50,21 @@ pub fn queues(world: &World) -> Vec<QueueInfo> {
             .expect("depths list every state");
         slot.1 += 1;
         if !state.is_terminal() {
-            *kinds.entry((job.queue.clone(), job.kind.clone())).or_default() += 1;
+            *kinds
+                .entry((job.queue.clone(), job.kind.clone()))
+                .or_default() += 1;
         }
     }
     for queue in world.paused() {
-        by_queue.entry(queue.clone()).or_insert_with(|| blank(queue)).paused = true;
+        by_queue
+            .entry(queue.clone())
+            .or_insert_with(|| blank(queue))
+            .paused = true;
     }
     for ((queue, kind), n) in kinds {
-        let info = by_queue.get_mut(&queue).expect("counted from this queue's jobs");
+        let info = by_queue
+            .get_mut(&queue)
+            .expect("counted from this queue's jobs");
         info.unfinished_by_kind.push((kind, n));
     }
     by_queue.into_values().collect()

@@ -574,7 +574,11 @@ impl Engine {
         if let (Some((receipt, holder)), Outcome::Cancelled(Ok(StateName::Running))) =
             (held, outcome)
         {
-            let to = self.procs.iter().find(|p| p.alive && p.me.id == holder).map(|p| p.me);
+            let to = self
+                .procs
+                .iter()
+                .find(|p| p.alive && p.me.id == holder)
+                .map(|p| p.me);
             if let Some(to) = to.filter(|_| self.rng.random_ratio(9, 10)) {
                 let at = self.now().plus(self.latency());
                 let reply = Reply::Input(Input::Fenced(receipt));
