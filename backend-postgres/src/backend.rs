@@ -21,13 +21,18 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use weir::{Backend, BackendError};
-use weir_core::{Command, InvalidClaimerConfig, Outcome, Reject, Timestamp, WorldConfig};
+use weir::{Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, WorkerInfo};
+use weir_core::{
+    Command, Enqueued, InvalidClaimerConfig, Job, JobId, NewJob, Outcome, ProcessId, Reject,
+    Timestamp, WorldConfig,
+};
 
 use crate::migrate::{self, MigrateError, MigrateReport, LATEST_VERSION};
+use crate::notify::Listener;
 use crate::schema::SchemaName;
 
 /// How a [`PgBackend`] is set up.
@@ -294,6 +299,48 @@ impl Backend for PgBackend {
 
     async fn now(&self) -> Result<Timestamp, BackendError> {
         self.now_in(&self.inner.pool, None).await
+    }
+
+    /// `COPY` with ids reserved first, or the batch statement in chunks
+    /// in one transaction when a job has a unique key (see `bulk.rs`).
+    async fn enqueue_bulk(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
+        self.bulk_at(None, &jobs).await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError> {
+        self.read_job(id).await
+    }
+
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError> {
+        self.read_jobs(filter).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
+        self.read_queues().await
+    }
+
+    async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError> {
+        self.announce_presence(presence, ttl).await
+    }
+
+    async fn retire(&self, process: ProcessId) -> Result<(), BackendError> {
+        self.retire_presence(process).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        self.live_workers().await
+    }
+
+    /// A [`Listener`] on its own connection when [`PgConfig::notify`] is
+    /// on; `None` when it is off (nothing would be sent).
+    async fn subscribe(&self) -> Result<Option<Box<dyn Subscription>>, BackendError> {
+        if !self.inner.config.notify {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(Listener::connect(self).await?)))
     }
 }
 

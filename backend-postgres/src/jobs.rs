@@ -16,8 +16,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use weir::BackendError;
 use weir_core::{
-    Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobState, Kind,
-    NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
+    Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobLimits,
+    JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
 };
 
 use crate::backend::{db, PgBackend};
@@ -246,27 +246,24 @@ impl PgBackend {
             return Ok(Err(reject));
         }
         let mut conn = conn.acquire().await.map_err(db)?;
+        self.enqueue_on(&mut conn, now, jobs).await
+    }
+
+    /// [`PgBackend::enqueue_in`] on a connection, for a batch within
+    /// `batch_max`. Not generic, so a caller holding a transaction across
+    /// several batches (the bulk path) stays a `Send` future.
+    pub(crate) async fn enqueue_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        now: Option<Timestamp>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
         let limits = self.inner.config.world.limits;
-        // Everything but `run_at` is checked without the clock: at the end
-        // of time no `run_at` is too far, so what fails is clock-free.
-        let clock_free = jobs
-            .iter()
-            .position(|job| job.validate(Timestamp(i64::MAX), &limits).is_err());
-        if let Some(index) = clock_free {
+        if let Some(index) = clock_free_invalid(&jobs, &limits) {
             // The error path: one more round trip for the clock, then the
             // world's own validation order.
             let now = self.now_in(&mut *conn, now).await?;
-            let first = jobs
-                .iter()
-                .enumerate()
-                .find_map(|(i, job)| job.validate(now, &limits).err().map(|e| (i, e)));
-            let (index, error) = first.unwrap_or_else(|| {
-                let error = jobs[index]
-                    .validate(Timestamp(i64::MAX), &limits)
-                    .expect_err("found invalid above");
-                (index, error)
-            });
-            return Ok(Err(Reject::InvalidJob { index, error }));
+            return Ok(Err(first_invalid(now, &jobs, &limits, index)));
         }
         let plan = EnqueuePlan::new(&jobs);
         let mut result: Vec<Option<Enqueued>> = vec![None; jobs.len()];
@@ -277,7 +274,7 @@ impl PgBackend {
                 break;
             }
             let rows = self
-                .enqueue_statement(&mut conn, now, &jobs, &pending, check_run_at)
+                .enqueue_statement(conn, now, &jobs, &pending, check_run_at)
                 .await?;
             check_run_at = false;
             if let Some(first) = rows.first() {
@@ -556,6 +553,36 @@ impl PgBackend {
         }
         Ok(changed)
     }
+}
+
+/// The first job that is invalid whatever the clock says. Everything but
+/// `run_at` is checked without the clock: at the end of time no `run_at`
+/// is too far, so what fails then fails at any time.
+pub(crate) fn clock_free_invalid(jobs: &[NewJob], limits: &JobLimits) -> Option<usize> {
+    jobs.iter()
+        .position(|job| job.validate(Timestamp(i64::MAX), limits).is_err())
+}
+
+/// The world's refusal of a batch in which job `clock_free` is invalid at
+/// any time: the first job (in batch order) that is invalid at `now`,
+/// which may be an earlier one whose `run_at` is too far.
+pub(crate) fn first_invalid(
+    now: Timestamp,
+    jobs: &[NewJob],
+    limits: &JobLimits,
+    clock_free: usize,
+) -> Reject {
+    let first = jobs
+        .iter()
+        .enumerate()
+        .find_map(|(i, job)| job.validate(now, limits).err().map(|e| (i, e)));
+    let (index, error) = first.unwrap_or_else(|| {
+        let error = jobs[clock_free]
+            .validate(Timestamp(i64::MAX), limits)
+            .expect_err("found invalid at the end of time");
+        (clock_free, error)
+    });
+    Reject::InvalidJob { index, error }
 }
 
 /// Which jobs of a batch go to the database: the first of each unique key;

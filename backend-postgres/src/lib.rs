@@ -8,7 +8,10 @@
 //! * [`migrate()`] brings a schema (its name a validated [`SchemaName`],
 //!   always quoted) to the version this code needs; re-running it is a
 //!   no-op and a newer database is refused.
-//! * [`PgBackend`] implements [`weir::Backend`]; [`PgBackend::enqueue`]
+//! * [`PgBackend`] implements [`weir::Backend`]: the commands, the bulk
+//!   path (`COPY`, or chunked batches in one transaction when jobs have
+//!   unique keys), the operator reads, worker presence (the `workers`
+//!   table) and wake-ups ([`notify::Listener`]). [`PgBackend::enqueue`]
 //!   enqueues inside the caller's own transaction and
 //!   [`PgBackend::enqueue_copy`] bulk-loads with `COPY`.
 //! * [`semaphore`] holds the two client-side semaphores: session advisory
@@ -35,6 +38,8 @@ mod leases;
 mod maintenance;
 pub mod migrate;
 pub mod notify;
+mod presence;
+mod reads;
 mod receipts;
 mod rows;
 mod schema;

@@ -29,14 +29,21 @@ impl Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "workers",
+        sql: include_str!("../migrations/0002_workers.sql"),
+    },
+];
 
 /// The schema version this code reads and writes.
-pub const LATEST_VERSION: i32 = 1;
+pub const LATEST_VERSION: i32 = 2;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +86,22 @@ pub enum MigrateError {
 
 /// Brings `schema` to [`LATEST_VERSION`], creating it if it does not exist.
 pub async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<MigrateReport, MigrateError> {
+    migrate_to(pool, schema, LATEST_VERSION).await
+}
+
+/// Brings `schema` to `target` (at most [`LATEST_VERSION`]), as [`migrate`]
+/// does: for tests that need a schema as an older release left it, to
+/// upgrade it. Production code calls [`migrate`].
+#[doc(hidden)]
+pub async fn migrate_to(
+    pool: &PgPool,
+    schema: &SchemaName,
+    target: i32,
+) -> Result<MigrateReport, MigrateError> {
+    assert!(
+        target <= LATEST_VERSION,
+        "no migration to version {target} exists"
+    );
     let db = |source| MigrateError::Database {
         schema: schema.to_string(),
         source,
@@ -131,7 +154,10 @@ pub async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<MigrateReport
         });
     }
     let mut applied = Vec::new();
-    for migration in MIGRATIONS.iter().filter(|m| m.version > from) {
+    let steps = MIGRATIONS
+        .iter()
+        .filter(|m| m.version > from && m.version <= target);
+    for migration in steps {
         sqlx::raw_sql(&migration.sql(schema))
             .execute(&mut *tx)
             .await
@@ -149,7 +175,7 @@ pub async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<MigrateReport
     tx.commit().await.map_err(db)?;
     Ok(MigrateReport {
         from,
-        to: LATEST_VERSION,
+        to: from.max(target),
         applied,
     })
 }

@@ -18,52 +18,35 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sqlx::postgres::PgListener;
-use weir::BackendError;
+use weir::{BackendError, Subscription};
 use weir_core::{Epoch, JobId, ProcessId, QueueName};
 
 use crate::backend::{db, PgBackend};
 
-/// What a notification says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Wakeup {
-    /// Jobs of this queue became available.
-    Jobs(QueueName),
-    /// A running attempt was taken from its holder.
-    Cancelled {
-        /// The job.
-        job: JobId,
-        /// The epoch of the attempt that was fenced.
-        epoch: Epoch,
-        /// The holder of that attempt.
-        holder: ProcessId,
-    },
-    /// The connection was lost and re-established: notifications may have
-    /// been missed, so poll.
-    Missed,
-}
+/// What a notification says: the runtime's own wake-up type, so a
+/// [`Listener`] is a [`weir::Subscription`] as it stands.
+pub use weir::Wakeup;
 
-impl Wakeup {
-    /// Parses a payload; `None` for one this version does not know.
-    pub fn parse(payload: &str) -> Option<Wakeup> {
-        if let Some(queue) = payload.strip_prefix("j:") {
-            return QueueName::new(queue).ok().map(Wakeup::Jobs);
-        }
-        let rest = payload.strip_prefix("c:")?;
-        let mut parts = rest.split(':');
-        let job = parts.next()?.parse().ok()?;
-        let epoch = parts.next()?.parse().ok()?;
-        let holder = parts.next()?.parse().ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Wakeup::Cancelled {
-            job: JobId(job),
-            epoch: Epoch(epoch),
-            holder: ProcessId(holder),
-        })
+/// Parses a payload; `None` for one this version does not know.
+pub fn parse(payload: &str) -> Option<Wakeup> {
+    if let Some(queue) = payload.strip_prefix("j:") {
+        return QueueName::new(queue).ok().map(Wakeup::Jobs);
     }
+    let rest = payload.strip_prefix("c:")?;
+    let mut parts = rest.split(':');
+    let job = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    let holder = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Wakeup::Cancelled {
+        job: JobId(job),
+        epoch: Epoch(epoch),
+        holder: ProcessId(holder),
+    })
 }
 
 /// A dedicated connection listening on the backend's channel.
@@ -99,13 +82,21 @@ impl Listener {
                 // The connection dropped; sqlx reconnects on the next call.
                 Ok(Ok(None)) => return Ok(Some(Wakeup::Missed)),
                 Ok(Ok(Some(notification))) => {
-                    if let Some(wakeup) = Wakeup::parse(notification.payload()) {
+                    if let Some(wakeup) = parse(notification.payload()) {
                         return Ok(Some(wakeup));
                     }
                 }
                 Ok(Err(error)) => return Err(db(error)),
             }
         }
+    }
+}
+
+/// What [`PgBackend`]'s [`weir::Backend::subscribe`] hands out.
+#[async_trait]
+impl Subscription for Listener {
+    async fn next(&mut self, within: Duration) -> Result<Option<Wakeup>, BackendError> {
+        self.wait(within).await
     }
 }
 
@@ -119,11 +110,11 @@ mod tests {
     #[test]
     fn payloads_round_trip_and_junk_is_ignored() {
         assert_eq!(
-            Wakeup::parse("j:emails"),
+            parse("j:emails"),
             Some(Wakeup::Jobs(QueueName::new("emails").unwrap()))
         );
         assert_eq!(
-            Wakeup::parse("c:7:3:42"),
+            parse("c:7:3:42"),
             Some(Wakeup::Cancelled {
                 job: JobId(7),
                 epoch: Epoch(3),
@@ -131,7 +122,7 @@ mod tests {
             })
         );
         for junk in ["", "j:", "j:BAD", "c:1:2", "c:1:2:3:4", "x:1"] {
-            assert_eq!(Wakeup::parse(junk), None, "{junk:?}");
+            assert_eq!(parse(junk), None, "{junk:?}");
         }
     }
 }

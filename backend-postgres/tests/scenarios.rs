@@ -9,16 +9,18 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Row;
-use weir::Backend;
+use weir::{Backend, BackendError, Presence};
 use weir_core::{
-    Acquired, ClaimerConfig, Command, Kind, Millis, NewJob, Outcome, Payload, ProcessId, QueueName,
-    Reject, SemaphoreName, StateName, Timestamp, UniqueKey, WaitConfig, WorldConfig,
+    Acquired, ClaimerConfig, Command, Enqueued, InvalidJob, JobLimits, Kind, Millis, NewJob,
+    Outcome, Payload, ProcessId, QueueName, Reject, SemaphoreName, StateName, Timestamp, UniqueKey,
+    WaitConfig, WorldConfig,
 };
+use weir_postgres::migrate::migrate_to;
 use weir_postgres::notify::{Listener, Wakeup};
 use weir_postgres::semaphore::{
     acquire, AcquireError, AdvisorySemaphore, LeaseSemaphore, SlotStore,
 };
-use weir_postgres::{migrate, MigrateError, PgBackend, SchemaName, LATEST_VERSION};
+use weir_postgres::{migrate, MigrateError, PgBackend, PgConfig, SchemaName, LATEST_VERSION};
 
 fn queue() -> QueueName {
     QueueName::new("default").unwrap()
@@ -82,7 +84,7 @@ async fn migrations_rerun_as_a_no_op_and_a_newer_schema_is_refused() {
     // A second schema in the same database is independent.
     let other = SchemaName::new("weir_other").unwrap();
     let report = migrate(backend.pool(), &other).await.unwrap();
-    assert_eq!(report.applied, vec![1]);
+    assert_eq!(report.applied, vec![1, 2]);
 }
 
 #[tokio::test]
@@ -905,4 +907,315 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
         completed.len(),
         rescued.len()
     );
+}
+
+#[tokio::test]
+async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
+    let db = weir_postgres::harness::test_database().await;
+    let pool = db.app_pool().await;
+    let schema = SchemaName::new("weir").unwrap();
+    let v1 = migrate_to(&pool, &schema, 1).await.unwrap();
+    assert_eq!((v1.from, v1.to, v1.applied), (0, 1, vec![1]));
+    let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
+    // What a v1 release did: enqueue; it has no presence table.
+    let Outcome::Enqueued(Ok(done)) = backend
+        .execute(Command::Enqueue {
+            jobs: vec![job(), job()],
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let before = backend.snapshot().await.unwrap();
+    let behind = backend.check_schema().await.unwrap_err();
+    assert!(
+        behind.to_string().contains("version 1") && behind.to_string().contains("weir migrate"),
+        "{behind}"
+    );
+    let presence = Presence {
+        process: ProcessId(1),
+        label: "host:1".into(),
+        queues: vec![queue()],
+        kinds: vec![Kind::new("k").unwrap()],
+        started_at: Timestamp(0),
+    };
+    assert!(matches!(
+        backend.announce(&presence, Duration::from_secs(60)).await,
+        Err(BackendError::Misconfigured(_))
+    ));
+    let report = backend.migrate().await.unwrap();
+    assert_eq!(
+        (report.from, report.to, report.applied),
+        (1, LATEST_VERSION, vec![2])
+    );
+    backend.check_schema().await.unwrap();
+    assert_eq!(backend.snapshot().await.unwrap(), before);
+    backend
+        .announce(&presence, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let workers = backend.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].presence, presence);
+    // The upgraded schema goes on where v1 left off.
+    let more = backend.enqueue_bulk(vec![job()]).await.unwrap().unwrap();
+    assert!(more[0].id > done[1].id);
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM weir.schema_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2]);
+}
+
+async fn last_id(backend: &PgBackend) -> i64 {
+    sqlx::query_scalar("SELECT last_value FROM weir.jobs_id_seq")
+        .fetch_one(backend.pool())
+        .await
+        .unwrap()
+}
+
+fn keyed(key: &str) -> NewJob {
+    let mut j = job();
+    j.unique_key = Some(UniqueKey::new(key).unwrap());
+    j
+}
+
+/// Chunks of `batch_max` (4 here) before the refused one are written and
+/// rolled back with it: nothing stays, no wake-up is sent, and the same
+/// bulk, corrected, then goes in with its duplicates resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_with_unique_keys_is_all_or_none_when_a_later_chunk_is_invalid() {
+    let world = WorldConfig {
+        batch_max: 4,
+        ..WorldConfig::default()
+    };
+    let (_db, backend) = common::backend(world).await;
+    let existing = backend
+        .enqueue_bulk(vec![keyed("held")])
+        .await
+        .unwrap()
+        .unwrap()[0];
+    let before = backend.snapshot().await.unwrap();
+    let seq_before = last_id(&backend).await;
+    let mut listener = Listener::connect(&backend).await.unwrap();
+    let too_far = backend
+        .now()
+        .await
+        .unwrap()
+        .plus(JobLimits::default().delay_max)
+        .plus(Millis(3_600_000));
+    // 0 plain, 1 "a", 2 "held" (stored), 3 plain, 4 "b", 5 "a" again, ...,
+    // and job 17, in the fifth chunk, due too far in the future.
+    let bulk = |run_at| -> Vec<NewJob> {
+        (0..20)
+            .map(|i| {
+                let mut j = match i % 6 {
+                    1 | 5 => keyed("a"),
+                    2 => keyed("held"),
+                    4 => keyed(&format!("b{i}")),
+                    _ => job(),
+                };
+                if i == 17 {
+                    j.run_at = run_at;
+                }
+                j
+            })
+            .collect()
+    };
+    assert_eq!(
+        backend.enqueue_bulk(bulk(Some(too_far))).await.unwrap(),
+        Err(Reject::InvalidJob {
+            index: 17,
+            error: InvalidJob::RunAtTooFar {
+                run_at: too_far,
+                max: JobLimits::default().delay_max
+            }
+        })
+    );
+    assert_eq!(backend.snapshot().await.unwrap(), before);
+    assert!(
+        last_id(&backend).await > seq_before,
+        "the earlier chunks did reach the table before the rollback"
+    );
+    assert_eq!(
+        listener.wait(Duration::from_millis(300)).await.unwrap(),
+        None,
+        "a rolled-back bulk wakes nobody"
+    );
+    let done = backend.enqueue_bulk(bulk(None)).await.unwrap().unwrap();
+    let first_a = done[1];
+    assert!(!first_a.duplicate);
+    for (i, e) in done.iter().enumerate() {
+        match i % 6 {
+            1 if i == 1 => {}
+            1 | 5 => assert_eq!(
+                *e,
+                Enqueued {
+                    id: first_a.id,
+                    duplicate: true
+                },
+                "{i}"
+            ),
+            2 => assert_eq!(
+                *e,
+                Enqueued {
+                    id: existing.id,
+                    duplicate: true
+                },
+                "{i}"
+            ),
+            _ => assert!(!e.duplicate, "{i}"),
+        }
+    }
+    let stored = backend.snapshot().await.unwrap().jobs;
+    assert_eq!(
+        stored.len(),
+        1 + done.iter().filter(|e| !e.duplicate).count()
+    );
+    assert_eq!(
+        listener.wait(Duration::from_secs(5)).await.unwrap(),
+        Some(Wakeup::Jobs(queue()))
+    );
+}
+
+/// The `COPY` path refuses a `run_at` too far in the statement that would
+/// reserve the ids, so a refusal takes none.
+#[tokio::test]
+async fn a_refused_copy_bulk_writes_nothing_and_reserves_no_ids() {
+    let (_db, backend) = common::backend(WorldConfig::default()).await;
+    backend.enqueue_copy(&[job()]).await.unwrap();
+    let seq_before = last_id(&backend).await;
+    let mut jobs: Vec<NewJob> = (0..1000).map(|_| job()).collect();
+    jobs[700].run_at = Some(Timestamp(i64::MAX - 1));
+    let refused = backend.enqueue_bulk(jobs.clone()).await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(Reject::InvalidJob {
+                index: 700,
+                error: InvalidJob::RunAtTooFar { .. }
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        backend.enqueue_copy(&jobs).await,
+        Err(weir_postgres::CopyError::Rejected(Reject::InvalidJob {
+            index: 700,
+            ..
+        }))
+    ));
+    assert_eq!(backend.snapshot().await.unwrap().jobs.len(), 1);
+    assert_eq!(last_id(&backend).await, seq_before);
+    jobs[700].run_at = None;
+    let done = backend.enqueue_bulk(jobs).await.unwrap().unwrap();
+    assert_eq!(done[0].id.0, seq_before + 1, "no gap after a refusal");
+}
+
+/// The server dies under a `COPY` that it has half consumed (a trigger
+/// stalls it on one row; the backend is then terminated): the caller gets
+/// an error, the rows it had taken are gone, nobody is woken, and the
+/// backend's pool goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_copy_leaves_nothing() {
+    let (db, backend) = common::backend(WorldConfig::default()).await;
+    let superuser = db.pool().await;
+    sqlx::raw_sql(
+        r"CREATE FUNCTION weir.stall() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN
+              IF NEW.priority = 77 THEN PERFORM pg_sleep(60); END IF;
+              RETURN NEW;
+          END $$;
+          CREATE TRIGGER stall BEFORE INSERT ON weir.jobs
+              FOR EACH ROW EXECUTE FUNCTION weir.stall();",
+    )
+    .execute(&superuser)
+    .await
+    .unwrap();
+    let mut listener = Listener::connect(&backend).await.unwrap();
+    let mut jobs: Vec<NewJob> = (0..20_000).map(|_| job()).collect();
+    jobs[10_000].priority = weir_core::Priority(77);
+    let bulk = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.enqueue_bulk(jobs).await })
+    };
+    let mut killed = 0i64;
+    for _ in 0..500 {
+        killed = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE usename = 'weir_app' AND datname = current_database()
+               AND wait_event = 'PgSleep' AND query LIKE 'COPY%'",
+        )
+        .fetch_one(&superuser)
+        .await
+        .unwrap();
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(killed, 1, "the COPY stalled on its marked row");
+    let answer = bulk.await.unwrap();
+    eprintln!("the bulk's answer: {answer:?}");
+    assert!(
+        matches!(answer, Err(BackendError::Unavailable(_))),
+        "{answer:?}"
+    );
+    sqlx::raw_sql("DROP TRIGGER stall ON weir.jobs; DROP FUNCTION weir.stall();")
+        .execute(&superuser)
+        .await
+        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM weir.jobs")
+        .fetch_one(&superuser)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    assert_eq!(
+        listener.wait(Duration::from_millis(300)).await.unwrap(),
+        None
+    );
+    let done = backend.enqueue_bulk(vec![job(), job()]).await.unwrap();
+    assert_eq!(done.map(|d| d.len()), Ok(2));
+}
+
+/// An expired process's row stays until another process announces (it is
+/// not listed meanwhile); then it is deleted, so crashed processes do not
+/// pile up in the table.
+#[tokio::test]
+async fn an_announce_deletes_the_rows_of_processes_that_expired() {
+    let (_db, backend) = common::backend(WorldConfig::default()).await;
+    let presence = |process| Presence {
+        process: ProcessId(process),
+        label: format!("host:{process}"),
+        queues: vec![queue()],
+        kinds: vec![Kind::new("k").unwrap()],
+        started_at: Timestamp(0),
+    };
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT process FROM weir.workers ORDER BY process")
+            .fetch_all(backend.pool())
+            .await
+            .unwrap()
+    };
+    let short = Duration::from_millis(100);
+    backend.announce(&presence(1), short).await.unwrap();
+    backend.announce(&presence(2), short).await.unwrap();
+    backend
+        .announce(&presence(3), Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let live: Vec<_> = backend.workers().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(rows().await, vec![1, 2, 3], "reading deletes nothing");
+    // Process 2 comes back: its own row is refreshed, not deleted, and the
+    // row of process 1, which expired, is.
+    backend
+        .announce(&presence(2), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(rows().await, vec![2, 3]);
+    assert_eq!(backend.workers().await.unwrap().len(), 2);
 }

@@ -1,6 +1,7 @@
 //! A quick throughput check against the raw-SQL ceiling of
-//! `../shared/bench/ceiling.sh`, on the same server in the same run. Not a
-//! timed test: it is ignored by default and only prints.
+//! `../shared/bench/ceiling.sh`, on the same server in the same run, and
+//! the bulk path's rate. Not timed tests: they are ignored by default and
+//! only print.
 //!
 //! ```sh
 //! cargo test -p weir-postgres --release --test throughput -- --ignored --nocapture
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use weir::Backend;
 use weir_core::{Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName, WorldConfig};
+
+const BULK_JOBS: usize = 100_000;
+const BULK_ROUNDS: usize = 3;
 
 const BATCH: usize = 128;
 const CLIENTS: u64 = 4;
@@ -96,5 +100,53 @@ async fn enqueue_claim_complete_cycle_against_the_ceiling() {
             weir_rate / ceiling
         ),
         None => eprintln!("weir: {weir_rate:.0} jobs/s; ceiling.sh not found or failed"),
+    }
+}
+
+fn bulk_jobs() -> Vec<NewJob> {
+    let queue = QueueName::new("bench").unwrap();
+    (0..BULK_JOBS)
+        .map(|n| {
+            NewJob::new(
+                queue.clone(),
+                Kind::new("noop").unwrap(),
+                Payload(format!("{{\"n\":{n}}}").into_bytes()),
+            )
+        })
+        .collect()
+}
+
+/// 100,000 jobs through `enqueue_copy` and through `Backend::enqueue_bulk`
+/// (the same `COPY` path), each into a fresh database, a few rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand with --ignored --nocapture"]
+async fn bulk_copy_of_100k_jobs() {
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=BULK_ROUNDS {
+        for (path, rates) in ["enqueue_copy", "enqueue_bulk"]
+            .iter()
+            .zip(rates.iter_mut())
+        {
+            let (_db, backend) = common::backend(WorldConfig::default()).await;
+            let jobs = bulk_jobs();
+            let started = Instant::now();
+            let inserted = if *path == "enqueue_copy" {
+                backend.enqueue_copy(&jobs).await.unwrap() as usize
+            } else {
+                backend.enqueue_bulk(jobs).await.unwrap().unwrap().len()
+            };
+            let elapsed = started.elapsed();
+            assert_eq!(inserted, BULK_JOBS);
+            let rate = BULK_JOBS as f64 / elapsed.as_secs_f64();
+            eprintln!("round {round}: {path}: {BULK_JOBS} jobs in {elapsed:?}, {rate:.0} jobs/s");
+            rates.push(rate);
+        }
+    }
+    for (path, mut rates) in ["enqueue_copy", "enqueue_bulk"].into_iter().zip(rates) {
+        rates.sort_by(f64::total_cmp);
+        eprintln!(
+            "{path}: median {:.0} jobs/s over {BULK_ROUNDS} rounds of {BULK_JOBS}",
+            rates[rates.len() / 2]
+        );
     }
 }

@@ -34,6 +34,34 @@ async fn migrate_creates_the_schema_then_is_a_no_op() {
     assert!(text.contains("--schema"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_upgrades_a_v1_schema_in_place() {
+    let db = weir_postgres::harness::test_database().await;
+    let schema = weir_postgres::SchemaName::new("weir_old").unwrap();
+    let pool = db.app_pool().await;
+    weir_postgres::migrate::migrate_to(&pool, &schema, 1)
+        .await
+        .unwrap();
+    let (ok, text) = weir(&[
+        "migrate",
+        "--database-url",
+        db.url_as_app_user(),
+        "--schema",
+        "weir_old",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("migrated from version 1 to 2 (applied [2])"),
+        "{text}"
+    );
+    assert_eq!(
+        weir_postgres::migrate::schema_version(&pool, &schema)
+            .await
+            .unwrap(),
+        weir_postgres::LATEST_VERSION
+    );
+}
+
 #[test]
 fn a_database_that_does_not_answer_is_a_clear_error() {
     let (ok, text) = weir(&[

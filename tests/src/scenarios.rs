@@ -1,14 +1,17 @@
-//! The conformance suite: each scenario drives one backend through
-//! [`Backend::execute`] only and checks the outcomes the core defines.
-//! Every backend must pass every scenario unchanged.
+//! The conformance suite: each scenario drives one backend through the
+//! [`Backend`] trait only — commands through [`Backend::execute`], and the
+//! bulk path, the operator reads, presence and wake-ups — and checks the
+//! answers the core (and `weir::reference`) define. Every backend must
+//! pass every scenario unchanged.
 
 use std::time::Duration;
 
-use weir::Backend;
+use weir::{Backend, JobFilter, Presence, QueueInfo, Wakeup};
 use weir_core::{
     Acquired, Claimed, ClaimerGrant, Command, Enqueued, Epoch, FailError, FailOutcome, FailReason,
-    Failure, JobId, Kind, LeaderGrant, Millis, NewJob, Outcome, Payload, Priority, ProcessId,
-    QueueName, Receipt, Reject, Retry, SemaphoreName, SlotIndex, StateName, UniqueKey,
+    Failure, InvalidJob, Job, JobId, JobLimits, Kind, LeaderGrant, Millis, NewJob, Outcome,
+    Payload, Priority, ProcessId, QueueName, Receipt, Reject, Retry, SemaphoreName, SlotIndex,
+    StateName, Timestamp, UniqueKey,
 };
 
 /// Every scenario, by name, for the instantiating macro.
@@ -27,6 +30,14 @@ pub const ALL: &[&str] = &[
     "a_deposed_leaders_writes_are_refused",
     "oversized_batches_are_refused",
     "unknown_jobs_are_rejected_per_item",
+    "bulk_enqueue_returns_ids_in_input_order_beyond_batch_max",
+    "bulk_enqueue_with_an_invalid_job_writes_nothing",
+    "bulk_enqueue_with_unique_keys_gives_the_existing_job",
+    "jobs_are_read_by_id_and_listed_by_every_filter",
+    "job_listings_are_capped_at_limit_max",
+    "queues_show_depths_paused_state_and_unfinished_kinds",
+    "presence_is_announced_refreshed_retired_and_expires",
+    "enqueue_and_cancel_wake_subscribers",
 ];
 
 async fn exec(b: &dyn Backend, command: Command) -> Outcome {
@@ -507,4 +518,602 @@ pub async fn unknown_jobs_are_rejected_per_item(b: &dyn Backend) {
         complete(b, vec![bogus, receipt]).await,
         vec![Err(Reject::UnknownJob { job: bogus.job }), Ok(())]
     );
+}
+
+fn queue_named(name: &str) -> QueueName {
+    QueueName::new(name).expect("valid")
+}
+
+fn job_in(queue: &str, kind: &str) -> NewJob {
+    NewJob::new(
+        queue_named(queue),
+        Kind::new(kind).expect("valid"),
+        Payload(b"{}".to_vec()),
+    )
+}
+
+fn keyed(kind: &str, key: &str) -> NewJob {
+    let mut j = job(kind);
+    j.unique_key = Some(UniqueKey::new(key).expect("valid"));
+    j
+}
+
+async fn bulk(b: &dyn Backend, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, Reject> {
+    b.enqueue_bulk(jobs)
+        .await
+        .expect("the backend is available")
+}
+
+async fn now(b: &dyn Backend) -> Timestamp {
+    b.now().await.expect("the backend is available")
+}
+
+async fn list(b: &dyn Backend, filter: JobFilter) -> Vec<JobId> {
+    b.jobs(&filter)
+        .await
+        .expect("the backend is available")
+        .iter()
+        .map(|j| j.id)
+        .collect()
+}
+
+async fn read(b: &dyn Backend, id: JobId) -> Job {
+    b.job(id)
+        .await
+        .expect("the backend is available")
+        .expect("the job exists")
+}
+
+fn strictly_increasing(ids: &[JobId]) -> bool {
+    ids.windows(2).all(|w| w[0] < w[1])
+}
+
+/// A bulk of 40 (more than `batch_max`, 16): ids in input order, none a
+/// duplicate, each job stored as given; a future `run_at` is scheduled.
+pub async fn bulk_enqueue_returns_ids_in_input_order_beyond_batch_max(b: &dyn Backend) {
+    let later = now(b).await.plus(Millis(60_000));
+    let jobs: Vec<NewJob> = (0..40u8)
+        .map(|i| {
+            let mut j = job(if i % 3 == 0 { "a" } else { "b" });
+            j.payload = Payload(vec![i]);
+            j.priority = Priority(i16::from(i % 4));
+            if i == 5 {
+                j.run_at = Some(later);
+            }
+            j
+        })
+        .collect();
+    let done = bulk(b, jobs.clone()).await.expect("valid jobs");
+    assert_eq!(done.len(), 40);
+    assert!(done.iter().all(|e| !e.duplicate), "{done:?}");
+    let ids: Vec<JobId> = done.iter().map(|e| e.id).collect();
+    assert!(strictly_increasing(&ids), "{ids:?}");
+    for (new, id) in jobs.iter().zip(&ids) {
+        let stored = read(b, *id).await;
+        assert_eq!(
+            (
+                &stored.queue,
+                &stored.kind,
+                &stored.payload,
+                stored.priority
+            ),
+            (&new.queue, &new.kind, &new.payload, new.priority)
+        );
+        assert_eq!((stored.max_attempts.0, stored.timeout), (25, new.timeout));
+        let expected = if new.run_at.is_some() {
+            StateName::Scheduled
+        } else {
+            StateName::Available
+        };
+        assert_eq!(stored.state_name(), expected, "job {id}");
+    }
+    let listed = list(
+        b,
+        JobFilter {
+            limit: 100,
+            ..JobFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(listed, ids);
+}
+
+/// One invalid job refuses the whole bulk with its index and writes
+/// nothing, with or without unique keys; a `run_at` too far is found
+/// before a later job's clock-free fault, as the world validates in order.
+pub async fn bulk_enqueue_with_an_invalid_job_writes_nothing(b: &dyn Backend) {
+    let delay_max = JobLimits::default().delay_max;
+    let too_far = now(b).await.plus(delay_max).plus(Millis(86_400_000));
+    let spoiled = |keys: bool| -> Vec<NewJob> {
+        (0..40)
+            .map(|i| {
+                let mut j = if keys {
+                    keyed("k", &format!("key-{i}"))
+                } else {
+                    job("k")
+                };
+                if i == 30 {
+                    j.run_at = Some(too_far);
+                }
+                if i == 35 {
+                    j.max_attempts = 0;
+                }
+                j
+            })
+            .collect()
+    };
+    for keys in [false, true] {
+        assert_eq!(
+            bulk(b, spoiled(keys)).await,
+            Err(Reject::InvalidJob {
+                index: 30,
+                error: InvalidJob::RunAtTooFar {
+                    run_at: too_far,
+                    max: delay_max
+                }
+            }),
+            "keys: {keys}"
+        );
+        // Only the `run_at` is wrong: nothing but the clock finds it.
+        let mut far_only = spoiled(keys);
+        far_only[35].max_attempts = 1;
+        assert_eq!(
+            bulk(b, far_only).await,
+            Err(Reject::InvalidJob {
+                index: 30,
+                error: InvalidJob::RunAtTooFar {
+                    run_at: too_far,
+                    max: delay_max
+                }
+            }),
+            "keys: {keys}"
+        );
+        let mut clock_free = spoiled(keys);
+        clock_free[30].run_at = None;
+        assert_eq!(
+            bulk(b, clock_free).await,
+            Err(Reject::InvalidJob {
+                index: 35,
+                error: InvalidJob::MaxAttemptsZero
+            }),
+            "keys: {keys}"
+        );
+    }
+    assert_eq!(list(b, JobFilter::default()).await, vec![]);
+    assert_eq!(b.queues().await.expect("available"), vec![]);
+    // Nothing was held back either: the same keys go in afterwards.
+    let mut valid = spoiled(true);
+    valid[30].run_at = None;
+    valid[35].max_attempts = 1;
+    let done = bulk(b, valid).await.expect("valid now");
+    assert!(done.iter().all(|e| !e.duplicate));
+    assert_eq!(list(b, JobFilter::default()).await.len(), 40);
+}
+
+/// Unique keys in a bulk: a key already stored answers with that job, a
+/// key repeated in the bulk (across `batch_max` chunks) with its first
+/// occurrence's job, and only new jobs take ids, in input order.
+pub async fn bulk_enqueue_with_unique_keys_gives_the_existing_job(b: &dyn Backend) {
+    let existing = enqueue(b, vec![keyed("a", "k4")]).await[0];
+    // Even positions carry keys k0, k2, ..., k18, then the same again from
+    // position 20; odd positions have no key.
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                keyed("a", &format!("k{}", i % 20))
+            } else {
+                job("a")
+            }
+        })
+        .collect();
+    let done = bulk(b, jobs).await.expect("valid jobs");
+    assert_eq!(done.len(), 40);
+    let mut fresh = Vec::new();
+    for (i, e) in done.iter().enumerate() {
+        match i {
+            4 | 24 => assert_eq!(
+                *e,
+                Enqueued {
+                    id: existing.id,
+                    duplicate: true
+                },
+                "{i}"
+            ),
+            20.. if i % 2 == 0 => assert_eq!(
+                *e,
+                Enqueued {
+                    id: done[i - 20].id,
+                    duplicate: true
+                },
+                "{i}"
+            ),
+            _ => {
+                assert!(!e.duplicate, "{i}: {e:?}");
+                fresh.push(e.id);
+            }
+        }
+    }
+    assert_eq!(fresh.len(), 29);
+    assert!(strictly_increasing(&fresh), "{fresh:?}");
+    assert!(fresh[0] > existing.id);
+    let mut stored = list(b, JobFilter::default()).await;
+    assert_eq!(stored.remove(0), existing.id);
+    assert_eq!(stored, fresh);
+}
+
+/// `job` reads one job (`None` for an unknown id); `jobs` lists in id
+/// order and every filter field narrows it; `after` pages through.
+pub async fn jobs_are_read_by_id_and_listed_by_every_filter(b: &dyn Backend) {
+    let ids: Vec<JobId> = enqueue(
+        b,
+        vec![
+            job_in("default", "a"),
+            job_in("default", "b"),
+            job_in("other", "a"),
+            job_in("default", "a"),
+            job_in("other", "b"),
+            job_in("default", "a"),
+        ],
+    )
+    .await
+    .iter()
+    .map(|e| e.id)
+    .collect();
+    let claimed = claim(b, 1, 2).await;
+    let receipts: Vec<Receipt> = claimed.jobs.iter().map(|j| j.receipt).collect();
+    assert_eq!(receipts.iter().map(|r| r.job).collect::<Vec<_>>(), ids[..2]);
+    assert_eq!(complete(b, vec![receipts[1]]).await, vec![Ok(())]);
+
+    let running = read(b, ids[0]).await;
+    assert_eq!(running.state_name(), StateName::Running);
+    assert_eq!((running.attempt.0, running.epoch), (1, Epoch(1)));
+    assert_eq!(
+        (running.queue.as_str(), running.kind.as_str()),
+        ("default", "a")
+    );
+    assert_eq!(read(b, ids[1]).await.state_name(), StateName::Completed);
+    assert_eq!(b.job(JobId(999_999)).await.expect("available"), None);
+    let all = b.jobs(&JobFilter::default()).await.expect("available");
+    assert_eq!(all.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+    assert_eq!(all[0], running, "a listing holds the same jobs as job()");
+
+    let filter = JobFilter::default;
+    let pick = |n: &[usize]| n.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+    let cases = [
+        (
+            JobFilter {
+                queue: Some(queue_named("other")),
+                ..filter()
+            },
+            pick(&[2, 4]),
+        ),
+        (
+            JobFilter {
+                state: Some(StateName::Running),
+                ..filter()
+            },
+            pick(&[0]),
+        ),
+        (
+            JobFilter {
+                state: Some(StateName::Completed),
+                ..filter()
+            },
+            pick(&[1]),
+        ),
+        (
+            JobFilter {
+                state: Some(StateName::Available),
+                ..filter()
+            },
+            pick(&[2, 3, 4, 5]),
+        ),
+        (
+            JobFilter {
+                state: Some(StateName::Failed),
+                ..filter()
+            },
+            pick(&[]),
+        ),
+        (
+            JobFilter {
+                kind: Some(Kind::new("a").expect("valid")),
+                ..filter()
+            },
+            pick(&[0, 2, 3, 5]),
+        ),
+        (
+            JobFilter {
+                after: Some(ids[2]),
+                ..filter()
+            },
+            pick(&[3, 4, 5]),
+        ),
+        (
+            JobFilter {
+                limit: 2,
+                ..filter()
+            },
+            pick(&[0, 1]),
+        ),
+        (
+            JobFilter {
+                limit: 0,
+                ..filter()
+            },
+            pick(&[]),
+        ),
+        (
+            JobFilter {
+                queue: Some(queue()),
+                state: Some(StateName::Available),
+                kind: Some(Kind::new("a").expect("valid")),
+                after: Some(ids[3]),
+                limit: 10,
+            },
+            pick(&[5]),
+        ),
+    ];
+    for (f, expected) in cases {
+        assert_eq!(list(b, f.clone()).await, expected, "{f:?}");
+    }
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list(
+            b,
+            JobFilter {
+                after,
+                limit: 4,
+                ..filter()
+            },
+        )
+        .await;
+        let Some(&last) = page.last() else { break };
+        assert!(page.len() <= 4);
+        paged.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(paged, ids);
+}
+
+/// However large `limit` is, a listing returns at most
+/// `JobFilter::LIMIT_MAX` jobs; `after` reaches the rest.
+pub async fn job_listings_are_capped_at_limit_max(b: &dyn Backend) {
+    let n = JobFilter::LIMIT_MAX as usize + 1;
+    let ids: Vec<JobId> = bulk(b, (0..n).map(|_| job("k")).collect())
+        .await
+        .expect("valid jobs")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let first = list(
+        b,
+        JobFilter {
+            limit: u32::MAX,
+            ..JobFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(first.len(), JobFilter::LIMIT_MAX as usize);
+    assert_eq!(first[..], ids[..n - 1]);
+    let rest = list(
+        b,
+        JobFilter {
+            after: first.last().copied(),
+            limit: u32::MAX,
+            ..JobFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(rest, vec![ids[n - 1]]);
+}
+
+fn depths(counts: &[(StateName, u64)]) -> Vec<(StateName, u64)> {
+    StateName::ALL
+        .iter()
+        .map(|&s| {
+            let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+            (s, n)
+        })
+        .collect()
+}
+
+/// Every queue with jobs or paused, in name order (bytes, not a locale):
+/// depths for every state (zeros included), unfinished jobs by kind,
+/// whether it is paused.
+pub async fn queues_show_depths_paused_state_and_unfinished_kinds(b: &dyn Backend) {
+    assert_eq!(b.queues().await.expect("available"), vec![]);
+    for name in ["za", "z_a", "z-a"] {
+        let queue = queue_named(name);
+        assert_eq!(
+            exec(b, Command::PauseQueue { queue }).await,
+            Outcome::QueuePauseChanged(true)
+        );
+    }
+    let mut scheduled = job("c");
+    scheduled.run_at = Some(now(b).await.plus(Millis(60_000)));
+    enqueue(
+        b,
+        vec![
+            job("a"),
+            job("a"),
+            job("b"),
+            scheduled,
+            job_in("other", "a"),
+        ],
+    )
+    .await;
+    let claimed = claim(b, 1, 1).await;
+    assert_eq!(claimed.jobs[0].kind.as_str(), "a");
+    assert_eq!(
+        complete(b, vec![claimed.jobs[0].receipt]).await,
+        vec![Ok(())]
+    );
+    assert_eq!(
+        exec(b, Command::PauseQueue { queue: queue() }).await,
+        Outcome::QueuePauseChanged(true)
+    );
+    let kind = |k: &str, n: u64| (Kind::new(k).expect("valid"), n);
+    let paused_empty = |name: &str| QueueInfo {
+        queue: queue_named(name),
+        paused: true,
+        depths: depths(&[]),
+        unfinished_by_kind: vec![],
+    };
+    let expected = vec![
+        QueueInfo {
+            queue: queue(),
+            paused: true,
+            depths: depths(&[
+                (StateName::Scheduled, 1),
+                (StateName::Available, 2),
+                (StateName::Completed, 1),
+            ]),
+            unfinished_by_kind: vec![kind("a", 1), kind("b", 1), kind("c", 1)],
+        },
+        QueueInfo {
+            queue: queue_named("other"),
+            paused: false,
+            depths: depths(&[(StateName::Available, 1)]),
+            unfinished_by_kind: vec![kind("a", 1)],
+        },
+        paused_empty("z-a"),
+        paused_empty("z_a"),
+        paused_empty("za"),
+    ];
+    assert_eq!(b.queues().await.expect("available"), expected);
+    // A running job is unfinished; resuming clears the flag.
+    let running = claim(b, 2, 1).await;
+    assert!(running.jobs.is_empty(), "the queue is paused");
+    exec(b, Command::ResumeQueue { queue: queue() }).await;
+    let (grant, _) = acquire(b, 1).await.expect("a slot");
+    let running = claim_with(b, grant, 1).await.expect("live");
+    assert_eq!(running.jobs.len(), 1);
+    let default = b.queues().await.expect("available").remove(0);
+    assert!(!default.paused);
+    assert_eq!(
+        (
+            default.depth(StateName::Available),
+            default.depth(StateName::Running)
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        default.unfinished_by_kind,
+        vec![kind("a", 1), kind("b", 1), kind("c", 1)]
+    );
+}
+
+fn presence(process: u64, label: &str, started_at: Timestamp) -> Presence {
+    Presence {
+        process: ProcessId(process),
+        label: label.to_string(),
+        queues: vec![queue(), queue_named("other")],
+        kinds: vec![
+            Kind::new("a").expect("valid"),
+            Kind::new("b").expect("valid"),
+        ],
+        started_at,
+    }
+}
+
+/// Announcing records a process until its ttl passes; announcing again
+/// refreshes it (and what it says); retiring removes it. Listed by process
+/// id as a `u64`, so the largest id comes last.
+pub async fn presence_is_announced_refreshed_retired_and_expires(b: &dyn Backend) {
+    let ttl = Duration::from_secs(60);
+    let started = now(b).await;
+    let one = presence(1, "host-a:41", started);
+    let max = presence(u64::MAX, "host-b:7", started);
+    assert_eq!(b.workers().await.expect("available"), vec![]);
+    let before = now(b).await;
+    b.announce(&max, ttl).await.expect("available");
+    b.announce(&one, ttl).await.expect("available");
+    let after = now(b).await;
+    let workers = b.workers().await.expect("available");
+    let listed: Vec<&Presence> = workers.iter().map(|w| &w.presence).collect();
+    assert_eq!(listed, vec![&one, &max]);
+    for w in &workers {
+        assert!(before <= w.seen_at && w.seen_at <= after, "{w:?}");
+        assert_eq!(w.expires_at, w.seen_at.plus(Millis(60_000)));
+    }
+    sleep_ms(20).await;
+    let mut changed = presence(1, "host-a:42", started);
+    changed.kinds = vec![Kind::new("c").expect("valid")];
+    changed.queues = vec![];
+    b.announce(&changed, ttl).await.expect("available");
+    let refreshed = b.workers().await.expect("available");
+    assert_eq!(refreshed.len(), 2);
+    assert_eq!(refreshed[0].presence, changed);
+    assert!(refreshed[0].seen_at > workers[0].seen_at);
+    assert_eq!(refreshed[1], workers[1], "the other process is untouched");
+    b.retire(ProcessId(u64::MAX)).await.expect("available");
+    b.retire(ProcessId(99))
+        .await
+        .expect("retiring an unknown process is a no-op");
+    let short = presence(2, "host-c:1", started);
+    b.announce(&short, Duration::from_millis(150))
+        .await
+        .expect("available");
+    let live: Vec<ProcessId> = b
+        .workers()
+        .await
+        .expect("available")
+        .iter()
+        .map(|w| w.presence.process)
+        .collect();
+    assert_eq!(live, vec![ProcessId(1), ProcessId(2)]);
+    sleep_ms(400).await;
+    let live: Vec<Presence> = b
+        .workers()
+        .await
+        .expect("available")
+        .into_iter()
+        .map(|w| w.presence)
+        .collect();
+    assert_eq!(live, vec![changed], "process 2's presence expired");
+}
+
+/// A subscriber hears `Jobs(queue)` for every queue that gained available
+/// jobs (an enqueue, a bulk; not a queue whose jobs are all scheduled), and
+/// `Cancelled` with the fenced attempt when a running job is cancelled.
+pub async fn enqueue_and_cancel_wake_subscribers(b: &dyn Backend) {
+    let mut sub = b
+        .subscribe()
+        .await
+        .expect("available")
+        .expect("this backend sends wake-ups");
+    let within = Duration::from_secs(5);
+    let quiet = Duration::from_millis(300);
+    assert_eq!(sub.next(quiet).await.expect("subscribed"), None);
+    enqueue(b, vec![job("k")]).await;
+    assert_eq!(
+        sub.next(within).await.expect("subscribed"),
+        Some(Wakeup::Jobs(queue()))
+    );
+    let mut later = job_in("later", "k");
+    later.run_at = Some(now(b).await.plus(Millis(60_000)));
+    bulk(b, vec![job_in("other", "k"), later, job_in("other", "k")])
+        .await
+        .expect("valid jobs");
+    assert_eq!(
+        sub.next(within).await.expect("subscribed"),
+        Some(Wakeup::Jobs(queue_named("other")))
+    );
+    assert_eq!(sub.next(quiet).await.expect("subscribed"), None);
+    let receipt = claim(b, 7, 1).await.jobs[0].receipt;
+    assert_eq!(
+        exec(b, Command::Cancel { job: receipt.job }).await,
+        Outcome::Cancelled(Ok(StateName::Running))
+    );
+    assert_eq!(
+        sub.next(within).await.expect("subscribed"),
+        Some(Wakeup::Cancelled {
+            job: receipt.job,
+            epoch: receipt.epoch,
+            holder: ProcessId(7)
+        })
+    );
+    assert_eq!(sub.next(quiet).await.expect("subscribed"), None);
 }

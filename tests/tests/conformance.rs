@@ -74,4 +74,12 @@ conformance!(
     a_deposed_leaders_writes_are_refused,
     oversized_batches_are_refused,
     unknown_jobs_are_rejected_per_item,
+    bulk_enqueue_returns_ids_in_input_order_beyond_batch_max,
+    bulk_enqueue_with_an_invalid_job_writes_nothing,
+    bulk_enqueue_with_unique_keys_gives_the_existing_job,
+    jobs_are_read_by_id_and_listed_by_every_filter,
+    job_listings_are_capped_at_limit_max,
+    queues_show_depths_paused_state_and_unfinished_kinds,
+    presence_is_announced_refreshed_retired_and_expires,
+    enqueue_and_cancel_wake_subscribers,
 );
