@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
-use weir::BackendError;
+use weir::{BackendError, ClientError, InsertOptions, Inserted, JobArgs};
 use weir_core::{
     Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobLimits,
     JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
@@ -231,6 +231,48 @@ impl PgBackend {
         A: sqlx::Acquire<'a, Database = Postgres>,
     {
         self.enqueue_in(conn, None, jobs).await
+    }
+
+    /// Inserts one typed job through `conn`, typically the caller's own
+    /// transaction, so the job commits or rolls back with the caller's rows:
+    ///
+    /// ```no_run
+    /// # async fn f(backend: weir_postgres::PgBackend, pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ship { order: i32 }
+    /// # impl weir::JobArgs for Ship { const KIND: &'static str = "ship"; }
+    /// let mut tx = pool.begin().await?;
+    /// // ... the caller's own writes on `tx` ...
+    /// backend.insert_in(&mut *tx, &Ship { order: 7 }, weir::InsertOptions::default()).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The job type's defaults apply under `options`. One statement; one
+    /// more (the transaction's clock) when `options` has a delay.
+    pub async fn insert_in<'a, A, J>(
+        &self,
+        conn: A,
+        args: &J,
+        options: InsertOptions,
+    ) -> Result<Inserted, ClientError>
+    where
+        A: sqlx::Acquire<'a, Database = Postgres>,
+        J: JobArgs,
+    {
+        let mut conn = conn.acquire().await.map_err(db)?;
+        // The clock matters only to turn a delay into a `run_at`.
+        let now = match options.delay {
+            Some(_) => self.now_in(&mut *conn, None).await?,
+            None => Timestamp::ZERO,
+        };
+        let job = weir::new_job(args, &options, now)?;
+        match self.enqueue_on(&mut conn, None, vec![job]).await? {
+            Ok(mut inserted) => Ok(inserted.remove(0)),
+            Err(Reject::InvalidJob { index, error }) => {
+                Err(ClientError::InvalidJob { index, error })
+            }
+            Err(reject) => Err(ClientError::Rejected(reject)),
+        }
     }
 
     pub(crate) async fn enqueue_in<'a, A>(

@@ -22,7 +22,7 @@ use weir_postgres::{PgBackend, PgConfig};
 const PROCESSES: u64 = 8;
 const SLOTS: u16 = 2;
 const ITEMS: u64 = 40;
-const BATCH: u64 = 10;
+const BATCH: u32 = 10;
 const BATCH_WORK: Duration = Duration::from_millis(25);
 
 #[tokio::main]
@@ -57,7 +57,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // frees itself after 5 s.
             lease_ttl: Some(Millis(5_000)),
         };
-        let (backend, warming, most) = (Arc::clone(&backend), Arc::clone(&warming), Arc::clone(&most));
+        let (backend, warming, most) = (
+            Arc::clone(&backend),
+            Arc::clone(&warming),
+            Arc::clone(&most),
+        );
         herd.push(tokio::spawn(async move {
             warmup(backend.as_ref(), &config, ITEMS, |items| {
                 let (warming, most) = (Arc::clone(&warming), Arc::clone(&most));
@@ -85,12 +89,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         last = last.max(report.finished_at);
     }
-    let batches = ITEMS.div_ceil(BATCH);
+    let batches = ITEMS.div_ceil(u64::from(BATCH));
     let work = Millis(batches * BATCH_WORK.as_millis() as u64 + (batches - 1) * 5);
     let bound = herd_bound(pacing.delay, PROCESSES as u32, SLOTS, work, Millis(50 + 40));
     let most = most.load(Ordering::SeqCst);
     println!(
-        "most warming at once: {most} (N = {SLOTS}); last finished after {} (herd bound {bound})",
+        "most warming at once: {most} (N = {SLOTS}); last finished after {} (herd bound {bound}, plus the slot tries' round trips)",
         last.since(started)
     );
     assert!(most <= u32::from(SLOTS), "never more than N warm at once");

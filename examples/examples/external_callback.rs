@@ -41,7 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = Arc::new(PgBackend::connect(&db.url, 8, PgConfig::default()).await?);
     backend.migrate().await?;
     let client = Client::new(Arc::clone(&backend));
-    let job = client.insert(&Charge { order: 7, cents: 4_200 }).await?;
+    let job = client
+        .insert(&Charge {
+            order: 7,
+            cents: 4_200,
+        })
+        .await?;
 
     let confirmed: Confirmed = Arc::default();
     // The provider: receives (order, receipt), calls back a little later.
@@ -51,7 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some((order, receipt)) = provider.recv().await {
             tokio::time::sleep(Duration::from_millis(300)).await;
             store.lock().unwrap().insert(order, format!("txn-{order}"));
-            callbacks.resume_external(receipt).await.expect("callback accepted");
+            callbacks
+                .resume_external(receipt)
+                .await
+                .expect("callback accepted");
             // The same receipt again is refused: the wait is over.
             let again = callbacks.resume_external(receipt).await;
             println!("a duplicate callback is refused: {}", again.unwrap_err());
@@ -64,10 +72,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (seen, to_provider) = (Arc::clone(&seen), to_provider.clone());
         async move {
             if let Some(txn) = seen.lock().unwrap().get(&charge.order) {
-                println!("order {} charged {} cents: {txn}", charge.order, charge.cents);
+                println!(
+                    "order {} charged {} cents: {txn}",
+                    charge.order, charge.cents
+                );
                 return Ok(JobOutcome::Complete);
             }
-            println!("order {}: payment started, waiting for the provider", charge.order);
+            println!(
+                "order {}: payment started, waiting for the provider",
+                charge.order
+            );
             to_provider.send((charge.order, ctx.receipt()))?;
             Ok(JobOutcome::WaitExternal(Duration::from_secs(60)))
         }
@@ -88,7 +102,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let job = client.job(id).await?.ok_or("the job vanished")?;
-    println!("job {id}: {} after {} attempt(s)", job.state_name().as_str(), job.attempt.0);
+    println!(
+        "job {id}: {} after {} attempt(s)",
+        job.state_name().as_str(),
+        job.attempt.0
+    );
     assert_eq!(job.attempt.0, 1, "a resumed wait gives the attempt back");
     Ok(())
 }

@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     registry.register(|job: SendWelcome, ctx| async move {
         // A real handler would send the email here. Errors are retried
         // with backoff; `ctx.cancelled()` fires on cancel and shutdown.
-        if job.user_id % 25 == 0 && ctx.attempt() == 1 {
+        if job.user_id.is_multiple_of(25) && ctx.attempt() == 1 {
             return Err(format!("mail server busy for {}", job.email).into());
         }
         Ok(JobOutcome::Complete)
@@ -83,7 +83,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "completed {} jobs ({} retried once), pickup p99 {} ms",
         snapshot.completed, snapshot.retried, snapshot.pickup_p99_ms
     );
-    assert_eq!(report.stats.reported, 104, "100 completions and 4 failed first attempts");
+    assert_eq!(
+        report.stats.reported, 104,
+        "100 completions and 4 failed first attempts"
+    );
 
     let exported = prometheus.render();
     let line = exported

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir::core::StateName;
-use weir::{Client, InsertOptions, JobArgs, JobFilter, JobOutcome, PoolConfig, Registry, WorkerPool};
+use weir::{
+    Client, InsertOptions, JobArgs, JobFilter, JobOutcome, PoolConfig, Registry, WorkerPool,
+};
 use weir_postgres::{PgBackend, PgConfig};
 
 #[derive(Serialize, Deserialize)]
@@ -55,7 +57,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .fetch_one(&mut *tx)
         .await?;
     let ghost = backend
-        .insert_in(&mut *tx, &ShipOrder { order_id: lost }, InsertOptions::default())
+        .insert_in(
+            &mut *tx,
+            &ShipOrder { order_id: lost },
+            InsertOptions::default(),
+        )
         .await?;
     tx.rollback().await?;
     println!("order {lost} rolled back with job {}", ghost.id);

@@ -12,7 +12,7 @@
 //! | name (facade) | kind | labels |
 //! |---|---|---|
 //! | `weir_jobs_claimed_total` | counter | — |
-//! | `weir_jobs_finished_total` | counter | `queue`, `kind`, `result` (`completed`, `retry`, `failed`, `snoozed`, `waiting`, `cancelled`, `limited`) |
+//! | `weir_jobs_finished_total` | counter | `queue`, `kind`, `result` (`completed`, `retry`, `failed`, `snoozed`, `waiting`, `cancelled`, `limited`, `stopped`) |
 //! | `weir_jobs_fenced_total` | counter | — (late results and heartbeats refused by epoch) |
 //! | `weir_handler_panics_total`, `weir_handler_timeouts_total` | counter | `kind` |
 //! | `weir_commands_lost_total` | counter | `command` |
@@ -46,6 +46,9 @@ pub enum ResultKind {
     Cancelled,
     /// Handed back because a cluster-wide concurrency limit was full.
     Limited,
+    /// Stopped by the pool (its job was taken away, or shutdown ran out of
+    /// patience): whatever the handler returned was discarded.
+    Stopped,
 }
 
 impl ResultKind {
@@ -59,6 +62,7 @@ impl ResultKind {
             ResultKind::Waiting => "waiting",
             ResultKind::Cancelled => "cancelled",
             ResultKind::Limited => "limited",
+            ResultKind::Stopped => "stopped",
         }
     }
 }
@@ -81,7 +85,7 @@ pub struct RunningJob {
 pub struct PoolMetrics {
     claimed: AtomicU64,
     started: AtomicU64,
-    results: [AtomicU64; 7],
+    results: [AtomicU64; 8],
     panics: AtomicU64,
     timeouts: AtomicU64,
     fenced: AtomicU64,
@@ -112,6 +116,8 @@ pub struct PoolSnapshot {
     pub cancelled: u64,
     /// Attempts handed back because a concurrency limit was full.
     pub limited: u64,
+    /// Handlers stopped by the pool, their results discarded.
+    pub stopped: u64,
     /// Handlers that panicked.
     pub panics: u64,
     /// Handlers that ran past their deadline.
@@ -142,6 +148,7 @@ impl PoolSnapshot {
             + self.waiting
             + self.cancelled
             + self.limited
+            + self.stopped
     }
 }
 
@@ -182,6 +189,7 @@ fn result_index(kind: ResultKind) -> usize {
         ResultKind::Waiting => 4,
         ResultKind::Cancelled => 5,
         ResultKind::Limited => 6,
+        ResultKind::Stopped => 7,
     }
 }
 
@@ -202,6 +210,7 @@ impl PoolMetrics {
             waiting: result(ResultKind::Waiting),
             cancelled: result(ResultKind::Cancelled),
             limited: result(ResultKind::Limited),
+            stopped: result(ResultKind::Stopped),
             panics: get(&self.panics),
             timeouts: get(&self.timeouts),
             fenced: get(&self.fenced),

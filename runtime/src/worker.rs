@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -280,7 +281,9 @@ struct Run<'p, B> {
     dispatcher: Dispatcher,
     backend: Arc<dyn Backend>,
     limiter: Arc<Limiter>,
-    tokens: BTreeMap<Receipt, CancellationToken>,
+    /// Each running handler's cancellation token, and whether the
+    /// dispatcher stopped it (its result is then discarded).
+    tokens: BTreeMap<Receipt, (CancellationToken, Arc<AtomicBool>)>,
     handlers: JoinSet<()>,
     background: JoinSet<()>,
     tx: Tx,
@@ -410,7 +413,8 @@ impl<B: Backend> Run<'_, B> {
             Effect::StartHandler(job) => self.start_handler(job),
             Effect::StopHandler(receipt, reason) => {
                 debug!(%receipt, ?reason, "stopping handler");
-                if let Some(token) = self.tokens.remove(&receipt) {
+                if let Some((token, stopped)) = self.tokens.remove(&receipt) {
+                    stopped.store(true, Ordering::SeqCst);
                     token.cancel();
                 }
             }
@@ -435,7 +439,9 @@ impl<B: Backend> Run<'_, B> {
             return;
         };
         let token = CancellationToken::new();
-        self.tokens.insert(receipt, token.clone());
+        let stopped = Arc::new(AtomicBool::new(false));
+        self.tokens
+            .insert(receipt, (token.clone(), Arc::clone(&stopped)));
         let tx = self.tx.clone();
         let on_fenced: crate::job::OnFenced = Arc::new(move |receipt| {
             let _ = tx.send(Event::Input(Input::Fenced(receipt)));
@@ -471,6 +477,7 @@ impl<B: Backend> Run<'_, B> {
             metrics: Arc::clone(&self.pool.metrics),
             limiter: Arc::clone(&self.limiter),
             tx: self.tx.clone(),
+            stopped,
         };
         let span = tracing::info_span!("weir.job", kind = %attempt.job.kind, job = %receipt.job, epoch = %receipt.epoch, attempt = attempt.job.attempt.0);
         self.handlers.spawn(attempt.run().instrument(span));
@@ -479,7 +486,7 @@ impl<B: Backend> Run<'_, B> {
     /// After shutdown (or a fatal error): wait a little for handler tasks
     /// told to stop, then abandon them; release what is still held.
     async fn finish(&mut self) {
-        for token in self.tokens.values() {
+        for (token, _) in self.tokens.values() {
             token.cancel();
         }
         let grace = self.pool.config.stop_grace;
@@ -513,6 +520,7 @@ struct Attempt {
     metrics: Arc<PoolMetrics>,
     limiter: Arc<Limiter>,
     tx: Tx,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Attempt {
@@ -526,6 +534,7 @@ impl Attempt {
             metrics,
             limiter,
             tx,
+            stopped,
         } = self;
         let receipt = job.receipt;
         let started = wall_clock();
@@ -564,6 +573,13 @@ impl Attempt {
             }
         };
         limiter.release_attempt(receipt).await;
+        // Stopped by the dispatcher (fenced, or shut down): whatever the
+        // handler returned is discarded, and counted as such.
+        let kind = if stopped.load(Ordering::SeqCst) {
+            ResultKind::Stopped
+        } else {
+            kind
+        };
         metrics.finished(receipt, queue.as_str(), &job.kind, kind, clock.elapsed());
         debug!(?result, "handler finished");
         let _ = tx.send(Event::Input(Input::HandlerDone(receipt, result)));

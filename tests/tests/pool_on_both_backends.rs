@@ -3,8 +3,9 @@
 //! picked up through wake-ups rather than polling, and a cancel that stops
 //! a running handler through its notification rather than a heartbeat.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -33,14 +34,23 @@ impl JobArgs for Endless {
     const KIND: &'static str = "both.endless";
 }
 
-fn registry(stopped: Arc<AtomicBool>) -> Registry {
+/// Jobs snoozed once already (a snooze gives the attempt back, so the
+/// attempt number cannot tell).
+type Snoozed = Arc<Mutex<BTreeSet<u32>>>;
+
+fn registry(stopped: Arc<AtomicBool>, snoozed: Snoozed) -> Registry {
     let mut registry = Registry::new();
     registry
-        .register(|job: Work, ctx| async move {
-            match (job.n % 10, ctx.attempt()) {
-                (0, 1) => Err("fails its first attempt".into()),
-                (1, 1) => Ok(JobOutcome::Snooze(Duration::from_millis(20))),
-                _ => Ok(JobOutcome::Complete),
+        .register(move |job: Work, ctx| {
+            let first_snooze = job.n % 10 == 1 && snoozed.lock().unwrap().insert(job.n);
+            async move {
+                if first_snooze {
+                    return Ok(JobOutcome::Snooze(Duration::from_millis(20)));
+                }
+                match (job.n % 10, ctx.attempt()) {
+                    (0, 1) => Err("fails its first attempt".into()),
+                    _ => Ok(JobOutcome::Complete),
+                }
             }
         })
         .unwrap();
@@ -90,7 +100,10 @@ async fn wait_for<B: Backend>(client: &Client<B>, what: &str, done: impl Fn(&[St
         if done(&states) {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: timed out with {states:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: timed out with {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -100,12 +113,12 @@ async fn the_same_pools_work_the_same<B: Backend>(backend: Arc<B>) {
     // Let the pools start and go idle first, so the burn-down below is
     // found through a wake-up, not the first poll.
     let stopped = Arc::new(AtomicBool::new(false));
+    let snoozed = Snoozed::default();
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut runs = Vec::new();
     for p in 1..=2 {
-        let pool =
-            WorkerPool::with_config(Arc::clone(&backend), registry(Arc::clone(&stopped)), config(p))
-                .unwrap();
+        let pool = registry(Arc::clone(&stopped), Arc::clone(&snoozed));
+        let pool = WorkerPool::with_config(Arc::clone(&backend), pool, config(p)).unwrap();
         let mut s = stop.subscribe();
         runs.push(tokio::spawn(pool.run(async move {
             let _ = s.recv().await;
@@ -131,7 +144,10 @@ async fn the_same_pools_work_the_same<B: Backend>(backend: Arc<B>) {
     );
 
     let endless = client.insert(&Endless).await.unwrap().id;
-    wait_for(&client, "endless running", |s| s.last() == Some(&StateName::Running)).await;
+    wait_for(&client, "endless running", |s| {
+        s.last() == Some(&StateName::Running)
+    })
+    .await;
     let cancelled_at = Instant::now();
     client.cancel(endless).await.unwrap();
     while !stopped.load(Ordering::SeqCst) {
@@ -148,11 +164,19 @@ async fn the_same_pools_work_the_same<B: Backend>(backend: Arc<B>) {
         reports.push(run.await.unwrap().unwrap());
     }
     let sum = |f: fn(&PoolReport) -> u64| reports.iter().map(f).sum::<u64>();
-    assert_eq!(sum(|r| r.metrics.completed), 1_000, "each job completed once");
+    assert_eq!(
+        sum(|r| r.metrics.completed),
+        1_000,
+        "each job completed once"
+    );
     assert_eq!(sum(|r| r.metrics.retried), 100);
     assert_eq!(sum(|r| r.metrics.snoozed), 100);
     assert_eq!(sum(|r| r.stats.fenced), 1, "the cancelled handler");
-    assert!(reports.iter().all(|r| r.metrics.started > 0), "both pools worked");
+    assert_eq!(sum(|r| r.metrics.stopped), 1, "its result discarded");
+    assert!(
+        reports.iter().all(|r| r.metrics.started > 0),
+        "both pools worked"
+    );
     let jobs = client
         .jobs(&JobFilter {
             limit: JobFilter::LIMIT_MAX,
