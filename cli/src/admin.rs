@@ -160,6 +160,19 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
                     return json(&job);
                 }
                 print_job(&job);
+                if !job.state_name().is_terminal() {
+                    let workers = client.workers().await.map_err(|e| e.to_string())?;
+                    let runnable = workers.iter().any(|w| {
+                        w.presence.queues.contains(&job.queue)
+                            && w.presence.kinds.contains(&job.kind)
+                    });
+                    if !runnable {
+                        println!(
+                            "  note          no live worker on queue {} runs kind {}: it waits until one starts",
+                            job.queue, job.kind
+                        );
+                    }
+                }
                 Ok(())
             }
             JobsAction::Retry { id } => {

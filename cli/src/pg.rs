@@ -14,6 +14,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// problem: a malformed URL, a server that does not answer, a refused
 /// login, a database that does not exist.
 pub async fn pool(url: &str, max: u32, timeout: Duration) -> Result<PgPool, String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "invalid database URL {:?}: expected postgres://user:password@host:port/database",
+            url.split('@').next_back().unwrap_or(url)
+        ));
+    }
     let options = PgConnectOptions::from_str(url).map_err(|e| {
         format!("invalid database URL ({e}); expected postgres://user:password@host:port/database")
     })?;
