@@ -4,6 +4,7 @@
 # - the whole Cargo workspace (unit, scenario, property and model-checking
 #   tests; the Postgres tests start a throwaway cluster unless DATABASE_URL
 #   is set, and fail with install instructions if no Postgres is found);
+# - the examples, against Postgres the same way;
 # - loom: every interleaving of the memory backend's shared state, with a
 #   bounded preemption count (LOOM_MAX_PREEMPTIONS, default 3);
 # - the deterministic simulator over a seed range in release (WEIR_SIM_SEEDS
@@ -15,6 +16,11 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo test --workspace"
 cargo test --workspace
+
+echo "== examples (each against a throwaway Postgres unless DATABASE_URL is set)"
+for example in quickstart transactional_enqueue cache_warmer external_callback; do
+    cargo run -q -p weir-examples --example "$example"
+done
 
 echo "== loom: the memory backend's lock and virtual clock, every interleaving"
 # Its own target directory: --cfg loom changes every crate's build. No
