@@ -373,10 +373,27 @@ impl<B: Backend> Run<'_, B> {
             .handle(wall_clock(), rand::rng().random(), input);
         let after = self.dispatcher.stats();
         let metrics = &self.pool.metrics;
-        metrics.claimed(after.claimed - before.claimed);
-        metrics.fenced(after.fenced - before.fenced);
+        let claimed = after.claimed - before.claimed;
+        let fenced = after.fenced - before.fenced;
+        metrics.claimed(claimed);
+        metrics.fenced(fenced);
+        if claimed > 0 {
+            debug!(jobs = claimed, "claimed");
+        }
+        if after.reported > before.reported {
+            debug!(results = after.reported - before.reported, "results accepted");
+        }
+        if fenced > 0 {
+            info!(attempts = fenced, "attempts fenced: taken away, or late results refused by epoch");
+        }
+        if after.lease_refreshes > before.lease_refreshes {
+            debug!("claimer lease refreshed");
+        }
         if after.lease_acquisitions > before.lease_acquisitions {
             debug!("claimer lease acquired");
+        }
+        if after.maintained > before.maintained {
+            debug!(jobs = after.maintained - before.maintained, "maintenance promoted, rescued or pruned");
         }
         match (leader, self.dispatcher.leader()) {
             (None, Some(grant)) => info!(term = %grant.term, "became maintenance leader"),
