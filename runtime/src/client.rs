@@ -221,12 +221,20 @@ impl<B: Backend> Client<B> {
         &self,
         jobs: impl IntoIterator<Item = (&'a J, InsertOptions)>,
     ) -> Result<Vec<Inserted>, ClientError> {
-        let now = self.backend.now().await?;
-        let jobs = jobs
-            .into_iter()
-            .map(|(args, options)| new_job(args, &options, now))
-            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = self.typed_jobs(jobs).await?;
         self.enqueue(jobs).await
+    }
+
+    /// Builds every job at the backend's clock; the first invalid one
+    /// stops the whole batch.
+    async fn typed_jobs<'a, J: JobArgs>(
+        &self,
+        jobs: impl IntoIterator<Item = (&'a J, InsertOptions)>,
+    ) -> Result<Vec<NewJob>, ClientError> {
+        let now = self.backend.now().await?;
+        jobs.into_iter()
+            .map(|(args, options)| new_job(args, &options, now))
+            .collect()
     }
 
     /// Inserts a job of `kind` whose arguments are raw JSON bytes (checked).
@@ -248,11 +256,7 @@ impl<B: Backend> Client<B> {
         &self,
         jobs: impl IntoIterator<Item = (&'a J, InsertOptions)>,
     ) -> Result<Vec<Inserted>, ClientError> {
-        let now = self.backend.now().await?;
-        let jobs = jobs
-            .into_iter()
-            .map(|(args, options)| new_job(args, &options, now))
-            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = self.typed_jobs(jobs).await?;
         match self.backend.enqueue_bulk(jobs).await? {
             Ok(inserted) => Ok(inserted),
             Err(reject) => Err(rejected(reject)),
