@@ -381,10 +381,16 @@ impl<B: Backend> Run<'_, B> {
             debug!(jobs = claimed, "claimed");
         }
         if after.reported > before.reported {
-            debug!(results = after.reported - before.reported, "results accepted");
+            debug!(
+                results = after.reported - before.reported,
+                "results accepted"
+            );
         }
         if fenced > 0 {
-            info!(attempts = fenced, "attempts fenced: taken away, or late results refused by epoch");
+            info!(
+                attempts = fenced,
+                "attempts fenced: taken away, or late results refused by epoch"
+            );
         }
         if after.lease_refreshes > before.lease_refreshes {
             debug!("claimer lease refreshed");
@@ -393,7 +399,10 @@ impl<B: Backend> Run<'_, B> {
             debug!("claimer lease acquired");
         }
         if after.maintained > before.maintained {
-            debug!(jobs = after.maintained - before.maintained, "maintenance promoted, rescued or pruned");
+            debug!(
+                jobs = after.maintained - before.maintained,
+                "maintenance promoted, rescued or pruned"
+            );
         }
         match (leader, self.dispatcher.leader()) {
             (None, Some(grant)) => info!(term = %grant.term, "became maintenance leader"),
