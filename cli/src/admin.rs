@@ -22,7 +22,8 @@ pub struct Target {
     json: bool,
     /// How long to wait for a connection before saying the database does
     /// not answer.
-    #[arg(long, default_value_t = crate::pg::CONNECT_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = crate::pg::CONNECT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout_s: u64,
 }
 
@@ -35,9 +36,12 @@ pub struct JobsArgs {
     action: JobsAction,
 }
 
+// Negative numbers reach the value parsers (instead of being read as
+// unknown flags), so `--limit -1` says which values are allowed.
 #[derive(Subcommand, Debug)]
 enum JobsAction {
     /// List jobs in id order.
+    #[command(allow_negative_numbers = true)]
     List {
         /// Only this queue.
         #[arg(long)]
@@ -50,25 +54,31 @@ enum JobsAction {
         #[arg(long)]
         kind: Option<String>,
         /// Only ids after this one (paging).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
         after: Option<i64>,
-        /// At most this many.
+        /// At most this many (1 to 10000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Show one job.
+    #[command(allow_negative_numbers = true)]
     Show {
         /// The job id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
     /// Retry a failed or cancelled job with fresh attempts.
+    #[command(allow_negative_numbers = true)]
     Retry {
         /// The job id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
     /// Cancel a job in any unfinished state (a running one is fenced).
+    #[command(allow_negative_numbers = true)]
     Cancel {
         /// The job id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
 }
