@@ -186,7 +186,10 @@ async fn schema_injection_in_the_schema_flag_is_refused_before_connecting() {
         ("weir\"; DROP TABLE x; --", "only [a-z0-9_] are allowed"),
         ("weir; DROP TABLE public.x", "only [a-z0-9_] are allowed"),
         ("public\".\"x", "only [a-z0-9_] are allowed"),
-        ("pg_catalog", "names starting with pg_ are reserved by Postgres"),
+        (
+            "pg_catalog",
+            "names starting with pg_ are reserved by Postgres",
+        ),
     ];
     for url in [db.url_as_app_user(), nowhere] {
         for (schema, why) in injections {
