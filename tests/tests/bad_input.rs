@@ -938,6 +938,44 @@ fn email_registry() -> Registry {
     registry
 }
 
+/// Postgres's client-side semaphores refuse 0 slots too: the advisory-lock
+/// one when it is opened, the lease-table one when it is acquired (before
+/// any try, so it never waits out `wait_max`). No semaphore row is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_semaphores_of_zero_slots_are_refused_up_front() {
+    use weir_postgres::semaphore::{acquire, AcquireError, AdvisorySemaphore, LeaseSemaphore};
+    let (db, backend) = postgres().await;
+    let before = backend.counts().await;
+    let name = SemaphoreName::new("warm:cache").unwrap();
+    let options: PgConnectOptions = db.url_as_app_user().parse().unwrap();
+    let advisory = AdvisorySemaphore::open(
+        &backend,
+        options,
+        name.clone(),
+        0,
+        ProcessId(3),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(advisory, Err(Reject::ZeroPermits)), "{advisory:?}");
+    let mut lease = LeaseSemaphore::new((*backend).clone(), name, 0, ProcessId(3), Millis(1_000));
+    let wait = WaitConfig {
+        retry_min: Millis(5),
+        retry_max: Millis(10),
+        wait_max: Millis(60_000),
+    };
+    let started = Instant::now();
+    let refused = acquire(&mut lease, wait).await;
+    assert_eq!(refused, Err(AcquireError::ZeroPermits));
+    assert!(refused.unwrap_err().to_string().contains("at least 1 slot"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused up front"
+    );
+    assert_eq!(backend.counts().await, before);
+}
+
 // ---------------------------------------------------------------------------
 // A pool's configuration.
 
