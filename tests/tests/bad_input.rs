@@ -150,8 +150,10 @@ on_both_backends!(
     payloads_over_the_limit_are_refused_with_their_index,
     payloads_that_are_not_json_are_refused,
     max_attempts_of_zero_or_above_the_limit_are_refused,
-    absurd_delays_and_timeouts_are_refused_and_past_ones_run_now,
-    a_semaphore_of_zero_slots_is_refused_up_front,
+    absurd_delays_and_timeouts_are_refused,
+    past_run_ats_run_now_and_the_limits_themselves_are_accepted,
+    a_slot_try_with_zero_permits_is_refused_and_stores_nothing,
+    zero_slot_limits_and_warmups_are_refused_before_waiting,
     a_payload_that_does_not_decode_fails_the_job_for_good,
 );
 
@@ -648,10 +650,10 @@ async fn max_attempts_of_zero_or_above_the_limit_are_refused<B: Store>(backend: 
 
 /// `Duration` cannot be negative, so a negative delay or timeout cannot be
 /// written in Rust; the absurd ones can. Too far, the end of time, zero and
-/// sub-millisecond timeouts are refused; a `run_at` before the Unix epoch
-/// (where a negative number can arrive) is refused; a `run_at` in the past
-/// after the epoch is accepted and the job is due at once.
-async fn absurd_delays_and_timeouts_are_refused_and_past_ones_run_now<B: Store>(backend: Arc<B>) {
+/// sub-millisecond timeouts are refused, and so is a `run_at` before the
+/// Unix epoch (where a negative number can arrive), by the single and the
+/// bulk insert.
+async fn absurd_delays_and_timeouts_are_refused<B: Store>(backend: Arc<B>) {
     assert!(
         Duration::try_from_secs_f64(-1.0).is_err(),
         "no negative Duration"
@@ -777,20 +779,27 @@ async fn absurd_delays_and_timeouts_are_refused_and_past_ones_run_now<B: Store>(
         other => panic!("{other:?}"),
     }
     assert_eq!(backend.counts().await, before);
+}
 
-    // Accepted: a past run_at (due at once), the epoch itself, the limits.
+/// The positive space of the row above: a `run_at` in the past (after
+/// the epoch) or at the epoch itself is due at once, and a delay and a
+/// timeout of exactly their limits are accepted.
+async fn past_run_ats_run_now_and_the_limits_themselves_are_accepted<B: Store>(backend: Arc<B>) {
+    let client = Client::new(Arc::clone(&backend));
+    let before = backend.counts().await;
+    let limits = JobLimits::default();
+    let now = backend.now().await.unwrap();
+    let args = Email::default();
+    let run_at = |t| InsertOptions {
+        run_at: Some(t),
+        ..options()
+    };
     let past = client
-        .insert_with(
-            &args,
-            InsertOptions {
-                run_at: Some(now.minus(Millis::from_secs(3600))),
-                ..options()
-            },
-        )
+        .insert_with(&args, run_at(now.minus(Millis::from_secs(3600))))
         .await
         .unwrap();
     let epoch = client
-        .insert_with(&args, with(|o| o.run_at = Some(Timestamp::ZERO)))
+        .insert_with(&args, run_at(Timestamp::ZERO))
         .await
         .unwrap();
     for id in [past.id, epoch.id] {
@@ -811,11 +820,9 @@ async fn absurd_delays_and_timeouts_are_refused_and_past_ones_run_now<B: Store>(
 // ---------------------------------------------------------------------------
 // Semaphores.
 
-/// A semaphore of 0 slots is refused up front wherever a size is given —
-/// the storage command, `weir::Limit`, a pool's queue limit, a warm-up —
-/// and never waits: nothing is stored, no slot is held, the warm-up's
-/// start delay is not slept through.
-async fn a_semaphore_of_zero_slots_is_refused_up_front<B: Store>(backend: Arc<B>) {
+/// A slot try with 0 permits is refused and creates no semaphore; once the
+/// semaphore exists, 0 is a size mismatch and changes nothing.
+async fn a_slot_try_with_zero_permits_is_refused_and_stores_nothing<B: Store>(backend: Arc<B>) {
     let name = SemaphoreName::new("bad-input:zero").unwrap();
     let slot_try = |permits| Command::SlotTry {
         semaphore: name.clone(),
@@ -859,8 +866,20 @@ async fn a_semaphore_of_zero_slots_is_refused_up_front<B: Store>(backend: Arc<B>
         backend.execute(release).await.unwrap(),
         Outcome::SlotReleased(true)
     );
+    assert_eq!(
+        backend.counts().await,
+        Counts {
+            slots_held: 0,
+            ..held
+        }
+    );
+}
 
-    // weir::Limit.
+/// `weir::Limit`, a pool's queue limit and a warm-up refuse 0 slots before
+/// they touch storage; the warm-up does not sleep through its start delay
+/// first.
+async fn zero_slot_limits_and_warmups_are_refused_before_waiting<B: Store>(backend: Arc<B>) {
+    let before = backend.counts().await;
     let limit = Limit::new("tenant:42", 0);
     let semaphore = SemaphoreName::new("tenant:42").unwrap();
     assert_eq!(limit, Err(InvalidLimit::ZeroPermits { semaphore }));
@@ -896,7 +915,7 @@ async fn a_semaphore_of_zero_slots_is_refused_up_front<B: Store>(backend: Arc<B>
             batch_size: 1,
             batch_pause: Millis(0),
         },
-        semaphore: Some((name.clone(), 0)),
+        semaphore: Some((SemaphoreName::new("warm:cache").unwrap(), 0)),
         wait: WaitConfig {
             retry_min: Millis(5),
             retry_max: Millis(10),
@@ -919,15 +938,7 @@ async fn a_semaphore_of_zero_slots_is_refused_up_front<B: Store>(backend: Arc<B>
         "refused up front"
     );
     assert_eq!(ran.load(Ordering::SeqCst), 0);
-    assert_eq!(backend.counts().await, held_released(held));
-}
-
-/// The counts after the one slot held above was released.
-fn held_released(held: Counts) -> Counts {
-    Counts {
-        slots_held: held.slots_held - 1,
-        ..held
-    }
+    assert_eq!(backend.counts().await, before);
 }
 
 fn email_registry() -> Registry {
