@@ -123,6 +123,12 @@ impl PgBackend {
         if found == LATEST_VERSION {
             return Ok(());
         }
+        if found == 0 {
+            return Err(BackendError::Misconfigured(format!(
+                "there is no Weir schema {} in this database (version 0, this code needs {LATEST_VERSION}): run `weir migrate`",
+                self.inner.config.schema
+            )));
+        }
         Err(BackendError::Misconfigured(format!(
             "schema {} is at version {found}, this code needs {LATEST_VERSION}{}",
             self.inner.config.schema,
@@ -332,6 +338,12 @@ impl Backend for PgBackend {
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         self.live_workers().await
+    }
+
+    /// [`PgBackend::check_schema`]: the schema must be at this code's
+    /// version.
+    async fn check(&self) -> Result<(), BackendError> {
+        self.check_schema().await
     }
 
     /// A [`Listener`] on its own connection when [`PgConfig::notify`] is

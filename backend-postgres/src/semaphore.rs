@@ -69,6 +69,10 @@ pub enum AcquireError {
         /// Tries that failed with an error.
         errors: u32,
     },
+    /// The store has 0 slots: nothing could ever be acquired, so nothing
+    /// is tried.
+    #[error("the semaphore has 0 permits; it needs at least 1 slot")]
+    ZeroPermits,
 }
 
 /// Milliseconds on a process-local monotonic clock: the Acquisition's time.
@@ -98,6 +102,9 @@ pub async fn acquire<S: SlotStore + ?Sized>(
     store: &mut S,
     wait: WaitConfig,
 ) -> Result<SlotGrant, AcquireError> {
+    if store.permits() == 0 {
+        return Err(AcquireError::ZeroPermits);
+    }
     let mut acquisition = Acquisition::new(Some(store.permits()), local_now(), wait);
     loop {
         match acquisition.poll(local_now(), draw()) {
@@ -113,7 +120,7 @@ pub async fn acquire<S: SlotStore + ?Sized>(
                 store.on_timeout().await;
                 return Err(AcquireError::TimedOut { scans, errors });
             }
-            // `permits` is at least 1 for every store here.
+            // 0 permits were refused above.
             AcquireStep::Disabled => unreachable!("stores always have permits"),
         }
     }

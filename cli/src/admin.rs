@@ -20,6 +20,11 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// How long to wait for a connection before saying the database does
+    /// not answer.
+    #[arg(long, default_value_t = crate::pg::CONNECT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    connect_timeout_s: u64,
 }
 
 /// Options of `weir jobs`.
@@ -31,9 +36,12 @@ pub struct JobsArgs {
     action: JobsAction,
 }
 
+// Negative numbers reach the value parsers (instead of being read as
+// unknown flags), so `--limit -1` says which values are allowed.
 #[derive(Subcommand, Debug)]
 enum JobsAction {
     /// List jobs in id order.
+    #[command(allow_negative_numbers = true)]
     List {
         /// Only this queue.
         #[arg(long)]
@@ -46,25 +54,31 @@ enum JobsAction {
         #[arg(long)]
         kind: Option<String>,
         /// Only ids after this one (paging).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
         after: Option<i64>,
-        /// At most this many.
+        /// At most this many (1 to 10000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Show one job.
+    #[command(allow_negative_numbers = true)]
     Show {
         /// The job id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
     /// Retry a failed or cancelled job with fresh attempts.
+    #[command(allow_negative_numbers = true)]
     Retry {
         /// The job id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
     /// Cancel a job in any unfinished state (a running one is fenced).
+    #[command(allow_negative_numbers = true)]
     Cancel {
         /// The job id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
 }
@@ -108,7 +122,9 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Resul
 }
 
 async fn client(target: &Target) -> Result<Client<PgBackend>, String> {
-    let backend = crate::pg::connect_checked(&target.database_url, &target.schema, 2).await?;
+    let timeout = Duration::from_secs(target.connect_timeout_s);
+    let backend =
+        crate::pg::connect_checked(&target.database_url, &target.schema, 2, timeout).await?;
     Ok(Client::new(std::sync::Arc::new(backend)))
 }
 
@@ -320,8 +336,15 @@ fn short(state: StateName) -> &'static str {
     }
 }
 
+/// A time as RFC 3339, or as raw milliseconds when RFC 3339 cannot show
+/// it (before 1970 or after 9999, which a handler's absurd snooze or wait
+/// can produce), rather than failing to print the job.
 fn time(t: Timestamp) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(t.0).unwrap_or(0));
+    const YEAR_10000_MS: i64 = 253_402_300_800_000;
+    if !(0..YEAR_10000_MS).contains(&t.0) {
+        return format!("t={} ms since the Unix epoch", t.0);
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(t.0.unsigned_abs());
     humantime::format_rfc3339_millis(at).to_string()
 }
 
@@ -402,5 +425,24 @@ fn describe(state: &JobState) -> String {
         JobState::Completed { at } => format!("completed at {}", time(at)),
         JobState::Failed { at, reason } => format!("failed at {} ({reason:?})", time(at)),
         JobState::Cancelled { at } => format!("cancelled at {}", time(at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_rfc3339_cannot_show_are_printed_as_milliseconds() {
+        assert_eq!(time(Timestamp(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(Timestamp(-1)), "t=-1 ms since the Unix epoch");
+        assert_eq!(
+            time(Timestamp(i64::MAX)),
+            format!("t={} ms since the Unix epoch", i64::MAX)
+        );
+        assert_eq!(
+            time(Timestamp(253_402_300_799_999)),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 }

@@ -14,8 +14,9 @@ pub struct MigrateArgs {
     /// The schema Weir's tables live in.
     #[arg(long, default_value = "weir")]
     schema: String,
-    /// How long to wait for a connection.
-    #[arg(long, default_value_t = 10)]
+    /// How long to wait for a connection (at least 1 s).
+    #[arg(long, default_value_t = crate::pg::CONNECT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout_s: u64,
 }
 

@@ -58,14 +58,21 @@ pub async fn connect(url: &str, max: u32, config: PgConfig) -> Result<PgBackend,
 }
 
 /// A backend on `url` whose schema is at this binary's version: a missing
-/// schema says to run `weir migrate`, a newer one to upgrade Weir.
-pub async fn connect_checked(url: &str, schema: &str, max: u32) -> Result<PgBackend, String> {
+/// schema says to run `weir migrate`, a newer one to upgrade Weir. The
+/// schema name is checked before anything connects.
+pub async fn connect_checked(
+    url: &str,
+    schema: &str,
+    max: u32,
+    timeout: Duration,
+) -> Result<PgBackend, String> {
     let schema = SchemaName::new(schema.to_string()).map_err(|e| format!("--schema: {e}"))?;
     let config = PgConfig {
         schema,
         ..PgConfig::default()
     };
-    let backend = connect(url, max, config).await?;
+    let pool = pool(url, max, timeout).await?;
+    let backend = PgBackend::new(pool, config).map_err(|e| e.to_string())?;
     let found = weir_postgres::migrate::schema_version(backend.pool(), backend.schema())
         .await
         .map_err(|e| format!("reading the schema version: {e}"))?;

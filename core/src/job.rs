@@ -183,8 +183,9 @@ pub enum InvalidJob {
         /// Allowed.
         max: u32,
     },
-    /// A per-attempt timeout of zero would time out every attempt at once.
-    #[error("timeout must be positive")]
+    /// A per-attempt timeout of zero would time out every attempt at once
+    /// (a timeout under a millisecond rounds down to zero).
+    #[error("timeout must be at least 1 ms")]
     TimeoutZero,
     /// A per-attempt timeout above the configured limit.
     #[error("timeout {requested} exceeds the limit of {max}")]
@@ -209,6 +210,15 @@ pub enum InvalidJob {
         run_at: Timestamp,
         /// Allowed distance from now.
         max: Millis,
+    },
+    /// `run_at` before the Unix epoch: a time no job can mean (a sign or
+    /// unit mistake), which would otherwise sort it ahead of every job of
+    /// its priority. A `run_at` in the past but after the epoch is fine: the
+    /// job is due at once.
+    #[error("run_at {run_at} is before the Unix epoch (t=0ms); use a time at or after it, or none to run now")]
+    RunAtBeforeEpoch {
+        /// Asked for.
+        run_at: Timestamp,
     },
 }
 
@@ -277,6 +287,9 @@ impl NewJob {
             });
         }
         match self.run_at {
+            Some(run_at) if run_at < Timestamp::ZERO => {
+                Err(InvalidJob::RunAtBeforeEpoch { run_at })
+            }
             Some(run_at) if run_at > now.plus(limits.delay_max) => Err(InvalidJob::RunAtTooFar {
                 run_at,
                 max: limits.delay_max,

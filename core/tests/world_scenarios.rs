@@ -356,6 +356,20 @@ fn absurd_job_options_are_typed_errors() {
             },
             "RunAtTooFar",
         ),
+        (
+            NewJob {
+                run_at: Some(Timestamp(-1)),
+                ..base.clone()
+            },
+            "RunAtBeforeEpoch",
+        ),
+        (
+            NewJob {
+                run_at: Some(Timestamp(i64::MIN)),
+                ..base.clone()
+            },
+            "RunAtBeforeEpoch",
+        ),
     ];
     for (job, expected) in cases {
         let err = job.validate(now, &limits).unwrap_err();
@@ -365,6 +379,36 @@ fn absurd_job_options_are_typed_errors() {
         );
     }
     assert_eq!(base.validate(now, &limits), Ok(()));
+    // The epoch itself, and any time in the past after it, is due at once.
+    for run_at in [0, 1] {
+        let past = NewJob {
+            run_at: Some(Timestamp(run_at)),
+            ..base.clone()
+        };
+        assert_eq!(past.validate(Timestamp(1_000), &limits), Ok(()));
+    }
+}
+
+#[test]
+fn a_run_at_before_the_epoch_is_refused_and_writes_nothing() {
+    let mut h = Harness::new();
+    let good = NewJob::new(queue(), kind("noop"), Payload::default());
+    let early = NewJob {
+        run_at: Some(Timestamp(-5)),
+        ..good.clone()
+    };
+    assert_eq!(
+        h.apply(Command::Enqueue {
+            jobs: vec![good, early]
+        }),
+        Outcome::Enqueued(Err(Reject::InvalidJob {
+            index: 1,
+            error: InvalidJob::RunAtBeforeEpoch {
+                run_at: Timestamp(-5)
+            }
+        }))
+    );
+    assert_eq!(h.world.jobs().count(), 0);
 }
 
 #[test]

@@ -211,4 +211,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn subscribe(&self) -> Result<Option<Box<dyn Subscription>>, BackendError> {
         Ok(None)
     }
+
+    /// Checks that the storage is usable as configured, before work starts:
+    /// [`BackendError::Misconfigured`] when it is not and retrying will not
+    /// help (for Postgres: the schema is missing, or at a version older or
+    /// newer than this code). [`crate::WorkerPool::run`] calls it once and
+    /// refuses to start on `Misconfigured`. The default has nothing to
+    /// check.
+    async fn check(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

@@ -44,8 +44,9 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// A cluster-wide concurrency limit for this job: at most `permits`
     /// jobs naming the same semaphore run at once, across every process
     /// (`Some(("tenant:42".into(), 2))`). The name follows
-    /// [`weir_core::SemaphoreName`]'s rules; an invalid one fails the job
-    /// for good with the reason. `None` (the default): no limit.
+    /// [`weir_core::SemaphoreName`]'s rules and `permits` must be at least
+    /// 1; an invalid limit fails the job for good with the reason (see
+    /// [`crate::InvalidLimit`]). `None` (the default): no limit.
     fn concurrency(&self) -> Option<(String, u16)> {
         None
     }

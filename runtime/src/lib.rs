@@ -33,9 +33,11 @@ pub use client::{
     new_job, new_raw_job, stranded, Client, ClientError, InsertOptions, Inserted, Stranded,
 };
 pub use job::{HandlerError, HeartbeatError, JobArgs, JobContext, JobOutcome};
-pub use limit::{Limit, LimitConfig};
+pub use limit::{InvalidLimit, Limit, LimitConfig};
 pub use metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
 pub use registry::Registry;
 pub use warmup::{warmup, WarmupConfig, WarmupError, WarmupReport};
 pub use weir_core as core;
-pub use worker::{new_process_id, wall_clock, PoolConfig, PoolError, PoolReport, WorkerPool};
+pub use worker::{
+    new_process_id, wall_clock, InvalidPoolConfig, PoolConfig, PoolError, PoolReport, WorkerPool,
+};

@@ -47,13 +47,30 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// A limit of `permits` on the semaphore `name` (validated).
-    pub fn new(name: impl Into<String>, permits: u16) -> Result<Limit, InvalidName> {
-        Ok(Limit {
-            semaphore: SemaphoreName::new(name)?,
-            permits,
-        })
+    /// A limit of `permits` (at least 1) on the semaphore `name`
+    /// (validated).
+    pub fn new(name: impl Into<String>, permits: u16) -> Result<Limit, InvalidLimit> {
+        let semaphore = SemaphoreName::new(name)?;
+        if permits == 0 {
+            return Err(InvalidLimit::ZeroPermits { semaphore });
+        }
+        Ok(Limit { semaphore, permits })
     }
+}
+
+/// A [`Limit`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidLimit {
+    /// The semaphore's name is malformed.
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    /// A limit of 0 slots: no job under it could ever run.
+    #[error("limit {semaphore} has 0 permits; a semaphore needs at least 1 slot")]
+    ZeroPermits {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+    },
 }
 
 /// How the pool takes and keeps limit slots.
@@ -142,6 +159,11 @@ impl Limiter {
             retry_max: Millis::ZERO,
             wait_max: Millis::ZERO,
         };
+        // `Limit`'s fields are public, so 0 can get past `Limit::new`; the
+        // scan would take it for "no semaphore", so refuse it here.
+        if limit.permits == 0 {
+            return Err(Miss::Refused(Reject::ZeroPermits));
+        }
         let mut acquisition = Acquisition::new(Some(limit.permits), wall_clock(), wait);
         loop {
             match acquisition.poll(wall_clock(), 0) {

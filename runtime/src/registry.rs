@@ -81,7 +81,7 @@ impl Registry {
                     Some(Ok(limit)) => Some(limit),
                     Some(Err(e)) => {
                         return Ok(Ran::Decided(JobOutcome::Fail(format!(
-                            "invalid concurrency key: {e}"
+                            "invalid concurrency limit: {e}"
                         ))))
                     }
                 };

@@ -31,8 +31,9 @@ pub struct WarmupConfig {
     pub process: ProcessId,
     /// Start delay, jitter, batch size and pause.
     pub pacing: Warmup,
-    /// The cluster-wide semaphore and its size; `None` disables the limit
-    /// (reported as [`WarmupReport::limited`] = false, never silently).
+    /// The cluster-wide semaphore and its size (at least 1); `None`
+    /// disables the limit (reported as [`WarmupReport::limited`] = false,
+    /// never silently).
     pub semaphore: Option<(SemaphoreName, u16)>,
     /// How to wait for a slot.
     pub wait: WaitConfig,
@@ -70,7 +71,9 @@ pub enum WarmupError {
         /// Slot tries that failed with an error.
         errors: u32,
     },
-    /// The semaphore refused the request itself (wrong size, zero permits).
+    /// The semaphore refused the request itself: a size of 0 (refused
+    /// before the start delay, so it never waits) or a size that disagrees
+    /// with the semaphore's first use.
     #[error(transparent)]
     Rejected(Reject),
     /// Storage failed in a way that retrying will not fix.
@@ -94,6 +97,11 @@ where
     F: FnMut(Range<u64>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    // The core's scan reads 0 permits as "no semaphore"; here it is a
+    // mistake, and one to report before sleeping through the start delay.
+    if matches!(config.semaphore, Some((_, 0))) {
+        return Err(WarmupError::Rejected(Reject::ZeroPermits));
+    }
     let draw: u64 = rand::rng().random();
     let started_at = config.pacing.start_at(wall_clock(), draw);
     sleep_until(started_at).await;

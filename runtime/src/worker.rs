@@ -47,16 +47,77 @@ pub fn new_process_id() -> ProcessId {
     ProcessId(rand::rng().random::<u64>() >> 1)
 }
 
-/// Why a pool stopped without finishing its shutdown.
+/// Why a pool stopped without finishing its shutdown, or never started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// Storage is not usable as configured; retrying will not help.
+    /// Storage is not usable as configured (checked before the pool starts,
+    /// and on every command); retrying will not help.
     #[error(transparent)]
     Backend(BackendError),
-    /// The pool's configuration cannot work.
+    /// The pool's configuration cannot work; nothing was sent to storage.
     #[error("invalid worker pool configuration: {0}")]
-    Config(String),
+    Config(#[from] InvalidPoolConfig),
+}
+
+/// A [`PoolConfig`] that cannot work, and which setting is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidPoolConfig {
+    /// No queue to work.
+    #[error("no queues to work")]
+    NoQueues,
+    /// A queue allows no handler at all in this process.
+    #[error("queue {queue} has max_workers = 0; give it at least 1 or leave it out")]
+    MaxWorkersZero {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// A queue is listed twice.
+    #[error("queue {queue} is listed twice")]
+    QueueListedTwice {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// A batch size of 0 (`claim_batch_max` or `flush_max`).
+    #[error("{setting} is 0; it must be at least 1")]
+    ZeroBatch {
+        /// The setting.
+        setting: &'static str,
+    },
+    /// An interval of 0 would spin: a poll, heartbeat, maintenance round
+    /// or retry without pause.
+    #[error("{setting} is 0 ms; it must be at least 1 ms")]
+    ZeroInterval {
+        /// The setting.
+        setting: &'static str,
+    },
+    /// A cluster-wide queue limit of 0 slots: no job of the queue could
+    /// ever run.
+    #[error("queue limit of queue {queue} is 0; a semaphore needs at least 1 slot")]
+    QueueLimitZero {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// A queue limit for a queue this pool does not work.
+    #[error("queue limit names queue {queue}, which this pool does not work")]
+    QueueLimitUnknownQueue {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// A lease shorter than the pool can renew in time.
+    #[error("{setting} is {got:?}; it must be at least {min:?}")]
+    TtlTooShort {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        got: Duration,
+        /// The least allowed.
+        min: Duration,
+    },
+    /// The registry has no handler, so the pool could claim nothing.
+    #[error("no handlers registered")]
+    NoHandlers,
 }
 
 /// What a pool did, once it has shut down.
@@ -132,36 +193,59 @@ impl PoolConfig {
         Ok(self)
     }
 
-    fn validate(&self) -> Result<(), PoolError> {
+    fn validate(&self) -> Result<(), InvalidPoolConfig> {
+        use InvalidPoolConfig as Bad;
         let d = &self.dispatcher;
-        let bad = |m: &str| Err(PoolError::Config(m.to_string()));
         if d.queues.is_empty() {
-            return bad("no queues to work");
+            return Err(Bad::NoQueues);
         }
-        if d.queues.iter().any(|q| q.max_workers == 0) {
-            return bad("a queue has max_workers = 0");
+        let mut names = BTreeSet::new();
+        for q in &d.queues {
+            if q.max_workers == 0 {
+                let queue = q.queue.clone();
+                return Err(Bad::MaxWorkersZero { queue });
+            }
+            if !names.insert(&q.queue) {
+                let queue = q.queue.clone();
+                return Err(Bad::QueueListedTwice { queue });
+            }
         }
-        let names: BTreeSet<_> = d.queues.iter().map(|q| &q.queue).collect();
-        if names.len() != d.queues.len() {
-            return bad("a queue is listed twice");
+        let batches = [
+            ("claim_batch_max", d.claim_batch_max as usize),
+            ("flush_max", d.flush_max),
+        ];
+        if let Some((setting, _)) = batches.into_iter().find(|(_, n)| *n == 0) {
+            return Err(Bad::ZeroBatch { setting });
         }
-        if d.claim_batch_max == 0 || d.flush_max == 0 {
-            return bad("claim_batch_max and flush_max must be at least 1");
+        let intervals = [
+            ("poll_interval", d.poll_interval, true),
+            ("heartbeat_interval", d.heartbeat_interval, true),
+            ("maintenance_interval", d.maintenance_interval, d.lead),
+            ("retry_after", d.retry_after, true),
+        ];
+        let zero = intervals
+            .into_iter()
+            .find(|(_, ms, used)| *used && *ms == Millis::ZERO);
+        if let Some((setting, _, _)) = zero {
+            return Err(Bad::ZeroInterval { setting });
         }
-        if d.heartbeat_interval == Millis::ZERO || d.poll_interval == Millis::ZERO {
-            return bad("heartbeat_interval and poll_interval must be positive");
+        for (queue, permits) in &self.queue_limits {
+            if *permits == 0 {
+                let queue = queue.clone();
+                return Err(Bad::QueueLimitZero { queue });
+            }
+            if !names.contains(queue) {
+                let queue = queue.clone();
+                return Err(Bad::QueueLimitUnknownQueue { queue });
+            }
         }
-        if self.queue_limits.iter().any(|(_, n)| *n == 0) {
-            return bad("a queue limit of 0 would never run a job");
-        }
-        if self.queue_limits.iter().any(|(q, _)| !names.contains(q)) {
-            return bad("a queue limit names a queue this pool does not work");
-        }
-        if self.limits.lease_ttl < Duration::from_millis(30) {
-            return bad("limits.lease_ttl must be at least 30 ms");
-        }
-        if self.presence_ttl < Duration::from_millis(30) {
-            return bad("presence_ttl must be at least 30 ms");
+        let min = Duration::from_millis(30);
+        let ttls = [
+            ("limits.lease_ttl", self.limits.lease_ttl),
+            ("presence_ttl", self.presence_ttl),
+        ];
+        if let Some((setting, got)) = ttls.into_iter().find(|(_, ttl)| *ttl < min) {
+            return Err(Bad::TtlTooShort { setting, got, min });
         }
         Ok(())
     }
@@ -206,7 +290,7 @@ impl<B: Backend> WorkerPool<B> {
         config.validate()?;
         let kinds: BTreeSet<_> = registry.kinds().cloned().collect();
         if kinds.is_empty() {
-            return Err(PoolError::Config("no handlers registered".into()));
+            return Err(PoolError::Config(InvalidPoolConfig::NoHandlers));
         }
         config.dispatcher.kinds = Some(kinds);
         Ok(WorkerPool {
@@ -232,10 +316,25 @@ impl<B: Backend> WorkerPool<B> {
     /// stops the rest and hands their jobs back, flushes results, releases
     /// claimer leases, leadership and concurrency slots, and retires its
     /// presence.
+    ///
+    /// Before anything else it calls [`Backend::check`]: storage that is
+    /// misconfigured (for Postgres, a schema that is missing or at another
+    /// version than this code) is [`PoolError::Backend`] at once, without
+    /// a claim. So is a misconfiguration first seen by a command later.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<PoolReport, PoolError> {
+        // A schema that is missing or at another version is refused before
+        // anything is claimed. Storage that does not answer yet is not:
+        // the dispatcher retries its commands until it does.
+        match self.backend.check().await {
+            Ok(()) => {}
+            Err(BackendError::Misconfigured(m)) => {
+                return Err(PoolError::Backend(BackendError::Misconfigured(m)))
+            }
+            Err(error) => warn!(%error, "cannot check storage at start; starting anyway"),
+        }
         let (tx, rx) = mpsc::unbounded_channel::<Event>();
         let dynamic: Arc<dyn Backend> = self.backend.clone();
         let process = self.process();

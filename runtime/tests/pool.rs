@@ -576,7 +576,7 @@ async fn an_invalid_concurrency_key_fails_the_job_with_the_reason() {
     let world = backend.world.lock().unwrap();
     let error = world.jobs().next().unwrap().last_error.clone().unwrap();
     assert!(
-        error.message.contains("invalid concurrency key"),
+        error.message.contains("invalid concurrency limit"),
         "{error:?}"
     );
 }
