@@ -286,11 +286,16 @@ pub struct ProcessRecord {
     pub end: End,
 }
 
-/// The semaphore's slot rows as one statement saw them.
+/// The semaphore's slot rows as one statement saw them. Its snapshot was
+/// taken at some instant within `[at_ms, until_ms]`: `at_ms` is the
+/// statement's start (rounded down), `until_ms` a clock read after the
+/// snapshot (rounded up).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotSample {
-    /// The statement's time (ms).
+    /// No later than the snapshot (ms).
     pub at_ms: i64,
+    /// No earlier than the snapshot (ms).
+    pub until_ms: i64,
     /// `(slot, holder, lease_expires_at)` of every slot with a holder.
     pub held: Vec<(i32, i64, Option<i64>)>,
 }
@@ -539,7 +544,10 @@ fn check_executions(e: &Evidence, v: &mut Verdict) {
 
 /// When each process stopped believing anything: its end.
 fn ends(e: &Evidence) -> BTreeMap<i64, i64> {
-    e.processes.iter().map(|p| (p.process, p.ended_at)).collect()
+    e.processes
+        .iter()
+        .map(|p| (p.process, p.ended_at))
+        .collect()
 }
 
 /// A [`Hold`] execution's interval: from its start to its finish, or to
@@ -584,7 +592,7 @@ fn check_holders(e: &Evidence, v: &mut Verdict) {
     }
     v.figures.slot_samples = e.slot_samples.len();
     for sample in &e.slot_samples {
-        let t = sample.at_ms;
+        let (t, until) = (sample.at_ms, sample.until_ms);
         let live: Vec<i64> = sample
             .held
             .iter()
@@ -594,9 +602,11 @@ fn check_holders(e: &Evidence, v: &mut Verdict) {
         v.figures.max_slot_rows = v.figures.max_slot_rows.max(live.len());
         let mut believers: BTreeMap<i64, usize> = BTreeMap::new();
         for (process, start, end) in &intervals {
-            // Strictly inside, in whole milliseconds: the slot was taken
-            // before the start was stamped and released after the finish.
-            if *start < t && t < *end {
+            // Running over the whole of the snapshot's window (stamps are
+            // whole milliseconds, rounded down): its slot was taken before
+            // the start was stamped, so before the snapshot, and released
+            // after the finish was stamped, so after it.
+            if *start < t && until <= *end {
                 *believers.entry(*process).or_default() += 1;
             }
         }
@@ -654,10 +664,7 @@ fn check_processes(e: &Evidence, v: &mut Verdict) {
             ),
             End::Died => v.fail(
                 "workers_exit_cleanly",
-                format!(
-                    "process {} (pid {}) died unbidden",
-                    p.process, p.os_pid
-                ),
+                format!("process {} (pid {}) died unbidden", p.process, p.os_pid),
             ),
         }
         if p.started_at > e.fault_end || p.end == End::Killed {
@@ -751,7 +758,14 @@ mod tests {
         }
     }
 
-    fn run(process: i64, seq: i64, job: i64, epoch: i64, kind: &str, span: (i64, Option<i64>)) -> Execution {
+    fn run(
+        process: i64,
+        seq: i64,
+        job: i64,
+        epoch: i64,
+        kind: &str,
+        span: (i64, Option<i64>),
+    ) -> Execution {
         Execution {
             process,
             seq,
@@ -814,10 +828,12 @@ mod tests {
             slot_samples: vec![
                 SlotSample {
                     at_ms: 300,
+                    until_ms: 301,
                     held: vec![(0, P2, Some(1_800)), (1, P1, Some(1_900))],
                 },
                 SlotSample {
                     at_ms: 3_500,
+                    until_ms: 3_502,
                     held: vec![(0, P2, Some(4_800))],
                 },
             ],
@@ -835,8 +851,14 @@ mod tests {
         let verdict = check(&sound());
         assert_eq!(verdict.violations, vec![]);
         let f = verdict.figures;
-        assert_eq!((f.jobs, f.executions, f.duplicates, f.jobs_run_twice), (2, 3, 1, 1));
-        assert_eq!((f.interrupted, f.fenced_executions, f.max_holders), (1, 0, 2));
+        assert_eq!(
+            (f.jobs, f.executions, f.duplicates, f.jobs_run_twice),
+            (2, 3, 1, 1)
+        );
+        assert_eq!(
+            (f.interrupted, f.fenced_executions, f.max_holders),
+            (1, 0, 2)
+        );
         assert_eq!((f.max_slot_rows, f.leases_of_ended), (2, 1));
     }
 
@@ -849,7 +871,10 @@ mod tests {
         e.enqueued.remove(&2);
         assert!(failed(&e).contains("no_job_lost"), "a job nobody enqueued");
         e.in_doubt = 1;
-        assert!(!failed(&e).contains("no_job_lost"), "unless an insert was in doubt");
+        assert!(
+            !failed(&e).contains("no_job_lost"),
+            "unless an insert was in doubt"
+        );
     }
 
     #[test]
@@ -862,7 +887,8 @@ mod tests {
     #[test]
     fn a_second_accepted_completion_is_caught() {
         let mut e = sound();
-        e.transitions.push(tr(7, 1, ("running", 1), ("completed", 1), 3_100));
+        e.transitions
+            .push(tr(7, 1, ("running", 1), ("completed", 1), 3_100));
         assert!(failed(&e).contains("one_accepted_completion"));
     }
 
@@ -870,7 +896,8 @@ mod tests {
     fn a_late_write_to_a_finished_job_is_caught() {
         let mut e = sound();
         // What a worker ignoring its fencing does to a completed job.
-        e.transitions.push(tr(7, 2, ("completed", 3), ("completed", 3), 4_100));
+        e.transitions
+            .push(tr(7, 2, ("completed", 3), ("completed", 3), 4_100));
         assert_eq!(failed(&e), ["finished_jobs_never_change"].into());
     }
 
@@ -883,14 +910,21 @@ mod tests {
         e.transitions.retain(|t| t.seq != 4);
         e.executions.remove(2);
         let failed = failed(&e);
-        assert!(failed.contains("completion_backed_by_an_execution"), "{failed:?}");
-        assert!(failed.contains("completion_is_the_current_attempt"), "{failed:?}");
+        assert!(
+            failed.contains("completion_backed_by_an_execution"),
+            "{failed:?}"
+        );
+        assert!(
+            failed.contains("completion_is_the_current_attempt"),
+            "{failed:?}"
+        );
     }
 
     #[test]
     fn a_receipt_run_twice_and_a_job_never_run_are_caught() {
         let mut e = sound();
-        e.executions.push(run(P1, 9, 1, 1, Hold::KIND, (111, Some(200))));
+        e.executions
+            .push(run(P1, 9, 1, 1, Hold::KIND, (111, Some(200))));
         assert!(failed(&e).contains("one_execution_per_receipt"));
         let mut e = sound();
         e.executions.remove(0);
@@ -900,7 +934,8 @@ mod tests {
     #[test]
     fn a_shrinking_epoch_is_caught() {
         let mut e = sound();
-        e.transitions.push(tr(7, 9, ("available", 4), ("running", 3), 100));
+        e.transitions
+            .push(tr(7, 9, ("available", 4), ("running", 3), 100));
         assert!(failed(&e).contains("epochs_only_grow"));
     }
 
@@ -912,10 +947,12 @@ mod tests {
         // A killed holder counts until its process died, not forever and
         // not only until its last record.
         let mut e = sound();
-        e.executions.push(run(P2, 3, 2, 2, Hold::KIND, (400, Some(450))));
+        e.executions
+            .push(run(P2, 3, 2, 2, Hold::KIND, (400, Some(450))));
         assert!(failed(&e).contains("semaphore_never_over_capacity"));
         let mut e = sound();
-        e.executions.push(run(P2, 3, 2, 2, Hold::KIND, (600, Some(650))));
+        e.executions
+            .push(run(P2, 3, 2, 2, Hold::KIND, (600, Some(650))));
         assert!(!failed(&e).contains("semaphore_never_over_capacity"));
     }
 

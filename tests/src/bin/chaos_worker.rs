@@ -58,7 +58,9 @@ impl Settings {
             .map_err(|e| format!("{ENV_PROCESS}={process:?}: {e}"))?;
         let broken = std::env::var(ENV_BROKEN).unwrap_or_default();
         if !broken.is_empty() && broken != "ignore-fencing" {
-            return Err(format!("{ENV_BROKEN}={broken:?}: only ignore-fencing exists"));
+            return Err(format!(
+                "{ENV_BROKEN}={broken:?}: only ignore-fencing exists"
+            ));
         }
         Ok(Settings {
             url: var(ENV_URL)?,
@@ -255,8 +257,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     });
     let registry = registry(ledger, settings.ignore_fencing);
     let config = pool_config(settings.process, settings.workers);
-    let pool = WorkerPool::with_config(Arc::new(backend), registry, config)
-        .map_err(|e| e.to_string())?;
+    let pool =
+        WorkerPool::with_config(Arc::new(backend), registry, config).map_err(|e| e.to_string())?;
     println!(
         "ready {}",
         serde_json::json!({"process": settings.process.0, "pid": std::process::id()})
