@@ -47,8 +47,10 @@ pub const ENV_PROCESS: &str = "WEIR_CHAOS_PROCESS";
 pub const ENV_WORKERS: &str = "WEIR_CHAOS_WORKERS";
 /// Environment of `chaos_worker`: exit on its own after this many seconds.
 pub const ENV_LIFETIME: &str = "WEIR_CHAOS_LIFETIME_S";
-/// Environment of `chaos_worker`: `ignore-fencing` makes it a deliberately
-/// broken worker that completes its jobs with raw SQL, epoch unchecked.
+/// Environment of `chaos_worker`: deliberate bugs, comma-separated, for
+/// showing that the checks fail: `ignore-fencing` completes every job
+/// with raw SQL as well, epoch and state unchecked; `no-wakeups` never
+/// listens for wake-ups.
 pub const ENV_BROKEN: &str = "WEIR_CHAOS_BROKEN";
 
 /// The world settings: the same in every process and in the driver.

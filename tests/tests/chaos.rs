@@ -33,8 +33,8 @@ use weir_postgres::{PgBackend, PgConfig, SchemaName};
 use weir_tests::chaos::{
     check, recovery, world_config, End, Evidence, Execution, Hold, JobRow, LeaseRow, ProcessRecord,
     Recovery, SlotSample, Transition, Verdict, Violation, Work, APP_NAME_LEDGER, APP_NAME_POOL,
-    CLAIMER_LEASE_TTL, ENV_BROKEN, ENV_LIFETIME, ENV_PROCESS, ENV_URL, ENV_WORKERS,
-    HEARTBEAT_STALE_AFTER, HOLD_SEMAPHORE, RECOVERED_FRACTION,
+    ENV_BROKEN, ENV_LIFETIME, ENV_PROCESS, ENV_URL, ENV_WORKERS, HEARTBEAT_STALE_AFTER,
+    HOLD_SEMAPHORE, RECOVERED_FRACTION,
 };
 
 /// One scenario at a time: they share the server, and one restarts it.
@@ -111,12 +111,13 @@ impl Worker {
 struct Fleet {
     url: String,
     logs: PathBuf,
-    broken: bool,
+    /// Deliberate bugs for every worker (`WEIR_CHAOS_BROKEN`), or empty.
+    broken: &'static str,
     workers: Vec<Worker>,
 }
 
 impl Fleet {
-    fn new(url: &str, scenario: &str, broken: bool) -> Fleet {
+    fn new(url: &str, scenario: &str, broken: &'static str) -> Fleet {
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("chaos")
             .join(scenario);
@@ -146,8 +147,8 @@ impl Fleet {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log);
-        if self.broken {
-            command.env(ENV_BROKEN, "ignore-fencing");
+        if !self.broken.is_empty() {
+            command.env(ENV_BROKEN, self.broken);
         }
         let started_at = now_ms();
         let mut child = command.spawn().expect("the chaos worker starts");
@@ -423,7 +424,7 @@ struct Findings {
 }
 
 impl Scenario {
-    async fn new(name: &'static str, broken: bool) -> Scenario {
+    async fn new(name: &'static str, broken: &'static str) -> Scenario {
         let db = test_database().await;
         let app = PgBackend::connect(db.url_as_app_user(), 2, pg_config())
             .await
@@ -614,7 +615,7 @@ impl Scenario {
         }
     }
 
-    /// Waits (at most 30 s) until every live worker's wake-up listener is
+    /// Waits (at most 15 s) until every live worker's wake-up listener is
     /// connected and listening again: the `LISTEN` sessions of the pool's
     /// application name. Its time from `since`.
     async fn wait_listeners(&self, since: i64) -> Option<i64> {
@@ -626,7 +627,7 @@ impl Scenario {
             if listening >= self.fleet.live().len() as i64 {
                 return Some(now_ms() - since);
             }
-            if now_ms() > since + 30_000 {
+            if now_ms() > since + 15_000 {
                 return None;
             }
             sleep_ms(50).await;
@@ -666,7 +667,7 @@ impl Scenario {
         if listeners_back_ms.is_none() {
             verdict.violations.push(Violation {
                 check: "listeners_resubscribe",
-                detail: "a live worker did not listen for wake-ups within 30 s of the fault".into(),
+                detail: "a live worker did not listen for wake-ups within 15 s of the fault".into(),
             });
         }
         for process in absent {
@@ -932,23 +933,7 @@ async fn restart_postgres(s: &mut Scenario) -> FaultWindow {
 /// other holders wait; restarts each.
 async fn kill_holders(s: &mut Scenario) -> FaultWindow {
     let (kills, holds) = if soak() { (20, 60) } else { (4, 10) };
-    let client = Client::new(Arc::new(
-        PgBackend::new(s.admin.clone(), pg_config()).expect("a valid config"),
-    ));
-    let jobs: Vec<Hold> = (0..holds)
-        .map(|n| Hold {
-            n,
-            hold_ms: 2_000,
-            permits: PERMITS,
-        })
-        .collect();
-    let inserted = client
-        .insert_bulk(jobs.iter().map(|j| (j, InsertOptions::default())))
-        .await
-        .expect("the holders are enqueued");
-    let ids = inserted.iter().map(|e| e.id.0);
-    s.shared.enqueued.lock().expect("no panic").extend(ids);
-    s.shared.sampling.store(true, Ordering::SeqCst);
+    enqueue_holds(s, holds).await;
     let (start, mut killed) = (now_ms(), 0);
     for round in 0..kills {
         if round > 0 {
@@ -980,6 +965,28 @@ async fn kill_holders(s: &mut Scenario) -> FaultWindow {
     }
 }
 
+/// Enqueues `holds` [`Hold`] jobs (2 s each, N = [`PERMITS`]) and starts
+/// sampling the semaphore's slots.
+async fn enqueue_holds(s: &Scenario, holds: u64) {
+    let client = Client::new(Arc::new(
+        PgBackend::new(s.admin.clone(), pg_config()).expect("a valid config"),
+    ));
+    let jobs: Vec<Hold> = (0..holds)
+        .map(|n| Hold {
+            n,
+            hold_ms: 2_000,
+            permits: PERMITS,
+        })
+        .collect();
+    let inserted = client
+        .insert_bulk(jobs.iter().map(|j| (j, InsertOptions::default())))
+        .await
+        .expect("the holders are enqueued");
+    let ids = inserted.iter().map(|e| e.id.0);
+    s.shared.enqueued.lock().expect("no panic").extend(ids);
+    s.shared.sampling.store(true, Ordering::SeqCst);
+}
+
 /// A live worker holding a slot of the semaphore right now.
 async fn holder(s: &Scenario) -> Option<usize> {
     let sql = "SELECT holder FROM weir.semaphore_slots WHERE name = $1 \
@@ -998,7 +1005,7 @@ async fn holder(s: &Scenario) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_mid_batch_and_restarted_lose_no_job() {
     let _serial = SERIAL.lock().await;
-    let mut s = Scenario::new("sigkill", false).await;
+    let mut s = Scenario::new("sigkill", "").await;
     let baseline = s.warm_up().await;
     let fault = kill_and_restart(&mut s).await;
     let f = s.finish(baseline, &fault).await;
@@ -1012,7 +1019,7 @@ async fn workers_killed_mid_batch_and_restarted_lose_no_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_paused_past_its_heartbeat_is_fenced_and_changes_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut s = Scenario::new("sigstop", false).await;
+    let mut s = Scenario::new("sigstop", "").await;
     let baseline = s.warm_up().await;
     let (fault, stops) = stop_and_continue(&mut s).await;
     let f = s.finish(baseline, &fault).await;
@@ -1080,7 +1087,7 @@ fn rescued_from(f: &Findings, stops: &[(i64, i64, i64)]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_whose_connections_are_terminated_reconnect_on_their_own() {
     let _serial = SERIAL.lock().await;
-    let mut s = Scenario::new("terminate", false).await;
+    let mut s = Scenario::new("terminate", "").await;
     let baseline = s.warm_up().await;
     let fault = terminate_connections(&mut s).await;
     let f = s.finish(baseline, &fault).await;
@@ -1094,7 +1101,7 @@ async fn workers_whose_connections_are_terminated_reconnect_on_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_ride_out_a_postgres_restart() {
     let _serial = SERIAL.lock().await;
-    let mut s = Scenario::new("pg-restart", false).await;
+    let mut s = Scenario::new("pg-restart", "").await;
     let baseline = s.warm_up().await;
     let fault = restart_postgres(&mut s).await;
     let f = s.finish(baseline, &fault).await;
@@ -1104,7 +1111,7 @@ async fn workers_ride_out_a_postgres_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_semaphore_holders_never_let_more_than_n_hold() {
     let _serial = SERIAL.lock().await;
-    let mut s = Scenario::new("holders", false).await;
+    let mut s = Scenario::new("holders", "").await;
     let baseline = s.warm_up().await;
     let fault = kill_holders(&mut s).await;
     let f = s.finish(baseline, &fault).await;
@@ -1118,14 +1125,22 @@ async fn killed_semaphore_holders_never_let_more_than_n_hold() {
     );
 }
 
-/// The checks can fail: the same pause, with workers that complete their
-/// jobs by raw SQL without the epoch guard, must break the promises.
+/// The checks can fail. The same pause, with workers that complete their
+/// jobs by raw SQL without the epoch guard and never listen for wake-ups,
+/// and with storage that refuses their presence, must break the fencing
+/// checks, the listener check and the presence check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_ignores_fencing_is_caught() {
+async fn workers_that_ignore_fencing_or_stop_listening_are_caught() {
     let _serial = SERIAL.lock().await;
-    let mut s = Scenario::new("broken-fencing", true).await;
+    let mut s = Scenario::new("broken", "ignore-fencing,no-wakeups").await;
     let baseline = s.warm_up().await;
     let (fault, _) = stop_and_continue(&mut s).await;
+    let refuse = "REVOKE INSERT, UPDATE, DELETE ON weir.workers FROM weir_app; \
+                  DELETE FROM weir.workers";
+    sqlx::raw_sql(refuse)
+        .execute(&s.admin)
+        .await
+        .expect("presence can be refused");
     let f = s.finish(baseline, &fault).await;
     let failed = f.verdict.failed_checks();
     let fencing: BTreeSet<&str> = [
@@ -1139,5 +1154,44 @@ async fn a_worker_that_ignores_fencing_is_caught() {
         failed.intersection(&fencing).count() > 0,
         "the late raw completions went unnoticed; failed checks: {failed:?}"
     );
-    let _ = CLAIMER_LEASE_TTL;
+    assert!(failed.contains("listeners_resubscribe"), "{failed:?}");
+    assert!(failed.contains("presence_recovers"), "{failed:?}");
+}
+
+/// Not a promise but a limit of leases, shown: a holder paused past its
+/// slot lease is no longer a holder for storage, which gives its slot to a
+/// waiter, yet it resumes as if it still held it until its next renewal
+/// is refused. The checks see the overlap (`docs/reliability.md`). Run on
+/// demand: `cargo test -p weir-tests --test chaos -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "demonstrates a known limit of lease-held slots; run on demand"]
+async fn a_holder_paused_past_its_slot_lease_overlaps_its_successor() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::new("paused-holder", "").await;
+    let baseline = s.warm_up().await;
+    enqueue_holds(&s, 10).await;
+    let start = now_ms();
+    let victim = loop {
+        if let Some(i) = holder(&s).await {
+            break i;
+        }
+        assert!(now_ms() < start + 15_000, "no holder to pause");
+        sleep_ms(20).await;
+    };
+    sleep_ms(300).await;
+    let worker = &s.fleet.workers[victim];
+    worker.signal(Signal::STOP);
+    sleep_ms(ms(weir_tests::chaos::SLOT_LEASE_TTL) + 2_500).await;
+    worker.signal(Signal::CONT);
+    let fault = FaultWindow {
+        start,
+        end: now_ms(),
+        notes: vec!["1 holder paused past its slot lease".into()],
+    };
+    let f = s.finish(baseline, &fault).await;
+    let failed = f.verdict.failed_checks();
+    assert!(
+        failed.contains("every_holder_has_a_live_lease"),
+        "the paused holder's lapsed lease went unseen: {failed:?}"
+    );
 }

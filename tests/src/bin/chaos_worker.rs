@@ -41,6 +41,7 @@ struct Settings {
     workers: u32,
     lifetime: Duration,
     ignore_fencing: bool,
+    no_wakeups: bool,
 }
 
 impl Settings {
@@ -57,17 +58,18 @@ impl Settings {
             .parse::<u64>()
             .map_err(|e| format!("{ENV_PROCESS}={process:?}: {e}"))?;
         let broken = std::env::var(ENV_BROKEN).unwrap_or_default();
-        if !broken.is_empty() && broken != "ignore-fencing" {
-            return Err(format!(
-                "{ENV_BROKEN}={broken:?}: only ignore-fencing exists"
-            ));
+        let bugs: Vec<&str> = broken.split(',').filter(|b| !b.is_empty()).collect();
+        let known = ["ignore-fencing", "no-wakeups"];
+        if let Some(bug) = bugs.iter().find(|b| !known.contains(b)) {
+            return Err(format!("{ENV_BROKEN}: no bug {bug:?} (only {known:?})"));
         }
         Ok(Settings {
             url: var(ENV_URL)?,
             process: ProcessId(process),
             workers: u32::try_from(number(ENV_WORKERS, 8)?).map_err(|e| e.to_string())?,
             lifetime: Duration::from_secs(number(ENV_LIFETIME, 900)?),
-            ignore_fencing: broken == "ignore-fencing",
+            ignore_fencing: bugs.contains(&"ignore-fencing"),
+            no_wakeups: bugs.contains(&"no-wakeups"),
         })
     }
 }
@@ -246,6 +248,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         .connect_lazy_with(options.application_name(APP_NAME_LEDGER));
     let config = PgConfig {
         world: world_config(),
+        // The deliberate bug `no-wakeups`: never listen (a stand-in for a
+        // listener that does not come back).
+        notify: !settings.no_wakeups,
         ..PgConfig::default()
     };
     let backend = PgBackend::new(pool, config).map_err(|e| e.to_string())?;
