@@ -76,8 +76,9 @@ pub fn world_config() -> WorldConfig {
 pub const HEARTBEAT_STALE_AFTER: Millis = Millis(2_000);
 /// A claimer lease lasts this long without a refresh.
 pub const CLAIMER_LEASE_TTL: Millis = Millis(3_000);
-/// A concurrency slot's lease (renewed at a third while its handler runs).
-pub const SLOT_LEASE_TTL: Duration = Duration::from_millis(1_500);
+/// A concurrency slot's lease (renewed at a third while its handler runs:
+/// a renewal may come 1.7 s late before the lease lapses).
+pub const SLOT_LEASE_TTL: Duration = Duration::from_millis(2_500);
 
 /// One worker process's pool settings.
 pub fn pool_config(process: ProcessId, workers: u32) -> PoolConfig {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use weir::{new_process_id, wall_clock, BackendError, Client, ClientError, InsertOptions};
 use weir_postgres::harness::{test_database, StopMode, TestDatabase};
@@ -542,72 +542,30 @@ impl Scenario {
     }
 
     async fn evidence(&self, fault_end: i64) -> Evidence {
-        let jobs = sqlx::query("SELECT id, kind, state, epoch FROM weir.jobs")
-            .fetch_all(&self.admin)
-            .await
-            .expect("jobs can be read");
-        let transitions = sqlx::query(
+        let read = |sql: &'static str| async move {
+            sqlx::query(sql)
+                .fetch_all(&self.admin)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        };
+        let jobs = read("SELECT id, kind, state, epoch FROM weir.jobs").await;
+        let transitions = read(
             "SELECT seq, job, old_state, new_state, old_epoch, new_epoch, at_ms \
              FROM chaos.transitions ORDER BY seq",
         )
-        .fetch_all(&self.admin)
-        .await
-        .expect("the audit can be read");
-        let executions = sqlx::query(
+        .await;
+        let executions = read(
             "SELECT process, seq, job, epoch, kind, started_at, finished_at FROM chaos.executions",
         )
-        .fetch_all(&self.admin)
-        .await
-        .expect("the ledger can be read");
-        let leases = sqlx::query("SELECT queue, slot, owner, expires_at FROM weir.claimer_leases")
-            .fetch_all(&self.admin)
-            .await
-            .expect("the claimer leases can be read");
+        .await;
+        let leases = read("SELECT queue, slot, owner, expires_at FROM weir.claimer_leases").await;
         Evidence {
             enqueued: self.shared.enqueued.lock().expect("no panic").clone(),
             in_doubt: self.shared.in_doubt.load(Ordering::SeqCst),
-            jobs: jobs
-                .iter()
-                .map(|r| JobRow {
-                    id: r.get(0),
-                    kind: r.get(1),
-                    state: r.get(2),
-                    epoch: r.get(3),
-                })
-                .collect(),
-            transitions: transitions
-                .iter()
-                .map(|r| Transition {
-                    seq: r.get(0),
-                    job: r.get(1),
-                    old_state: r.get(2),
-                    new_state: r.get(3),
-                    old_epoch: r.get(4),
-                    new_epoch: r.get(5),
-                    at_ms: r.get(6),
-                })
-                .collect(),
-            executions: executions
-                .iter()
-                .map(|r| Execution {
-                    process: r.get(0),
-                    seq: r.get(1),
-                    job: r.get(2),
-                    epoch: r.get(3),
-                    kind: r.get(4),
-                    started_at: r.get(5),
-                    finished_at: r.get(6),
-                })
-                .collect(),
-            leases: leases
-                .iter()
-                .map(|r| LeaseRow {
-                    queue: r.get(0),
-                    slot: r.get(1),
-                    owner: r.get(2),
-                    expires_at: r.get(3),
-                })
-                .collect(),
+            jobs: jobs.iter().map(job_row).collect(),
+            transitions: transitions.iter().map(transition).collect(),
+            executions: executions.iter().map(execution).collect(),
+            leases: leases.iter().map(lease_row).collect(),
             processes: self.fleet.records(),
             slot_samples: self.shared.samples.lock().expect("no panic").clone(),
             permits: PERMITS,
@@ -676,25 +634,8 @@ impl Scenario {
                 detail: format!("live process {process} is not announced"),
             });
         }
-        let mut completed: Vec<i64> = evidence
-            .transitions
-            .iter()
-            .filter(|t| t.new_state == "completed" && t.old_state != "completed")
-            .map(|t| t.at_ms)
-            .collect();
-        completed.sort_unstable();
-        // Until the backlog stopped being topped up: the drain's tail (the
-        // last holders, one after another) is not an outage.
-        let during: Vec<i64> = std::iter::once(fault.start)
-            .chain(completed.iter().copied())
-            .filter(|t| (fault.start..=drained_from).contains(t))
-            .chain(std::iter::once(drained_from))
-            .collect();
-        let gap_ms = during.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        let first_after_ms = completed
-            .iter()
-            .find(|t| **t >= fault.end)
-            .map(|t| t - fault.end);
+        let completed = completion_times(&evidence.transitions);
+        let (gap_ms, first_after_ms) = gap_and_first(&completed, fault, drained_from);
         let findings = Findings {
             recovery: recovery(&completed, baseline, (fault.start, fault.end)),
             gap_ms,
@@ -763,6 +704,77 @@ impl Scenario {
             let _ = writeln!(file, "{line} <!-- {mode}, {} -->", now_ms());
         }
     }
+}
+
+fn job_row(r: &PgRow) -> JobRow {
+    JobRow {
+        id: r.get(0),
+        kind: r.get(1),
+        state: r.get(2),
+        epoch: r.get(3),
+    }
+}
+
+fn transition(r: &PgRow) -> Transition {
+    Transition {
+        seq: r.get(0),
+        job: r.get(1),
+        old_state: r.get(2),
+        new_state: r.get(3),
+        old_epoch: r.get(4),
+        new_epoch: r.get(5),
+        at_ms: r.get(6),
+    }
+}
+
+fn execution(r: &PgRow) -> Execution {
+    Execution {
+        process: r.get(0),
+        seq: r.get(1),
+        job: r.get(2),
+        epoch: r.get(3),
+        kind: r.get(4),
+        started_at: r.get(5),
+        finished_at: r.get(6),
+    }
+}
+
+fn lease_row(r: &PgRow) -> LeaseRow {
+    LeaseRow {
+        queue: r.get(0),
+        slot: r.get(1),
+        owner: r.get(2),
+        expires_at: r.get(3),
+    }
+}
+
+/// Accepted completion times, in order.
+fn completion_times(transitions: &[Transition]) -> Vec<i64> {
+    let mut completed: Vec<i64> = transitions
+        .iter()
+        .filter(|t| t.new_state == "completed" && t.old_state != "completed")
+        .map(|t| t.at_ms)
+        .collect();
+    completed.sort_unstable();
+    completed
+}
+
+/// The longest time without a completion from the fault's start until the
+/// backlog stopped being topped up (the drain's tail, the last holders one
+/// after another, is not an outage); and the first completion after the
+/// fault's end.
+fn gap_and_first(completed: &[i64], fault: &FaultWindow, drained_from: i64) -> (i64, Option<i64>) {
+    let during: Vec<i64> = std::iter::once(fault.start)
+        .chain(completed.iter().copied())
+        .filter(|t| (fault.start..=drained_from).contains(t))
+        .chain(std::iter::once(drained_from))
+        .collect();
+    let gap_ms = during.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let first_after_ms = completed
+        .iter()
+        .find(|t| **t >= fault.end)
+        .map(|t| t - fault.end);
+    (gap_ms, first_after_ms)
 }
 
 /// Fails the test with every violation listed, and the recovery.
@@ -856,6 +868,12 @@ async fn stop_and_continue(s: &mut Scenario) -> (FaultWindow, Vec<(i64, i64, i64
             }
             None => s.fleet.live()[round % PROCESSES],
         };
+        // Paused with handlers running, so it has attempts to lose.
+        let process = s.fleet.workers[victim].process;
+        let deadline = now_ms() + 5_000;
+        while running_in(&s.admin, process, now_ms()).await == 0 && now_ms() < deadline {
+            sleep_ms(10).await;
+        }
         let worker = &s.fleet.workers[victim];
         let stopped_at = now_ms();
         worker.signal(Signal::STOP);
@@ -932,7 +950,7 @@ async fn restart_postgres(s: &mut Scenario) -> FaultWindow {
 /// Kills processes while they hold a slot of the N-slot semaphore and
 /// other holders wait; restarts each.
 async fn kill_holders(s: &mut Scenario) -> FaultWindow {
-    let (kills, holds) = if soak() { (20, 60) } else { (4, 10) };
+    let (kills, holds) = if soak() { (20, 40) } else { (4, 8) };
     enqueue_holds(s, holds).await;
     let (start, mut killed) = (now_ms(), 0);
     for round in 0..kills {
@@ -965,7 +983,7 @@ async fn kill_holders(s: &mut Scenario) -> FaultWindow {
     }
 }
 
-/// Enqueues `holds` [`Hold`] jobs (2 s each, N = [`PERMITS`]) and starts
+/// Enqueues `holds` [`Hold`] jobs (3 s each, N = [`PERMITS`]) and starts
 /// sampling the semaphore's slots.
 async fn enqueue_holds(s: &Scenario, holds: u64) {
     let client = Client::new(Arc::new(
@@ -974,7 +992,7 @@ async fn enqueue_holds(s: &Scenario, holds: u64) {
     let jobs: Vec<Hold> = (0..holds)
         .map(|n| Hold {
             n,
-            hold_ms: 2_000,
+            hold_ms: 3_000,
             permits: PERMITS,
         })
         .collect();
