@@ -919,7 +919,10 @@ async fn terminate_connections(s: &mut Scenario) -> FaultWindow {
     }
 }
 
-/// Stops the server (fast shutdown), keeps it down a second, starts it.
+/// Stops the server (fast shutdown), keeps it down for longer than the
+/// heartbeat staleness limit (so the attempts running across the outage
+/// are overdue when it ends, and their completions race the rescue),
+/// starts it.
 async fn restart_postgres(s: &mut Scenario) -> FaultWindow {
     let rounds = if soak() { 5 } else { 1 };
     let cluster = s.db.cluster();
@@ -933,7 +936,7 @@ async fn restart_postgres(s: &mut Scenario) -> FaultWindow {
             .await
             .expect("no panic")
             .unwrap_or_else(|e| panic!("the Postgres restart scenario cannot run: {e}"));
-        sleep_ms(1_000).await;
+        sleep_ms(ms(Duration::from_millis(HEARTBEAT_STALE_AFTER.0)) + 1_000).await;
         tokio::task::spawn_blocking(move || cluster.start_server())
             .await
             .expect("no panic")
