@@ -1123,6 +1123,12 @@ async fn workers_whose_connections_are_terminated_reconnect_on_their_own() {
 async fn workers_ride_out_a_postgres_restart() {
     let _serial = SERIAL.lock().await;
     let mut s = Scenario::new("pg-restart", "").await;
+    // Say so at once rather than after the warm-up.
+    assert!(
+        s.db.cluster().is_throwaway(),
+        "the Postgres restart scenario needs the harness's throwaway cluster: it cannot stop \
+         the server named by DATABASE_URL. Unset DATABASE_URL to run it."
+    );
     let baseline = s.warm_up().await;
     let fault = restart_postgres(&mut s).await;
     let f = s.finish(baseline, &fault).await;
