@@ -87,6 +87,16 @@
 //! their servers stopped, when the next cluster starts: a directory is stale
 //! when no process holds the `flock` on its `harness.lock` any more.
 //!
+//! # Restarting the server
+//!
+//! Tests that must survive a database outage stop and start a throwaway
+//! cluster's server with [`Cluster::stop_server`], [`Cluster::start_server`]
+//! or [`Cluster::restart`] (`pg_ctl stop -m fast|smart|immediate`, then
+//! `pg_ctl start` on the same port, as the server's user when root). The
+//! data stays. A server named by `DATABASE_URL` belongs to someone else:
+//! those calls return an error saying so, so such a test fails with the
+//! reason instead of passing without its outage.
+//!
 //! # The non-superuser role
 //!
 //! Weir must run as a role that is not a superuser. Every server the harness
@@ -220,6 +230,11 @@ struct Throwaway {
     log_file: PathBuf,
     port: u16,
     bin_dir: PathBuf,
+    /// Runs the server binaries as the server's user.
+    pg: Pg,
+    /// Held while the server is being stopped or started, so two restarts
+    /// never interleave.
+    server: Mutex<()>,
     /// The watchdog; closing its stdin makes it stop the server.
     watchdog: Watchdog,
     /// Held (with `flock`) for the life of the process: marks `dir` as live.
@@ -304,6 +319,8 @@ impl Cluster {
                 log_file,
                 port,
                 bin_dir,
+                pg: pg_ctl,
+                server: Mutex::new(()),
                 watchdog,
                 _lock: lock,
             }),
@@ -424,10 +441,92 @@ impl Cluster {
             .map_err(|e| HarnessError::new(format!("DROP DATABASE {name}: {e}")))
     }
 
+    /// Stops the server of a throwaway cluster with `pg_ctl stop -m <mode>
+    /// -w`, keeping its data; [`Cluster::start_server`] starts it again on
+    /// the same port. Clients see their connections closed, as in a real
+    /// outage. A server named by `DATABASE_URL` is not the harness's to
+    /// stop: that is an error saying so.
+    pub fn stop_server(&self, mode: StopMode) -> Result<(), HarnessError> {
+        let throwaway = self.owned("stop")?;
+        let _serial = throwaway.server.lock().unwrap_or_else(|p| p.into_inner());
+        let mut command = throwaway.pg.command("pg_ctl", &throwaway.dir);
+        command
+            .arg("stop")
+            .arg("-D")
+            .arg(&throwaway.data_dir)
+            .args(["-m", mode.as_str(), "-w", "-t", "60"]);
+        run(command, "pg_ctl stop").map(drop)
+    }
+
+    /// Starts a throwaway cluster's server again (after
+    /// [`Cluster::stop_server`]) on its port, waiting until it accepts
+    /// connections. Retries a few times if the port is briefly taken.
+    pub fn start_server(&self) -> Result<(), HarnessError> {
+        let throwaway = self.owned("start")?;
+        let _serial = throwaway.server.lock().unwrap_or_else(|p| p.into_inner());
+        let t = throwaway;
+        let mut failures = Vec::new();
+        for attempt in 0..START_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            match start_on(&t.pg, &t.dir, &t.data_dir, &t.log_file, t.port)? {
+                Ok(()) => return Ok(()),
+                Err(message) => failures.push(message),
+            }
+        }
+        Err(HarnessError::new(format!(
+            "weir harness: could not restart Postgres on port {}:\n{}",
+            t.port,
+            failures.join("\n")
+        )))
+    }
+
+    /// [`Cluster::stop_server`] then [`Cluster::start_server`]: a restart
+    /// of the throwaway cluster's server, for tests that must survive one.
+    pub fn restart(&self, mode: StopMode) -> Result<(), HarnessError> {
+        self.stop_server(mode)?;
+        self.start_server()
+    }
+
+    fn owned(&self, what: &str) -> Result<&Throwaway, HarnessError> {
+        self.throwaway.as_ref().ok_or_else(|| {
+            HarnessError::new(format!(
+                "weir harness: cannot {what} the server named by DATABASE_URL ({}): only a \
+                 throwaway cluster started by the harness can be stopped and started. Unset \
+                 DATABASE_URL to run this test.",
+                redact(&self.url)
+            ))
+        })
+    }
+
     /// Stops a throwaway cluster and removes its directory (at exit).
     fn shutdown(&self) {
         if let Some(throwaway) = &self.throwaway {
             throwaway.watchdog.finish();
+        }
+    }
+}
+
+/// How [`Cluster::stop_server`] shuts the server down (`pg_ctl stop -m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopMode {
+    /// Wait for every client to disconnect.
+    Smart,
+    /// Roll back open transactions, close every connection, checkpoint.
+    Fast,
+    /// Abort at once, without a checkpoint (crash recovery at the next
+    /// start).
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Smart => "smart",
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
         }
     }
 }
@@ -1130,44 +1229,64 @@ fn start(pg: &Pg, dir: &Path, data_dir: &Path, log_file: &Path) -> Result<u16, H
     let mut failures = Vec::new();
     for _ in 0..START_ATTEMPTS {
         let port = free_port()?;
-        remove_stale_pid_file(data_dir);
-        let log_start = fs::metadata(log_file).map(|m| m.len()).unwrap_or(0);
-        let mut command = pg.command("pg_ctl", dir);
-        command
-            .arg("start")
-            .arg("-D")
-            .arg(data_dir)
-            .arg("-l")
-            .arg(log_file)
-            .args(["-w", "-t", "60", "-o"])
-            .arg(format!("-p {port}"));
-        let out = command.output().map_err(|e| {
-            HarnessError::new(format!("weir harness: cannot run pg_ctl start: {e}"))
-        })?;
-        if out.status.success() {
-            return Ok(port);
+        match start_on(pg, dir, data_dir, log_file, port)? {
+            Ok(()) => return Ok(port),
+            Err(message) => {
+                eprintln!(
+                    "weir harness: Postgres could not start on port {port}; trying another port"
+                );
+                failures.push(message);
+            }
         }
-        let log = read_from(log_file, log_start);
-        let retry = log.contains("Address already in use")
-            || log.contains("could not create any TCP/IP sockets")
-            || remove_stale_lock_file(&log);
-        let message = format!(
-            "pg_ctl start on port {port} failed ({}):\n{}{}\n--- tail of the server log ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            tail(&log, 30)
-        );
-        if !retry {
-            return Err(HarnessError::new(format!("weir harness: {message}")));
-        }
-        eprintln!("weir harness: Postgres could not start on port {port}; trying another port");
-        failures.push(message);
     }
     Err(HarnessError::new(format!(
         "weir harness: could not start Postgres after {START_ATTEMPTS} attempts:\n{}",
         failures.join("\n")
     )))
+}
+
+/// One `pg_ctl start` on `port`. `Ok(Err(message))`: it failed in a way
+/// another attempt may fix (the port was taken, a stale lock file).
+fn start_on(
+    pg: &Pg,
+    dir: &Path,
+    data_dir: &Path,
+    log_file: &Path,
+    port: u16,
+) -> Result<Result<(), String>, HarnessError> {
+    remove_stale_pid_file(data_dir);
+    let log_start = fs::metadata(log_file).map(|m| m.len()).unwrap_or(0);
+    let mut command = pg.command("pg_ctl", dir);
+    command
+        .arg("start")
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(log_file)
+        .args(["-w", "-t", "60", "-o"])
+        .arg(format!("-p {port}"));
+    let out = command
+        .output()
+        .map_err(|e| HarnessError::new(format!("weir harness: cannot run pg_ctl start: {e}")))?;
+    if out.status.success() {
+        return Ok(Ok(()));
+    }
+    let log = read_from(log_file, log_start);
+    let retry = log.contains("Address already in use")
+        || log.contains("could not create any TCP/IP sockets")
+        || remove_stale_lock_file(&log);
+    let message = format!(
+        "pg_ctl start on port {port} failed ({}):\n{}{}\n--- tail of the server log ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&log, 30)
+    );
+    if retry {
+        Ok(Err(message))
+    } else {
+        Err(HarnessError::new(format!("weir harness: {message}")))
+    }
 }
 
 fn free_port() -> Result<u16, HarnessError> {

@@ -13,10 +13,16 @@
 //! The scenarios run on real clocks, so their times are generous: each
 //! waits well past the thresholds it needs and asserts nothing that a slow
 //! machine could break.
+//!
+//! [`chaos`] is what the chaos suite's processes share: the settings, the
+//! jobs, the ledger and audit tables, and the checks (`tests/chaos.rs`
+//! drives worker processes of `src/bin/chaos_worker.rs` through faults,
+//! then runs them; see `docs/reliability.md`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chaos;
 pub mod scenarios;
 
 use weir_core::{Backoff, ClaimerConfig, Millis, WorldConfig};
