@@ -20,6 +20,17 @@
 //! Cost: a start costs up to N slot tries while the limit is full, and a
 //! miss costs the claim and the snooze writes. Limits are for scarce
 //! external resources, not for a hot path.
+//!
+//! What a lease cannot do: a process paused for longer than the lease TTL
+//! (a stop-the-world pause, `SIGSTOP`, a VM migration) resumes believing it
+//! still holds its slot, while storage has already given the slot to
+//! someone else; it learns otherwise only at its next renewal (and then
+//! its handler's token fires). The chaos suite shows this overlap on
+//! demand (`cargo test -p weir-tests --test chaos -- --ignored`). Where
+//! that matters, the protected resource must check a fencing token: the
+//! slot's [`weir_core::SlotGrant::epoch`] only grows, so a resource that
+//! remembers the highest epoch it has seen per slot can refuse a paused
+//! holder's late write, exactly as job epochs fence late workers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
