@@ -60,6 +60,7 @@ pub async fn run(
         .map(|&w| WorkerSpec::Pool {
             url: db.app_url.clone(),
             workers: w,
+            overrides: ctx.overrides.clone(),
         })
         .collect();
     let mut children = Children::spawn(&specs)?;
@@ -99,7 +100,7 @@ pub async fn run(
     let claims: u64 = done.iter().filter_map(|d| d["claims"].as_u64()).sum();
     let params = json!({
         "jobs": jobs, "workers": workers, "processes": processes,
-        "workers_per_process": per_process, "pool": "PoolConfig::new defaults",
+        "workers_per_process": per_process, "pool": "PoolConfig::new defaults", "dispatcher_overrides": ctx.overrides,
     });
     let burn = json!({
         "params": params,
@@ -123,7 +124,8 @@ pub async fn run(
         "database": if db.own_database { "the shape's own" } else { "shared: other traffic counted" },
         "per_job": cost.per_job(jobs),
         "claimer_lease_writes": lease_writes,
-        "claimer_lease_writes_per_s_per_claimer": lease_per_s,
+        "claimer_lease_acquisitions": acquisitions,
+        "claimer_lease_refresh_writes_per_s_per_claimer": lease_per_s,
         "pool_lease_refreshes": refreshes,
         "active_claimers": processes,
     });
@@ -171,7 +173,9 @@ pub async fn run(
             "claimer-lease row writes (burn-down)",
             "<= 4 /s per active claimer",
             format!(
-                "{lease_per_s:.2} /s ({lease_writes} writes; pools counted {refreshes} refreshes)"
+                "{lease_per_s:.2} /s refreshing ({lease_writes} writes in {drain_s:.1} s: \
+                 {acquisitions} acquisitions, {processes} releases, the rest refreshes; \
+                 the pools counted {refreshes} refreshes)"
             ),
             Some(lease_per_s <= 4.0),
         ),

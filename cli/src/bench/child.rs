@@ -20,8 +20,14 @@ use tokio::sync::mpsc;
 /// What a child runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WorkerSpec {
-    /// A worker pool of `workers` no-op handlers, until stopped.
-    Pool { url: String, workers: u32 },
+    /// A worker pool of `workers` no-op handlers, until stopped, with the
+    /// default settings except for the `DispatcherConfig` fields in
+    /// `overrides` (a JSON object).
+    Pool {
+        url: String,
+        workers: u32,
+        overrides: Option<Value>,
+    },
     /// A producer: `mode` is `single` (one job per statement) or `batch`
     /// (128 per statement) for `seconds`, or `bulk` (`jobs` through COPY).
     Enqueue {

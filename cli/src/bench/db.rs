@@ -110,10 +110,12 @@ impl BenchDb {
 
 /// A backend on `url`'s benchmark schema, with the default world settings.
 pub async fn backend_at(url: &str, max: u32) -> Result<PgBackend, String> {
+    let options: sqlx::postgres::PgConnectOptions =
+        url.parse().map_err(|e| format!("--database-url: {e}"))?;
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(|e| format!("connecting to {}: {e}", redact(url)))?;
     let config = PgConfig {
@@ -212,6 +214,7 @@ pub struct Snapshot {
     pub commits: i64,
     pub rollbacks: i64,
     pub wal_bytes: i64,
+    pub wal_lsn: String,
     pub tables: Vec<(String, TableCounts)>,
     /// Statements this connection had issued when the snapshot was read.
     own_statements: u64,
@@ -298,7 +301,8 @@ impl StatsConn {
     pub async fn snapshot(&mut self) -> Result<Snapshot, String> {
         let row = sqlx::query(
             "SELECT d.xact_commit AS commits, d.xact_rollback AS rollbacks, \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal, \
+             pg_current_wal_lsn()::text AS lsn \
              FROM pg_stat_database d WHERE d.datname = current_database()",
         )
         .fetch_one(self.conn())
@@ -335,6 +339,7 @@ impl StatsConn {
             commits: row.get("commits"),
             rollbacks: row.get("rollbacks"),
             wal_bytes: row.get("wal"),
+            wal_lsn: row.get("lsn"),
             tables,
             own_statements,
         })
@@ -361,6 +366,9 @@ pub struct Cost {
     pub commits: i64,
     pub rollbacks: i64,
     pub wal_bytes: i64,
+    /// The WAL range, for `pg_waldump --stats=record -s START -e END`.
+    pub wal_lsn_start: String,
+    pub wal_lsn_end: String,
     /// Row writes (inserts + updates + deletes) over every Weir table.
     pub row_writes: i64,
     pub jobs: TableCounts,
@@ -396,11 +404,23 @@ impl Cost {
             commits: (after.commits - before.commits - own).max(0),
             rollbacks: after.rollbacks - before.rollbacks,
             wal_bytes: after.wal_bytes - before.wal_bytes,
+            wal_lsn_start: before.wal_lsn.clone(),
+            wal_lsn_end: after.wal_lsn.clone(),
             row_writes,
             jobs: delta("jobs"),
             claimer_leases: delta("claimer_leases"),
             dead_tuples_end: after.table("jobs").dead,
         }
+    }
+
+    /// Claimer-lease row writes beyond the one-off ones: each pool's
+    /// acquisition (`acquisitions`, as the pools counted them) and its
+    /// release at shutdown (one per pool), so what is left is the
+    /// refreshes made while claiming. Per second per claimer.
+    pub fn lease_refresh_writes_per_s(&self, acquisitions: u64, pools: u32, seconds: f64) -> f64 {
+        let writes = self.claimer_leases.ins + self.claimer_leases.upd;
+        let one_off = acquisitions as i64 + i64::from(pools);
+        (writes - one_off).max(0) as f64 / seconds.max(1e-9) / f64::from(pools.max(1))
     }
 
     /// The figures per job, as JSON.

@@ -97,6 +97,11 @@ pub struct BenchArgs {
     /// Where `results.jsonl` (appended) and `latest.md` (rewritten) go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: PathBuf,
+    /// Worker pools run with `PoolConfig::new`'s defaults except for the
+    /// `DispatcherConfig` fields in this JSON object, for example
+    /// '{"claim_batch_min": 64, "flush_delay": 5}' (to compare settings).
+    #[arg(long)]
+    dispatcher: Option<String>,
     /// Print the results only.
     #[arg(long)]
     no_write: bool,
@@ -108,6 +113,8 @@ pub struct BenchArgs {
 /// What every shape of one run shares.
 pub struct Ctx {
     server: Server,
+    /// `--dispatcher`, parsed.
+    overrides: Option<Value>,
     quick: bool,
     ceiling_seconds: f64,
     /// The ceilings measured so far in this run, by client count.
@@ -221,6 +228,12 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
         .as_secs();
     let mut ctx = Ctx {
         server: Server::new(args.database_url.as_deref())?,
+        overrides: match &args.dispatcher {
+            Some(json) => {
+                Some(serde_json::from_str(json).map_err(|e| format!("--dispatcher: {e}"))?)
+            }
+            None => None,
+        },
         quick,
         ceiling_seconds: args
             .ceiling_seconds
@@ -277,6 +290,7 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "quick": quick,
+        "dispatcher_overrides": ctx.overrides,
         "server_kind": match ctx.server {
             Server::Throwaway(_) => "throwaway cluster, a database per shape",
             Server::Url(_) => "--database-url, a schema per shape",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use weir::core::{Command, NewJob, Outcome, Timestamp};
+use weir::core::{Command, DispatcherConfig, NewJob, Outcome, Timestamp};
 use weir::{Backend, Client, InsertOptions, JobArgs, JobOutcome, PoolConfig, Registry, WorkerPool};
 
 use super::child::{send, Message, Orders, WorkerSpec};
@@ -51,7 +51,11 @@ pub fn run(spec: &str) -> Result<(), String> {
     let result = runtime.block_on(async {
         let mut orders = Orders::listen();
         match spec {
-            WorkerSpec::Pool { url, workers } => pool(&url, workers, &mut orders).await,
+            WorkerSpec::Pool {
+                url,
+                workers,
+                overrides,
+            } => pool(&url, workers, overrides.as_ref(), &mut orders).await,
             WorkerSpec::Enqueue {
                 url,
                 mode,
@@ -82,9 +86,17 @@ fn registry() -> Registry {
 }
 
 /// A worker pool with the default settings, run from `go` until stopped.
-async fn pool(url: &str, workers: u32, orders: &mut Orders) -> Result<Value, String> {
+async fn pool(
+    url: &str,
+    workers: u32,
+    overrides: Option<&Value>,
+    orders: &mut Orders,
+) -> Result<Value, String> {
     let backend = Arc::new(backend_at(url, POOL_CONNECTIONS).await?);
-    let config = PoolConfig::new(QUEUE, workers).map_err(|e| e.to_string())?;
+    let mut config = PoolConfig::new(QUEUE, workers).map_err(|e| e.to_string())?;
+    if let Some(overrides) = overrides {
+        config.dispatcher = with_overrides(&config.dispatcher, overrides)?;
+    }
     let process = config.dispatcher.process;
     let pool = WorkerPool::with_config(backend, registry(), config).map_err(|e| e.to_string())?;
     let metrics = pool.metrics();
@@ -143,6 +155,26 @@ async fn pool(url: &str, workers: u32, orders: &mut Orders) -> Result<Value, Str
         "pickup_max_ms": pickup.max(),
         "pickup_histogram": recorded,
     }))
+}
+
+/// `config` with the fields named in `overrides` replaced.
+pub fn with_overrides(
+    config: &DispatcherConfig,
+    overrides: &Value,
+) -> Result<DispatcherConfig, String> {
+    let mut value = serde_json::to_value(config).expect("a config serialises");
+    let (Value::Object(fields), Value::Object(changes)) = (&mut value, overrides) else {
+        return Err("--dispatcher must be a JSON object".into());
+    };
+    for (name, changed) in changes {
+        if !fields.contains_key(name) {
+            return Err(format!(
+                "--dispatcher: DispatcherConfig has no field {name:?}"
+            ));
+        }
+        fields.insert(name.clone(), changed.clone());
+    }
+    serde_json::from_value(value).map_err(|e| format!("--dispatcher: {e}"))
 }
 
 /// One producer: single inserts, 128-job batches, or one bulk COPY.
