@@ -88,11 +88,15 @@ pub async fn run(
     let rate = jobs as f64 / drain_s;
     let ratio = rate / ceiling;
     let lease_writes = cost.claimer_leases.ins + cost.claimer_leases.upd;
-    let lease_per_s = lease_writes as f64 / drain_s / f64::from(processes);
     let refreshes: u64 = done
         .iter()
         .filter_map(|d| d["lease_refreshes"].as_u64())
         .sum();
+    let acquisitions: u64 = done
+        .iter()
+        .filter_map(|d| d["lease_acquisitions"].as_u64())
+        .sum();
+    let lease_per_s = cost.lease_refresh_writes_per_s(acquisitions, processes, drain_s);
     let rates: Vec<String> = done
         .iter()
         .map(|d| thousands(d["jobs_per_s"].as_f64().unwrap_or(0.0)))
