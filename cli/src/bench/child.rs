@@ -50,6 +50,8 @@ pub enum Message {
     Ready,
     /// Handlers completed and started so far.
     Progress { completed: u64, started: u64 },
+    /// Finished phase `n` of several; waiting for the next `go`.
+    Phase(u32),
     /// Finished: the child's figures.
     Done(Value),
     /// Gave up.
@@ -67,43 +69,40 @@ pub fn send(message: &Message) {
 
 /// What the parent said on stdin.
 pub struct Orders {
-    go: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// How many `go` lines arrived.
+    gos: tokio::sync::watch::Receiver<u32>,
+    /// How many this side has waited for.
+    taken: u32,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Orders {
-    /// Reads stdin on a thread: `go`, then end of input (stop).
+    /// Reads stdin on a thread: `go` lines, then end of input (stop).
     pub fn listen() -> Orders {
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::watch::channel(0u32);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         std::thread::spawn(move || {
-            let mut go = Some(go_tx);
             for line in std::io::stdin().lock().lines() {
                 match line {
-                    Ok(l) if l.trim() == "go" => {
-                        if let Some(go) = go.take() {
-                            let _ = go.send(());
-                        }
-                    }
+                    Ok(l) if l.trim() == "go" => go_tx.send_modify(|n| *n += 1),
                     Ok(_) => {}
                     Err(_) => break,
                 }
             }
-            drop(go);
             let _ = stop_tx.send(true);
         });
         Orders {
-            go: Some(go_rx),
+            gos: go_rx,
+            taken: 0,
             stop: stop_rx,
         }
     }
 
-    /// Until `go` (or stdin closed: then false).
+    /// Until the next `go` (or stdin closed: then false).
     pub async fn go(&mut self) -> bool {
-        match self.go.take() {
-            Some(go) => go.await.is_ok(),
-            None => true,
-        }
+        self.taken += 1;
+        let wanted = self.taken;
+        self.gos.wait_for(|n| *n >= wanted).await.is_ok()
     }
 
     /// A future that completes when the parent closes stdin.
@@ -203,7 +202,20 @@ impl Children {
         Ok(())
     }
 
-    /// Starts every child.
+    /// Waits until every child reported finishing phase `n`.
+    pub async fn phase(&mut self, n: u32) -> Result<(), String> {
+        let mut seen = vec![false; self.kids.len()];
+        while !seen.iter().all(|s| *s) {
+            if let (i, Message::Phase(m)) = self.next().await? {
+                if m == n {
+                    seen[i] = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts every child (or its next phase).
     pub fn go(&mut self) -> Result<(), String> {
         for (i, kid) in self.kids.iter_mut().enumerate() {
             let stdin = kid.stdin.as_mut().expect("not stopped yet");

@@ -56,11 +56,22 @@ fn apply_rate(jobs: u64) -> (u64, f64) {
 pub async fn run(ctx: &Ctx) -> Result<Shape, String> {
     let quick = ctx.quick;
     let bar = ctx.spinner("core: World::apply, the simulator, the model checker".into());
-    let jobs = if quick { 50_000 } else { 200_000 };
+    // A debug build checks every invariant after every transition: only a
+    // token run there (its figures mean nothing, and say so).
+    let debug = cfg!(debug_assertions);
+    let jobs = match (debug, quick) {
+        (true, _) => 2_000,
+        (false, true) => 50_000,
+        (false, false) => 200_000,
+    };
     let (transitions, apply_s) = tokio::task::spawn_blocking(move || apply_rate(jobs))
         .await
         .map_err(|e| e.to_string())?;
-    let (seeds, ops) = if quick { (2, 2_000) } else { (6, 10_000) };
+    let (seeds, ops) = match (debug, quick) {
+        (true, _) => (1, 500),
+        (false, true) => (2, 2_000),
+        (false, false) => (6, 10_000),
+    };
     let sim = tokio::task::spawn_blocking(move || {
         let base = SimOptions {
             ops,
@@ -75,7 +86,7 @@ pub async fn run(ctx: &Ctx) -> Result<Shape, String> {
     }
     let (model, stats) = tokio::task::spawn_blocking(move || {
         use weir_model_check::run::check_all;
-        if quick {
+        if quick || debug {
             let m = weir_model_check::leader::LeaderTerms::new();
             ("leader terms", check_all("leader terms", m))
         } else {

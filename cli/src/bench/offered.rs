@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::json;
+use sqlx::Row;
 use weir::core::{Command, Outcome};
 use weir::Backend;
 
-use super::burn::{split, wait_completed};
+use super::burn::{db_now, split, wait_completed};
 use super::child::{Children, Message, WorkerSpec};
-use super::db::{jobs_reloptions, Cost, StatsConn};
+use super::db::{jobs_reloptions, sql_err, Cost, StatsConn, SCHEMA};
 use super::report::{thousands, Shape, Verdict};
 use super::worker::noop_jobs;
 use super::{best, ceiling_json, Ctx};
@@ -74,6 +75,47 @@ async fn produce(
     Ok(())
 }
 
+/// Jobs enqueued and completed in each whole second of the run, and the
+/// backlog at the end of each, from the jobs' own `created_at` and
+/// `finished_at` (the database clock; a job counts as completed when its
+/// completion is stored). Exact, where the processes' progress reports
+/// would be up to one report interval stale.
+async fn per_second(
+    stats: &mut StatsConn,
+    t0: i64,
+    seconds: f64,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), String> {
+    let whole = seconds.floor().max(1.0) as i64;
+    let rows = sqlx::query(&format!(
+        "SELECT s, sum(e)::bigint AS enqueued, sum(c)::bigint AS completed FROM ( \
+           SELECT floor((created_at - $1) / 1000.0)::bigint AS s, 1 AS e, 0 AS c \
+           FROM {SCHEMA}.jobs \
+           UNION ALL \
+           SELECT floor((finished_at - $1) / 1000.0)::bigint, 0, 1 \
+           FROM {SCHEMA}.jobs WHERE finished_at IS NOT NULL \
+         ) x WHERE s >= 0 AND s < $2 GROUP BY s ORDER BY s"
+    ))
+    .bind(t0)
+    .bind(whole)
+    .fetch_all(stats.conn())
+    .await
+    .map_err(sql_err)?;
+    let mut enqueued = vec![0i64; whole as usize];
+    let mut completed = vec![0i64; whole as usize];
+    for row in rows {
+        let s: i64 = row.get("s");
+        enqueued[s as usize] = row.get("enqueued");
+        completed[s as usize] = row.get("completed");
+    }
+    let (mut queued, mut backlog) = (0i64, Vec::new());
+    for (e, c) in enqueued.iter().zip(&completed) {
+        queued += e - c;
+        backlog.push(queued as f64);
+    }
+    let as_f64 = |v: Vec<i64>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    Ok((as_f64(enqueued), as_f64(completed), backlog))
+}
+
 /// `weir bench offered`.
 pub async fn run(
     ctx: &mut Ctx,
@@ -85,6 +127,13 @@ pub async fn run(
     let db = ctx.server.fresh().await?;
     let ceilings = ctx.ceilings(&db, workers).await?;
     let mut stats = StatsConn::new(&db).await?;
+    // On its own throwaway server the bench runs the offered load with
+    // Weir's recommended autovacuum_naptime (README: deployment notes);
+    // on a server given by --database-url it leaves the settings alone.
+    let naptime_set = db.own_database;
+    if naptime_set {
+        set_naptime(&mut stats, Some(RECOMMENDED_NAPTIME)).await?;
+    }
     let before = stats.settled_snapshot().await?;
     let per_process = split(workers, processes);
     let specs: Vec<WorkerSpec> = per_process
@@ -99,6 +148,7 @@ pub async fn run(
     children.ready().await?;
     let producer_backend = Arc::new(db.backend(2).await?);
     let enqueued = Arc::new(AtomicU64::new(0));
+    let t0 = db_now(&mut stats).await?;
     children.go()?;
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(seconds);
@@ -160,22 +210,12 @@ pub async fn run(
     let after = stats.settled_snapshot().await?;
     let cost = Cost::between(&before, &after);
     let reloptions = jobs_reloptions(stats.conn()).await?;
-
-    // Per-second rates from consecutive samples.
-    let mut completion = Vec::new();
-    let mut enqueue = Vec::new();
-    let mut backlog = Vec::new();
-    let mut prev = (0.0, 0u64, 0u64);
-    for &(t, offered, finished, _) in &samples {
-        if t > seconds + 0.5 {
-            break;
-        }
-        let dt = (t - prev.0).max(1e-9);
-        enqueue.push((offered - prev.1) as f64 / dt);
-        completion.push((finished.saturating_sub(prev.2)) as f64 / dt);
-        backlog.push(offered.saturating_sub(finished) as f64);
-        prev = (t, offered, finished);
+    let naptime = ctx_setting(&mut stats, "autovacuum_naptime").await;
+    if naptime_set {
+        set_naptime(&mut stats, None).await?;
     }
+
+    let (enqueue, completion, backlog) = per_second(&mut stats, t0, seconds).await?;
     let dead_max = samples.iter().map(|s| s.3).max().unwrap_or(0);
     let mut pickup =
         Histogram::<u64>::new_with_bounds(1, 24 * 3_600_000, 3).expect("static bounds are valid");
@@ -223,6 +263,7 @@ pub async fn run(
             "dead_tuples_max_sampled": dead_max,
             "dead_tuples_end": cost.dead_tuples_end,
         },
+        "per_second": { "enqueued": enqueue, "completed": completion, "backlog": backlog },
         "samples": samples.iter().map(|s| json!({"t": s.0, "enqueued": s.1, "completed": s.2, "dead_tuples": s.3})).collect::<Vec<_>>(),
         "cost": cost.per_job(total),
         "claimer_lease_writes": lease_writes,
@@ -231,12 +272,15 @@ pub async fn run(
         "pool_lease_refreshes": refreshes,
         "retention": "finished jobs kept 24 h (DispatcherConfig::new), so none pruned during the run",
         "jobs_reloptions": reloptions,
+        "autovacuum_naptime": naptime,
+        "autovacuum_naptime_set_by_bench": naptime_set,
+        "jobs_vacuums": cost.jobs.vacuums,
         "per_process": done,
     });
     let autovacuum = format!(
         "jobs table: {}; server: autovacuum_naptime={}",
         reloptions.join(", "),
-        ctx_setting(&mut stats, "autovacuum_naptime").await
+        naptime
     );
     let rows = vec![
         Verdict::new(
@@ -285,6 +329,30 @@ pub async fn run(
         ),
     ];
     Ok(Shape::new(&format!("offered {label}"), record, rows))
+}
+
+/// Weir's recommended `autovacuum_naptime` for a queue database: the
+/// launcher visits it every second, so the jobs table's thresholds (not
+/// the default one-minute nap) decide when it is vacuumed.
+const RECOMMENDED_NAPTIME: &str = "1s";
+
+/// Sets (or with `None` resets) the server's `autovacuum_naptime`.
+async fn set_naptime(stats: &mut StatsConn, value: Option<&str>) -> Result<(), String> {
+    let sql = match value {
+        Some(v) => format!("ALTER SYSTEM SET autovacuum_naptime = '{v}'"),
+        None => "ALTER SYSTEM RESET autovacuum_naptime".to_string(),
+    };
+    sqlx::query(&sql)
+        .execute(stats.conn())
+        .await
+        .map_err(sql_err)?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(stats.conn())
+        .await
+        .map_err(sql_err)?;
+    // The postmaster reloads asynchronously.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
 }
 
 async fn ctx_setting(stats: &mut StatsConn, name: &str) -> String {
