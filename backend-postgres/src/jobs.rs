@@ -135,6 +135,11 @@ FROM (SELECT 1) one
 LEFT JOIN (claimed cl JOIN picked p ON p.id = cl.id) ON true
 ORDER BY p.priority, p.run_at, p.id";
 
+/// Claims of at most this many jobs put their limit in the statement text
+/// (one prepared statement per size, each planned generically after its
+/// first runs); larger ones pass it as `$9`.
+const LITERAL_LIMIT_MAX: u32 = 128;
+
 /// The claim while the claimer lease is fresh — the common case: the
 /// lease is only read (one uncorrelated `EXISTS`, which fails unless it is
 /// fresh: unexpired, `last_claimed_at > now - idle/2` and
@@ -468,7 +473,16 @@ impl PgBackend {
         }
         let config = self.inner.config.world.claimer;
         let kinds: Option<Vec<&str>> = kinds.map(|k| k.iter().map(Kind::as_str).collect());
-        let fresh = sqlx::query(&self.sql(CLAIM_FRESH_SQL))
+        // A batch size the statement cache can hold as a literal: with the
+        // limit known, the generic plan is as good as a custom one, so the
+        // server stops planning the claim each time (see CLAIM_FRESH_SQL).
+        let literal = max <= LITERAL_LIMIT_MAX;
+        let sql = if literal {
+            self.sql(&CLAIM_FRESH_SQL.replace("LIMIT $9", &format!("LIMIT {max}")))
+        } else {
+            self.sql(CLAIM_FRESH_SQL)
+        };
+        let mut fresh = sqlx::query(&sql)
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())
             .bind(i32::from(claimer.slot.0))
@@ -476,11 +490,11 @@ impl PgBackend {
             .bind(u64_to_i64(claimer.process.0))
             .bind(span(config.idle_threshold.half()))
             .bind(span(config.lease_ttl.half()))
-            .bind(kinds.clone())
-            .bind(i64::from(max))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db)?;
+            .bind(kinds.clone());
+        if !literal {
+            fresh = fresh.bind(i64::from(max));
+        }
+        let fresh = fresh.fetch_all(&self.inner.pool).await.map_err(db)?;
         if !fresh.is_empty() {
             let mut jobs = Vec::with_capacity(fresh.len());
             for row in &fresh {
