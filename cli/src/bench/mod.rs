@@ -102,6 +102,12 @@ pub struct BenchArgs {
     /// '{"claim_batch_min": 64, "flush_delay": 5}' (to compare settings).
     #[arg(long)]
     dispatcher: Option<String>,
+    /// The `autovacuum_naptime` the offered load runs with on the bench's
+    /// own throwaway server (Weir's recommendation for a queue database);
+    /// `keep` leaves the server's setting. A server given by
+    /// --database-url is never changed.
+    #[arg(long, default_value = "1s")]
+    autovacuum_naptime: String,
     /// Print the results only.
     #[arg(long)]
     no_write: bool,
@@ -115,6 +121,8 @@ pub struct Ctx {
     server: Server,
     /// `--dispatcher`, parsed.
     overrides: Option<Value>,
+    /// `--autovacuum-naptime` (`None`: keep the server's).
+    naptime: Option<String>,
     quick: bool,
     ceiling_seconds: f64,
     /// The ceilings measured so far in this run, by client count.
@@ -235,6 +243,15 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
             None => None,
         },
         quick,
+        naptime: match args.autovacuum_naptime.as_str() {
+            "keep" => None,
+            v if v.chars().all(|c| c.is_ascii_alphanumeric()) => Some(v.to_string()),
+            v => {
+                return Err(format!(
+                    "--autovacuum-naptime {v:?}: a duration like 1s, or keep"
+                ))
+            }
+        },
         ceiling_seconds: args
             .ceiling_seconds
             .unwrap_or(if quick { 2.0 } else { 10.0 }),

@@ -128,11 +128,13 @@ pub async fn run(
     let ceilings = ctx.ceilings(&db, workers).await?;
     let mut stats = StatsConn::new(&db).await?;
     // On its own throwaway server the bench runs the offered load with
-    // Weir's recommended autovacuum_naptime (README: deployment notes);
-    // on a server given by --database-url it leaves the settings alone.
-    let naptime_set = db.own_database;
+    // Weir's recommended autovacuum_naptime, 1 s (README: deployment
+    // notes): the launcher then visits the database every second, so the
+    // jobs table's thresholds, not the default one-minute nap, decide when
+    // it is vacuumed. A server given by --database-url is left alone.
+    let naptime_set = db.own_database && ctx.naptime.is_some();
     if naptime_set {
-        set_naptime(&mut stats, Some(RECOMMENDED_NAPTIME)).await?;
+        set_naptime(&mut stats, ctx.naptime.as_deref()).await?;
     }
     let before = stats.settled_snapshot().await?;
     let per_process = split(workers, processes);
@@ -330,11 +332,6 @@ pub async fn run(
     ];
     Ok(Shape::new(&format!("offered {label}"), record, rows))
 }
-
-/// Weir's recommended `autovacuum_naptime` for a queue database: the
-/// launcher visits it every second, so the jobs table's thresholds (not
-/// the default one-minute nap) decide when it is vacuumed.
-const RECOMMENDED_NAPTIME: &str = "1s";
 
 /// Sets (or with `None` resets) the server's `autovacuum_naptime`.
 async fn set_naptime(stats: &mut StatsConn, value: Option<&str>) -> Result<(), String> {
