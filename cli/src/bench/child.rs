@@ -194,9 +194,8 @@ impl Children {
     pub async fn ready(&mut self) -> Result<(), String> {
         let mut ready = vec![false; self.kids.len()];
         while !ready.iter().all(|r| *r) {
-            match self.next().await? {
-                (i, Message::Ready) => ready[i] = true,
-                (_, _) => {}
+            if let (i, Message::Ready) = self.next().await? {
+                ready[i] = true;
             }
         }
         Ok(())
