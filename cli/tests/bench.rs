@@ -54,7 +54,8 @@ fn bench_all_quick_runs_end_to_end_and_writes_its_files() {
         .collect();
     for shape in [
         "core",
-        "burn-down",
+        "burn-down 1 x 64",
+        "burn-down 2 x 32",
         "cost",
         "offered 1 x 64",
         "offered 2 x 32",
@@ -71,7 +72,7 @@ fn bench_all_quick_runs_end_to_end_and_writes_its_files() {
     let burn: serde_json::Value = jsonl
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["shape"] == "burn-down")
+        .find(|r| r["shape"] == "burn-down 1 x 64")
         .unwrap();
     let ceilings = burn["ceiling"].as_array().expect("ceilings");
     assert!(ceilings.iter().any(|c| c["clients"] == 4), "{ceilings:?}");
@@ -85,7 +86,7 @@ fn bench_all_quick_runs_end_to_end_and_writes_its_files() {
         "{md}"
     );
     assert!(md.contains("raw-SQL ceiling, 4 clients"), "{md}");
-    for shape in ["burn-down", "cost", "offered 2 x 32", "herd", "core"] {
+    for shape in ["burn-down 2 x 32", "cost", "offered 2 x 32", "herd", "core"] {
         assert!(
             md.contains(&format!("| {shape} |")),
             "{shape} missing:\n{md}"

@@ -36,6 +36,8 @@ pub struct Ceiling {
     pub rust_jobs_per_s: f64,
     /// Jobs per second through `pgbench`, when it is installed.
     pub pgbench_jobs_per_s: Option<f64>,
+    /// Where in the run it was measured.
+    pub when: String,
 }
 
 impl Ceiling {
@@ -191,6 +193,7 @@ pub async fn measure(url: &str, clients: u32, seconds: f64) -> Result<Ceiling, S
         seconds,
         rust_jobs_per_s: rust,
         pgbench_jobs_per_s: pgbench,
+        when: String::new(),
     })
 }
 

@@ -69,7 +69,8 @@ pub struct BenchArgs {
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
     /// Worker processes against the one database (default: 1; the herd: 8).
-    /// `all` runs the offered load both as 1 x W and as 2 x W/2.
+    /// `all` runs the burn-down and the offered load both as 1 x W and as
+    /// 2 x W/2.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     processes: Option<u32>,
     /// Workers (handlers) in all, split evenly over the processes.
@@ -159,38 +160,42 @@ impl Ctx {
         bar
     }
 
-    /// The ceilings at the reference client count and at `clients`,
-    /// measured on `db` now unless this run already has them.
+    /// Every ceiling measured in this run so far, after measuring, on
+    /// `db`, the reference client count and `clients` unless this run has
+    /// them already. A shape is judged against the highest of all.
     async fn ceilings(&mut self, db: &BenchDb, clients: u32) -> Result<Vec<Ceiling>, String> {
-        let mut wanted = vec![REFERENCE_CLIENTS];
-        if clients != REFERENCE_CLIENTS {
-            wanted.push(clients);
-        }
-        for c in wanted.iter().copied() {
-            if self.ceilings.iter().any(|x| x.clients == c) {
-                continue;
+        for c in [REFERENCE_CLIENTS, clients] {
+            if !self.ceilings.iter().any(|x| x.clients == c) {
+                self.measure_ceiling(db, c, "before the first shape that needs it")
+                    .await?;
             }
-            let bar = self.spinner(format!(
-                "raw-SQL ceiling: {c} clients, {:.0} s from Rust, then through pgbench",
-                self.ceiling_seconds
-            ));
-            let measured = ceiling::measure(&db.app_url, c, self.ceiling_seconds).await?;
-            bar.finish_and_clear();
-            println!(
-                "ceiling, {c} clients: {} jobs/s from Rust, {} through pgbench",
-                report::thousands(measured.rust_jobs_per_s),
-                measured
-                    .pgbench_jobs_per_s
-                    .map_or("-".into(), report::thousands)
-            );
-            self.ceilings.push(measured);
         }
-        Ok(self
-            .ceilings
-            .iter()
-            .filter(|x| wanted.contains(&x.clients))
-            .cloned()
-            .collect())
+        Ok(self.ceilings.clone())
+    }
+
+    /// Measures the ceiling with `clients` clients on `db` now.
+    async fn measure_ceiling(
+        &mut self,
+        db: &BenchDb,
+        clients: u32,
+        when: &str,
+    ) -> Result<(), String> {
+        let bar = self.spinner(format!(
+            "raw-SQL ceiling: {clients} clients, {:.0} s from Rust, then through pgbench",
+            self.ceiling_seconds
+        ));
+        let mut measured = ceiling::measure(&db.app_url, clients, self.ceiling_seconds).await?;
+        measured.when = when.to_string();
+        bar.finish_and_clear();
+        println!(
+            "ceiling, {clients} clients ({when}): {} jobs/s from Rust, {} through pgbench",
+            report::thousands(measured.rust_jobs_per_s),
+            measured
+                .pgbench_jobs_per_s
+                .map_or("-".into(), report::thousands)
+        );
+        self.ceilings.push(measured);
+        Ok(())
     }
 }
 
@@ -271,13 +276,20 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
         shapes.push(core_bench::run(&ctx).await?);
     }
     if all || shape == ShapeName::BurnDown || shape == ShapeName::Cost {
-        let processes = args.processes.unwrap_or(1);
-        let (burn, cost) = burn::run(&mut ctx, jobs, args.workers, processes).await?;
-        if shape != ShapeName::Cost {
-            shapes.push(burn);
-        }
-        if shape != ShapeName::BurnDown {
-            shapes.push(cost);
+        // `all` drains with one process and with two; the cost is the
+        // first run's.
+        let runs: Vec<u32> = match (all, args.processes) {
+            (true, None) => vec![1, 2],
+            (_, p) => vec![p.unwrap_or(1)],
+        };
+        for (i, processes) in runs.into_iter().enumerate() {
+            let (burn, cost) = burn::run(&mut ctx, jobs, args.workers, processes).await?;
+            if shape != ShapeName::Cost {
+                shapes.push(burn);
+            }
+            if shape != ShapeName::BurnDown && i == 0 {
+                shapes.push(cost);
+            }
         }
     }
     if all || shape == ShapeName::Offered {

@@ -162,9 +162,10 @@ impl Run {
             for c in ceilings {
                 let _ = writeln!(
                     s,
-                    "- raw-SQL ceiling, {} clients, {:.0} s: {:.0} jobs/s from Rust, {} through pgbench",
+                    "- raw-SQL ceiling, {} clients, {:.0} s ({}): {:.0} jobs/s from Rust, {} through pgbench",
                     text(&c["clients"]),
                     c["seconds"].as_f64().unwrap_or(0.0),
+                    text(&c["when"]),
                     c["rust_jobs_per_s"].as_f64().unwrap_or(0.0),
                     c["pgbench_jobs_per_s"]
                         .as_f64()
@@ -172,7 +173,11 @@ impl Run {
                 );
             }
         }
-        s.push('\n');
+        s.push_str(
+            "\nEach speed is judged against the highest ceiling of the run (any client \
+             count, either client). The server settings above are as found; the offered \
+             load's rows say which `autovacuum_naptime` it ran with.\n\n",
+        );
         s.push_str(&self.table());
         s
     }
