@@ -166,7 +166,7 @@ pub async fn server_info(conn: &mut PgConnection) -> Result<Value, String> {
         "max_wal_size",
     ];
     let rows = sqlx::query(
-        "SELECT name, setting || coalesce(unit, '') AS value FROM pg_settings \
+        "SELECT name, current_setting(name) AS value FROM pg_settings \
          WHERE name = ANY ($1) ORDER BY name",
     )
     .bind(&names[..])

@@ -314,6 +314,7 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
     }
     let header = json!({
         "run": started,
+        "at": humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(started)).to_string(),
         "command": std::env::args().skip(1).fold("weir".to_string(), |a, b| a + " " + &b),
         "git": git_commit(),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),

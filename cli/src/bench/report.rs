@@ -139,7 +139,13 @@ impl Run {
                     [results.jsonl](results.jsonl).\n\n",
         );
         let _ = writeln!(s, "- command: `{}`", text(&h["command"]));
-        let _ = writeln!(s, "- run: {} (commit {})", text(&h["run"]), text(&h["git"]));
+        let _ = writeln!(
+            s,
+            "- run: {} (id {}, commit {})",
+            text(&h["at"]),
+            text(&h["run"]),
+            text(&h["git"])
+        );
         let _ = writeln!(
             s,
             "- machine: {} cores, {} build{}",
