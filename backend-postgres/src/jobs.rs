@@ -135,6 +135,46 @@ FROM (SELECT 1) one
 LEFT JOIN (claimed cl JOIN picked p ON p.id = cl.id) ON true
 ORDER BY p.priority, p.run_at, p.id";
 
+/// Claims of at most this many jobs put their limit in the statement text
+/// (one prepared statement per size, each planned generically after its
+/// first runs); larger ones pass it as `$9`.
+const LITERAL_LIMIT_MAX: u32 = 128;
+
+/// The claim while the claimer lease is fresh — the common case: the
+/// lease is only read (one uncorrelated `EXISTS`, which fails unless it is
+/// fresh: unexpired, `last_claimed_at > now - idle/2` and
+/// `expires_at > now + ttl/2`), no refresh is due, and nothing else is
+/// asked. It claims nothing when the lease is not fresh (or the queue is
+/// empty); [`CLAIM_SQL`] then decides. Leaner than [`CLAIM_SQL`]: about a
+/// third of its planning time (its parameters make every plan a custom
+/// one) and no final join. The old `priority` and `run_at` come back from
+/// `picked` so the jobs can be put in claim order and carry their due time.
+const CLAIM_FRESH_SQL: &str = "
+WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
+picked AS (
+    SELECT j.id, j.priority, j.run_at FROM {s}.jobs j
+    WHERE j.state = 'available' AND j.queue = $2
+      AND ($8::text[] IS NULL OR j.kind = ANY ($8::text[]))
+      AND EXISTS (
+          SELECT 1 FROM {s}.claimer_leases l, clock c
+          WHERE l.queue = $2 AND l.slot = $3 AND l.lease_epoch = $4 AND l.owner = $5
+            AND l.expires_at > c.now
+            AND l.last_claimed_at::numeric > c.now::numeric - $6::bigint
+            AND l.expires_at > {s}.plus_ms(c.now, $7::bigint))
+      AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues p WHERE p.queue = $2)
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT $9
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE {s}.jobs j
+SET state = 'running', epoch = j.epoch + 1, attempt = j.attempt + 1, holder = $5,
+    claimed_at = c.now, heartbeat_at = c.now, deadline = {s}.plus_ms(c.now, j.timeout_ms),
+    run_at = NULL
+FROM picked p, clock c
+WHERE j.id = p.id
+RETURNING j.id, j.epoch, j.kind, j.payload, j.attempt, j.max_attempts, j.deadline,
+          p.priority, p.run_at";
+
 const LOCK_JOBS_SQL: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
 j AS (
@@ -433,6 +473,44 @@ impl PgBackend {
         }
         let config = self.inner.config.world.claimer;
         let kinds: Option<Vec<&str>> = kinds.map(|k| k.iter().map(Kind::as_str).collect());
+        // A batch size the statement cache can hold as a literal: with the
+        // limit known, the generic plan is as good as a custom one, so the
+        // server stops planning the claim each time (see CLAIM_FRESH_SQL).
+        let literal = max <= LITERAL_LIMIT_MAX;
+        let sql = if literal {
+            self.sql(&CLAIM_FRESH_SQL.replace("LIMIT $9", &format!("LIMIT {max}")))
+        } else {
+            self.sql(CLAIM_FRESH_SQL)
+        };
+        let mut fresh = sqlx::query(&sql)
+            .bind(now.map(|t| t.0))
+            .bind(queue.as_str())
+            .bind(i32::from(claimer.slot.0))
+            .bind(u64_to_i64(claimer.lease_epoch.0))
+            .bind(u64_to_i64(claimer.process.0))
+            .bind(span(config.idle_threshold.half()))
+            .bind(span(config.lease_ttl.half()))
+            .bind(kinds.clone());
+        if !literal {
+            fresh = fresh.bind(i64::from(max));
+        }
+        let fresh = fresh.fetch_all(&self.inner.pool).await.map_err(db)?;
+        if !fresh.is_empty() {
+            let mut jobs = Vec::with_capacity(fresh.len());
+            for row in &fresh {
+                let priority: i16 = row.try_get("priority").map_err(db)?;
+                let id: i64 = row.try_get("id").map_err(db)?;
+                jobs.push((priority, claimed_job(id, row).map_err(db)?));
+            }
+            // The world hands jobs out in claim order.
+            jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.receipt.job));
+            return Ok(Ok(Claimed {
+                jobs: jobs.into_iter().map(|(_, job)| job).collect(),
+                lease_refreshed: false,
+            }));
+        }
+        // Nothing claimed: the queue is empty, or the lease is half-stale
+        // (refresh it), lost, or expired. The full statement tells which.
         let rows = sqlx::query(&self.sql(CLAIM_SQL))
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())

@@ -40,10 +40,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "workers",
         sql: include_str!("../migrations/0002_workers.sql"),
     },
+    Migration {
+        version: 3,
+        name: "jobs fillfactor",
+        sql: include_str!("../migrations/0003_jobs_fillfactor.sql"),
+    },
 ];
 
 /// The schema version this code reads and writes.
-pub const LATEST_VERSION: i32 = 2;
+pub const LATEST_VERSION: i32 = 3;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]

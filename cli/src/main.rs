@@ -4,6 +4,8 @@
 
 #[cfg(feature = "postgres")]
 mod admin;
+#[cfg(feature = "bench")]
+mod bench;
 mod demo;
 #[cfg(feature = "postgres")]
 mod migrate;
@@ -48,6 +50,12 @@ enum Command {
     /// The live worker processes, their queues and kinds.
     #[cfg(feature = "postgres")]
     Workers(admin::WorkersArgs),
+    /// Measure throughput, latency and cost per job, each beside the
+    /// raw-SQL ceiling measured on the same Postgres in the same run;
+    /// writes docs/benchmarks/results.jsonl and latest.md. Without
+    /// --database-url a throwaway Postgres is started.
+    #[cfg(feature = "bench")]
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +71,8 @@ fn main() -> std::process::ExitCode {
         Command::Queues(args) => admin::queues(&args),
         #[cfg(feature = "postgres")]
         Command::Workers(args) => admin::workers(&args),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
