@@ -6,14 +6,16 @@
 //! `--processes` worker pools of `--workers` each, sharing the backend the
 //! way separate processes share a database, and shows a progress bar.
 //!
-//! Part way through, one pool's storage traffic stalls for longer than the
-//! heartbeat staleness limit (as if its process were paused or cut off):
-//! the maintenance leader rescues its running jobs, another pool runs
-//! them, and when the stalled pool comes back its late completions are
-//! refused by epoch — the "fenced late writes" of the summary. Every job
+//! A quarter of the way through, one pool's storage traffic stalls, right
+//! after a claim of its was applied, for longer than the heartbeat
+//! staleness limit (as if its process were paused or cut off): storage sees
+//! those jobs running and never heartbeated, the maintenance leader rescues
+//! them, another pool runs them, and when the stalled pool comes back it
+//! runs them too and its late completions are refused by epoch — the
+//! "fenced late writes" of the summary. Every job
 //! must end completed exactly once in storage; the demo fails otherwise.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -287,7 +289,8 @@ async fn watch<B: Backend>(
         .expect("a valid template")
         .progress_chars("=> "),
     );
-    let mut stalled = no_stall;
+    let mut armed = no_stall;
+    let mut told = no_stall;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = completed_in_queue(client).await? - before;
@@ -301,12 +304,15 @@ async fn watch<B: Backend>(
             bar.finish();
             return Ok(most_done.expect("set when 99% were done"));
         }
-        if !stalled && done >= total / 4 {
-            stalled = true;
-            stall.begin(STALL_FOR);
+        if !armed && done >= total / 4 {
+            armed = true;
+            stall.arm();
+        }
+        if !told && stall.began() {
+            told = true;
             bar.println(format!(
-                "pool {} stalls for {:.1} s (heartbeat staleness limit {STALE_AFTER}): \
-                 its jobs will be rescued and its late writes fenced",
+                "pool {} stalls for {:.1} s holding the jobs it just claimed (heartbeat \
+                 staleness limit {STALE_AFTER}): they will be rescued and its late writes fenced",
                 metrics.len(),
                 STALL_FOR.as_secs_f64()
             ));
@@ -395,16 +401,33 @@ async fn summary<B: Backend>(
     Ok(())
 }
 
-/// When a stall ends (wall-clock milliseconds; 0: no stall).
+/// A stall of one pool's storage traffic: armed by the demo, it begins
+/// when the pool's next claim that got jobs answers — so the pool holds
+/// claimed jobs that storage sees as running and that nobody heartbeats —
+/// and lasts `for_`. Its end is in wall-clock milliseconds (0: not begun).
 #[derive(Default)]
 struct Stall {
+    armed: AtomicBool,
     until_ms: AtomicI64,
 }
 
 impl Stall {
-    fn begin(&self, for_: Duration) {
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Begins the stall if it is armed; true if this call began it.
+    fn begin_if_armed(&self, for_: Duration) -> bool {
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return false;
+        }
         let until = weir::wall_clock().0 + for_.as_millis() as i64;
         self.until_ms.store(until, Ordering::SeqCst);
+        true
+    }
+
+    fn began(&self) -> bool {
+        self.until_ms.load(Ordering::SeqCst) > 0
     }
 
     async fn wait(&self) {
@@ -427,7 +450,13 @@ struct Stalling<B> {
 impl<B: Backend> Backend for Stalling<B> {
     async fn execute(&self, command: Command) -> Result<Outcome, BackendError> {
         self.stall.wait().await;
-        self.inner.execute(command).await
+        let outcome = self.inner.execute(command).await?;
+        let claimed = matches!(&outcome, Outcome::Claimed(Ok(c)) if !c.jobs.is_empty());
+        if claimed && self.stall.begin_if_armed(STALL_FOR) {
+            // The claim was applied; its answer arrives after the stall.
+            self.stall.wait().await;
+        }
+        Ok(outcome)
     }
 
     async fn now(&self) -> Result<Timestamp, BackendError> {
