@@ -2,26 +2,14 @@
 //! (the harness starts one when DATABASE_URL is unset), and `weir demo`
 //! on Postgres.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use weir::core::{JobId, Kind, NewJob, Payload, QueueName};
 use weir::Backend;
 use weir_postgres::{PgBackend, PgConfig};
 
-fn weir(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("the weir binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
+mod common;
+use common::weir;
 
 fn job(queue: &str, kind: &str) -> NewJob {
     NewJob::new(

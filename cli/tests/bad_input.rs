@@ -6,30 +6,15 @@
 //! rows are in `tests/tests/bad_input.rs`; `docs/reliability.md` has the
 //! table.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir::core::{self, Millis, ProcessId, QueueName};
 use weir::Backend;
 use weir_postgres::harness::test_database;
 use weir_postgres::{PgBackend, PgConfig, LATEST_VERSION};
 
-/// Runs `weir` with `args`: whether it succeeded, stdout and stderr
-/// together, and how long it took.
-fn weir(args: &[&str]) -> (bool, String, Duration) {
-    let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("the weir binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text, started.elapsed())
-}
+mod common;
+use common::weir_timed as weir;
 
 /// Runs `weir` and expects it to refuse with a message containing `says`.
 fn refused(args: &[&str], says: &str) -> Duration {

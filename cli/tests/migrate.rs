@@ -3,21 +3,8 @@
 //! and gives clear errors for a bad schema name and a database that does not
 //! answer.
 
-use std::process::Command;
-
-fn weir(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("the weir binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
+mod common;
+use common::weir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_the_schema_then_is_a_no_op() {
