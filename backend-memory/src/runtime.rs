@@ -157,6 +157,10 @@ impl<C: Clock> Backend for MemoryBackend<C> {
         Ok(self.clock().now())
     }
 
+    fn batch_max(&self) -> usize {
+        self.inspect(|world| world.config().batch_max)
+    }
+
     async fn enqueue_bulk(
         &self,
         jobs: Vec<NewJob>,

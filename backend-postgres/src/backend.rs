@@ -256,9 +256,9 @@ impl PgBackend {
             }
             Command::Prune {
                 leader,
-                finished_before,
+                older_than,
                 max,
-            } => Outcome::Pruned(self.prune(now, &leader, finished_before, max).await?),
+            } => Outcome::Pruned(self.prune(now, &leader, older_than, max).await?),
             other => {
                 return Err(BackendError::Misconfigured(format!(
                     "command {} is not supported by this version of weir-postgres",
@@ -305,6 +305,10 @@ impl Backend for PgBackend {
 
     async fn now(&self) -> Result<Timestamp, BackendError> {
         self.now_in(&self.inner.pool, None).await
+    }
+
+    fn batch_max(&self) -> usize {
+        self.inner.config.world.batch_max
     }
 
     /// `COPY` with ids reserved first, or the batch statement in chunks
@@ -369,6 +373,10 @@ pub(crate) fn db(error: sqlx::Error) -> BackendError {
             Some("42501" | "42P01" | "42883" | "3F000" | "42703") => {
                 BackendError::Misconfigured(error.to_string())
             }
+            // A data exception (class 22: a NUL in text, a value out of
+            // range): the statement was rolled back and the same data
+            // would be refused again.
+            Some(code) if code.starts_with("22") => BackendError::Refused(error.to_string()),
             // The server answered with an error: the statement (and its
             // transaction) was rolled back, so nothing was applied.
             _ => BackendError::Unavailable(error.to_string()),

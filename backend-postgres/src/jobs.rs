@@ -118,7 +118,7 @@ claimed AS (
         run_at = NULL
     FROM picked p, clock c
     WHERE j.id = p.id
-    RETURNING j.id, j.epoch, j.kind, j.payload, j.attempt, j.max_attempts, j.deadline
+    RETURNING j.id, j.epoch, j.kind, j.payload, j.attempt, j.max_attempts, j.deadline, j.claimed_at
 ),
 refreshed AS (
     UPDATE {s}.claimer_leases l
@@ -130,6 +130,7 @@ refreshed AS (
 )
 SELECT (SELECT ok FROM ok) AS ok, EXISTS (SELECT 1 FROM refreshed) AS refreshed,
        cl.id, cl.epoch, cl.kind, cl.payload, cl.attempt, cl.max_attempts, cl.deadline,
+       cl.claimed_at,
        p.run_at
 FROM (SELECT 1) one
 LEFT JOIN (claimed cl JOIN picked p ON p.id = cl.id) ON true
@@ -173,7 +174,7 @@ SET state = 'running', epoch = j.epoch + 1, attempt = j.attempt + 1, holder = $5
 FROM picked p, clock c
 WHERE j.id = p.id
 RETURNING j.id, j.epoch, j.kind, j.payload, j.attempt, j.max_attempts, j.deadline,
-          p.priority, p.run_at";
+          j.claimed_at, p.priority, p.run_at";
 
 const LOCK_JOBS_SQL: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
@@ -749,6 +750,7 @@ fn claimed_job(id: i64, row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
         attempt: weir_core::Attempt(attempt as u32),
         max_attempts: weir_core::Attempt(max_attempts as u32),
         deadline: Timestamp(row.try_get("deadline")?),
+        claimed_at: Timestamp(row.try_get("claimed_at")?),
         run_at: Timestamp(row.try_get("run_at")?),
     })
 }

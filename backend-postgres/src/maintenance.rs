@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use weir::BackendError;
 use weir_core::{
-    FailOutcome, JobId, LeaderGrant, LeaderTerm, Leadership, ProcessId, Reject, Timestamp,
+    FailOutcome, JobId, LeaderGrant, LeaderTerm, Leadership, Millis, ProcessId, Reject, Timestamp,
 };
 
 use crate::backend::{db, PgBackend};
@@ -254,15 +254,15 @@ impl PgBackend {
         &self,
         now: Option<Timestamp>,
         grant: &LeaderGrant,
-        finished_before: Timestamp,
+        older_than: Millis,
         max: u32,
     ) -> Result<Result<Vec<JobId>, Reject>, BackendError> {
-        let (mut tx, _now, max) = match self.begin_maintenance(now, grant, max).await? {
+        let (mut tx, now, max) = match self.begin_maintenance(now, grant, max).await? {
             Ok(open) => open,
             Err(reject) => return Ok(Err(reject)),
         };
         let rows = sqlx::query(&self.sql(PRUNE_SQL))
-            .bind(finished_before.0)
+            .bind(now.minus(older_than).0)
             .bind(max)
             .fetch_all(&mut *tx)
             .await

@@ -23,8 +23,8 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 use weir::BackendError;
 use weir_core::{
-    Attempt, Backoff, BatchResult, Epoch, FailOutcome, FailReason, Failure, Millis, Receipt,
-    Reject, Retry, StateName, Timestamp,
+    Attempt, Backoff, BatchResult, Epoch, ErrorRecord, FailOutcome, FailReason, Failure, Millis,
+    Receipt, Reject, Retry, StateName, Timestamp,
 };
 
 use crate::backend::{db, PgBackend};
@@ -344,7 +344,8 @@ impl PgBackend {
             };
             args.retry.push(Some(retry));
             args.span_ms.push(span_ms);
-            args.message.push(Some(f.error.message));
+            args.message
+                .push(Some(ErrorRecord::clean(&f.error.message)));
             args.delays
                 .extend((1..=levels).map(|level| span(backoff.delay(Attempt(level), f.draw))));
         }

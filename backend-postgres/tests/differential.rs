@@ -366,7 +366,7 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
         },
         _ => Command::Prune {
             leader: leader(rng, known),
-            finished_before: Timestamp(now.0 - rng.random_range(0..1500)),
+            older_than: Millis(rng.random_range(0..1500)),
             max: batch_len(rng) as u32,
         },
     }

@@ -463,6 +463,10 @@ impl<B: Backend> Backend for Stalling<B> {
         self.inner.now().await
     }
 
+    fn batch_max(&self) -> usize {
+        self.inner.batch_max()
+    }
+
     async fn enqueue_bulk(
         &self,
         jobs: Vec<NewJob>,

@@ -570,12 +570,11 @@ impl Dispatcher {
             let max = 1_000;
             self.execute(Lane::Maintenance, Command::Promote { leader, max });
             self.execute(Lane::Maintenance, Command::Rescue { leader, draw, max });
-            let finished_before = now.minus(self.config.retention);
             self.execute(
                 Lane::Maintenance,
                 Command::Prune {
                     leader,
-                    finished_before,
+                    older_than: self.config.retention,
                     max,
                 },
             );

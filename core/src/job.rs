@@ -144,6 +144,30 @@ pub struct ErrorRecord {
     pub message: String,
 }
 
+impl ErrorRecord {
+    /// The longest message kept, in bytes; a longer one is cut at a
+    /// character boundary and ends in `…`.
+    pub const MESSAGE_MAX_BYTES: usize = 16 * 1024;
+
+    /// `message` as storage keeps it: every NUL (which Postgres text cannot
+    /// hold) replaced by U+FFFD, and cut to [`Self::MESSAGE_MAX_BYTES`].
+    /// Every backend stores this, so a handler's error can never make its
+    /// result unstorable.
+    pub fn clean(message: &str) -> String {
+        let mut clean = message.replace('\0', "\u{FFFD}");
+        if clean.len() > Self::MESSAGE_MAX_BYTES {
+            let ellipsis = '…';
+            let mut cut = Self::MESSAGE_MAX_BYTES - ellipsis.len_utf8();
+            while !clean.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            clean.truncate(cut);
+            clean.push(ellipsis);
+        }
+        clean
+    }
+}
+
 /// Bounds on what a job may ask for; anything outside is an [`InvalidJob`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JobLimits {
@@ -491,7 +515,7 @@ impl Job {
         draw: u64,
     ) -> Result<FailOutcome, Reject> {
         self.check_receipt(receipt, StateName::Running)?;
-        self.record_error(now, error.message.clone());
+        self.record_error(now, ErrorRecord::clean(&error.message));
         let outcome = self.requeue_or_fail(error.retry, now, backoff, draw);
         Ok(outcome)
     }
@@ -674,5 +698,22 @@ impl Job {
         let run_at = now.plus(delay);
         self.state = JobState::Retryable { run_at };
         FailOutcome::Retrying { run_at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_message_holds_no_nul_and_is_bounded() {
+        assert_eq!(ErrorRecord::clean("bad\0byte"), "bad\u{FFFD}byte");
+        assert_eq!(ErrorRecord::clean("fine"), "fine");
+        // Multi-byte characters straddling the cut are not split.
+        let long = "é".repeat(ErrorRecord::MESSAGE_MAX_BYTES);
+        let clean = ErrorRecord::clean(&long);
+        assert!(clean.len() <= ErrorRecord::MESSAGE_MAX_BYTES);
+        assert!(clean.ends_with('…'));
+        assert!(clean.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 }

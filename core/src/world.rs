@@ -70,8 +70,12 @@ pub struct Failure {
 }
 
 /// A storage command: the unit every backend implements.
+///
+/// The protocol is closed: `Command` and [`Outcome`] are not
+/// `#[non_exhaustive]`, and no code that executes commands has a wildcard
+/// arm, so a new command that a backend does not implement fails to
+/// compile instead of failing at run time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Command {
     /// Insert jobs, all or none.
     Enqueue {
@@ -221,12 +225,13 @@ pub enum Command {
         /// At most this many.
         max: u32,
     },
-    /// Leader only: delete jobs that finished before a time.
+    /// Leader only: delete jobs that finished more than `older_than` ago
+    /// (by storage's clock: the caller's clock never enters storage).
     Prune {
         /// The leader's lease.
         leader: LeaderGrant,
-        /// Delete finished jobs older than this.
-        finished_before: Timestamp,
+        /// Delete jobs that finished before `now - older_than`.
+        older_than: Millis,
         /// At most this many.
         max: u32,
     },
@@ -254,8 +259,12 @@ pub struct ClaimedJob {
     pub attempt: Attempt,
     /// Attempts allowed.
     pub max_attempts: Attempt,
-    /// When the attempt times out.
+    /// When the attempt times out, by storage's clock.
     pub deadline: Timestamp,
+    /// When it was claimed, by storage's clock: `deadline - claimed_at` is
+    /// the attempt's time budget, which a worker measures on its own
+    /// monotonic clock (never by comparing its wall clock with storage's).
+    pub claimed_at: Timestamp,
     /// When the job became due (its `run_at` while available): the claim
     /// time minus this is the job's pickup latency.
     pub run_at: Timestamp,
@@ -275,7 +284,6 @@ pub type BatchResult<T> = Result<Vec<Result<T, Reject>>, Reject>;
 
 /// The answer to a [`Command`], variant for variant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Outcome {
     /// For [`Command::Enqueue`].
     Enqueued(Result<Vec<Enqueued>, Reject>),
@@ -596,9 +604,9 @@ impl World {
             }
             Command::Prune {
                 leader,
-                finished_before,
+                older_than,
                 max,
-            } => Outcome::Pruned(self.prune(now, &leader, finished_before, max)),
+            } => Outcome::Pruned(self.prune(now, &leader, now.minus(older_than), max)),
         }
     }
 
@@ -840,6 +848,7 @@ impl World {
                 attempt: job.attempt,
                 max_attempts: job.max_attempts,
                 deadline,
+                claimed_at: now,
                 run_at,
             });
         }

@@ -570,11 +570,11 @@ fn prune_deletes_only_finished_jobs_past_retention() {
     h.complete(vec![r]);
     h.advance(10);
     let leader = h.lead(P1);
-    let cutoff = h.now;
+    // Finished 10 ms ago: older than 5 ms, so pruned.
     assert_eq!(
         h.apply(Command::Prune {
             leader,
-            finished_before: cutoff,
+            older_than: Millis(5),
             max: 10
         }),
         Outcome::Pruned(Ok(vec![done]))

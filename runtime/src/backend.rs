@@ -46,6 +46,12 @@ pub enum BackendError {
     /// version newer than this code, missing privileges). Retrying will not help.
     #[error("backend misconfigured: {0}")]
     Misconfigured(String),
+    /// The command was certainly not applied, and the same command would be
+    /// refused again: storage refused the data it carries (for Postgres, a
+    /// data exception, such as text holding a byte Postgres cannot store).
+    /// Retrying it unchanged will not help; the rest of the storage works.
+    #[error("refused by storage: {0}")]
+    Refused(String),
 }
 
 /// Which jobs [`Backend::jobs`] lists. Every field narrows the list.
@@ -175,6 +181,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The backend's clock: every command is applied at this time.
     async fn now(&self) -> Result<Timestamp, BackendError>;
+
+    /// The most items one batch command may carry
+    /// ([`weir_core::WorldConfig::batch_max`] of the world the backend
+    /// stands for); a longer batch is refused whole with
+    /// [`Reject::BatchTooLarge`]. A worker pool checks its batch sizes
+    /// against it before it starts, and cuts heartbeats to fit.
+    fn batch_max(&self) -> usize;
 
     /// Inserts `jobs` all or none, like [`Command::Enqueue`] but by the
     /// fastest route the backend has and without

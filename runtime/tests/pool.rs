@@ -33,6 +33,10 @@ impl Backend for WorldBackend {
         Ok(weir::wall_clock())
     }
 
+    fn batch_max(&self) -> usize {
+        self.world.lock().unwrap().config().batch_max
+    }
+
     async fn enqueue_bulk(
         &self,
         jobs: Vec<NewJob>,

@@ -522,7 +522,7 @@ impl Run {
             },
             Op::Prune { p } => Command::Prune {
                 leader: self.leader_of(p),
-                finished_before: self.now.minus(Millis(100)),
+                older_than: Millis(100),
                 max: 8,
             },
             Op::SlotTry { p, slot, lease } => Command::SlotTry {
