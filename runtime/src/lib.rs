@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod clock;
 pub mod job;
 pub mod limit;
 pub mod metrics;
@@ -32,6 +33,7 @@ pub use backend::{
 pub use client::{
     new_job, new_raw_job, stranded, Client, ClientError, InsertOptions, Inserted, Stranded,
 };
+pub use clock::MonotonicClock;
 pub use job::{HandlerError, HeartbeatError, JobArgs, JobContext, JobOutcome};
 pub use limit::{InvalidLimit, Limit, LimitConfig};
 pub use metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
