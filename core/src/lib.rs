@@ -114,8 +114,9 @@ pub use claimer::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerLease, ClaimerTable, InvalidClaimerConfig,
 };
 pub use dispatcher::{
-    CommandId, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input, QueueConfig, Reason,
-    Stats, StopReason,
+    Abandoned, CommandId, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input,
+    InvalidDispatcherConfig, InvalidLimit, Limit, LimitConfig, QueueConfig, Reason, Refusal,
+    Settled, Stats, StopReason, Unrunnable, MAINTENANCE_BATCH_MAX,
 };
 pub use ids::{
     Attempt, ClaimerSlot, Epoch, InvalidName, JobId, Kind, LeaderTerm, LeaseEpoch, NameKind,

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod chaos;
+pub mod clocks;
 pub mod scenarios;
 
 use weir_core::{Backoff, ClaimerConfig, Millis, WorldConfig};
