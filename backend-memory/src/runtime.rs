@@ -231,6 +231,29 @@ impl<C: Clock> Backend for MemoryBackend<C> {
 }
 
 impl<C: Clock> MemoryBackend<C> {
+    /// [`Backend::execute`], with every state and step invariant checked
+    /// and a violation returned as a value (the command stays applied):
+    /// the path of a simulation that drives the real runtime, which must
+    /// report a broken invariant rather than panic inside a task.
+    pub fn execute_checked(&self, command: Command) -> Result<Outcome, Box<crate::BrokenStep>> {
+        let mut locked = self.locked();
+        let before = holders(locked.world(), &command);
+        let outcome = locked.apply_checked(command.clone())?;
+        let sends = wakeups(locked.world(), &before, &command, &outcome);
+        drop(locked);
+        for wakeup in sends {
+            let _ = self.extras.wakeups.send(wakeup);
+        }
+        Ok(outcome)
+    }
+
+    /// Sends `wakeup` to every subscriber, as anyone who can connect to a
+    /// real backend could (a forged `NOTIFY`): for tests of what a worker
+    /// does with a hint that is not storage's word.
+    pub fn send_wakeup(&self, wakeup: Wakeup) {
+        let _ = self.extras.wakeups.send(wakeup);
+    }
+
     fn presence_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<ProcessId, WorkerInfo>> {
         // Poisoned only if a panic happened while holding it, which the
         // few map operations above cannot do.

@@ -387,6 +387,12 @@ impl<B: Backend> Run<'_, B> {
         self.background.spawn(listen);
     }
 
+    /// Executes effects and feeds inputs until shutdown completed. Inputs
+    /// that are already waiting are taken in a fixed order — shutdown,
+    /// then one event, then one ended handler, round after round — and
+    /// the loop waits only when none is: no random choice between ready
+    /// sources, so a pool on a paused clock replays exactly, and no source
+    /// starves another.
     async fn drive(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
@@ -401,6 +407,26 @@ impl<B: Backend> Run<'_, B> {
                     return;
                 }
             }
+            if !shutting_down && is_ready(shutdown.as_mut()).await {
+                shutting_down = true;
+                info!("worker pool shutting down");
+                self.handle(Input::Shutdown);
+                continue;
+            }
+            let mut ready = false;
+            if let Ok(event) = rx.try_recv() {
+                let input = self.on_event(event);
+                self.handle(input);
+                ready = true;
+            }
+            if let Some(joined) = self.handlers.try_join_next_with_id() {
+                let input = self.on_joined(joined);
+                self.handle(input);
+                ready = true;
+            }
+            if ready {
+                continue;
+            }
             let timeout = self.dispatcher.poll_timeout().map(|(at, _)| at);
             let clock = self.clock;
             let sleep = async move {
@@ -410,25 +436,30 @@ impl<B: Backend> Run<'_, B> {
                 }
             };
             let input = tokio::select! {
-                event = rx.recv() => match event.expect("the run holds a sender") {
-                    Event::Input(input) => input,
-                    Event::Misconfigured(id, error) => {
-                        warn!(%error, "storage is misconfigured; shutting down");
-                        self.fatal.get_or_insert(error);
-                        Input::Refused(id, Refusal::Misconfigured)
-                    }
-                },
+                biased;
                 () = &mut shutdown, if !shutting_down => {
                     shutting_down = true;
                     info!("worker pool shutting down");
                     Input::Shutdown
                 }
+                event = rx.recv() => self.on_event(event.expect("the run holds a sender")),
                 Some(joined) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
                     self.on_joined(joined)
                 }
                 () = sleep => Input::Tick,
             };
             self.handle(input);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Input {
+        match event {
+            Event::Input(input) => input,
+            Event::Misconfigured(id, error) => {
+                warn!(%error, "storage is misconfigured; shutting down");
+                self.fatal.get_or_insert(error);
+                Input::Refused(id, Refusal::Misconfigured)
+            }
         }
     }
 
@@ -642,12 +673,15 @@ impl<B: Backend> Run<'_, B> {
             .remove(&receipt)
             .expect("every handler task is kept");
         let metrics = &self.pool.metrics;
+        let mut panicked = None;
         let result = match ended {
             Ok(Ok(outcome)) => Some(to_result(outcome)),
             Ok(Err(error)) => Some(retry(error.to_string())),
             Err(error) if error.is_panic() => {
                 metrics.panicked(&task.job.kind);
-                Some(retry(format!("handler panicked: {}", panic_message(error))))
+                let message = panic_message(error);
+                panicked = Some(message.clone());
+                Some(retry(message))
             }
             // Aborted, as the dispatcher asked.
             Err(_) => None,
@@ -662,9 +696,10 @@ impl<B: Backend> Run<'_, B> {
         let elapsed = task.started.elapsed();
         metrics.finished(receipt, task.queue.as_str(), &task.job.kind, kind, elapsed);
         debug!(?result, "handler ended");
-        match result {
-            Some(result) => Input::HandlerDone(receipt, result),
-            None => Input::HandlerAborted(receipt),
+        match (panicked, result) {
+            (Some(message), _) => Input::HandlerPanicked(receipt, message),
+            (None, Some(result)) => Input::HandlerDone(receipt, result),
+            (None, None) => Input::HandlerAborted(receipt),
         }
     }
 
@@ -678,6 +713,11 @@ impl<B: Backend> Run<'_, B> {
             debug!(%error, "retiring presence failed; it expires on its own");
         }
     }
+}
+
+/// Whether `future` is done, polled once without waiting.
+async fn is_ready(mut future: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_ready())).await
 }
 
 fn panic_message(error: JoinError) -> String {

@@ -315,30 +315,40 @@ impl Engine {
         p.dispatcher
             .check_invariants()
             .map_err(|broken| format!("process {} dispatcher: {broken}", p.me.id))?;
+        let mut acted = false;
         while let Some(effect) = self.procs[index].dispatcher.poll_effect() {
+            acted = true;
             self.on_effect(index, effect)?;
         }
-        self.rearm_timer(index, after_tick);
-        Ok(())
+        self.rearm_timer(index, after_tick, acted)
     }
 
     /// Schedules the dispatcher's next wake-up. A timer still due right
-    /// after a tick is waiting for a command in flight, whose outcome will
-    /// wake the process anyway: ticking again at the same instant would
-    /// spin without moving time.
-    fn rearm_timer(&mut self, index: usize, after_tick: bool) {
+    /// after a tick that did nothing would make a real caller spin (a
+    /// process burning a core, a pool on a paused clock that never lets
+    /// time move): that is a finding.
+    fn rearm_timer(&mut self, index: usize, after_tick: bool, acted: bool) -> Result<(), String> {
         let now = self.now();
         let p = &mut self.procs[index];
-        let Some((local, _)) = p.dispatcher.poll_timeout() else {
-            return;
+        let Some((local, reason)) = p.dispatcher.poll_timeout() else {
+            return Ok(());
         };
         let at = p.global(local).max(now);
         if after_tick && at <= now {
-            return;
+            if acted {
+                // Its effects' answers move it on; tick again when they do.
+                return Ok(());
+            }
+            return Err(format!(
+                "process {}: right after a tick that did nothing, the dispatcher asks for \
+                 another at {local} ({reason:?}): a caller would spin",
+                p.me.id
+            ));
         }
         p.timer_generation += 1;
         let (to, generation) = (p.me, p.timer_generation);
         self.schedule(at, Event::Timer { to, generation });
+        Ok(())
     }
 
     fn on_effect(&mut self, index: usize, effect: Effect) -> Result<(), String> {

@@ -153,8 +153,15 @@ impl AttemptState {
         )
     }
 
-    pub(super) fn is_stopping(&self) -> bool {
-        matches!(self.phase, AttemptPhase::Stopping { .. })
+    /// Whether shutdown's deadline would still stop something: a handler
+    /// running, or an attempt not yet started and not already told to go.
+    pub(super) fn is_stoppable(&self) -> bool {
+        matches!(
+            self.phase,
+            AttemptPhase::Preparing
+                | AttemptPhase::Running
+                | AttemptPhase::Acquiring { then: None, .. }
+        )
     }
 
     /// Whether the attempt is still this process's to heartbeat: not one
@@ -172,18 +179,34 @@ impl AttemptState {
         )
     }
 
-    /// The earliest moment something is due for this attempt.
-    pub(super) fn next_timer(&self) -> Option<Timestamp> {
+    /// When the handler must be gone because a slot's lease could lapse:
+    /// the earliest proven lease end, less a margin.
+    pub(super) fn lease_deadline(&self, ttl: Millis) -> Option<Timestamp> {
+        let margin = DEADLINE_MARGIN_MAX.min(Millis(ttl.0 / 10));
+        let until = self.slots.iter().map(|s| s.lease_until).min()?;
+        Some(until.minus(margin))
+    }
+
+    /// The earliest moment something is due for this attempt: its
+    /// deadline; while its handler runs, a renewal, and the moment it must
+    /// be stopped so that it is gone before a slot's lease could lapse;
+    /// while it stops, its abort.
+    pub(super) fn next_timer(&self, ttl: Millis, grace: Millis) -> Option<Timestamp> {
         let renew = self
             .renew_at
             .filter(|_| self.has_handler() && self.slots.iter().any(|s| !s.renewing));
+        let lease = self.lease_deadline(ttl);
         let own = match &self.phase {
+            // Told to go while a slot try is out: the try's answer ends it.
+            AttemptPhase::Acquiring { then: Some(_), .. } => None,
             AttemptPhase::Preparing | AttemptPhase::Acquiring { .. } => Some(self.deadline),
             AttemptPhase::Running => {
-                let expiry = self.slots.iter().map(|s| s.lease_until).min();
-                Some(expiry.map_or(self.deadline, |e| e.min(self.deadline)))
+                let stop_by = lease.map(|l| l.minus(stop_ahead(ttl, grace)));
+                Some(stop_by.map_or(self.deadline, |l| l.min(self.deadline)))
             }
-            AttemptPhase::Stopping { abort_at, .. } => *abort_at,
+            AttemptPhase::Stopping { abort_at, .. } => {
+                abort_at.map(|at| lease.map_or(at, |l| l.min(at)))
+            }
         };
         [own, renew].into_iter().flatten().min()
     }
@@ -210,6 +233,14 @@ impl TryAnswer {
             Err(reject) => TryAnswer::Refused(reject),
         }
     }
+}
+
+/// How long before a slot's lease could lapse a running handler is told
+/// to stop: its stop grace, but no more than a renewal period (a third of
+/// the lease), so one missed renewal alone does not stop it. Its abort
+/// comes at the lease deadline at the latest.
+fn stop_ahead(ttl: Millis, grace: Millis) -> Millis {
+    grace.min(Millis(ttl.0 / 3))
 }
 
 fn timed_out() -> HandlerResult {
@@ -484,10 +515,11 @@ impl Dispatcher {
 
     /// Stops the attempt for `reason`, however far it got.
     pub(super) fn stop(&mut self, now: Timestamp, receipt: Receipt, reason: StopReason) {
-        let grace = self.config.stop_grace;
+        let (grace, ttl) = (self.config.stop_grace, self.config.limits.lease_ttl);
         let Some(attempt) = self.attempts.get_mut(&receipt) else {
             return;
         };
+        let lease = attempt.lease_deadline(ttl);
         let leave = match reason {
             StopReason::Fenced => AfterStop::Discard,
             StopReason::Shutdown | StopReason::SlotLost => {
@@ -505,7 +537,10 @@ impl Dispatcher {
                     self.stats.timeouts += 1;
                     None
                 } else {
-                    Some(now.plus(grace))
+                    // Gone before a slot's lease could lapse, whatever the
+                    // grace says.
+                    let at = now.plus(grace);
+                    Some(lease.map_or(at, |l| l.min(at)))
                 };
                 if reason == StopReason::SlotLost {
                     self.stats.slots_lost += 1;
@@ -608,10 +643,11 @@ impl Dispatcher {
 
     /// Re-arms the attempt's timer after its state changed.
     pub(super) fn rearm(&mut self, receipt: Receipt) {
+        let (ttl, grace) = (self.config.limits.lease_ttl, self.config.stop_grace);
         let Some(attempt) = self.attempts.get_mut(&receipt) else {
             return;
         };
-        let next = attempt.next_timer();
+        let next = attempt.next_timer(ttl, grace);
         if next == attempt.timer {
             return;
         }
@@ -640,22 +676,24 @@ impl Dispatcher {
     }
 
     fn on_attempt_timer(&mut self, now: Timestamp, receipt: Receipt) {
+        let (ttl, grace) = (self.config.limits.lease_ttl, self.config.stop_grace);
         let Some(attempt) = self.attempts.get_mut(&receipt) else {
             return;
         };
-        match attempt.phase {
+        let lease = attempt.lease_deadline(ttl);
+        match &mut attempt.phase {
             AttemptPhase::Stopping {
-                abort_at: Some(at), ..
-            } if now >= at => {
-                let AttemptPhase::Stopping { abort_at, .. } = &mut attempt.phase else {
-                    unreachable!("matched above")
-                };
+                abort_at: abort_at @ Some(_),
+                ..
+            } if abort_at.is_some_and(|at| now >= at) || lease.is_some_and(|l| now >= l) => {
                 *abort_at = None;
                 self.effects.push_back(Effect::AbortHandler(receipt));
             }
             AttemptPhase::Stopping { .. } => {}
             _ if now >= attempt.deadline => return self.stop(now, receipt, StopReason::Timeout),
-            AttemptPhase::Running if attempt.slots.iter().any(|s| s.lease_until <= now) => {
+            AttemptPhase::Running
+                if lease.is_some_and(|l| now >= l.minus(stop_ahead(ttl, grace))) =>
+            {
                 return self.stop(now, receipt, StopReason::SlotLost)
             }
             _ => {}

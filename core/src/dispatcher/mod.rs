@@ -175,6 +175,9 @@ pub enum Input {
     /// A handler started by [`Effect::StartHandler`] returned this result
     /// (its task has ended).
     HandlerDone(Receipt, HandlerResult),
+    /// A handler's task panicked, with this message: its attempt fails
+    /// (and is retried with backoff while attempts remain).
+    HandlerPanicked(Receipt, String),
     /// A handler's task ended without a result: it was aborted after
     /// [`Effect::AbortHandler`] (or ended some other way the caller could
     /// not read a result from).
@@ -461,6 +464,13 @@ impl Dispatcher {
             Input::Refused(id, refusal) => self.on_refused(now, draw, id, refusal),
             Input::Prepared(receipt, limits) => self.on_prepared(now, draw, receipt, limits),
             Input::HandlerDone(receipt, result) => self.on_handler_end(now, receipt, Some(result)),
+            Input::HandlerPanicked(receipt, message) => {
+                let failed = HandlerResult::Fail(FailError {
+                    retry: Retry::Backoff,
+                    message: format!("handler panicked: {message}"),
+                });
+                self.on_handler_end(now, receipt, Some(failed))
+            }
             Input::HandlerAborted(receipt) => self.on_handler_end(now, receipt, None),
             Input::Fenced(receipt) => self.fence(now, receipt),
             Input::CancelHint(receipt) => self.on_cancel_hint(receipt),
@@ -534,11 +544,12 @@ impl Dispatcher {
     }
 
     fn check_attempt_timers(&self) -> Result<(), String> {
+        let (ttl, grace) = (self.config.limits.lease_ttl, self.config.stop_grace);
         for (receipt, attempt) in &self.attempts {
             let armed = attempt
                 .timer
                 .is_none_or(|at| self.timers.contains(&(at, *receipt)));
-            if !armed || attempt.timer != attempt.next_timer() {
+            if !armed || attempt.timer != attempt.next_timer(ttl, grace) {
                 return Err(format!(
                     "{receipt}: its timer is not armed as its state says"
                 ));
@@ -557,6 +568,12 @@ impl Dispatcher {
 
     /// When to feed the next [`Input::Tick`], and why. `None` when only an
     /// outcome, a handler or a notification can move things on.
+    ///
+    /// A timer whose work waits for a command in flight (a flush while the
+    /// last one is out, a heartbeat round still answering, maintenance in
+    /// progress) is left out: its time may have passed, and a tick could
+    /// not act on it, so the caller would spin. After a tick, the time
+    /// returned is later than the tick's, unless the tick produced effects.
     pub fn poll_timeout(&self) -> Option<(Timestamp, Reason)> {
         let mut timers: Vec<(Timestamp, Reason)> = Vec::new();
         match self.phase {
@@ -569,21 +586,26 @@ impl Dispatcher {
                         timers.push((at, Reason::Claim(i)));
                     }
                 }
-                if self.config.lead {
+                let maintaining =
+                    self.lane_busy(&Lane::Leader) || self.lane_busy(&Lane::Maintenance);
+                if self.config.lead && !maintaining {
                     timers.push((self.next_maintenance, Reason::Maintenance));
                 }
             }
             Phase::Draining { deadline } => {
-                if self.attempts.values().any(|a| !a.is_stopping()) {
+                if self.attempts.values().any(AttemptState::is_stoppable) {
                     timers.push((deadline, Reason::ShutdownDeadline));
                 }
             }
         }
-        if let Some((at, _, _)) = self.buffered.front() {
+        let flushing = self.lane_busy(&Lane::Report(Vec::new()));
+        if let (Some((at, _, _)), false) = (self.buffered.front(), flushing) {
             let due = at.plus(self.config.flush_delay).max(self.flush_hold_until);
             timers.push((due, Reason::Flush));
         }
-        if !self.attempts.is_empty() && self.phase != Phase::Releasing {
+        let beating =
+            !self.heartbeat_chunks.is_empty() || self.lane_busy(&Lane::Heartbeat(Vec::new()));
+        if !self.attempts.is_empty() && self.phase != Phase::Releasing && !beating {
             timers.push((self.next_heartbeat, Reason::Heartbeat));
         }
         if let Some(&(at, _)) = self.timers.first() {
