@@ -175,6 +175,9 @@ impl PgBackend {
         self.run(Some(now), command).await
     }
 
+    /// Every command, one arm each: the match is exhaustive (the protocol
+    /// is closed), so a command this backend does not implement fails to
+    /// compile rather than answering at run time.
     pub(crate) async fn run(
         &self,
         now: Option<Timestamp>,
@@ -201,6 +204,9 @@ impl PgBackend {
             }
             Command::Fail { failures } => Outcome::Failed(self.fail(now, failures).await?),
             Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes).await?),
+            Command::CancelAttempts { receipts } => {
+                Outcome::AttemptsCancelled(self.cancel_attempts(now, receipts).await?)
+            }
             Command::WaitExternal { waits } => {
                 Outcome::Waiting(self.wait_external(now, waits).await?)
             }
@@ -259,12 +265,6 @@ impl PgBackend {
                 older_than,
                 max,
             } => Outcome::Pruned(self.prune(now, &leader, older_than, max).await?),
-            other => {
-                return Err(BackendError::Misconfigured(format!(
-                    "command {} is not supported by this version of weir-postgres",
-                    weir_core::command_name(&other)
-                )))
-            }
         })
     }
 

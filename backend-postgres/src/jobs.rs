@@ -1,6 +1,7 @@
 //! Job commands: enqueue (batch, inside a caller's transaction), claim, and
-//! the read-modify-write commands (resume, cancel, admin retry). The
-//! worker's receipt batches are in `receipts.rs`, bulk COPY in `bulk.rs`.
+//! the read-modify-write commands (resume, cancel, a handler's own cancel,
+//! admin retry). The worker's receipt batches are in `receipts.rs`, bulk
+//! COPY in `bulk.rs`.
 //!
 //! Enqueue and claim are one statement each (one round trip, autocommit).
 //! The read-modify-write commands lock their rows, run the core's own
@@ -16,7 +17,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use weir::{BackendError, ClientError, InsertOptions, Inserted, JobArgs};
 use weir_core::{
-    Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobLimits,
+    BatchResult, Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobLimits,
     JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
 };
 
@@ -193,6 +194,9 @@ const NOTIFY_SQL: &str = "SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m";
 pub(crate) struct LockedJobs {
     jobs: BTreeMap<JobId, Job>,
     before: BTreeMap<JobId, Job>,
+    /// Whether taking a running attempt away wakes its holder (`c:`).
+    /// Off when the holder asked for it itself.
+    wake_holders: bool,
 }
 
 impl LockedJobs {
@@ -201,7 +205,15 @@ impl LockedJobs {
         LockedJobs {
             before: jobs.clone(),
             jobs,
+            wake_holders: true,
         }
+    }
+
+    /// Sends no `c:` wake-up for the attempts this command takes away: the
+    /// holder asked for it (a handler that cancelled its own job), so
+    /// there is nothing to stop. The memory backend sends none either.
+    pub(crate) fn holders_asked(&mut self) {
+        self.wake_holders = false;
     }
 
     /// Runs one transition; an unknown job is [`Reject::UnknownJob`].
@@ -243,7 +255,7 @@ impl LockedJobs {
                 out.insert(format!("j:{}", job.queue));
             }
             if let JobState::Running { holder, .. } = old.state {
-                if job.epoch != old.epoch {
+                if self.wake_holders && job.epoch != old.epoch {
                     out.insert(format!("c:{}:{}:{}", id.0, old.epoch.0, holder.0));
                 }
             }
@@ -631,6 +643,33 @@ impl PgBackend {
                 job.cancel(now)?;
                 Ok(state)
             })
+        })
+        .await
+    }
+
+    /// `CancelAttempts`: a handler cancels its own attempt. Receipt-guarded
+    /// like every holder write; the core's [`Job::cancel_attempt`] decides
+    /// each item in input order on the locked rows, exactly as the world
+    /// applies the batch (a cancel bumps the epoch, so a second copy of a
+    /// receipt is stale). Four round trips; handlers cancel rarely.
+    pub(crate) async fn cancel_attempts(
+        &self,
+        now: Option<Timestamp>,
+        receipts: Vec<Receipt>,
+    ) -> Result<BatchResult<()>, BackendError> {
+        if let Err(reject) = self.check_batch_len(receipts.len()) {
+            return Ok(Err(reject));
+        }
+        if receipts.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let ids = receipts.iter().map(|r| r.job.0).collect();
+        self.with_jobs(now, ids, |now, jobs| {
+            jobs.holders_asked();
+            Ok(receipts
+                .into_iter()
+                .map(|r| jobs.update(r.job, |job| job.cancel_attempt(r, now)))
+                .collect())
         })
         .await
     }
