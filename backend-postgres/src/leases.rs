@@ -45,19 +45,26 @@ const SEMAPHORE_SQL: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now)
 SELECT clock.now, s.permits FROM clock LEFT JOIN {s}.semaphores s ON s.name = $2";
 
+/// Creates semaphore `$1` of `$2` slots, or answers the size it already
+/// has. Two processes may create it at once: the second one's insert waits
+/// for the first's transaction, and a `SELECT` in the same statement would
+/// still not see the row the first committed (the statement's snapshot is
+/// older). `DO UPDATE` locks and returns the row as committed, whatever the
+/// snapshot, so the second sees the first's size (an update to the same
+/// value, only in that race: the caller runs this only when it found no
+/// semaphore). Its slot rows then already exist, and are left as they are.
 const CREATE_SEMAPHORE_SQL: &str = "
 WITH made AS (
-    INSERT INTO {s}.semaphores (name, permits) VALUES ($1, $2)
-    ON CONFLICT (name) DO NOTHING
+    INSERT INTO {s}.semaphores AS s (name, permits) VALUES ($1, $2)
+    ON CONFLICT (name) DO UPDATE SET permits = s.permits
     RETURNING name, permits
 ),
 slots AS (
     INSERT INTO {s}.semaphore_slots (name, slot, epoch)
     SELECT made.name, g, 0 FROM made, generate_series(0, made.permits - 1) AS g
+    ON CONFLICT (name, slot) DO NOTHING
 )
-SELECT permits FROM made
-UNION ALL
-SELECT permits FROM {s}.semaphores WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM made)";
+SELECT permits FROM made";
 
 const SLOT_SQL: &str = "
 SELECT slot, epoch, holder, lease_expires_at FROM {s}.semaphore_slots
