@@ -1,16 +1,19 @@
 //! Claimer leases, and semaphore slots as rows (`Command::SlotTry` and
 //! friends: the lease-table semaphore).
 //!
-//! Acquisition decisions are the core's: the rows are read under a lock and
-//! [`ClaimerTable::acquire`] / [`Semaphore::try_slot`] decide; only what
-//! they changed is written.
+//! Acquisition decisions are the core's: [`ClaimerTable::acquire`] /
+//! [`Semaphore::try_slot`] decide on the rows as read, and only what they
+//! changed is written. A claimer row is written with a compare-and-set
+//! against the row the decision read (an owner's claim refreshes its row
+//! without the queue's acquisition lock), and the decision is taken again
+//! when the row changed meanwhile; a slot row is read under a row lock.
 
 use std::collections::BTreeMap;
 
 use sqlx::Row;
 use weir::BackendError;
 use weir_core::{
-    Acquired, ClaimerGrant, ClaimerSlot, Hold, Millis, ProcessId, QueueName, Reject, Semaphore,
+    Acquired, ClaimerGrant, ClaimerLease, ClaimerSlot, Hold, Millis, ProcessId, QueueName, Reject, Semaphore,
     SemaphoreName, SlotGrant, SlotIndex, Timestamp,
 };
 
@@ -29,12 +32,33 @@ SELECT clock.now, l.slot, l.owner, l.lease_epoch, l.last_claimed_at, l.expires_a
 FROM clock LEFT JOIN {s}.claimer_leases l ON l.queue = $2
 ORDER BY l.slot";
 
-const UPSERT_LEASE_SQL: &str = "
+/// How often one acquisition decides again after the row it chose changed
+/// between its read and its write. Each retry means an owner refreshed or
+/// released that very row meanwhile; the bound only stops a pathological
+/// loop.
+const ACQUIRE_TRIES: usize = 8;
+
+/// Opens slot `$2`: a row no one else can insert meanwhile (acquisitions of
+/// a queue hold its advisory lock), but a conflict is answered as a lost
+/// race all the same.
+const OPEN_LEASE_SQL: &str = "
 INSERT INTO {s}.claimer_leases (queue, slot, owner, lease_epoch, last_claimed_at, expires_at)
 VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (queue, slot) DO UPDATE SET
-    owner = excluded.owner, lease_epoch = excluded.lease_epoch,
-    last_claimed_at = excluded.last_claimed_at, expires_at = excluded.expires_at";
+ON CONFLICT (queue, slot) DO NOTHING";
+
+/// Takes slot `$2` over: a compare-and-set on the whole row as the decision
+/// read it (`$7`-`$10`). The owner's claim refreshes its row without
+/// taking the queue's advisory lock and without bumping `lease_epoch`, so
+/// a guard on the epoch alone would not see it; this one does. When the
+/// row is locked by the owner's claim, the update waits for it and then
+/// tests the row as committed (READ COMMITTED re-checks the `WHERE` on the
+/// newest version), so it never writes over a refresh or a release.
+const TAKE_OVER_SQL: &str = "
+UPDATE {s}.claimer_leases
+SET owner = $3, lease_epoch = $4, last_claimed_at = $5, expires_at = $6
+WHERE queue = $1 AND slot = $2
+  AND owner IS NOT DISTINCT FROM $7 AND lease_epoch = $8
+  AND last_claimed_at = $9 AND expires_at = $10";
 
 const RELEASE_LEASE_SQL: &str = "
 UPDATE {s}.claimer_leases
@@ -114,6 +138,44 @@ impl PgBackend {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        for _ in 0..ACQUIRE_TRIES {
+            let (at, slots) = self.read_leases(&mut tx, now, queue).await?;
+            let mut table = claimer_table(slots.clone());
+            let acquired = table.acquire(process, at, &self.inner.config.world.claimer);
+            let settled = match &acquired {
+                Ok((grant, _)) => {
+                    let lease = table.lease(grant.slot).expect("acquire returned this slot");
+                    let before = slots.get(&grant.slot);
+                    before == Some(lease)
+                        || self
+                            .write_lease(&mut tx, queue, grant.slot, before, lease)
+                            .await?
+                }
+                Err(_) => true,
+            };
+            if settled {
+                tx.commit().await.map_err(db)?;
+                return Ok(acquired);
+            }
+            // The chosen row changed after the read (its owner's claim
+            // refreshed it, or it was released): decide again on the rows
+            // as they are now. The decision and its write are then about
+            // the same row state, so the answer is the world's for the
+            // moment of the write.
+        }
+        Err(BackendError::Unavailable(format!(
+            "the claimer leases of queue {queue} kept changing under the acquisition; retry"
+        )))
+    }
+
+    /// The clock and the queue's lease rows, read without locks: a write
+    /// guards itself ([`TAKE_OVER_SQL`]).
+    async fn read_leases(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        now: Option<Timestamp>,
+        queue: &QueueName,
+    ) -> Result<(Timestamp, BTreeMap<ClaimerSlot, ClaimerLease>), BackendError> {
         let rows = sqlx::query(&self.sql(LEASES_SQL))
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())
@@ -128,25 +190,39 @@ impl PgBackend {
                 slots.insert(slot, lease);
             }
         }
-        let mut table = claimer_table(slots.clone());
-        let acquired = table.acquire(process, now, &self.inner.config.world.claimer);
-        if let Ok((grant, _)) = &acquired {
-            let lease = table.lease(grant.slot).expect("acquire returned this slot");
-            if slots.get(&grant.slot) != Some(lease) {
-                sqlx::query(&self.sql(UPSERT_LEASE_SQL))
-                    .bind(queue.as_str())
-                    .bind(i32::from(grant.slot.0))
-                    .bind(lease.owner.map(|p| u64_to_i64(p.0)))
-                    .bind(u64_to_i64(lease.lease_epoch.0))
-                    .bind(lease.last_claimed_at.0)
-                    .bind(lease.expires_at.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
+        Ok((now, slots))
+    }
+
+    /// Writes `lease` into `slot`, if the row is still `before` (`None`:
+    /// there is no row yet). Whether it was written.
+    async fn write_lease(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        queue: &QueueName,
+        slot: ClaimerSlot,
+        before: Option<&ClaimerLease>,
+        lease: &ClaimerLease,
+    ) -> Result<bool, BackendError> {
+        let sql = self.sql(match before {
+            None => OPEN_LEASE_SQL,
+            Some(_) => TAKE_OVER_SQL,
+        });
+        let mut query = sqlx::query(&sql)
+            .bind(queue.as_str())
+            .bind(i32::from(slot.0))
+            .bind(lease.owner.map(|p| u64_to_i64(p.0)))
+            .bind(u64_to_i64(lease.lease_epoch.0))
+            .bind(lease.last_claimed_at.0)
+            .bind(lease.expires_at.0);
+        if let Some(old) = before {
+            query = query
+                .bind(old.owner.map(|p| u64_to_i64(p.0)))
+                .bind(u64_to_i64(old.lease_epoch.0))
+                .bind(old.last_claimed_at.0)
+                .bind(old.expires_at.0);
         }
-        tx.commit().await.map_err(db)?;
-        Ok(acquired)
+        let done = query.execute(&mut *tx).await.map_err(db)?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub(crate) async fn claimer_release(
