@@ -81,6 +81,11 @@ pub(crate) struct Inner {
     pub(crate) config: PgConfig,
     /// The latest explicit `now` seen by `execute_at`, for the clamp.
     explicit_now: AtomicI64,
+    /// The connection that carries this backend's session holds
+    /// (`Command::SlotTry` without a lease): opened on first use, never
+    /// returned to the pool, closed when the backend is dropped; when it
+    /// breaks, the holds it carried end (see `leases.rs`).
+    pub(crate) session: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl PgBackend {
@@ -93,6 +98,7 @@ impl PgBackend {
                 pool,
                 config,
                 explicit_now: AtomicI64::new(i64::MIN),
+                session: tokio::sync::Mutex::new(None),
             }),
         })
     }

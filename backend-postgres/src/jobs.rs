@@ -17,8 +17,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use weir::{BackendError, ClientError, InsertOptions, Inserted, JobArgs};
 use weir_core::{
-    BatchResult, Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobLimits,
-    JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
+    BatchResult, Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId,
+    JobLimits, JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp,
+    UniqueKey,
 };
 
 use crate::backend::{db, PgBackend};

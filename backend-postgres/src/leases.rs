@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::Row;
+use sqlx::{ConnectOptions, Connection, Row};
 use weir::BackendError;
 use weir_core::{
-    Acquired, ClaimerGrant, ClaimerLease, ClaimerSlot, Hold, Millis, ProcessId, QueueName, Reject, Semaphore,
-    SemaphoreName, SlotGrant, SlotIndex, Timestamp,
+    Acquired, ClaimerGrant, ClaimerLease, ClaimerSlot, Hold, Millis, ProcessId, QueueName, Reject,
+    Semaphore, SemaphoreName, SlotGrant, SlotIndex, Timestamp,
 };
 
 use crate::backend::{db, PgBackend};
@@ -90,19 +90,50 @@ slots AS (
 )
 SELECT permits FROM made";
 
-const SLOT_SQL: &str = "
-SELECT slot, epoch, holder, lease_expires_at FROM {s}.semaphore_slots
-WHERE name = $1 AND slot = $2
-FOR UPDATE";
+/// Whether the session hold of slot row `s` has ended: the session it
+/// records is no longer in `pg_stat_activity` — its process id is gone, or
+/// belongs to a session that started at another time (ids are reused). A
+/// session this role may not inspect shows no start time and counts as
+/// alive: a hold is never freed on a guess. `pg_stat_get_activity(pid)` is
+/// the view's function for one process. False for every other row.
+pub(crate) const SESSION_ENDED: &str = "(s.holder_pid IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM pg_stat_get_activity(s.holder_pid) a
+    WHERE a.backend_start IS NULL OR a.backend_start = s.holder_session_start))";
 
+/// One slot row, locked, with a session hold whose session ended read as
+/// free (holder `NULL`).
+const SLOT_SQL: &str = "
+SELECT s.slot, s.epoch, s.lease_expires_at,
+       CASE WHEN {ended} THEN NULL ELSE s.holder END AS holder
+FROM {s}.semaphore_slots s
+WHERE s.name = $1 AND s.slot = $2
+FOR UPDATE OF s";
+
+/// Writes one slot row; `$6` true for a session hold, which records the
+/// session of the connection writing it (the backend's session-hold
+/// connection; see [`PgBackend::slot_try`]).
 const WRITE_SLOT_SQL: &str = "
-UPDATE {s}.semaphore_slots SET epoch = $3, holder = $4, lease_expires_at = $5
+UPDATE {s}.semaphore_slots
+SET epoch = $3, holder = $4, lease_expires_at = $5,
+    holder_pid = CASE WHEN $6 THEN pg_backend_pid() END,
+    holder_session_start = CASE WHEN $6 THEN
+        (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a) END
 WHERE name = $1 AND slot = $2";
 
 const END_SESSION_SQL: &str = "
-UPDATE {s}.semaphore_slots SET holder = NULL, lease_expires_at = NULL
+UPDATE {s}.semaphore_slots
+SET holder = NULL, lease_expires_at = NULL, holder_pid = NULL, holder_session_start = NULL
 WHERE holder = $1
 RETURNING name, slot";
+
+/// One `Command::SlotTry`.
+struct SlotAsk {
+    name: SemaphoreName,
+    permits: u16,
+    slot: SlotIndex,
+    holder: ProcessId,
+    lease_ttl: Option<Millis>,
+}
 
 impl PgBackend {
     pub(crate) async fn claimer_acquire(
@@ -274,7 +305,8 @@ impl PgBackend {
     ) -> Result<Semaphore, BackendError> {
         let mut rows = Vec::new();
         if slot.0 < permits {
-            if let Some(row) = sqlx::query(&self.sql(SLOT_SQL))
+            let sql = self.sql(&SLOT_SQL.replace("{ended}", SESSION_ENDED));
+            if let Some(row) = sqlx::query(&sql)
                 .bind(name.as_str())
                 .bind(i32::from(slot.0))
                 .fetch_optional(conn)
@@ -297,14 +329,15 @@ impl PgBackend {
         let Some((_, entry)) = sem.slots().find(|(i, _)| *i == slot) else {
             return Ok(());
         };
-        let (holder, expires) = match entry.held {
-            None => (None, None),
+        let (holder, expires, session) = match entry.held {
+            None => (None, None, false),
             Some(h) => (
                 Some(u64_to_i64(h.holder.0)),
                 match h.hold {
                     Hold::Session => None,
                     Hold::Lease { expires_at } => Some(expires_at.0),
                 },
+                h.hold == Hold::Session,
             ),
         };
         sqlx::query(&self.sql(WRITE_SLOT_SQL))
@@ -313,12 +346,20 @@ impl PgBackend {
             .bind(u64_to_i64(entry.epoch.0))
             .bind(holder)
             .bind(expires)
+            .bind(session)
             .execute(conn)
             .await
             .map_err(db)?;
         Ok(())
     }
 
+    /// A lease hold is tried on any pooled connection. A session hold
+    /// lasts as long as the session it is taken on, so it is tried on the
+    /// backend's session-hold connection: opened on first use, never
+    /// returned to the pool, and recorded in the row it writes. When that
+    /// connection breaks, every hold it carried ends with it (the next
+    /// session try opens a new one); when the backend is dropped, it
+    /// closes.
     pub(crate) async fn slot_try(
         &self,
         now: Option<Timestamp>,
@@ -328,7 +369,57 @@ impl PgBackend {
         holder: ProcessId,
         lease_ttl: Option<Millis>,
     ) -> Result<Result<SlotGrant, Reject>, BackendError> {
-        let mut tx = self.inner.pool.begin().await.map_err(db)?;
+        let ask = SlotAsk {
+            name,
+            permits,
+            slot,
+            holder,
+            lease_ttl,
+        };
+        if lease_ttl.is_some() {
+            let mut conn = self.inner.pool.acquire().await.map_err(db)?;
+            return self.slot_try_on(&mut conn, now, ask).await;
+        }
+        let mut session = self.inner.session.lock().await;
+        if session.is_none() {
+            *session = Some(self.open_session().await?);
+        }
+        let conn = session.as_mut().expect("opened above");
+        let tried = self.slot_try_on(conn, now, ask).await;
+        if tried.is_err() && conn.ping().await.is_err() {
+            // The session is gone, and every hold it carried with it.
+            *session = None;
+        }
+        tried
+    }
+
+    /// A new session-hold connection, with the pool's settings.
+    async fn open_session(&self) -> Result<sqlx::PgConnection, BackendError> {
+        self.inner
+            .pool
+            .connect_options()
+            .connect()
+            .await
+            .map_err(|e| {
+                // Nothing was sent yet: nothing can have been applied.
+                BackendError::Unavailable(format!("opening the session-hold connection: {e}"))
+            })
+    }
+
+    async fn slot_try_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        now: Option<Timestamp>,
+        ask: SlotAsk,
+    ) -> Result<Result<SlotGrant, Reject>, BackendError> {
+        let SlotAsk {
+            name,
+            permits,
+            slot,
+            holder,
+            lease_ttl,
+        } = ask;
+        let mut tx = conn.begin().await.map_err(db)?;
         let (now, configured) = self.semaphore_size(&mut tx, now, &name).await?;
         let configured = match configured {
             Some(configured) => configured,

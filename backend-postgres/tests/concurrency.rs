@@ -15,9 +15,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use weir::{Backend, BackendError};
 use weir_core::{
-    Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob,
-    Outcome, Payload, ProcessId, QueueName, Receipt, Reject, SemaphoreName, SlotIndex, StateName,
-    Timestamp, UniqueKey, World, WorldConfig,
+    Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob, Outcome,
+    Payload, ProcessId, QueueName, Receipt, Reject, SemaphoreName, SlotIndex, StateName, Timestamp,
+    UniqueKey, World, WorldConfig,
 };
 use weir_postgres::harness::{test_database, TestDatabase};
 use weir_postgres::notify::Listener;
@@ -76,10 +76,7 @@ async fn until(superuser: &PgPool, condition: &str, what: &str) {
     let sql = format!("SELECT {condition}");
     let start = Instant::now();
     loop {
-        let holds: bool = sqlx::query_scalar(&sql)
-            .fetch_one(superuser)
-            .await
-            .unwrap();
+        let holds: bool = sqlx::query_scalar(&sql).fetch_one(superuser).await.unwrap();
         if holds {
             return;
         }
@@ -359,7 +356,10 @@ async fn an_enqueue_never_says_not_applied_after_part_of_it_committed() {
         if terminated > 0 {
             break;
         }
-        assert!(start.elapsed() < REACH_WITHIN, "the enqueue neither ended nor waited");
+        assert!(
+            start.elapsed() < REACH_WITHIN,
+            "the enqueue neither ended nor waited"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let answer = enqueue.await.unwrap();
@@ -694,4 +694,125 @@ async fn a_session_hold_ends_when_its_backend_is_dropped() {
     assert_eq!(other.execute(session_try(2)).await.unwrap(), busy(1));
     drop(holder);
     granted_within(&other, &session_try(2), Duration::from_secs(5)).await;
+}
+
+/// A session hold is tied to its session, not to a process id: when the
+/// recorded id belongs to another live session (the server reused it),
+/// that session's other start time tells them apart, and the slot is free.
+/// The row is rewritten as if the holder's id had been reused by a live
+/// session of the same role (which may inspect it: a session it may not
+/// inspect would count as the holder, a hold is never freed on a guess).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_process_id_is_not_mistaken_for_the_holder() {
+    let db = database().await;
+    let superuser = db.pool().await;
+    let holder = process(&db, "weir-holder", WorldConfig::default()).await;
+    let other = process(&db, "weir-other", WorldConfig::default()).await;
+    assert!(matches!(
+        holder.execute(session_try(1)).await.unwrap(),
+        Outcome::SlotTried(Ok(_))
+    ));
+    assert_eq!(other.execute(session_try(2)).await.unwrap(), busy(1));
+    // A live session of weir_app that is not the holder's: one of the
+    // other backend's pooled connections, kept checked out.
+    let mut stranger = other.pool().acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *stranger)
+        .await
+        .unwrap();
+    let rewritten = sqlx::query(
+        "UPDATE weir.semaphore_slots SET holder_pid = $1
+         WHERE name = 'warmup' AND slot = 0 AND holder_pid IS NOT NULL",
+    )
+    .bind(pid)
+    .execute(&superuser)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(rewritten, 1, "the hold records its session");
+    let Outcome::SlotTried(Ok(grant)) = other.execute(session_try(2)).await.unwrap() else {
+        panic!("a hold recorded for another session's start time is free")
+    };
+    assert_eq!(grant.holder, ProcessId(2));
+    drop(stranger);
+}
+
+/// Migration 4 on a schema a version-3 release left: its slot rows are
+/// kept as they were, a session hold it wrote (which records no session)
+/// still holds until released or declared crashed, and new session holds
+/// record theirs.
+#[tokio::test]
+async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
+    let db = test_database().await;
+    let pool = db.app_pool().await;
+    let schema = SchemaName::new("weir").unwrap();
+    let v3 = weir_postgres::migrate::migrate_to(&pool, &schema, 3)
+        .await
+        .unwrap();
+    assert_eq!((v3.from, v3.to), (0, 3));
+    // What a version-3 release wrote: a session hold of process 5 and a
+    // lease hold of process 6.
+    sqlx::raw_sql(
+        "INSERT INTO weir.semaphores (name, permits) VALUES ('old', 3);
+         INSERT INTO weir.semaphore_slots (name, slot, epoch, holder, lease_expires_at)
+         VALUES ('old', 0, 4, 5, NULL), ('old', 1, 2, 6, 9000000000000), ('old', 2, 0, NULL, NULL);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = sqlx::query_as::<_, (i32, i64, Option<i64>, Option<i64>)>(
+        "SELECT slot, epoch, holder, lease_expires_at FROM weir.semaphore_slots ORDER BY slot",
+    );
+    let rows_v3 = before.fetch_all(&pool).await.unwrap();
+    let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
+    let snapshot_v3 = backend.snapshot().await.unwrap();
+    let report = backend.migrate().await.unwrap();
+    assert_eq!(
+        (report.from, report.applied),
+        (3, (4..=weir_postgres::LATEST_VERSION).collect::<Vec<_>>())
+    );
+    backend.check_schema().await.unwrap();
+    let after = sqlx::query_as::<_, (i32, i64, Option<i64>, Option<i64>)>(
+        "SELECT slot, epoch, holder, lease_expires_at FROM weir.semaphore_slots ORDER BY slot",
+    );
+    assert_eq!(after.fetch_all(&pool).await.unwrap(), rows_v3);
+    assert_eq!(backend.snapshot().await.unwrap(), snapshot_v3);
+    let try_old = |slot: u16, holder: u64| Command::SlotTry {
+        semaphore: SemaphoreName::new("old").unwrap(),
+        permits: 3,
+        slot: SlotIndex(slot),
+        holder: ProcessId(holder),
+        lease_ttl: None,
+    };
+    assert_eq!(
+        backend.execute(try_old(0, 7)).await.unwrap(),
+        Outcome::SlotTried(Err(Reject::SlotBusy {
+            slot: SlotIndex(0),
+            holder: ProcessId(5)
+        }))
+    );
+    let Outcome::SlotTried(Ok(_)) = backend.execute(try_old(2, 7)).await.unwrap() else {
+        panic!("slot 2 is free")
+    };
+    let recorded: (Option<i32>, bool) = sqlx::query_as(
+        "SELECT holder_pid, holder_session_start IS NOT NULL FROM weir.semaphore_slots
+         WHERE name = 'old' AND slot = 2",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(recorded.0.is_some() && recorded.1, "{recorded:?}");
+    assert_eq!(
+        backend
+            .execute(Command::ProcessCrashed {
+                process: ProcessId(5)
+            })
+            .await
+            .unwrap(),
+        Outcome::SessionEnded(vec![(SemaphoreName::new("old").unwrap(), SlotIndex(0))])
+    );
+    assert!(matches!(
+        backend.execute(try_old(0, 7)).await.unwrap(),
+        Outcome::SlotTried(Ok(_))
+    ));
 }
