@@ -21,3 +21,20 @@ ALTER TABLE {schema}.semaphore_slots
         (holder_pid IS NULL) = (holder_session_start IS NULL)
         AND (holder_pid IS NULL OR (holder IS NOT NULL AND lease_expires_at IS NULL))
     );
+
+-- Whether the session a hold records has ended: its process id is no
+-- longer in `pg_stat_activity`, or belongs to a session that started at
+-- another time (a reused id). A session this role may not inspect shows
+-- no start time and counts as alive: a hold is never freed on a guess.
+-- `pg_stat_activity` is read as it is now, not from the copy a transaction
+-- keeps after its first read (`pg_stat_clear_snapshot`): a slot try that
+-- waited for another try's row lock must see the session that other try
+-- may have opened meanwhile. `VOLATILE` for the same reason.
+CREATE FUNCTION {schema}.session_ended(pid integer, started timestamptz) RETURNS boolean
+    LANGUAGE sql VOLATILE
+    AS $$
+        SELECT pg_stat_clear_snapshot();
+        SELECT NOT EXISTS (
+            SELECT 1 FROM pg_stat_get_activity($1) a
+            WHERE a.backend_start IS NULL OR a.backend_start = $2)
+    $$;

@@ -7,6 +7,21 @@
 //! against the row the decision read (an owner's claim refreshes its row
 //! without the queue's acquisition lock), and the decision is taken again
 //! when the row changed meanwhile; a slot row is read under a row lock.
+//!
+//! # Session holds
+//!
+//! The world frees a session hold (`SlotTry` without a lease) when its
+//! holder's session ends (`ProcessCrashed`); on Postgres the session is a
+//! real one. A session hold is tried on the backend's session-hold
+//! connection (opened on first use, never returned to the pool), and its
+//! row records that connection's process id and start time
+//! (`pg_stat_activity.backend_start`). Every slot try, renewal and release
+//! reads a hold whose session is no longer in `pg_stat_activity` as free,
+//! so a crashed holder's slot frees as soon as the server sees its
+//! connection close. The flip side: when that connection breaks, every
+//! hold it carried ends, though the holder may still be working; it learns
+//! so at its next renewal or try. The world has no sessions, and needs
+//! none: on one backend whose connection lives, the answers are its own.
 
 use std::collections::BTreeMap;
 
@@ -90,21 +105,29 @@ slots AS (
 )
 SELECT permits FROM made";
 
-/// Whether the session hold of slot row `s` has ended: the session it
-/// records is no longer in `pg_stat_activity` — its process id is gone, or
-/// belongs to a session that started at another time (ids are reused). A
-/// session this role may not inspect shows no start time and counts as
-/// alive: a hold is never freed on a guess. `pg_stat_get_activity(pid)` is
-/// the view's function for one process. False for every other row.
+/// Whether the session hold of slot row `s` has ended, as of the sessions
+/// in `pg_stat_activity` when a statement first reads it (a snapshot's
+/// view: consistent with the rows it reads). The session it records is
+/// gone — its process id is not there, or belongs to a session that
+/// started at another time (ids are reused). A session this role may not
+/// inspect shows no start time and counts as alive: a hold is never freed
+/// on a guess. False for every other row. A slot try reads the sessions as
+/// they are now instead (`session_ended`, migration 4).
 pub(crate) const SESSION_ENDED: &str = "(s.holder_pid IS NOT NULL AND NOT EXISTS (
     SELECT 1 FROM pg_stat_get_activity(s.holder_pid) a
     WHERE a.backend_start IS NULL OR a.backend_start = s.holder_session_start))";
 
 /// One slot row, locked, with a session hold whose session ended read as
-/// free (holder `NULL`).
+/// free (holder `NULL`). `session_ended` reads the sessions as they are
+/// when it runs; when the row was locked by another try, the row and this
+/// test are taken again once it is ours (READ COMMITTED re-reads a row it
+/// waited for), so a hold that try just took, on a session it may just
+/// have opened, is seen alive.
 const SLOT_SQL: &str = "
 SELECT s.slot, s.epoch, s.lease_expires_at,
-       CASE WHEN {ended} THEN NULL ELSE s.holder END AS holder
+       CASE WHEN s.holder_pid IS NULL THEN s.holder
+            WHEN {s}.session_ended(s.holder_pid, s.holder_session_start) THEN NULL
+            ELSE s.holder END AS holder
 FROM {s}.semaphore_slots s
 WHERE s.name = $1 AND s.slot = $2
 FOR UPDATE OF s";
@@ -305,8 +328,7 @@ impl PgBackend {
     ) -> Result<Semaphore, BackendError> {
         let mut rows = Vec::new();
         if slot.0 < permits {
-            let sql = self.sql(&SLOT_SQL.replace("{ended}", SESSION_ENDED));
-            if let Some(row) = sqlx::query(&sql)
+            if let Some(row) = sqlx::query(&self.sql(SLOT_SQL))
                 .bind(name.as_str())
                 .bind(i32::from(slot.0))
                 .fetch_optional(conn)
