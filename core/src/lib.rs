@@ -106,6 +106,8 @@ pub mod mutation;
 pub mod reject;
 pub mod semaphore;
 pub mod time;
+#[doc(hidden)]
+pub mod variants;
 pub mod warmup;
 pub mod world;
 

@@ -236,7 +236,12 @@ pub(crate) fn for_each_reject(outcome: &Outcome, mut f: impl FnMut(&Reject)) {
         Outcome::Promoted(r) | Outcome::Pruned(r) => single(r, &mut f),
         Outcome::Rescued(r) => single(r, &mut f),
         Outcome::Resumed(r) | Outcome::Retried(r) | Outcome::SlotRenewed(r) => single(r, &mut f),
-        _ => {}
+        // Answers that cannot be a rejection.
+        Outcome::QueuePauseChanged(_)
+        | Outcome::ClaimerReleased(_)
+        | Outcome::SlotReleased(_)
+        | Outcome::SessionEnded(_)
+        | Outcome::LeaderResigned(_) => {}
     }
 }
 

@@ -862,14 +862,33 @@ impl Engine {
     }
 }
 
-/// Commands that carry a worker's result for a running attempt.
+/// Commands that carry a worker's result for a running attempt. Every
+/// command is named, so a new one must say whether it is a result.
 fn is_report(command: &Command) -> bool {
-    matches!(
-        command,
+    match command {
         Command::Complete { .. }
-            | Command::Fail { .. }
-            | Command::Snooze { .. }
-            | Command::WaitExternal { .. }
-            | Command::CancelAttempts { .. }
-    )
+        | Command::Fail { .. }
+        | Command::Snooze { .. }
+        | Command::WaitExternal { .. }
+        | Command::CancelAttempts { .. } => true,
+        Command::Enqueue { .. }
+        | Command::Claim { .. }
+        | Command::Heartbeat { .. }
+        | Command::ResumeExternal { .. }
+        | Command::Cancel { .. }
+        | Command::Retry { .. }
+        | Command::PauseQueue { .. }
+        | Command::ResumeQueue { .. }
+        | Command::ClaimerAcquire { .. }
+        | Command::ClaimerRelease { .. }
+        | Command::SlotTry { .. }
+        | Command::SlotRenew { .. }
+        | Command::SlotRelease { .. }
+        | Command::ProcessCrashed { .. }
+        | Command::LeaderElect { .. }
+        | Command::LeaderResign { .. }
+        | Command::Promote { .. }
+        | Command::Rescue { .. }
+        | Command::Prune { .. } => false,
+    }
 }
