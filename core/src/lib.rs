@@ -115,6 +115,8 @@ pub use backoff::{Backoff, InvalidBackoff};
 pub use claimer::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerLease, ClaimerTable, InvalidClaimerConfig,
 };
+#[cfg(feature = "mutants")]
+pub use dispatcher::DispatcherMutation;
 pub use dispatcher::{
     Abandoned, CommandId, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input,
     InvalidDispatcherConfig, InvalidLimit, Limit, LimitConfig, QueueConfig, Reason, Refusal,

@@ -127,6 +127,36 @@ pub struct PoolConfig {
     /// Seeds the pool's random draws (jitter), so a test can replay a run;
     /// `None` draws a seed from the system.
     pub seed: Option<u64>,
+    /// One deliberate mistake, for the checkers to catch (tests only).
+    #[cfg(feature = "mutants")]
+    #[doc(hidden)]
+    pub mutation: Option<PoolMutation>,
+}
+
+/// Deliberate bugs of a pool (feature `mutants`): the pool simulation
+/// must catch each one.
+#[cfg(feature = "mutants")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMutation {
+    /// The dispatcher's own.
+    Dispatcher(weir_core::DispatcherMutation),
+    /// On an abort, report the handler ended at once instead of when its
+    /// task has: the task runs on, detached.
+    ReportAbortBeforeTaskEnds,
+}
+
+#[cfg(feature = "mutants")]
+impl PoolMutation {
+    /// Every pool mutation, in a fixed order.
+    pub fn all() -> Vec<PoolMutation> {
+        let mut all: Vec<PoolMutation> = weir_core::DispatcherMutation::ALL
+            .into_iter()
+            .map(PoolMutation::Dispatcher)
+            .collect();
+        all.push(PoolMutation::ReportAbortBeforeTaskEnds);
+        all
+    }
 }
 
 impl PoolConfig {
@@ -148,6 +178,8 @@ impl PoolConfig {
             dispatcher,
             presence_ttl: Duration::from_secs(30),
             seed: None,
+            #[cfg(feature = "mutants")]
+            mutation: None,
         }
     }
 
@@ -279,8 +311,14 @@ impl<B: Backend> WorkerPool<B> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let dispatcher = Dispatcher::new(self.config.dispatcher.clone(), clock.now());
+        #[cfg(feature = "mutants")]
+        let dispatcher = dispatcher.with_mutation(match self.config.mutation {
+            Some(PoolMutation::Dispatcher(m)) => Some(m),
+            _ => None,
+        });
         let mut run = Run {
-            dispatcher: Dispatcher::new(self.config.dispatcher.clone(), clock.now()),
+            dispatcher,
             clock,
             rng,
             backend: self.backend.clone(),
@@ -420,8 +458,9 @@ impl<B: Backend> Run<'_, B> {
                 ready = true;
             }
             if let Some(joined) = self.handlers.try_join_next_with_id() {
-                let input = self.on_joined(joined);
-                self.handle(input);
+                if let Some(input) = self.on_joined(joined) {
+                    self.handle(input);
+                }
                 ready = true;
             }
             if ready {
@@ -444,7 +483,10 @@ impl<B: Backend> Run<'_, B> {
                 }
                 event = rx.recv() => self.on_event(event.expect("the run holds a sender")),
                 Some(joined) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
-                    self.on_joined(joined)
+                    match self.on_joined(joined) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 () = sleep => Input::Tick,
             };
@@ -525,6 +567,15 @@ impl<B: Backend> Run<'_, B> {
                 }
             }
             Effect::AbortHandler(receipt) => {
+                #[cfg(feature = "mutants")]
+                if self.pool.config.mutation == Some(PoolMutation::ReportAbortBeforeTaskEnds) {
+                    // The task runs on, forgotten: its end is ignored.
+                    if let Some(task) = self.tasks.remove(&receipt) {
+                        self.ids.remove(&task.abort.id());
+                        self.handle(Input::HandlerAborted(receipt));
+                    }
+                    return false;
+                }
                 if let Some(task) = self.tasks.get(&receipt) {
                     debug!(%receipt, "aborting handler");
                     task.abort.abort();
@@ -662,12 +713,13 @@ impl<B: Backend> Run<'_, B> {
             ),
             JoinError,
         >,
-    ) -> Input {
+    ) -> Option<Input> {
         let (id, ended) = match joined {
             Ok((id, (_, result))) => (id, Ok(result)),
             Err(error) => (error.id(), Err(error)),
         };
-        let receipt = self.ids.remove(&id).expect("every handler task is known");
+        // Unknown only to a deliberately broken pool (mutants) that forgot it.
+        let receipt = self.ids.remove(&id)?;
         let task = self
             .tasks
             .remove(&receipt)
@@ -696,17 +748,22 @@ impl<B: Backend> Run<'_, B> {
         let elapsed = task.started.elapsed();
         metrics.finished(receipt, task.queue.as_str(), &task.job.kind, kind, elapsed);
         debug!(?result, "handler ended");
-        match (panicked, result) {
+        Some(match (panicked, result) {
             (Some(message), _) => Input::HandlerPanicked(receipt, message),
             (None, Some(result)) => Input::HandlerDone(receipt, result),
             (None, None) => Input::HandlerAborted(receipt),
-        }
+        })
     }
 
     /// After shutdown completed: every handler has ended (the dispatcher
     /// saw each one end), so only the helpers are left to stop.
     async fn finish(&mut self) {
-        debug_assert!(self.tasks.is_empty(), "a handler outlived the shutdown");
+        if !self.tasks.is_empty() {
+            warn!(
+                left = self.tasks.len(),
+                "handlers outlived the shutdown: a bug"
+            );
+        }
         self.background.abort_all();
         while self.background.join_next().await.is_some() {}
         if let Err(error) = self.backend.retire(self.pool.process()).await {

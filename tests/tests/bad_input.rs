@@ -1110,12 +1110,27 @@ async fn pool_settings_that_cannot_work_are_refused() {
             }),
         ),
         (
-            "claim_batch_max above the backend's batch limit",
-            with(&|c| c.dispatcher.claim_batch_max = 20_000),
+            "claims larger than the backend takes (batch_max 16)",
+            with(&|c| {
+                c.dispatcher.claim_batch_max = 20;
+                c.dispatcher.queues[0].max_workers = 32;
+            }),
             InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::BatchOverBackendLimit {
                 setting: "claim_batch_max",
-                value: 20_000,
-                max: 10_000,
+                value: 20,
+                max: 16,
+            }),
+        ),
+        (
+            "flushes larger than the backend takes (batch_max 16)",
+            with(&|c| {
+                c.dispatcher.claim_batch_max = 16;
+                c.dispatcher.queues[0].max_workers = 32;
+            }),
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::BatchOverBackendLimit {
+                setting: "flush_max",
+                value: 128,
+                max: 16,
             }),
         ),
         (

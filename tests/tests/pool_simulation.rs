@@ -47,7 +47,7 @@ use weir::core::{
 };
 use weir::{
     Backend, BackendError, Client, InsertOptions, JobArgs, JobFilter, JobOutcome, PoolConfig,
-    Presence, QueueInfo, Registry, Subscription, Wakeup, WorkerInfo, WorkerPool,
+    PoolMutation, Presence, QueueInfo, Registry, Subscription, Wakeup, WorkerInfo, WorkerPool,
 };
 use weir_memory::{Clock, MemoryBackend, TraceHash};
 
@@ -299,6 +299,8 @@ struct Sim {
     incarnations: AtomicU64,
     /// The fault phase is over: pools stop being shut down and replaced.
     settling: AtomicBool,
+    /// A deliberate bug every pool makes, to show the checks catch it.
+    mutation: Option<PoolMutation>,
 }
 
 impl Sim {
@@ -329,6 +331,7 @@ impl Sim {
         let mut config = PoolConfig::from_dispatcher(dispatcher);
         config.presence_ttl = Duration::from_secs(2);
         config.seed = Some(rng.random());
+        config.mutation = self.mutation;
         config
     }
 
@@ -468,15 +471,22 @@ struct Summary {
 }
 
 fn simulate(seed: u64) -> Result<Summary, String> {
+    simulate_with(seed, None)
+}
+
+fn simulate_with(seed: u64, mutation: Option<PoolMutation>) -> Result<Summary, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap();
-    runtime.block_on(simulate_on_paused_clock(seed))
+    runtime.block_on(simulate_on_paused_clock(seed, mutation))
 }
 
-async fn simulate_on_paused_clock(seed: u64) -> Result<Summary, String> {
+async fn simulate_on_paused_clock(
+    seed: u64,
+    mutation: Option<PoolMutation>,
+) -> Result<Summary, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let world = WorldConfig {
         claimer: ClaimerConfig {
@@ -559,6 +569,7 @@ async fn simulate_on_paused_clock(seed: u64) -> Result<Summary, String> {
         next_process: AtomicU64::new(1),
         incarnations: AtomicU64::new(0),
         settling: AtomicBool::new(false),
+        mutation,
     });
     backend.faults.on.store(true, Ordering::SeqCst);
     let fault_phase = Duration::from_millis(rng.random_range(3_000..=10_000));
@@ -642,6 +653,19 @@ async fn simulate_on_paused_clock(seed: u64) -> Result<Summary, String> {
     Ok(summary)
 }
 
+/// A handler's panic is one of the faults; keep its noise out of the log.
+fn quiet_simulated_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.to_string().contains("simulated panic") {
+                default(info);
+            }
+        }));
+    });
+}
+
 fn replay(seed: u64) -> String {
     format!(
         "WEIR_POOL_SIM_SEEDS={seed}..{} cargo test -p weir-tests --test pool_simulation \
@@ -650,9 +674,9 @@ fn replay(seed: u64) -> String {
     )
 }
 
-/// The seeds CI runs: `WEIR_POOL_SIM_SEEDS` (default 0..24).
+/// The seeds CI runs: `WEIR_POOL_SIM_SEEDS` (default 0..100).
 fn seeds() -> std::ops::Range<u64> {
-    let range = std::env::var("WEIR_POOL_SIM_SEEDS").unwrap_or_else(|_| "0..24".into());
+    let range = std::env::var("WEIR_POOL_SIM_SEEDS").unwrap_or_else(|_| "0..100".into());
     let (a, b) = range
         .split_once("..")
         .expect("WEIR_POOL_SIM_SEEDS is a range a..b");
@@ -661,13 +685,7 @@ fn seeds() -> std::ops::Range<u64> {
 
 #[test]
 fn the_real_pool_keeps_its_promises_under_faults_on_a_paused_clock() {
-    // A handler's panic is one of the faults; keep its noise out of the log.
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !info.to_string().contains("simulated panic") {
-            default(info);
-        }
-    }));
+    quiet_simulated_panics();
     let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut runs, mut incarnations) = (0, 0);
     for seed in seeds() {
@@ -692,6 +710,21 @@ fn the_real_pool_keeps_its_promises_under_faults_on_a_paused_clock() {
         incarnations > 3 * seeds().count() as u64,
         "pools were shut down and replaced"
     );
+}
+
+/// Every deliberate bug of the pool is caught within a few seeds: the
+/// checks above can fail.
+#[test]
+fn every_deliberate_bug_of_the_pool_is_caught() {
+    quiet_simulated_panics();
+    for mutation in PoolMutation::all() {
+        let caught =
+            (0..40).find_map(|seed| simulate_with(seed, Some(mutation)).err().map(|e| (seed, e)));
+        match caught {
+            Some((seed, finding)) => println!("{mutation:?}: caught by seed {seed}: {finding}"),
+            None => panic!("{mutation:?}: no seed of 0..40 caught it"),
+        }
+    }
 }
 
 #[test]

@@ -623,7 +623,12 @@ impl Dispatcher {
     }
 
     /// The attempt is over here: release its slots and buffer its result.
-    fn end_attempt(&mut self, now: Timestamp, receipt: Receipt, report: Option<HandlerResult>) {
+    pub(super) fn end_attempt(
+        &mut self,
+        now: Timestamp,
+        receipt: Receipt,
+        report: Option<HandlerResult>,
+    ) {
         let attempt = self.attempts.remove(&receipt).expect("ending an attempt");
         if let Some(at) = attempt.timer {
             self.timers.remove(&(at, receipt));

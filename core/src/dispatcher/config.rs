@@ -137,10 +137,13 @@ pub struct DispatcherConfig {
     /// Pause before retrying a command whose result was lost.
     pub retry_after: Millis,
     /// The most items one command may carry: the backend's limit
-    /// (`WorldConfig::batch_max` of the world it stands for). Heartbeats
-    /// are cut into chunks of at most this many, maintenance asks for at
-    /// most this many jobs, and [`DispatcherConfig::validate`] refuses a
-    /// `claim_batch_max` or `flush_max` above it.
+    /// (`WorldConfig::batch_max` of the world it stands for). No command
+    /// the dispatcher sends carries more: heartbeats are cut into chunks,
+    /// maintenance asks for at most this many jobs, and
+    /// [`DispatcherConfig::validate`] refuses a `claim_batch_max` or
+    /// `flush_max` whose batches could be larger (a claim asks for at most
+    /// one queue's `max_workers`, a flush holds at most every worker's
+    /// result).
     pub batch_max: usize,
     /// Cluster-wide limits per queue: at most N of the queue's jobs run at
     /// once across every process (semaphore `queue:<name>`).
@@ -249,8 +252,21 @@ impl DispatcherConfig {
                 setting: "batch_max",
             });
         }
-        let over = batches.iter().find(|(_, n)| *n > self.batch_max);
-        if let Some(&(setting, value)) = over {
+        // What a command can really carry: a claim asks for at most one
+        // queue's workers, and a flush holds at most every worker's result.
+        let widest = self
+            .queues
+            .iter()
+            .map(|q| q.max_workers as usize)
+            .max()
+            .unwrap_or(0);
+        let workers: usize = self.queues.iter().map(|q| q.max_workers as usize).sum();
+        let effective = [batches[0].1.min(widest), batches[1].1.min(workers)];
+        let over = batches
+            .iter()
+            .zip(effective)
+            .find(|(_, effective)| *effective > self.batch_max);
+        if let Some((&(setting, value), _)) = over {
             return Err(Bad::BatchOverBackendLimit {
                 setting,
                 value,

@@ -271,6 +271,29 @@ pub enum Reason {
     Attempt,
 }
 
+/// Deliberate bugs in the dispatcher (feature `mutants`), each one a
+/// defect it once had: the pool simulation (`tests/tests/pool_simulation.rs`)
+/// and the simulator must catch every one.
+#[cfg(feature = "mutants")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DispatcherMutation {
+    /// At shutdown's deadline, hand the jobs back and release their slots
+    /// at once, while their handlers may still run.
+    HandBackBeforeHandlerEnds,
+    /// Take a cancel notification as storage's word: stop the handler and
+    /// drop its attempt without asking storage.
+    TrustCancelHints,
+}
+
+#[cfg(feature = "mutants")]
+impl DispatcherMutation {
+    /// Every dispatcher mutation, in a fixed order.
+    pub const ALL: [DispatcherMutation; 2] = [
+        DispatcherMutation::HandBackBeforeHandlerEnds,
+        DispatcherMutation::TrustCancelHints,
+    ];
+}
+
 /// Counters a caller can export.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stats {
@@ -353,9 +376,24 @@ pub struct Dispatcher {
     next_id: u64,
     effects: VecDeque<Effect>,
     stats: Stats,
+    #[cfg(feature = "mutants")]
+    mutation: Option<DispatcherMutation>,
 }
 
 impl Dispatcher {
+    /// The same dispatcher, but making one deliberate mistake (tests only).
+    #[cfg(feature = "mutants")]
+    pub fn with_mutation(mut self, mutation: Option<DispatcherMutation>) -> Dispatcher {
+        self.mutation = mutation;
+        self
+    }
+
+    /// Whether this dispatcher makes the deliberate mistake `m`.
+    #[cfg(feature = "mutants")]
+    fn mutant(&self, m: DispatcherMutation) -> bool {
+        self.mutation == Some(m)
+    }
+
     /// A dispatcher starting at `now`.
     pub fn new(config: DispatcherConfig, now: Timestamp) -> Dispatcher {
         let queues = config
@@ -388,6 +426,8 @@ impl Dispatcher {
             next_id: 0,
             effects: VecDeque::new(),
             stats: Stats::default(),
+            #[cfg(feature = "mutants")]
+            mutation: None,
         }
     }
 
@@ -473,7 +513,7 @@ impl Dispatcher {
             }
             Input::HandlerAborted(receipt) => self.on_handler_end(now, receipt, None),
             Input::Fenced(receipt) => self.fence(now, receipt),
-            Input::CancelHint(receipt) => self.on_cancel_hint(receipt),
+            Input::CancelHint(receipt) => self.on_cancel_hint(now, receipt),
             Input::Shutdown => self.begin_shutdown(now),
         }
         self.step(now, draw);
@@ -747,7 +787,10 @@ impl Dispatcher {
                 self.execute(Lane::Acquire(i), Command::ClaimerAcquire { queue, process });
             }
             Some(claimer) => {
-                let max = (max_workers - q.running).min(self.config.claim_batch_max);
+                let batch_max = u32::try_from(self.config.batch_max).unwrap_or(u32::MAX);
+                let max = (max_workers - q.running)
+                    .min(self.config.claim_batch_max)
+                    .min(batch_max);
                 let kinds = self.config.kinds.clone();
                 self.queues[i].freed_at = None;
                 self.queues[i].notified = false;
@@ -807,7 +850,7 @@ impl Dispatcher {
         } else {
             self.buffered
                 .iter()
-                .take(self.config.flush_max)
+                .take(self.config.flush_max.min(self.config.batch_max))
                 .take_while(|(_, r, _)| !self.solo.contains(r))
                 .count()
         };
@@ -878,6 +921,15 @@ impl Dispatcher {
         if now >= deadline {
             let receipts: Vec<Receipt> = self.attempts.keys().copied().collect();
             for receipt in receipts {
+                #[cfg(feature = "mutants")]
+                if self.mutant(DispatcherMutation::HandBackBeforeHandlerEnds)
+                    && self.attempts[&receipt].has_handler()
+                {
+                    self.effects
+                        .push_back(Effect::StopHandler(receipt, StopReason::Shutdown));
+                    self.end_attempt(now, receipt, Some(HandlerResult::Snooze(Millis::ZERO)));
+                    continue;
+                }
                 self.stop(now, receipt, StopReason::Shutdown);
             }
         }
@@ -1157,7 +1209,12 @@ impl Dispatcher {
         }
     }
 
-    fn on_cancel_hint(&mut self, receipt: Receipt) {
+    fn on_cancel_hint(&mut self, now: Timestamp, receipt: Receipt) {
+        #[cfg(feature = "mutants")]
+        if self.mutant(DispatcherMutation::TrustCancelHints) {
+            return self.fence(now, receipt);
+        }
+        let _ = now;
         let Some(attempt) = self.attempts.get_mut(&receipt) else {
             return;
         };
