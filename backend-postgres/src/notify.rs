@@ -6,9 +6,11 @@
 //! * `j:<queue>` when jobs of `queue` became available (enqueue, promote,
 //!   snooze, resume, admin retry, resuming a paused queue);
 //! * `c:<job>:<epoch>:<holder>` when a running job was taken away from its
-//!   holder (cancel, rescue): the holder can stop the handler at once
-//!   instead of learning it at its next heartbeat. The epoch bump fences it
-//!   either way; the message only saves work.
+//!   holder (cancel, rescue): the holder checks at once (a heartbeat of
+//!   that attempt) instead of at its next heartbeat round, and stops the
+//!   handler when storage refuses it. Any role that can connect can send
+//!   such a message, so it is a hint, never the word that stops a handler;
+//!   the epoch bump fences the attempt either way.
 //!
 //! Notifications are hints. They are lost while the listening connection
 //! is down, so [`Listener::wait`] also returns after a polling interval and

@@ -152,6 +152,8 @@ pub enum Wakeup {
     /// Jobs of this queue became available.
     Jobs(QueueName),
     /// A running attempt was taken from its holder (cancelled or rescued).
+    /// A hint like every wake-up (it may be forged): the pool asks storage
+    /// before it stops the handler.
     Cancelled {
         /// The job.
         job: JobId,
