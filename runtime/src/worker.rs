@@ -353,6 +353,12 @@ impl<B: Backend> WorkerPool<B> {
     }
 }
 
+/// What a handler's future came to.
+type HandlerEnd = Result<JobOutcome, crate::job::HandlerError>;
+
+/// A handler task's end, as its `JoinSet` reports it.
+type Joined = Result<(tokio::task::Id, (Receipt, HandlerEnd)), JoinError>;
+
 /// A prepared job: its decoded arguments, until its handler starts.
 struct Prepared {
     args: Args,
@@ -382,7 +388,7 @@ struct Run<'p, B> {
     prepared: BTreeMap<Receipt, Prepared>,
     tasks: BTreeMap<Receipt, Task>,
     ids: BTreeMap<tokio::task::Id, Receipt>,
-    handlers: JoinSet<(Receipt, Result<JobOutcome, crate::job::HandlerError>)>,
+    handlers: JoinSet<(Receipt, HandlerEnd)>,
     background: JoinSet<()>,
     tx: Tx,
     /// The first misconfiguration a command found: the run's error.
@@ -704,16 +710,7 @@ impl<B: Backend> Run<'_, B> {
 
     /// A handler's task ended: what it came to, counted, as the input that
     /// tells the dispatcher.
-    fn on_joined(
-        &mut self,
-        joined: Result<
-            (
-                tokio::task::Id,
-                (Receipt, Result<JobOutcome, crate::job::HandlerError>),
-            ),
-            JoinError,
-        >,
-    ) -> Option<Input> {
+    fn on_joined(&mut self, joined: Joined) -> Option<Input> {
         let (id, ended) = match joined {
             Ok((id, (_, result))) => (id, Ok(result)),
             Err(error) => (error.id(), Err(error)),
