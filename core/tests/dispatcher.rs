@@ -55,6 +55,12 @@ struct Harness {
     cooperative: bool,
     /// Handlers aborted, in order.
     aborted: Vec<(usize, Receipt)>,
+    /// Slot renewals to lose (not sent) before answering again.
+    lose_renewals: u32,
+    /// Every stop and abort, with the time it was asked for.
+    log: Vec<(Timestamp, usize, Receipt, String)>,
+    /// The most handlers running at once, across processes.
+    most_running: usize,
 }
 
 impl Harness {
@@ -72,7 +78,32 @@ impl Harness {
             lose_next_report: false,
             cooperative: true,
             aborted: Vec::new(),
+            lose_renewals: 0,
+            log: Vec::new(),
+            most_running: 0,
         }
+    }
+
+    /// The same harness, every process configured by `config`.
+    fn with_config(mut self, config: impl Fn(u64) -> DispatcherConfig) -> Harness {
+        for (p, d) in self.processes.iter_mut().enumerate() {
+            *d = Dispatcher::new(config(p as u64 + 1), Timestamp(0));
+        }
+        self
+    }
+
+    fn enqueue_with_timeout(&mut self, n: usize, timeout: Millis) {
+        let jobs = (0..n)
+            .map(|_| NewJob {
+                max_attempts: 3,
+                timeout,
+                ..NewJob::new(queue(), Kind::new("k").unwrap(), Payload::default())
+            })
+            .collect();
+        assert!(matches!(
+            self.world.apply(self.now, Command::Enqueue { jobs }),
+            Outcome::Enqueued(Ok(_))
+        ));
     }
 
     fn enqueue(&mut self, n: usize) {
@@ -92,6 +123,11 @@ impl Harness {
         self.processes[p].handle(self.now, self.now.0 as u64, input);
         while let Some(effect) = self.processes[p].poll_effect() {
             match effect {
+                Effect::Execute(id, Command::SlotRenew { .. }) if self.lose_renewals > 0 => {
+                    // Lost on the way: never applied, and said so.
+                    self.lose_renewals -= 1;
+                    self.processes[p].handle(self.now, 0, Input::Lost(id));
+                }
                 Effect::Execute(id, command) => {
                     let is_report = matches!(command, Command::Complete { .. });
                     if is_report && self.lose_next_report {
@@ -113,8 +149,11 @@ impl Harness {
                         self.handlers
                             .insert((p, job.receipt), (self.now.plus(work), result));
                     }
+                    self.most_running = self.most_running.max(self.handlers.len());
                 }
                 Effect::StopHandler(receipt, reason) => {
+                    self.log
+                        .push((self.now, p, receipt, format!("stop {reason:?}")));
                     self.stopped.push((p, receipt, reason));
                     if self.cooperative {
                         self.handlers.remove(&(p, receipt));
@@ -122,6 +161,7 @@ impl Harness {
                     }
                 }
                 Effect::AbortHandler(receipt) => {
+                    self.log.push((self.now, p, receipt, "abort".into()));
                     self.aborted.push((p, receipt));
                     if self.handlers.remove(&(p, receipt)).is_some() {
                         self.processes[p].handle(self.now, 0, Input::HandlerAborted(receipt));
@@ -459,5 +499,120 @@ fn a_notification_during_a_claim_is_not_lost() {
         "the wake-up that came during the claim still counts: the next claim goes out at once, \
          not at {:?}; effects: {effects:?}",
         d.poll_timeout()
+    );
+}
+
+fn limited(process: u64, permits: u16, lease_ttl: Millis) -> DispatcherConfig {
+    DispatcherConfig {
+        queue_limits: vec![(queue(), permits)],
+        // Longer than a renewal period: the stop before a lapse must not
+        // take the whole grace.
+        stop_grace: Millis(1_000),
+        limits: LimitConfig {
+            lease_ttl,
+            retry_min: Millis(10),
+            retry_max: Millis(40),
+        },
+        ..config(process)
+    }
+}
+
+/// Under a cluster-wide limit of one, two processes never run two handlers
+/// at once, and a full limit hands the job back without using an attempt.
+#[test]
+fn a_limited_queue_runs_one_handler_at_a_time_across_processes() {
+    fn work(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
+        Some((Millis(50), HandlerResult::Complete))
+    }
+    let mut h = Harness::new(2, work).with_config(|p| limited(p, 1, Millis(2_000)));
+    h.enqueue(6);
+    h.run_until(Timestamp(60_000), Harness::all_terminal);
+    assert_eq!(
+        h.most_running, 1,
+        "one handler at a time under a limit of 1"
+    );
+    for job in h.world.jobs() {
+        assert_eq!(job.state_name(), StateName::Completed);
+        assert_eq!(job.attempt, Attempt(1), "a limit miss uses no attempt");
+    }
+    let sem = h
+        .world
+        .semaphore(&SemaphoreName::new("queue:default").unwrap());
+    assert_eq!(
+        sem.map(|s| s.holders(h.now)),
+        Some(0),
+        "every slot released"
+    );
+}
+
+/// Renewals go out every third of the lease; one lost renewal is made up
+/// by the next and stops nothing.
+#[test]
+fn one_lost_renewal_does_not_stop_a_handler() {
+    fn long(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
+        Some((Millis(1_000), HandlerResult::Complete))
+    }
+    let mut h = Harness::new(1, long).with_config(|p| limited(p, 1, Millis(600)));
+    h.lose_renewals = 1;
+    h.enqueue(1);
+    h.run_until(Timestamp(10_000), Harness::all_terminal);
+    assert!(h.stopped.is_empty(), "nothing stopped: {:?}", h.log);
+    assert_eq!(
+        h.world.job(JobId(1)).unwrap().state_name(),
+        StateName::Completed
+    );
+}
+
+/// A slot whose renewals never get through: its handler is told to stop,
+/// and aborted, before the lease could lapse in storage, so no other
+/// process can take the slot while it runs. Its job goes back unused.
+#[test]
+fn a_slot_that_cannot_be_renewed_stops_its_handler_before_the_lease_lapses() {
+    fn long(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
+        Some((Millis(5_000), HandlerResult::Complete))
+    }
+    let mut h = Harness::new(1, long).with_config(|p| limited(p, 1, Millis(600)));
+    h.cooperative = false;
+    h.lose_renewals = u32::MAX;
+    h.enqueue(1);
+    h.run_until(Timestamp(10_000), |h| {
+        h.world.job(JobId(1)).unwrap().state_name() != StateName::Running
+    });
+    let (stopped_at, _, _, what) = &h.log[0];
+    assert_eq!(what, "stop SlotLost");
+    let (aborted_at, _, _, what) = &h.log[1];
+    assert_eq!(what, "abort");
+    // Claimed and slot taken at 0; the lease lasts until 600 in storage.
+    assert!(
+        *stopped_at < *aborted_at && *aborted_at < Timestamp(600),
+        "stopped at {stopped_at}, aborted at {aborted_at}, before the lease ends at 600"
+    );
+    let job = h.world.job(JobId(1)).unwrap();
+    assert_eq!(job.attempt, Attempt(0), "handed back, its attempt refunded");
+}
+
+/// An attempt past its deadline is stopped and aborted at once, on the
+/// process's own clock, and failed (retried while attempts remain).
+#[test]
+fn an_attempt_past_its_deadline_is_stopped_and_failed() {
+    fn long(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
+        Some((Millis(5_000), HandlerResult::Complete))
+    }
+    let mut h = Harness::new(1, long);
+    h.cooperative = false;
+    h.enqueue_with_timeout(1, Millis(500));
+    h.run_until(Timestamp(10_000), |h| !h.aborted.is_empty());
+    let (stopped_at, _, _, what) = &h.log[0];
+    assert_eq!(what, "stop Timeout");
+    assert_eq!(&h.log[1].3, "abort");
+    // The budget is 500 ms from the claim, less a tenth as a margin.
+    assert_eq!(*stopped_at, Timestamp(450));
+    h.run_until(Timestamp(10_000), |h| {
+        h.world.job(JobId(1)).unwrap().state_name() == StateName::Retryable
+    });
+    let job = h.world.job(JobId(1)).unwrap();
+    assert_eq!(
+        job.last_error.as_ref().unwrap().message,
+        "handler ran past its deadline"
     );
 }

@@ -236,11 +236,13 @@ impl TryAnswer {
 }
 
 /// How long before a slot's lease could lapse a running handler is told
-/// to stop: its stop grace, but no more than a renewal period (a third of
-/// the lease), so one missed renewal alone does not stop it. Its abort
-/// comes at the lease deadline at the latest.
+/// to stop: its stop grace, but no more than a sixth of the lease. Renewals
+/// go out every third of it, so after one lost renewal the next one still
+/// has a sixth of the lease (less the margin) for its answer before the
+/// handler is stopped: one lost renewal alone never stops a handler. The
+/// abort comes at the lease deadline at the latest.
 fn stop_ahead(ttl: Millis, grace: Millis) -> Millis {
-    grace.min(Millis(ttl.0 / 3))
+    grace.min(Millis(ttl.0 / 6))
 }
 
 fn timed_out() -> HandlerResult {
