@@ -140,8 +140,9 @@ impl Harness {
                         self.processes[p].handle(self.now, 0, Input::Outcome(id, outcome));
                     }
                 }
-                Effect::Prepare(job) => {
-                    let prepared = Input::Prepared(job.receipt, Ok(Vec::new()));
+                Effect::Prepare(jobs) => {
+                    let answers = jobs.iter().map(|j| (j.receipt, Ok(Vec::new()))).collect();
+                    let prepared = Input::Prepared(answers);
                     self.processes[p].handle(self.now, 0, prepared);
                 }
                 Effect::StartHandler(job) => {

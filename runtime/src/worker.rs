@@ -560,7 +560,7 @@ impl<B: Backend> Run<'_, B> {
     fn execute(&mut self, effect: Effect) -> bool {
         match effect {
             Effect::Execute(id, command) => self.send(id, command),
-            Effect::Prepare(job) => self.prepare(job),
+            Effect::Prepare(jobs) => self.prepare(jobs),
             Effect::StartHandler(job) => self.start_handler(job),
             Effect::StopHandler(receipt, reason) => {
                 debug!(%receipt, ?reason, "stopping handler");
@@ -622,23 +622,27 @@ impl<B: Backend> Run<'_, B> {
 
     /// Answers the dispatcher's question: which limits does this job run
     /// under? Decoding the payload is the registry's; nothing is decided.
-    fn prepare(&mut self, job: ClaimedJob) {
-        let receipt = job.receipt;
-        let queue = self
-            .dispatcher
-            .queue_of(receipt)
-            .expect("a prepared job's attempt is held here")
-            .clone();
-        let answer = match self.pool.registry.get(&job.kind) {
-            None => Err(Unrunnable::NoHandler),
-            Some(handler) => (handler.prepare)(&job.payload).map(|(args, limits)| {
-                let kind = job.kind.clone();
-                self.prepared
-                    .insert(receipt, Prepared { args, kind, queue });
-                limits
-            }),
-        };
-        self.handle(Input::Prepared(receipt, answer));
+    fn prepare(&mut self, jobs: Vec<ClaimedJob>) {
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let receipt = job.receipt;
+            let queue = self
+                .dispatcher
+                .queue_of(receipt)
+                .expect("a prepared job's attempt is held here")
+                .clone();
+            let answer = match self.pool.registry.get(&job.kind) {
+                None => Err(Unrunnable::NoHandler),
+                Some(handler) => (handler.prepare)(&job.payload).map(|(args, limits)| {
+                    let kind = job.kind;
+                    self.prepared
+                        .insert(receipt, Prepared { args, kind, queue });
+                    limits
+                }),
+            };
+            answers.push((receipt, answer));
+        }
+        self.handle(Input::Prepared(answers));
     }
 
     fn abandon(&mut self, receipt: Receipt, why: Abandoned) {

@@ -355,11 +355,14 @@ impl Engine {
         let me = self.procs[index].me;
         match effect {
             Effect::Execute(id, command) => self.send(index, Route::Dispatcher(me, id), command),
-            Effect::Prepare(job) => {
-                // The job's own limits, as its handler would name them: a
+            Effect::Prepare(jobs) => {
+                // The jobs' own limits, as their handlers would name them: a
                 // key limit for some kinds, drawn from the payload.
-                let limits = workload::job_limits(&self.names, &job);
-                let reply = Reply::Input(Input::Prepared(job.receipt, Ok(limits)));
+                let answers = jobs
+                    .iter()
+                    .map(|job| (job.receipt, Ok(workload::job_limits(&self.names, job))))
+                    .collect();
+                let reply = Reply::Input(Input::Prepared(answers));
                 self.schedule(self.now(), Event::Deliver { to: me, reply });
                 Ok(())
             }

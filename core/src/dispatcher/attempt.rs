@@ -270,18 +270,31 @@ impl Dispatcher {
         self.attempts.get(&receipt).map(|a| a.deadline)
     }
 
-    /// A job this process just claimed becomes an attempt: ask which limits
-    /// it runs under. Its budget is storage's `deadline - claimed_at`, run
-    /// on this clock from when the claim was sent (so never longer than
-    /// storage's), less a margin.
-    pub(super) fn admit(&mut self, queue: usize, job: ClaimedJob, sent_at: Timestamp) {
+    /// A job this process just claimed becomes an attempt (the caller is
+    /// asked which limits it runs under, with the rest of its claim). Its
+    /// budget is storage's `deadline - claimed_at`, run on this clock from
+    /// when the claim was sent (so never longer than storage's), less a
+    /// margin. Returns the job, for the question.
+    pub(super) fn admit(
+        &mut self,
+        queue: usize,
+        job: ClaimedJob,
+        sent_at: Timestamp,
+    ) -> ClaimedJob {
         let budget = job.deadline.since(job.claimed_at);
         let margin = DEADLINE_MARGIN_MAX.min(Millis(budget.0 / 10));
         let receipt = job.receipt;
-        self.effects.push_back(Effect::Prepare(job.clone()));
+        // The payload goes with the question (the caller decodes it once,
+        // there); the attempt keeps the rest for the handler's start.
+        let mut kept = job;
+        let payload = std::mem::take(&mut kept.payload);
+        let asked = ClaimedJob {
+            payload,
+            ..kept.clone()
+        };
         let attempt = AttemptState {
             queue,
-            job: Some(job),
+            job: Some(kept),
             deadline: sent_at.plus(Millis(budget.0 - margin.0)),
             phase: AttemptPhase::Preparing,
             slots: Vec::new(),
@@ -292,6 +305,7 @@ impl Dispatcher {
         self.attempts.insert(receipt, attempt);
         self.queues[queue].running += 1;
         self.rearm(receipt);
+        asked
     }
 
     pub(super) fn on_prepared(
@@ -307,8 +321,7 @@ impl Dispatcher {
         if attempt.phase != AttemptPhase::Preparing {
             return;
         }
-        let queue = &self.config.queues[attempt.queue].queue;
-        let mut needs: VecDeque<Limit> = self.config.queue_limit(queue).into_iter().collect();
+        let mut needs: VecDeque<Limit> = self.queue_limits[attempt.queue].iter().cloned().collect();
         match limits {
             Err(Unrunnable::NoHandler) => {
                 let later = HandlerResult::Snooze(self.config.poll_interval);

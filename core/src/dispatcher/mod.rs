@@ -169,9 +169,9 @@ pub enum Input {
     /// A command from [`Effect::Execute`] was refused by storage and
     /// certainly not applied.
     Refused(CommandId, Refusal),
-    /// The answer to [`Effect::Prepare`]: the job's own limits (beside its
-    /// queue's), or why it cannot run.
-    Prepared(Receipt, Result<Vec<Limit>, Unrunnable>),
+    /// The answer to [`Effect::Prepare`], job for job: each job's own
+    /// limits (beside its queue's), or why it cannot run.
+    Prepared(Vec<(Receipt, Result<Vec<Limit>, Unrunnable>)>),
     /// A handler started by [`Effect::StartHandler`] returned this result
     /// (its task has ended).
     HandlerDone(Receipt, HandlerResult),
@@ -234,12 +234,14 @@ pub enum Effect {
     /// Apply this storage command and feed back [`Input::Outcome`] (or
     /// [`Input::Lost`], [`Input::Refused`]) with the same id.
     Execute(CommandId, Command),
-    /// Say which limits this claimed job runs under (for the runtime, its
-    /// `JobArgs::concurrency`) with [`Input::Prepared`]. Decide nothing:
-    /// the dispatcher takes the slots and starts the handler.
-    Prepare(ClaimedJob),
+    /// Say which limits these claimed jobs (one claim's) run under — for
+    /// the runtime, each one's `JobArgs::concurrency` — with one
+    /// [`Input::Prepared`]. Decide nothing: the dispatcher takes the slots
+    /// and starts the handlers.
+    Prepare(Vec<ClaimedJob>),
     /// Run this job's handler and feed back [`Input::HandlerDone`] (or
-    /// [`Input::HandlerAborted`]) once its task has ended.
+    /// [`Input::HandlerAborted`]) once its task has ended. Its payload is
+    /// empty: it went with [`Effect::Prepare`].
     StartHandler(ClaimedJob),
     /// Tell this handler to stop (fire its cancellation token). Keep its
     /// task: its end is still to be reported.
@@ -358,6 +360,8 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     phase: Phase,
     queues: Vec<QueueState>,
+    /// Each queue's cluster-wide limit, if it has one (by queue index).
+    queue_limits: Vec<Option<Limit>>,
     attempts: BTreeMap<Receipt, AttemptState>,
     /// Each attempt's next timer, earliest first.
     timers: BTreeSet<(Timestamp, Receipt)>,
@@ -407,7 +411,13 @@ impl Dispatcher {
                 notified: false,
             })
             .collect();
+        let queue_limits = config
+            .queues
+            .iter()
+            .map(|q| config.queue_limit(&q.queue))
+            .collect();
         Dispatcher {
+            queue_limits,
             next_heartbeat: now.plus(config.heartbeat_interval),
             next_maintenance: now,
             config,
@@ -502,7 +512,11 @@ impl Dispatcher {
             Input::Outcome(id, outcome) => self.on_outcome(now, draw, id, outcome),
             Input::Lost(id) => self.on_lost(now, draw, id),
             Input::Refused(id, refusal) => self.on_refused(now, draw, id, refusal),
-            Input::Prepared(receipt, limits) => self.on_prepared(now, draw, receipt, limits),
+            Input::Prepared(answers) => {
+                for (receipt, limits) in answers {
+                    self.on_prepared(now, draw, receipt, limits);
+                }
+            }
             Input::HandlerDone(receipt, result) => self.on_handler_end(now, receipt, Some(result)),
             Input::HandlerPanicked(receipt, message) => {
                 let failed = HandlerResult::Fail(FailError {
@@ -738,14 +752,9 @@ impl Dispatcher {
     /// `max_workers`, and no more than its cluster-wide limit has slots
     /// (a job claimed beyond those could only be handed back).
     fn capacity(&self, i: usize) -> u32 {
-        let config = &self.config.queues[i];
-        let limit = self
-            .config
-            .queue_limits
-            .iter()
-            .find(|(q, _)| *q == config.queue);
-        limit.map_or(config.max_workers, |(_, permits)| {
-            config.max_workers.min(u32::from(*permits).max(1))
+        let max_workers = self.config.queues[i].max_workers;
+        self.queue_limits[i].as_ref().map_or(max_workers, |limit| {
+            max_workers.min(u32::from(limit.permits).max(1))
         })
     }
 
@@ -1161,6 +1170,7 @@ impl Dispatcher {
         if !claimed.jobs.is_empty() {
             self.stats.claims += 1;
         }
+        let mut admitted = Vec::with_capacity(claimed.jobs.len());
         for job in claimed.jobs {
             self.stats.claimed += 1;
             if self.phase != Phase::Running {
@@ -1169,7 +1179,10 @@ impl Dispatcher {
                     .push_back((now, job.receipt, HandlerResult::Snooze(Millis::ZERO)));
                 continue;
             }
-            self.admit(i, job, sent_at);
+            admitted.push(self.admit(i, job, sent_at));
+        }
+        if !admitted.is_empty() {
+            self.effects.push_back(Effect::Prepare(admitted));
         }
         // A full batch means more is probably waiting, and a wake-up during
         // the claim means more may have come: claim again at once.
