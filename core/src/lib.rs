@@ -107,6 +107,7 @@ pub mod reject;
 pub mod semaphore;
 pub mod time;
 pub mod warmup;
+pub mod warmup_driver;
 pub mod world;
 
 pub use backoff::{Backoff, InvalidBackoff};
@@ -135,6 +136,10 @@ pub use semaphore::{
 };
 pub use time::{Millis, Timestamp};
 pub use warmup::{herd_bound, PaceStep, Pacer, Warmup};
+pub use warmup_driver::{
+    InvalidWarmup, SlotLoss, StorageAnswer, WarmupConfig, WarmupDriver, WarmupFailure, WarmupStep,
+    WarmupSummary,
+};
 pub use world::{
     command_name, BatchResult, Claimed, ClaimedJob, Command, Enqueued, Failure, Outcome, World,
     WorldConfig,
