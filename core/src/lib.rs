@@ -30,13 +30,15 @@
 //!    batched results, when to heartbeat and when to lead maintenance. The
 //!    runtime and the simulator both drive it.
 //!
-//! Two small sans-IO loops run *inside one process* instead of in shared
+//! Three small sans-IO loops run *inside one process* instead of in shared
 //! storage: [`Acquisition`] (scan a semaphore's slots, skip a slot whose try
-//! errored, wait a jittered pause on a miss, time out at a deadline) and
-//! [`Pacer`] (warm-up work in paced batches). The caller drives them: call
-//! `poll(now, …)`, do what the returned step says (try a slot, sleep until a
-//! time, run a batch), and report the result back (`on_try`,
-//! `batch_done`), until a final step.
+//! errored, wait a jittered pause on a miss, time out at a deadline),
+//! [`Pacer`] (warm-up work in paced batches), and [`WarmupDriver`], which
+//! drives both for a whole warm-up and renews the slot's lease while a
+//! batch runs. The caller drives them: call `poll(now, …)`, do what the
+//! returned step says (try a slot, send a command, sleep until a time, run
+//! or stop a batch), and report the result back (`on_try`, `batch_done`,
+//! `on_answer`, `on_batch_done`), until a final step.
 //!
 //! ## Order and time
 //!

@@ -49,6 +49,10 @@ pub enum Mutation {
     /// own clock (`weir::warmup` before issue 12): a batch that outlasts
     /// the lease keeps working after the slot went to another warmer.
     WarmupRenewsBetweenBatches,
+    /// The warm-up driver counts its lease from when an answer arrived
+    /// instead of when its command was sent: after a slow answer it
+    /// believes in a lease that storage lets lapse sooner.
+    WarmupProvesLeaseFromAnswer,
 }
 
 impl Mutation {
@@ -68,7 +72,10 @@ impl Mutation {
     ];
 
     /// Every mutation of a per-process driver (see the module docs).
-    pub const DRIVERS: [Mutation; 1] = [Mutation::WarmupRenewsBetweenBatches];
+    pub const DRIVERS: [Mutation; 2] = [
+        Mutation::WarmupRenewsBetweenBatches,
+        Mutation::WarmupProvesLeaseFromAnswer,
+    ];
 
     /// Every mutation: [`Mutation::ALL`], then [`Mutation::DRIVERS`].
     pub fn every() -> impl Iterator<Item = Mutation> {
@@ -96,12 +103,14 @@ mod tests {
             | Mutation::NoTermCheck
             | Mutation::ElectWithoutTermBump
             | Mutation::SnoozeConsumesAttempt => Mutation::ALL.contains(&m),
-            Mutation::WarmupRenewsBetweenBatches => Mutation::DRIVERS.contains(&m),
+            Mutation::WarmupRenewsBetweenBatches | Mutation::WarmupProvesLeaseFromAnswer => {
+                Mutation::DRIVERS.contains(&m)
+            }
         };
         assert!(Mutation::every().all(listed));
         let mut all: Vec<_> = Mutation::every().collect();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 13);
     }
 }

@@ -395,6 +395,15 @@ impl WarmupDriver {
         false
     }
 
+    /// The `WarmupProvesLeaseFromAnswer` mutation: the proof of a lease
+    /// runs from when the answer came, not from when the command was sent.
+    fn proves_from_answer(&self) -> bool {
+        #[cfg(feature = "mutants")]
+        return self.mutation == Some(crate::mutation::Mutation::WarmupProvesLeaseFromAnswer);
+        #[cfg(not(feature = "mutants"))]
+        false
+    }
+
     /// The configuration.
     pub fn config(&self) -> &WarmupConfig {
         &self.config
@@ -695,7 +704,12 @@ impl WarmupDriver {
         let (slot, sent_at) = trying.take().expect("an answer to a try that is out");
         let result = match answer {
             StorageAnswer::Outcome(Outcome::SlotTried(Ok(grant))) => {
-                self.start_working(now, Some(grant), sent_at);
+                let from = if self.proves_from_answer() {
+                    now
+                } else {
+                    sent_at
+                };
+                self.start_working(now, Some(grant), from);
                 return;
             }
             StorageAnswer::Outcome(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => {
@@ -718,6 +732,7 @@ impl WarmupDriver {
 
     fn on_renew_answer(&mut self, now: Timestamp, answer: StorageAnswer) {
         let mutant = self.renews_between_batches();
+        let from_answer = self.proves_from_answer();
         let Phase::Working(h) = &mut self.phase else {
             unreachable!("on_renew_answer outside Working");
         };
@@ -731,7 +746,9 @@ impl WarmupDriver {
             // Before the fix the answer was discarded.
             _ if mutant => {}
             StorageAnswer::Outcome(Outcome::SlotRenewed(Ok(()))) => {
-                lease.proven_until = lease.proven_until.max(sent_at.plus(lease.ttl));
+                // Storage applied it no earlier than it was sent.
+                let from = if from_answer { now } else { sent_at };
+                lease.proven_until = lease.proven_until.max(from.plus(lease.ttl));
                 lease.renew_at = sent_at.plus(Millis(lease.ttl.0 / 3));
                 self.renewals += 1;
             }
