@@ -322,6 +322,15 @@ struct Holding {
     renew_after_batch: bool,
 }
 
+/// Where the release stands: one command is out at a time, so it waits
+/// for a renewal still out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+enum ReleaseLane {
+    AfterRenewal,
+    Ready,
+    Sent,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum Phase {
     /// Sleeping through the start delay.
@@ -337,8 +346,7 @@ enum Phase {
     Releasing {
         summary: WarmupSummary,
         grant: SlotGrant,
-        renewing: bool,
-        sent: bool,
+        lane: ReleaseLane,
     },
     Done(Result<WarmupSummary, WarmupFailure>),
 }
@@ -610,27 +618,24 @@ impl WarmupDriver {
             Some(grant) => Phase::Releasing {
                 summary,
                 grant,
-                renewing: h.renewing.is_some(),
-                sent: false,
+                lane: if h.renewing.is_some() {
+                    ReleaseLane::AfterRenewal
+                } else {
+                    ReleaseLane::Ready
+                },
             },
             None => Phase::Done(Ok(summary)),
         };
     }
 
     fn poll_releasing(&mut self) -> WarmupStep {
-        let Phase::Releasing {
-            grant,
-            renewing,
-            sent,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Releasing { grant, lane, .. } = &mut self.phase else {
             unreachable!("poll_releasing outside Releasing");
         };
-        if *renewing || *sent {
+        if *lane != ReleaseLane::Ready {
             return WarmupStep::Wait { until: None };
         }
-        *sent = true;
+        *lane = ReleaseLane::Sent;
         let (semaphore, _) = self
             .config
             .semaphore
@@ -673,20 +678,16 @@ impl WarmupDriver {
         match &mut self.phase {
             Phase::Acquiring { .. } => self.on_try_answer(now, answer),
             Phase::Working(_) => self.on_renew_answer(now, answer),
-            Phase::Releasing {
-                summary,
-                renewing,
-                sent,
-                ..
-            } => {
-                if *sent {
+            // The renewal's answer no longer matters; the release's ends
+            // the warm-up, whatever it says (a lost release lapses).
+            Phase::Releasing { summary, lane, .. } => match *lane {
+                ReleaseLane::AfterRenewal => *lane = ReleaseLane::Ready,
+                ReleaseLane::Sent => {
                     let summary = *summary;
                     self.finish(now, Ok(summary));
-                } else {
-                    assert!(*renewing, "an answer in Releasing with nothing out");
-                    *renewing = false;
                 }
-            }
+                ReleaseLane::Ready => panic!("an answer in Releasing with nothing out"),
+            },
             // A late answer after the end: nothing depends on it.
             Phase::Done(_) => {}
             Phase::Delaying => panic!("an answer before anything was sent"),
