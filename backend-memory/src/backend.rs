@@ -228,6 +228,15 @@ impl<C: Clock> Locked<'_, C> {
         self.clock.now()
     }
 
+    /// Applies `command`, checking every invariant of the state and the
+    /// step whether or not step checking is on; a violation is a value.
+    pub(crate) fn apply_checked(&mut self, command: Command) -> Result<Outcome, Box<BrokenStep>> {
+        let now = self.clock.now();
+        let state = &mut *self.state;
+        state.applied += 1;
+        state.apply_checked(now, command)
+    }
+
     /// [`MemoryBackend::apply`], under this lock.
     pub(crate) fn apply(&mut self, command: Command) -> Outcome {
         let now = self.clock.now();

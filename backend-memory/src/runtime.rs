@@ -53,7 +53,31 @@ fn holders(world: &World, command: &Command) -> Holders {
     match command {
         Command::Cancel { job } => world.job(*job).and_then(running).into_iter().collect(),
         Command::Rescue { .. } => world.jobs().filter_map(running).collect(),
-        _ => Holders::new(),
+        // No other command takes an attempt from its holder: a handler's
+        // own `CancelAttempts` ends the attempt that asked, so there is
+        // no one else to tell.
+        Command::Enqueue { .. }
+        | Command::Claim { .. }
+        | Command::Heartbeat { .. }
+        | Command::Complete { .. }
+        | Command::Fail { .. }
+        | Command::Snooze { .. }
+        | Command::CancelAttempts { .. }
+        | Command::WaitExternal { .. }
+        | Command::ResumeExternal { .. }
+        | Command::Retry { .. }
+        | Command::PauseQueue { .. }
+        | Command::ResumeQueue { .. }
+        | Command::ClaimerAcquire { .. }
+        | Command::ClaimerRelease { .. }
+        | Command::SlotTry { .. }
+        | Command::SlotRenew { .. }
+        | Command::SlotRelease { .. }
+        | Command::ProcessCrashed { .. }
+        | Command::LeaderElect { .. }
+        | Command::LeaderResign { .. }
+        | Command::Promote { .. }
+        | Command::Prune { .. } => Holders::new(),
     }
 }
 
@@ -64,32 +88,74 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
     let mut queues: BTreeSet<QueueName> = BTreeSet::new();
     let mut touched: Vec<JobId> = Vec::new();
     let mut taken: Vec<JobId> = Vec::new();
-    match (command, outcome) {
-        (Command::Enqueue { .. }, Outcome::Enqueued(Ok(ids))) => {
-            touched.extend(ids.iter().filter(|e| !e.duplicate).map(|e| e.id))
+    // Every command is named, so a new one must say what it wakes.
+    match command {
+        Command::Enqueue { .. } => {
+            if let Outcome::Enqueued(Ok(ids)) = outcome {
+                touched.extend(ids.iter().filter(|e| !e.duplicate).map(|e| e.id))
+            }
         }
-        (Command::Promote { .. }, Outcome::Promoted(Ok(ids))) => touched.extend(ids),
-        (Command::Snooze { snoozes }, Outcome::Snoozed(Ok(results))) => touched.extend(
-            snoozes
-                .iter()
-                .zip(results)
-                .filter(|(_, r)| r.is_ok())
-                .map(|((receipt, _), _)| receipt.job),
-        ),
-        (Command::ResumeExternal { receipt }, Outcome::Resumed(Ok(()))) => {
-            touched.push(receipt.job)
+        Command::Promote { .. } => {
+            if let Outcome::Promoted(Ok(ids)) = outcome {
+                touched.extend(ids)
+            }
         }
-        (Command::Retry { job }, Outcome::Retried(Ok(()))) => touched.push(*job),
-        (Command::ResumeQueue { queue }, Outcome::QueuePauseChanged(true)) => {
-            queues.insert(queue.clone());
+        Command::Snooze { snoozes } => {
+            if let Outcome::Snoozed(Ok(results)) = outcome {
+                touched.extend(
+                    snoozes
+                        .iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|((receipt, _), _)| receipt.job),
+                )
+            }
         }
-        (Command::Cancel { job }, Outcome::Cancelled(Ok(StateName::Running))) => taken.push(*job),
-        (Command::Rescue { .. }, Outcome::Rescued(Ok(rescued))) => {
-            taken.extend(rescued.iter().map(|(id, _)| *id));
-            // A rescued job may be available again at once.
-            touched.extend(rescued.iter().map(|(id, _)| *id));
+        Command::ResumeExternal { receipt } => {
+            if let Outcome::Resumed(Ok(())) = outcome {
+                touched.push(receipt.job)
+            }
         }
-        _ => {}
+        Command::Retry { job } => {
+            if let Outcome::Retried(Ok(())) = outcome {
+                touched.push(*job)
+            }
+        }
+        Command::ResumeQueue { queue } => {
+            if let Outcome::QueuePauseChanged(true) = outcome {
+                queues.insert(queue.clone());
+            }
+        }
+        Command::Cancel { job } => {
+            if let Outcome::Cancelled(Ok(StateName::Running)) = outcome {
+                taken.push(*job)
+            }
+        }
+        Command::Rescue { .. } => {
+            if let Outcome::Rescued(Ok(rescued)) = outcome {
+                taken.extend(rescued.iter().map(|(id, _)| *id));
+                // A rescued job may be available again at once.
+                touched.extend(rescued.iter().map(|(id, _)| *id));
+            }
+        }
+        // Nothing becomes available, and no attempt is taken from another
+        // holder (a failure's retry waits for a promote).
+        Command::Claim { .. }
+        | Command::Heartbeat { .. }
+        | Command::Complete { .. }
+        | Command::Fail { .. }
+        | Command::CancelAttempts { .. }
+        | Command::WaitExternal { .. }
+        | Command::PauseQueue { .. }
+        | Command::ClaimerAcquire { .. }
+        | Command::ClaimerRelease { .. }
+        | Command::SlotTry { .. }
+        | Command::SlotRenew { .. }
+        | Command::SlotRelease { .. }
+        | Command::ProcessCrashed { .. }
+        | Command::LeaderElect { .. }
+        | Command::LeaderResign { .. }
+        | Command::Prune { .. } => {}
     }
     for id in touched {
         if let Some(job) = world.job(id) {
@@ -231,6 +297,29 @@ impl<C: Clock> Backend for MemoryBackend<C> {
 }
 
 impl<C: Clock> MemoryBackend<C> {
+    /// [`Backend::execute`], with every state and step invariant checked
+    /// and a violation returned as a value (the command stays applied):
+    /// the path of a simulation that drives the real runtime, which must
+    /// report a broken invariant rather than panic inside a task.
+    pub fn execute_checked(&self, command: Command) -> Result<Outcome, Box<crate::BrokenStep>> {
+        let mut locked = self.locked();
+        let before = holders(locked.world(), &command);
+        let outcome = locked.apply_checked(command.clone())?;
+        let sends = wakeups(locked.world(), &before, &command, &outcome);
+        drop(locked);
+        for wakeup in sends {
+            let _ = self.extras.wakeups.send(wakeup);
+        }
+        Ok(outcome)
+    }
+
+    /// Sends `wakeup` to every subscriber, as anyone who can connect to a
+    /// real backend could (a forged `NOTIFY`): for tests of what a worker
+    /// does with a hint that is not storage's word.
+    pub fn send_wakeup(&self, wakeup: Wakeup) {
+        let _ = self.extras.wakeups.send(wakeup);
+    }
+
     fn presence_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<ProcessId, WorkerInfo>> {
         // Poisoned only if a panic happened while holding it, which the
         // few map operations above cannot do.

@@ -81,6 +81,11 @@ pub(crate) struct Inner {
     pub(crate) config: PgConfig,
     /// The latest explicit `now` seen by `execute_at`, for the clamp.
     explicit_now: AtomicI64,
+    /// The connection that carries this backend's session holds
+    /// (`Command::SlotTry` without a lease): opened on first use, never
+    /// returned to the pool, closed when the backend is dropped; when it
+    /// breaks, the holds it carried end (see `leases.rs`).
+    pub(crate) session: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl PgBackend {
@@ -93,6 +98,7 @@ impl PgBackend {
                 pool,
                 config,
                 explicit_now: AtomicI64::new(i64::MIN),
+                session: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -175,6 +181,9 @@ impl PgBackend {
         self.run(Some(now), command).await
     }
 
+    /// Every command, one arm each: the match is exhaustive (the protocol
+    /// is closed), so a command this backend does not implement fails to
+    /// compile rather than answering at run time.
     pub(crate) async fn run(
         &self,
         now: Option<Timestamp>,
@@ -201,6 +210,9 @@ impl PgBackend {
             }
             Command::Fail { failures } => Outcome::Failed(self.fail(now, failures).await?),
             Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes).await?),
+            Command::CancelAttempts { receipts } => {
+                Outcome::AttemptsCancelled(self.cancel_attempts(now, receipts).await?)
+            }
             Command::WaitExternal { waits } => {
                 Outcome::Waiting(self.wait_external(now, waits).await?)
             }
@@ -259,12 +271,6 @@ impl PgBackend {
                 older_than,
                 max,
             } => Outcome::Pruned(self.prune(now, &leader, older_than, max).await?),
-            other => {
-                return Err(BackendError::Misconfigured(format!(
-                    "command {} is not supported by this version of weir-postgres",
-                    weir_core::command_name(&other)
-                )))
-            }
         })
     }
 

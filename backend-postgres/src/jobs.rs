@@ -1,6 +1,7 @@
 //! Job commands: enqueue (batch, inside a caller's transaction), claim, and
-//! the read-modify-write commands (resume, cancel, admin retry). The
-//! worker's receipt batches are in `receipts.rs`, bulk COPY in `bulk.rs`.
+//! the read-modify-write commands (resume, cancel, a handler's own cancel,
+//! admin retry). The worker's receipt batches are in `receipts.rs`, bulk
+//! COPY in `bulk.rs`.
 //!
 //! Enqueue and claim are one statement each (one round trip, autocommit).
 //! The read-modify-write commands lock their rows, run the core's own
@@ -16,8 +17,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use weir::{BackendError, ClientError, InsertOptions, Inserted, JobArgs};
 use weir_core::{
-    Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId, JobLimits,
-    JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
+    BatchResult, Claimed, ClaimedJob, ClaimerGrant, Enqueued, Epoch, InvalidJob, Job, JobId,
+    JobLimits, JobState, Kind, NewJob, Payload, QueueName, Receipt, Reject, StateName, Timestamp,
+    UniqueKey,
 };
 
 use crate::backend::{db, PgBackend};
@@ -25,11 +27,15 @@ use crate::rows::{
     i64_to_u64, job_from_row, span, u64_to_i64, JobWrites, JOB_COLUMNS, JOB_WRITE_SQL,
 };
 
-/// How often an enqueue re-resolves unique keys that a concurrent insert
-/// took between its snapshot and its insert. One retry settles a race;
-/// the bound only stops a pathological loop.
-const ENQUEUE_TRIES: usize = 8;
-
+/// The batch enqueue, one statement, so all of it commits or none (a
+/// second statement after an autocommit first one could fail after the
+/// first committed). Unique keys: a key the statement's snapshot sees is a
+/// duplicate of that job (`existing`); a key a concurrent insert took
+/// after the snapshot (committed since, or still in flight: the insert
+/// waits for it) is a conflict on `jobs_unique`, and `DO UPDATE` returns
+/// the job that holds it as committed, whatever the snapshot (an update
+/// of the row to itself, only in that race). `won` matches such a row to
+/// its input job by key: its id is not the one drawn for the input.
 const ENQUEUE_SQL: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
 input AS (
@@ -56,28 +62,31 @@ fresh AS (
     ) f
 ),
 ins AS (
-    INSERT INTO {s}.jobs (id, queue, kind, payload, priority, attempt, max_attempts, epoch,
-                          timeout_ms, unique_key, created_at, state, run_at)
+    INSERT INTO {s}.jobs AS j (id, queue, kind, payload, priority, attempt, max_attempts, epoch,
+                               timeout_ms, unique_key, created_at, state, run_at)
     SELECT f.id, f.queue, f.kind, f.payload, f.priority, 0, f.max_attempts, 0, f.timeout_ms,
            f.unique_key, c.now,
            CASE WHEN coalesce(f.run_at, c.now) > c.now THEN 'scheduled' ELSE 'available' END,
            coalesce(f.run_at, c.now)
     FROM fresh f, clock c
     ORDER BY f.id
-    ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-    RETURNING id, queue, state
+    ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL
+        DO UPDATE SET unique_key = j.unique_key
+    RETURNING id, queue, state, kind, unique_key
 ),
 notified AS (
     SELECT pg_notify($13, 'j:' || q.queue)
-    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+    FROM (SELECT DISTINCT ins.queue FROM ins JOIN fresh f ON f.id = ins.id
+          WHERE ins.state = 'available') q
     WHERE $14
 )
 SELECT (SELECT ord FROM bad) AS bad, (SELECT count(*) FROM notified) AS notified,
-       i.ord, coalesce(e.id, ins.id) AS id, e.id IS NOT NULL AS dup
+       i.ord, coalesce(e.id, ins.id, won.id) AS id, e.id IS NOT NULL OR won.id IS NOT NULL AS dup
 FROM input i
 LEFT JOIN existing e ON e.ord = i.ord
 LEFT JOIN fresh f ON f.ord = i.ord
 LEFT JOIN ins ON ins.id = f.id
+LEFT JOIN ins won ON ins.id IS NULL AND won.kind = f.kind AND won.unique_key = f.unique_key
 ORDER BY i.ord";
 
 const CLAIM_SQL: &str = "
@@ -193,6 +202,9 @@ const NOTIFY_SQL: &str = "SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m";
 pub(crate) struct LockedJobs {
     jobs: BTreeMap<JobId, Job>,
     before: BTreeMap<JobId, Job>,
+    /// Whether taking a running attempt away wakes its holder (`c:`).
+    /// Off when the holder asked for it itself.
+    wake_holders: bool,
 }
 
 impl LockedJobs {
@@ -201,7 +213,15 @@ impl LockedJobs {
         LockedJobs {
             before: jobs.clone(),
             jobs,
+            wake_holders: true,
         }
+    }
+
+    /// Sends no `c:` wake-up for the attempts this command takes away: the
+    /// holder asked for it (a handler that cancelled its own job), so
+    /// there is nothing to stop. The memory backend sends none either.
+    pub(crate) fn holders_asked(&mut self) {
+        self.wake_holders = false;
     }
 
     /// Runs one transition; an unknown job is [`Reject::UnknownJob`].
@@ -243,7 +263,7 @@ impl LockedJobs {
                 out.insert(format!("j:{}", job.queue));
             }
             if let JobState::Running { holder, .. } = old.state {
-                if job.epoch != old.epoch {
+                if self.wake_holders && job.epoch != old.epoch {
                     out.insert(format!("c:{}:{}:{}", id.0, old.epoch.0, holder.0));
                 }
             }
@@ -259,10 +279,15 @@ impl PgBackend {
     /// job (or an earlier job of the same batch) is not inserted and
     /// answers with the existing id and `duplicate: true`.
     ///
-    /// One statement (two when a concurrent insert took one of the batch's
-    /// unique keys meanwhile). Inside a caller's transaction, NOTIFY
-    /// wake-ups are delivered when it commits; a database error aborts it,
-    /// as any failed statement does.
+    /// One statement, whatever races it (two when a job is invalid: the
+    /// clock is read to name the first one), so a batch is never half
+    /// applied. When a concurrent insert takes one of the batch's unique
+    /// keys while the statement runs, the statement answers with that job,
+    /// which it locks to read it as committed: inside a caller's
+    /// transaction the lock on that one job lasts until the transaction
+    /// ends. Inside a caller's transaction, NOTIFY wake-ups are delivered
+    /// when it commits; a database error aborts it, as any failed
+    /// statement does.
     pub async fn enqueue<'a, A>(
         &self,
         conn: A,
@@ -349,47 +374,33 @@ impl PgBackend {
             return Ok(Err(first_invalid(now, &jobs, &limits, index)));
         }
         let plan = EnqueuePlan::new(&jobs);
-        let mut result: Vec<Option<Enqueued>> = vec![None; jobs.len()];
-        let mut pending = plan.send.clone();
-        let mut check_run_at = true;
-        for _ in 0..ENQUEUE_TRIES {
-            if pending.is_empty() {
-                break;
+        let rows = self.enqueue_statement(conn, now, &jobs, &plan.send).await?;
+        if let Some(first) = rows.first() {
+            let bad: Option<i64> = first.try_get("bad").map_err(db)?;
+            if let Some(index) = bad {
+                let index = usize::try_from(index).expect("an ordinal of the batch");
+                let run_at = jobs[index].run_at.expect("only a run_at can be too far");
+                let error = InvalidJob::RunAtTooFar {
+                    run_at,
+                    max: limits.delay_max,
+                };
+                return Ok(Err(Reject::InvalidJob { index, error }));
             }
-            let rows = self
-                .enqueue_statement(conn, now, &jobs, &pending, check_run_at)
-                .await?;
-            check_run_at = false;
-            if let Some(first) = rows.first() {
-                let bad: Option<i64> = first.try_get("bad").map_err(db)?;
-                if let Some(index) = bad {
-                    let index = usize::try_from(index).expect("an ordinal of the batch");
-                    let run_at = jobs[index].run_at.expect("only a run_at can be too far");
-                    let error = InvalidJob::RunAtTooFar {
-                        run_at,
-                        max: limits.delay_max,
-                    };
-                    return Ok(Err(Reject::InvalidJob { index, error }));
-                }
-            }
-            for row in &rows {
-                let ord: i64 = row.try_get("ord").map_err(db)?;
-                let id: Option<i64> = row.try_get("id").map_err(db)?;
-                let duplicate: bool = row.try_get("dup").map_err(db)?;
-                if let Some(id) = id {
-                    let index = usize::try_from(ord).expect("an ordinal of the batch");
-                    result[index] = Some(Enqueued {
-                        id: JobId(id),
-                        duplicate,
-                    });
-                }
-            }
-            pending.retain(|&i| result[i].is_none());
         }
-        if !pending.is_empty() {
-            return Err(BackendError::Unavailable(
-                "unique keys kept changing under the enqueue; retry".to_string(),
-            ));
+        let mut result: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        for row in &rows {
+            let ord: i64 = row.try_get("ord").map_err(db)?;
+            // Every job sent is a duplicate seen by the snapshot, inserted,
+            // or the loser of a race that `DO UPDATE` resolved; were an id
+            // missing, the decode error would answer `Lost`, which is true:
+            // the statement committed.
+            let id: i64 = row.try_get("id").map_err(db)?;
+            let duplicate: bool = row.try_get("dup").map_err(db)?;
+            let index = usize::try_from(ord).expect("an ordinal of the batch");
+            result[index] = Some(Enqueued {
+                id: JobId(id),
+                duplicate,
+            });
         }
         for (i, first) in plan.dup_of.iter().enumerate() {
             if let Some(first) = *first {
@@ -412,7 +423,6 @@ impl PgBackend {
         now: Option<Timestamp>,
         jobs: &[NewJob],
         send: &[usize],
-        check_run_at: bool,
     ) -> Result<Vec<PgRow>, BackendError> {
         let mut ord = Vec::with_capacity(send.len());
         let mut queue = Vec::with_capacity(send.len());
@@ -435,11 +445,7 @@ impl PgBackend {
             run_at.push(job.run_at.map(|t| t.0));
             unique_key.push(job.unique_key.as_ref().map(UniqueKey::as_str));
         }
-        let all_run_at: Vec<Option<i64>> = if check_run_at {
-            jobs.iter().map(|job| job.run_at.map(|t| t.0)).collect()
-        } else {
-            Vec::new()
-        };
+        let all_run_at: Vec<Option<i64>> = jobs.iter().map(|job| job.run_at.map(|t| t.0)).collect();
         let config = &self.inner.config;
         sqlx::query(&self.sql(ENQUEUE_SQL))
             .bind(now.map(|t| t.0))
@@ -631,6 +637,33 @@ impl PgBackend {
                 job.cancel(now)?;
                 Ok(state)
             })
+        })
+        .await
+    }
+
+    /// `CancelAttempts`: a handler cancels its own attempt. Receipt-guarded
+    /// like every holder write; the core's [`Job::cancel_attempt`] decides
+    /// each item in input order on the locked rows, exactly as the world
+    /// applies the batch (a cancel bumps the epoch, so a second copy of a
+    /// receipt is stale). Four round trips; handlers cancel rarely.
+    pub(crate) async fn cancel_attempts(
+        &self,
+        now: Option<Timestamp>,
+        receipts: Vec<Receipt>,
+    ) -> Result<BatchResult<()>, BackendError> {
+        if let Err(reject) = self.check_batch_len(receipts.len()) {
+            return Ok(Err(reject));
+        }
+        if receipts.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let ids = receipts.iter().map(|r| r.job.0).collect();
+        self.with_jobs(now, ids, |now, jobs| {
+            jobs.holders_asked();
+            Ok(receipts
+                .into_iter()
+                .map(|r| jobs.update(r.job, |job| job.cancel_attempt(r, now)))
+                .collect())
         })
         .await
     }

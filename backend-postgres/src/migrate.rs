@@ -45,10 +45,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "jobs fillfactor",
         sql: include_str!("../migrations/0003_jobs_fillfactor.sql"),
     },
+    Migration {
+        version: 4,
+        name: "session holds",
+        sql: include_str!("../migrations/0004_session_holds.sql"),
+    },
 ];
 
 /// The schema version this code reads and writes.
-pub const LATEST_VERSION: i32 = 3;
+pub const LATEST_VERSION: i32 = 4;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]

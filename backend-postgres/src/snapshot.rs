@@ -11,6 +11,7 @@ use weir_core::{
 };
 
 use crate::backend::{db, PgBackend};
+use crate::leases::SESSION_ENDED;
 use crate::rows::{i64_to_u64, job_from_row, lease_from_row, slot_from_row, JOB_COLUMNS};
 
 /// The stored state, in the core's types and orders.
@@ -27,6 +28,18 @@ pub struct Snapshot {
     /// The paused queues.
     pub paused: BTreeSet<QueueName>,
 }
+
+/// Every slot row, a session hold whose session ended read as free (as a
+/// slot try reads it). The session columns are read through `to_jsonb`,
+/// where a schema from before version 4, which has none, gives `NULL`: the
+/// upgrade tests take snapshots of older schemas.
+const SLOTS_SQL: &str = "
+SELECT s.name, s.slot, s.epoch, s.lease_expires_at,
+       CASE WHEN {ended} THEN NULL ELSE s.holder END AS holder
+FROM (SELECT t.name, t.slot, t.epoch, t.holder, t.lease_expires_at,
+             (to_jsonb(t) ->> 'holder_pid')::integer AS holder_pid,
+             (to_jsonb(t) ->> 'holder_session_start')::timestamptz AS holder_session_start
+      FROM {s}.semaphore_slots t) s";
 
 fn decode<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, BackendError> {
     r.map_err(|e| BackendError::Unavailable(format!("stored value: {e}")))
@@ -81,14 +94,8 @@ impl PgBackend {
             let permits = permits as u16;
             semaphores.insert(name, (permits, vec![Slot::default(); usize::from(permits)]));
         }
-        for row in sqlx::query(
-            &self
-                .sql("SELECT name, slot, epoch, holder, lease_expires_at FROM {s}.semaphore_slots"),
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-        {
+        let slots = self.sql(&SLOTS_SQL.replace("{ended}", SESSION_ENDED));
+        for row in sqlx::query(&slots).fetch_all(&mut *tx).await.map_err(db)? {
             let name = decode(SemaphoreName::new(
                 row.try_get::<String, _>("name").map_err(db)?,
             ))?;

@@ -5,6 +5,11 @@
 //! `WEIR_DIFF_CASES` sets the number of cases (default 60, each of
 //! `WEIR_DIFF_STEPS` commands, default 150); `WEIR_DIFF_SEED` replays one
 //! case. A failure prints the seed, the step and both outcomes.
+//!
+//! A command the generator never sends is a command this test never
+//! checks: `the_generator_produces_every_command` fails, naming it, if the
+//! default cases leave any `Command` variant out (the list comes from serde,
+//! `weir_core::variants`, not from a hand-kept copy).
 
 mod common;
 
@@ -12,6 +17,7 @@ use std::collections::BTreeSet;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use weir_core::variants::Tally;
 use weir_core::{
     Backoff, ClaimerConfig, ClaimerGrant, Command, FailError, Failure, JobId, JobLimits, Kind,
     LeaderGrant, LeaseEpoch, Millis, NewJob, Outcome, Payload, Priority, ProcessId, QueueName,
@@ -117,7 +123,31 @@ impl Known {
                 }
             }
             Outcome::LeaderElected(Ok(grant)) => self.leaders.push(*grant),
-            _ => {}
+            // Every answer is named, so a new one that hands out a
+            // receipt, lease or grant must say how the generator learns it.
+            Outcome::Enqueued(Err(_))
+            | Outcome::Claimed(Err(_))
+            | Outcome::ClaimerAcquired(Err(_))
+            | Outcome::SlotTried(Err(_))
+            | Outcome::LeaderElected(Err(_))
+            | Outcome::Heartbeats(_)
+            | Outcome::Completed(_)
+            | Outcome::Failed(_)
+            | Outcome::Snoozed(_)
+            | Outcome::AttemptsCancelled(_)
+            | Outcome::Waiting(_)
+            | Outcome::Resumed(_)
+            | Outcome::Cancelled(_)
+            | Outcome::Retried(_)
+            | Outcome::QueuePauseChanged(_)
+            | Outcome::ClaimerReleased(_)
+            | Outcome::SlotRenewed(_)
+            | Outcome::SlotReleased(_)
+            | Outcome::SessionEnded(_)
+            | Outcome::LeaderResigned(_)
+            | Outcome::Promoted(_)
+            | Outcome::Rescued(_)
+            | Outcome::Pruned(_) => {}
         }
     }
 }
@@ -229,8 +259,10 @@ fn slot_grant(rng: &mut ChaCha8Rng, known: &Known) -> (SemaphoreName, SlotGrant)
     }
 }
 
+/// One random command, aimed by what `known` has seen. Every `Command`
+/// variant has its range (`the_generator_produces_every_command` checks).
 fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
-    match rng.random_range(0..100) {
+    match rng.random_range(0..103) {
         0..=13 => Command::Enqueue {
             jobs: (0..batch_len(rng)).map(|_| new_job(rng, now)).collect(),
         },
@@ -302,6 +334,9 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
                 .map(|_| (receipt(rng, known), Millis(rng.random_range(0..300))))
                 .collect(),
         },
+        100..=102 => Command::CancelAttempts {
+            receipts: (0..batch_len(rng)).map(|_| receipt(rng, known)).collect(),
+        },
         62..=64 => Command::WaitExternal {
             waits: (0..batch_len(rng))
                 .map(|_| (receipt(rng, known), Millis(rng.random_range(0..600))))
@@ -364,11 +399,54 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
             draw: rng.random(),
             max: batch_len(rng) as u32,
         },
-        _ => Command::Prune {
+        97..=99 => Command::Prune {
             leader: leader(rng, known),
             older_than: Millis(rng.random_range(0..1500)),
             max: batch_len(rng) as u32,
         },
+        other => unreachable!("drawn from 0..103, got {other}"),
+    }
+}
+
+/// The generator's whole state: its seeded draws, what it has seen, and
+/// the clock it sends commands at.
+struct Generator {
+    rng: ChaCha8Rng,
+    known: Known,
+    now: Timestamp,
+    /// Variants never sent (redrawn instead): only to show that the
+    /// coverage guard notices a missing one.
+    skip: Vec<&'static str>,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Generator {
+        Generator {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            known: Known::default(),
+            now: Timestamp(1_000_000),
+            skip: Vec::new(),
+        }
+    }
+
+    /// Moves the clock on and draws the next command, aimed at `world`'s
+    /// current state.
+    fn next(&mut self, world: &World) -> (Timestamp, Command) {
+        let rng = &mut self.rng;
+        let step_ms = *pick(rng, &[0, 1, 5, 10, 20, 20, 30, 50, 80, 120, 300, 700]).unwrap();
+        self.now = Timestamp(self.now.0 + step_ms);
+        self.known.aim(world, self.now);
+        loop {
+            let command = command(&mut self.rng, &self.known, self.now);
+            if !self.skip.contains(&weir_core::variants::of(&command)) {
+                return (self.now, command);
+            }
+        }
+    }
+
+    /// Remembers what `outcome` handed out, to aim later commands.
+    fn learn(&mut self, command: &Command, outcome: &Outcome) {
+        self.known.learn(command, outcome);
     }
 }
 
@@ -450,48 +528,127 @@ fn label(outcome: &Outcome) -> String {
             Ok(_) => "all-rejected",
         }
     }
-    let (name, what) = match outcome {
-        Outcome::Enqueued(r) => ("enqueue", if r.is_ok() { "ok" } else { "rejected" }),
-        Outcome::Claimed(Ok(c)) if c.jobs.is_empty() => ("claim", "empty"),
-        Outcome::Claimed(Ok(c)) if c.lease_refreshed => ("claim", "jobs+refresh"),
-        Outcome::Claimed(Ok(_)) => ("claim", "jobs"),
-        Outcome::Claimed(Err(_)) => ("claim", "rejected"),
-        Outcome::Heartbeats(r) => ("heartbeat", items(r)),
-        Outcome::Completed(r) => ("complete", items(r)),
-        Outcome::Failed(r) => ("fail", items(r)),
-        Outcome::Snoozed(r) => ("snooze", items(r)),
-        Outcome::Waiting(r) => ("wait", items(r)),
-        Outcome::Resumed(r) => ("resume", if r.is_ok() { "ok" } else { "rejected" }),
-        Outcome::Cancelled(r) => ("cancel", if r.is_ok() { "ok" } else { "rejected" }),
-        Outcome::Retried(r) => ("retry", if r.is_ok() { "ok" } else { "rejected" }),
-        Outcome::ClaimerAcquired(Ok((_, how))) => (
-            "acquire",
-            match how {
-                weir_core::Acquired::Reused => "reused",
-                weir_core::Acquired::TakenOver => "taken-over",
-                weir_core::Acquired::Opened => "opened",
-            },
-        ),
-        Outcome::ClaimerAcquired(Err(_)) => ("acquire", "rejected"),
-        Outcome::SlotTried(r) => ("slot-try", if r.is_ok() { "ok" } else { "rejected" }),
-        Outcome::Promoted(Ok(v)) | Outcome::Pruned(Ok(v)) if !v.is_empty() => (
-            if matches!(outcome, Outcome::Promoted(_)) {
-                "promote"
-            } else {
-                "prune"
-            },
-            "some",
-        ),
-        Outcome::Rescued(Ok(v)) if !v.is_empty() => ("rescue", "some"),
-        other => {
-            return format!("{:?}", other)
-                .split('(')
-                .next()
-                .unwrap_or("?")
-                .to_string()
+    fn one<T>(r: &Result<T, weir_core::Reject>) -> &'static str {
+        if r.is_ok() {
+            "ok"
+        } else {
+            "rejected"
         }
+    }
+    fn some<T>(r: &Result<Vec<T>, weir_core::Reject>) -> &'static str {
+        match r {
+            Err(_) => "rejected",
+            Ok(v) if v.is_empty() => "none",
+            Ok(_) => "some",
+        }
+    }
+    fn changed(changed: bool) -> &'static str {
+        if changed {
+            "changed"
+        } else {
+            "no-op"
+        }
+    }
+    let what = match outcome {
+        Outcome::Enqueued(r) => one(r),
+        Outcome::Claimed(Ok(c)) if c.jobs.is_empty() => "empty",
+        Outcome::Claimed(Ok(c)) if c.lease_refreshed => "jobs+refresh",
+        Outcome::Claimed(r) => one(r),
+        Outcome::Heartbeats(r)
+        | Outcome::Completed(r)
+        | Outcome::Snoozed(r)
+        | Outcome::AttemptsCancelled(r)
+        | Outcome::Waiting(r) => items(r),
+        Outcome::Failed(r) => items(r),
+        Outcome::Resumed(r) | Outcome::Retried(r) | Outcome::SlotRenewed(r) => one(r),
+        Outcome::Cancelled(r) => one(r),
+        Outcome::ClaimerAcquired(Ok((_, how))) => match how {
+            weir_core::Acquired::Reused => "reused",
+            weir_core::Acquired::TakenOver => "taken-over",
+            weir_core::Acquired::Opened => "opened",
+        },
+        Outcome::ClaimerAcquired(Err(_)) => "rejected",
+        Outcome::SlotTried(r) => one(r),
+        Outcome::LeaderElected(r) => one(r),
+        Outcome::QueuePauseChanged(b)
+        | Outcome::ClaimerReleased(b)
+        | Outcome::SlotReleased(b)
+        | Outcome::LeaderResigned(b) => changed(*b),
+        Outcome::SessionEnded(freed) => changed(!freed.is_empty()),
+        Outcome::Promoted(r) | Outcome::Pruned(r) => some(r),
+        Outcome::Rescued(r) => some(r),
     };
-    format!("{name}:{what}")
+    format!("{}:{what}", weir_core::variants::of(outcome))
+}
+
+/// Whether a command changed something (at least one item accepted, at
+/// least one job moved, a flag flipped): a command the generator only
+/// ever sends to be refused tests only the refusal.
+fn did_something(outcome: &Outcome) -> bool {
+    fn any_ok<T>(r: &weir_core::BatchResult<T>) -> bool {
+        r.as_ref()
+            .is_ok_and(|items| items.iter().any(Result::is_ok))
+    }
+    fn non_empty<T>(r: &Result<Vec<T>, weir_core::Reject>) -> bool {
+        r.as_ref().is_ok_and(|v| !v.is_empty())
+    }
+    match outcome {
+        Outcome::Enqueued(r) => non_empty(r),
+        Outcome::Claimed(r) => r.as_ref().is_ok_and(|c| !c.jobs.is_empty()),
+        Outcome::Heartbeats(r)
+        | Outcome::Completed(r)
+        | Outcome::Snoozed(r)
+        | Outcome::AttemptsCancelled(r)
+        | Outcome::Waiting(r) => any_ok(r),
+        Outcome::Failed(r) => any_ok(r),
+        Outcome::Resumed(r) | Outcome::Retried(r) | Outcome::SlotRenewed(r) => r.is_ok(),
+        Outcome::Cancelled(r) => r.is_ok(),
+        Outcome::ClaimerAcquired(r) => r.is_ok(),
+        Outcome::SlotTried(r) => r.is_ok(),
+        Outcome::LeaderElected(r) => r.is_ok(),
+        Outcome::QueuePauseChanged(b)
+        | Outcome::ClaimerReleased(b)
+        | Outcome::SlotReleased(b)
+        | Outcome::LeaderResigned(b) => *b,
+        Outcome::SessionEnded(freed) => !freed.is_empty(),
+        Outcome::Promoted(r) | Outcome::Pruned(r) => non_empty(r),
+        Outcome::Rescued(r) => non_empty(r),
+    }
+}
+
+/// What a run sent: outcome labels, and the commands (all of them, and
+/// those that changed something), by variant.
+struct Coverage {
+    labels: std::collections::BTreeMap<String, usize>,
+    sent: Tally,
+    effective: Tally,
+}
+
+impl Coverage {
+    fn new() -> Coverage {
+        Coverage {
+            labels: std::collections::BTreeMap::new(),
+            sent: Tally::of::<Command>(),
+            effective: Tally::of::<Command>(),
+        }
+    }
+
+    fn record(&mut self, command: &Command, outcome: &Outcome) {
+        *self.labels.entry(label(outcome)).or_default() += 1;
+        self.sent.record(command);
+        if did_something(outcome) {
+            self.effective.record(command);
+        }
+    }
+
+    /// `Ok` when every variant was sent, and every one changed something
+    /// at least once; otherwise what was not, by name.
+    fn complete(&self) -> Result<(), String> {
+        self.sent
+            .complete("the differential generator never produced")?;
+        self.effective
+            .complete("the differential generator never produced an effective")
+    }
 }
 
 /// Why a case stopped early.
@@ -507,22 +664,16 @@ async fn run_case(
     backend: &PgBackend,
     seed: u64,
     steps: usize,
-    coverage: &mut std::collections::BTreeMap<String, usize>,
+    coverage: &mut Coverage,
     mut world: World,
 ) -> Result<usize, CaseError> {
     common::reset(backend).await;
     // A new backend value, so its explicit-time clamp starts afresh.
     let backend = PgBackend::new(backend.pool().clone(), backend.config().clone()).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut known = Known::default();
-    let mut now = Timestamp(1_000_000);
+    let mut generator = Generator::new(seed);
     let mut history = Vec::new();
     for step in 0..steps {
-        now = Timestamp(
-            now.0 + *pick(&mut rng, &[0, 1, 5, 10, 20, 20, 30, 50, 80, 120, 300, 700]).unwrap(),
-        );
-        known.aim(&world, now);
-        let command = command(&mut rng, &known, now);
+        let (now, command) = generator.next(&world);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             world.apply(now, command.clone())
         }));
@@ -541,8 +692,8 @@ async fn run_case(
                  last commands:\n{tail}\nworld:    {expected:?}\npostgres: {actual:?}"
             )));
         }
-        *coverage.entry(label(&expected)).or_default() += 1;
-        known.learn(&command, &expected);
+        coverage.record(&command, &expected);
+        generator.learn(&command, &expected);
         if step % 40 == 39 {
             compare_states(seed, step, &world, &backend)
                 .await
@@ -558,14 +709,14 @@ async fn run_case(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_gives_the_worlds_outcomes_and_state() {
     let (_db, backend) = common::backend(config()).await;
-    let steps = env_usize("WEIR_DIFF_STEPS", 150);
+    let steps = env_usize("WEIR_DIFF_STEPS", STEPS);
     let seeds: Vec<u64> = match std::env::var("WEIR_DIFF_SEED") {
         Ok(seed) => vec![seed.parse().expect("WEIR_DIFF_SEED is a number")],
-        Err(_) => (0..env_usize("WEIR_DIFF_CASES", 60) as u64).collect(),
+        Err(_) => (0..env_usize("WEIR_DIFF_CASES", CASES) as u64).collect(),
     };
     let started = std::time::Instant::now();
     let mut commands = 0;
-    let mut coverage = std::collections::BTreeMap::new();
+    let mut coverage = Coverage::new();
     for &seed in &seeds {
         match run_case(&backend, seed, steps, &mut coverage, World::new(config())).await {
             Ok(applied) => commands += applied,
@@ -573,12 +724,83 @@ async fn postgres_gives_the_worlds_outcomes_and_state() {
             Err(CaseError::WorldPanicked) => panic!("the world panicked on seed {seed}"),
         }
     }
-    eprintln!("coverage (outcome: count): {coverage:#?}");
+    eprintln!("coverage (outcome: count): {:#?}", coverage.labels);
+    eprintln!("commands sent: {}", coverage.sent);
     eprintln!(
         "differential: {} cases, {commands} commands, outcomes and states identical ({:.1?})",
         seeds.len(),
         started.elapsed()
     );
+    // Longer runs extend the default ones (same seeds, same prefixes), so
+    // they cover at least as much; a single replayed seed need not.
+    if seeds.len() >= CASES && steps >= STEPS {
+        coverage
+            .complete()
+            .unwrap_or_else(|missing| panic!("{missing}"));
+    }
+}
+
+/// The cases and steps the differential test runs by default.
+const CASES: usize = 60;
+const STEPS: usize = 150;
+
+/// What the generator sends in the default cases, against the world
+/// alone, never sending the variants in `skip`.
+///
+/// These are the very sequences `postgres_gives_the_worlds_outcomes_and_state`
+/// sends Postgres by default: the generator is steered only by its seed
+/// and by the outcomes it sees, and that test fails unless Postgres gives
+/// the world's outcomes. So this needs no database, and is cheap enough to
+/// run on every `cargo test`.
+fn generated(skip: &[&'static str]) -> Coverage {
+    let mut coverage = Coverage::new();
+    for seed in 0..CASES as u64 {
+        let mut world = World::new(config());
+        let mut generator = Generator::new(seed);
+        generator.skip = skip.to_vec();
+        for _ in 0..STEPS {
+            let (now, command) = generator.next(&world);
+            let outcome = world.apply(now, command.clone());
+            coverage.record(&command, &outcome);
+            generator.learn(&command, &outcome);
+        }
+    }
+    coverage
+}
+
+/// The guard: every `Command` variant (as serde lists them) is produced by
+/// the generator in the default cases, and changes something at least
+/// once, so a command no backend is ever sent cannot go unnoticed here.
+#[test]
+fn the_generator_produces_every_command() {
+    let coverage = generated(&[]);
+    eprintln!("commands sent: {}", coverage.sent);
+    eprintln!("commands that changed something: {}", coverage.effective);
+    coverage
+        .complete()
+        .unwrap_or_else(|missing| panic!("{missing}"));
+}
+
+/// The guard can fail: with any one variant held back from the generator,
+/// it fails and names that variant (beside any that only follow from it:
+/// without `ClaimerAcquire` there is no lease to release).
+#[test]
+fn the_generator_guard_names_a_command_it_never_produced() {
+    for &variant in weir_core::variants::all::<Command>() {
+        let coverage = generated(&[variant]);
+        assert!(
+            coverage.sent.missing().contains(&variant),
+            "{variant} was held back: {}",
+            coverage.sent
+        );
+        let message = coverage.complete().expect_err("a variant is missing");
+        let first = message.lines().next().expect("a message");
+        assert!(
+            first.starts_with("the differential generator never produced: ")
+                && first.contains(variant),
+            "{message}"
+        );
+    }
 }
 
 /// The differential test can fail: against a world that makes one
@@ -586,7 +808,7 @@ async fn postgres_gives_the_worlds_outcomes_and_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_world_with_a_deliberate_bug_is_told_apart() {
     let (_db, backend) = common::backend(config()).await;
-    let mut coverage = std::collections::BTreeMap::new();
+    let mut coverage = Coverage::new();
     let mut report = Vec::new();
     for mutation in weir_core::Mutation::ALL {
         if mutation == weir_core::Mutation::ScanStopsAtError {

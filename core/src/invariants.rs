@@ -23,7 +23,8 @@ use crate::ids::{
     SemaphoreName, SlotEpoch, SlotIndex,
 };
 use crate::job::JobState;
-use crate::reject::StateName;
+use crate::leader::LeaderGrant;
+use crate::reject::{Reject, StateName};
 use crate::world::{Command, Outcome, World};
 
 /// A broken invariant: always a bug.
@@ -315,23 +316,120 @@ impl World {
         outcome: &Outcome,
         after: &World,
     ) -> Result<(), Violation> {
-        check_jobs_step(before, command, outcome, after)?;
-        check_fencing_step(before, command, outcome, after)?;
-        check_slot_step(before, command, outcome, after)?;
-        check_leader_step(before, command, outcome, after)?;
-        check_stale_writes(before, command, outcome, after)?;
+        let footprint = footprint(command);
+        check_jobs_step(before, &footprint, outcome, after)?;
+        check_fencing_step(before, &footprint, outcome, after)?;
+        check_slot_step(before, &footprint, outcome, after)?;
+        check_leader_step(before, &footprint, outcome, after)?;
+        check_stale_writes(before, command, &footprint, outcome, after)?;
         check_counters_step(before, after)
+    }
+}
+
+/// What a command may do, as far as the step checks must know: which of
+/// them apply to it.
+struct Footprint<'c> {
+    /// The receipts it writes with: a stale one must change nothing.
+    receipts: Vec<Receipt>,
+    /// It takes attempts away from their holders, so it must bump the
+    /// epoch of every live job it ends.
+    takes_away: bool,
+    /// A leader-only write under this lease: accepted only from the leader.
+    leader: Option<&'c LeaderGrant>,
+    /// It may delete finished jobs; any other disappearance is a lost job.
+    deletes_finished: bool,
+    /// It may grant a slot of this semaphore, which must have been free.
+    grants_slot_of: Option<&'c SemaphoreName>,
+}
+
+/// Classifies every command, with no wildcard: a new command does not
+/// compile until it is said here which step checks apply to it.
+fn footprint(command: &Command) -> Footprint<'_> {
+    let mut footprint = Footprint {
+        receipts: Vec::new(),
+        takes_away: false,
+        leader: None,
+        deletes_finished: false,
+        grants_slot_of: None,
+    };
+    match command {
+        Command::Heartbeat { receipts }
+        | Command::Complete { receipts }
+        | Command::CancelAttempts { receipts } => footprint.receipts = receipts.clone(),
+        Command::Fail { failures } => {
+            footprint.receipts = failures.iter().map(|f| f.receipt).collect()
+        }
+        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
+            footprint.receipts = items.iter().map(|(r, _)| *r).collect()
+        }
+        Command::ResumeExternal { receipt } => footprint.receipts = vec![*receipt],
+        // An operator's cancel takes the attempt from whoever runs it.
+        Command::Cancel { .. } => footprint.takes_away = true,
+        Command::Rescue { leader, .. } => {
+            footprint.takes_away = true;
+            footprint.leader = Some(leader);
+        }
+        Command::Promote { leader, .. } => footprint.leader = Some(leader),
+        Command::Prune { leader, .. } => {
+            footprint.leader = Some(leader);
+            footprint.deletes_finished = true;
+        }
+        Command::SlotTry { semaphore, .. } => footprint.grants_slot_of = Some(semaphore),
+        // Writes guarded by their own tokens (a claimer grant, a slot
+        // grant, a leader grant) or by nothing at all; the state and
+        // counter checks cover them.
+        Command::Enqueue { .. }
+        | Command::Claim { .. }
+        | Command::Retry { .. }
+        | Command::PauseQueue { .. }
+        | Command::ResumeQueue { .. }
+        | Command::ClaimerAcquire { .. }
+        | Command::ClaimerRelease { .. }
+        | Command::SlotRenew { .. }
+        | Command::SlotRelease { .. }
+        | Command::ProcessCrashed { .. }
+        | Command::LeaderElect { .. }
+        | Command::LeaderResign { .. } => {}
+    }
+    footprint
+}
+
+/// The refusal of a whole command, if it was refused (per-item rejections
+/// of a batch are not one).
+fn refusal(outcome: &Outcome) -> Option<&Reject> {
+    match outcome {
+        Outcome::Enqueued(r) => r.as_ref().err(),
+        Outcome::Claimed(r) => r.as_ref().err(),
+        Outcome::Heartbeats(r)
+        | Outcome::Completed(r)
+        | Outcome::Snoozed(r)
+        | Outcome::AttemptsCancelled(r)
+        | Outcome::Waiting(r) => r.as_ref().err(),
+        Outcome::Failed(r) => r.as_ref().err(),
+        Outcome::Resumed(r) | Outcome::Retried(r) | Outcome::SlotRenewed(r) => r.as_ref().err(),
+        Outcome::Cancelled(r) => r.as_ref().err(),
+        Outcome::ClaimerAcquired(r) => r.as_ref().err(),
+        Outcome::SlotTried(r) => r.as_ref().err(),
+        Outcome::LeaderElected(r) => r.as_ref().err(),
+        Outcome::Promoted(r) | Outcome::Pruned(r) => r.as_ref().err(),
+        Outcome::Rescued(r) => r.as_ref().err(),
+        Outcome::QueuePauseChanged(_)
+        | Outcome::ClaimerReleased(_)
+        | Outcome::SlotReleased(_)
+        | Outcome::SessionEnded(_)
+        | Outcome::LeaderResigned(_) => None,
     }
 }
 
 fn check_jobs_step(
     before: &World,
-    command: &Command,
+    footprint: &Footprint<'_>,
     outcome: &Outcome,
     after: &World,
 ) -> Result<(), Violation> {
-    let pruned: BTreeSet<JobId> = match (command, outcome) {
-        (Command::Prune { .. }, Outcome::Pruned(Ok(ids))) => ids.iter().copied().collect(),
+    // Only a prune names the jobs it deleted.
+    let pruned: BTreeSet<JobId> = match outcome {
+        Outcome::Pruned(Ok(ids)) if footprint.deletes_finished => ids.iter().copied().collect(),
         _ => BTreeSet::new(),
     };
     for (id, old) in &before.jobs {
@@ -360,7 +458,7 @@ fn check_jobs_step(
 
 fn check_fencing_step(
     before: &World,
-    command: &Command,
+    footprint: &Footprint<'_>,
     outcome: &Outcome,
     after: &World,
 ) -> Result<(), Violation> {
@@ -374,8 +472,7 @@ fn check_fencing_step(
             }
         }
     }
-    let takeaway = matches!(command, Command::Cancel { .. } | Command::Rescue { .. });
-    if !takeaway {
+    if !footprint.takes_away {
         return Ok(());
     }
     for (id, old) in &before.jobs {
@@ -395,11 +492,11 @@ fn check_fencing_step(
 
 fn check_slot_step(
     before: &World,
-    command: &Command,
+    footprint: &Footprint<'_>,
     outcome: &Outcome,
     after: &World,
 ) -> Result<(), Violation> {
-    let (Command::SlotTry { semaphore, .. }, Outcome::SlotTried(Ok(grant))) = (command, outcome)
+    let (Some(semaphore), Outcome::SlotTried(Ok(grant))) = (footprint.grants_slot_of, outcome)
     else {
         return Ok(());
     };
@@ -419,16 +516,16 @@ fn check_slot_step(
 
 fn check_leader_step(
     before: &World,
-    command: &Command,
+    footprint: &Footprint<'_>,
     outcome: &Outcome,
     after: &World,
 ) -> Result<(), Violation> {
-    let grant = match (command, outcome) {
-        (Command::Promote { leader, .. }, Outcome::Promoted(Ok(_)))
-        | (Command::Rescue { leader, .. }, Outcome::Rescued(Ok(_)))
-        | (Command::Prune { leader, .. }, Outcome::Pruned(Ok(_))) => leader,
-        _ => return Ok(()),
+    let Some(grant) = footprint.leader else {
+        return Ok(());
     };
+    if refusal(outcome).is_some() {
+        return Ok(());
+    }
     if before.leader.leader_at(after.now) != Some(*grant) {
         return Err(Violation::DeposedLeaderWriteRejected {
             presented: grant.term,
@@ -438,30 +535,16 @@ fn check_leader_step(
     Ok(())
 }
 
-/// The receipts a command writes with; a stale one must change nothing.
-fn receipts(command: &Command) -> Vec<crate::ids::Receipt> {
-    match command {
-        Command::Heartbeat { receipts }
-        | Command::Complete { receipts }
-        | Command::CancelAttempts { receipts } => receipts.clone(),
-        Command::Fail { failures } => failures.iter().map(|f| f.receipt).collect(),
-        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
-            items.iter().map(|(r, _)| *r).collect()
-        }
-        Command::ResumeExternal { receipt } => vec![*receipt],
-        _ => Vec::new(),
-    }
-}
-
 fn check_stale_writes(
     before: &World,
     command: &Command,
+    footprint: &Footprint<'_>,
     outcome: &Outcome,
     after: &World,
 ) -> Result<(), Violation> {
-    let receipts = receipts(command);
+    let receipts = &footprint.receipts;
     let mut fresh_only: Option<(World, bool)> = None;
-    for receipt in &receipts {
+    for receipt in receipts {
         let Some(old) = before.jobs.get(&receipt.job) else {
             continue;
         };
@@ -482,7 +565,7 @@ fn check_stale_writes(
             let replayed = replay.apply(after.now, without_stale_items(before, command));
             let kept: Vec<String> = item_answers(outcome)
                 .into_iter()
-                .zip(&receipts)
+                .zip(receipts)
                 .filter(|(_, r)| is_fresh(before, r))
                 .map(|(answer, _)| answer)
                 .collect();
@@ -524,7 +607,24 @@ fn item_answers(outcome: &Outcome) -> Vec<String> {
         | Outcome::Waiting(items)
         | Outcome::AttemptsCancelled(items) => render(items),
         Outcome::Failed(items) => render(items),
-        other => vec![format!("{other:?}")],
+        // Not a batch: the whole answer is its one item.
+        Outcome::Enqueued(_)
+        | Outcome::Claimed(_)
+        | Outcome::Resumed(_)
+        | Outcome::Cancelled(_)
+        | Outcome::Retried(_)
+        | Outcome::QueuePauseChanged(_)
+        | Outcome::ClaimerAcquired(_)
+        | Outcome::ClaimerReleased(_)
+        | Outcome::SlotTried(_)
+        | Outcome::SlotRenewed(_)
+        | Outcome::SlotReleased(_)
+        | Outcome::SessionEnded(_)
+        | Outcome::LeaderElected(_)
+        | Outcome::LeaderResigned(_)
+        | Outcome::Promoted(_)
+        | Outcome::Rescued(_)
+        | Outcome::Pruned(_) => vec![format!("{outcome:?}")],
     }
 }
 
@@ -540,7 +640,25 @@ fn without_stale_items(before: &World, command: &Command) -> Command {
         Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
             items.retain(|(r, _)| fresh(r))
         }
-        _ => {}
+        // One receipt: stale alone, never beside a current one.
+        Command::ResumeExternal { .. } => {}
+        Command::Enqueue { .. }
+        | Command::Claim { .. }
+        | Command::Cancel { .. }
+        | Command::Retry { .. }
+        | Command::PauseQueue { .. }
+        | Command::ResumeQueue { .. }
+        | Command::ClaimerAcquire { .. }
+        | Command::ClaimerRelease { .. }
+        | Command::SlotTry { .. }
+        | Command::SlotRenew { .. }
+        | Command::SlotRelease { .. }
+        | Command::ProcessCrashed { .. }
+        | Command::LeaderElect { .. }
+        | Command::LeaderResign { .. }
+        | Command::Promote { .. }
+        | Command::Rescue { .. }
+        | Command::Prune { .. } => {}
     }
     command
 }

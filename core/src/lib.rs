@@ -108,6 +108,8 @@ pub mod mutation;
 pub mod reject;
 pub mod semaphore;
 pub mod time;
+#[doc(hidden)]
+pub mod variants;
 pub mod warmup;
 pub mod warmup_driver;
 pub mod world;
@@ -116,9 +118,12 @@ pub use backoff::{Backoff, InvalidBackoff};
 pub use claimer::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerLease, ClaimerTable, InvalidClaimerConfig,
 };
+#[cfg(feature = "mutants")]
+pub use dispatcher::DispatcherMutation;
 pub use dispatcher::{
-    CommandId, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input, QueueConfig, Reason,
-    Stats, StopReason,
+    Abandoned, CommandId, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input,
+    InvalidDispatcherConfig, InvalidLimit, Limit, LimitConfig, QueueConfig, Reason, Refusal,
+    Settled, Stats, StopReason, Unrunnable, MAINTENANCE_BATCH_MAX,
 };
 pub use ids::{
     Attempt, ClaimerSlot, Epoch, InvalidName, JobId, Kind, LeaderTerm, LeaseEpoch, NameKind,

@@ -62,12 +62,16 @@
 //! ## Session holds
 //!
 //! `lease_ttl: None` holds the slot for the holder's session: no renewals,
-//! and the slot is held until released or until the session ends. That is
-//! only as good as the backend's notion of a session ending (on Postgres
-//! the lease-table semaphore frees a session hold only on an explicit
-//! `ProcessCrashed`), so a lease is the default ([`WarmupConfig::new`],
-//! [`WarmupConfig::DEFAULT_LEASE_TTL`]): a crashed warmer's slot then frees
-//! itself on every backend.
+//! and the slot is held until released or until the session ends. The
+//! driver keeps that possible, but a session hold gives the holder no way
+//! to notice a loss: on Postgres a session hold ends when the backend's
+//! session-hold connection ends, which also happens while the holder still
+//! works (the connection breaks, `pg_terminate_backend`, a restart), and
+//! only a renewal would tell, which a session hold never sends. A lease
+//! bounds that: the holder stops once it cannot prove its lease. So a lease
+//! is the default ([`WarmupConfig::new`],
+//! [`WarmupConfig::DEFAULT_LEASE_TTL`]); it also frees a crashed warmer's
+//! slot on every backend, in at most a lease TTL.
 //!
 //! ## What a lease cannot do
 //!

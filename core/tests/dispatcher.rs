@@ -29,6 +29,7 @@ fn config(process: u64) -> DispatcherConfig {
         heartbeat_interval: Millis(100),
         maintenance_interval: Millis(100),
         shutdown_timeout: Millis(300),
+        stop_grace: Millis(100),
         retry_after: Millis(20),
         claim_batch_max: 8,
         ..DispatcherConfig::new(ProcessId(process), queue(), 16)
@@ -49,6 +50,11 @@ struct Harness {
     behaviour: Behaviour,
     /// Report commands to lose once (their ids), to exercise retries.
     lose_next_report: bool,
+    /// Whether a handler told to stop ends at once (else only an abort
+    /// ends it).
+    cooperative: bool,
+    /// Handlers aborted, in order.
+    aborted: Vec<(usize, Receipt)>,
 }
 
 impl Harness {
@@ -64,6 +70,8 @@ impl Harness {
             shut_down: vec![false; processes],
             behaviour,
             lose_next_report: false,
+            cooperative: true,
+            aborted: Vec::new(),
         }
     }
 
@@ -96,6 +104,10 @@ impl Harness {
                         self.processes[p].handle(self.now, 0, Input::Outcome(id, outcome));
                     }
                 }
+                Effect::Prepare(job) => {
+                    let prepared = Input::Prepared(job.receipt, Ok(Vec::new()));
+                    self.processes[p].handle(self.now, 0, prepared);
+                }
                 Effect::StartHandler(job) => {
                     if let Some((work, result)) = (self.behaviour)(&job) {
                         self.handlers
@@ -103,10 +115,26 @@ impl Harness {
                     }
                 }
                 Effect::StopHandler(receipt, reason) => {
-                    self.handlers.remove(&(p, receipt));
                     self.stopped.push((p, receipt, reason));
+                    if self.cooperative {
+                        self.handlers.remove(&(p, receipt));
+                        self.processes[p].handle(self.now, 0, Input::HandlerAborted(receipt));
+                    }
                 }
-                Effect::ShutdownComplete => self.shut_down[p] = true,
+                Effect::AbortHandler(receipt) => {
+                    self.aborted.push((p, receipt));
+                    if self.handlers.remove(&(p, receipt)).is_some() {
+                        self.processes[p].handle(self.now, 0, Input::HandlerAborted(receipt));
+                    }
+                }
+                Effect::Abandon(..) => {}
+                Effect::ShutdownComplete => {
+                    assert!(
+                        self.handlers.keys().all(|(q, _)| *q != p),
+                        "process {p} completed its shutdown with a handler running"
+                    );
+                    self.shut_down[p] = true
+                }
             }
         }
     }
@@ -294,16 +322,22 @@ fn a_cancel_notification_stops_the_handler_at_once_and_ignores_others() {
         job: JobId(99),
         epoch: Epoch(1),
     };
-    h.feed(0, Input::Fenced(stranger));
+    h.feed(0, Input::CancelHint(stranger));
     assert!(h.stopped.is_empty());
+    // Nor does one for an attempt nobody cancelled (a forged NOTIFY):
+    // storage, asked, says the attempt is still this process's.
+    h.feed(0, Input::CancelHint(running[1]));
+    assert!(h.stopped.is_empty());
+    assert_eq!(h.processes[0].stats().hints_refuted, 1);
     h.world.apply(
         h.now,
         Command::Cancel {
             job: running[0].job,
         },
     );
-    // No time passes: the stop comes from the notification, not a heartbeat.
-    h.feed(0, Input::Fenced(running[0]));
+    // No time passes: the stop comes from the notification (confirmed by
+    // storage at once), not the next heartbeat.
+    h.feed(0, Input::CancelHint(running[0]));
     assert_eq!(h.stopped, vec![(0, running[0], StopReason::Fenced)]);
     assert_eq!(
         h.processes[0].running().collect::<Vec<_>>(),
@@ -314,10 +348,22 @@ fn a_cancel_notification_stops_the_handler_at_once_and_ignores_others() {
 
 #[test]
 fn shutdown_hands_unfinished_jobs_back_and_releases_everything() {
+    shutdown_hands_back(true);
+}
+
+/// A handler that ignores its stop is aborted after the stop grace, and
+/// its job goes back only once the abort has landed.
+#[test]
+fn shutdown_aborts_a_handler_that_ignores_its_stop_before_handing_back() {
+    shutdown_hands_back(false);
+}
+
+fn shutdown_hands_back(cooperative: bool) {
     fn slow(_: &ClaimedJob) -> Option<(Millis, HandlerResult)> {
         Some((Millis(1_000_000), HandlerResult::Complete))
     }
     let mut h = Harness::new(1, slow);
+    h.cooperative = cooperative;
     h.enqueue(3);
     h.run_until(Timestamp(1_000), |h| h.processes[0].running().count() == 3);
     assert!(h.processes[0].leader().is_some());
@@ -325,6 +371,11 @@ fn shutdown_hands_unfinished_jobs_back_and_releases_everything() {
     h.run_until(Timestamp(5_000), |h| h.shut_down[0]);
     assert_eq!(h.stopped.len(), 3);
     assert!(h.stopped.iter().all(|s| s.2 == StopReason::Shutdown));
+    assert_eq!(
+        h.aborted.len(),
+        if cooperative { 0 } else { 3 },
+        "only handlers that ignore the stop are aborted"
+    );
     for job in h.world.jobs() {
         assert_eq!(job.state_name(), StateName::Available, "handed back");
         assert_eq!(
@@ -367,4 +418,46 @@ fn a_crashed_process_jobs_are_rescued_and_finished_by_another() {
             "rescued, so re-run under a new epoch"
         );
     }
+}
+
+/// A wake-up that arrives while a claim is in flight means work may have
+/// arrived after the claim looked: the next claim goes out at once, not a
+/// poll interval later.
+#[test]
+fn a_notification_during_a_claim_is_not_lost() {
+    let mut world = world();
+    let mut d = Dispatcher::new(config(1), Timestamp(0));
+    let now = Timestamp(0);
+    d.handle(now, 0, Input::Tick);
+    let mut claim = None;
+    // Answer everything but the claim, which stays in flight.
+    while claim.is_none() {
+        let Some(effect) = d.poll_effect() else {
+            panic!("the dispatcher sent no claim")
+        };
+        match effect {
+            Effect::Execute(id, command @ Command::Claim { .. }) => claim = Some((id, command)),
+            Effect::Execute(id, command) => {
+                let outcome = world.apply(now, command);
+                d.handle(now, 0, Input::Outcome(id, outcome));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (id, command) = claim.unwrap();
+    // The claim found nothing; a job arrives, and its wake-up, before the
+    // claim's answer does.
+    let outcome = world.apply(now, command);
+    let later = Timestamp(5);
+    d.handle(later, 0, Input::Notified(queue()));
+    d.handle(later, 0, Input::Outcome(id, outcome));
+    let effects: Vec<Effect> = std::iter::from_fn(|| d.poll_effect()).collect();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Execute(_, Command::Claim { .. }))),
+        "the wake-up that came during the claim still counts: the next claim goes out at once, \
+         not at {:?}; effects: {effects:?}",
+        d.poll_timeout()
+    );
 }

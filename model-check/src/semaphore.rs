@@ -388,7 +388,8 @@ impl SemaphoreState {
                 until: Some(until),
             },
             // Someone else has the slot: the holder learns it lost it.
-            Some(_) => Phase::Released,
+            Some(Outcome::SlotRenewed(Err(_))) => Phase::Released,
+            Some(other) => panic!("slot renew answered {other:?}"),
         };
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use weir_core::{Attempt, Command, Outcome, Receipt, Reject, Timestamp};
+use weir_core::{Attempt, Command, Outcome, Receipt, Reject};
 
 use crate::backend::{Backend, BackendError};
 use crate::metrics::PoolMetrics;
@@ -103,12 +103,12 @@ pub struct JobContext {
     pub(crate) receipt: Receipt,
     pub(crate) attempt: Attempt,
     pub(crate) max_attempts: Attempt,
-    pub(crate) deadline: Timestamp,
+    /// When the attempt must have ended, on the pool's monotonic clock.
+    pub(crate) deadline: tokio::time::Instant,
     pub(crate) cancelled: CancellationToken,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Arc<PoolMetrics>,
     pub(crate) on_fenced: OnFenced,
-    pub(crate) limiter: Arc<crate::limit::Limiter>,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -117,7 +117,7 @@ impl std::fmt::Debug for JobContext {
             .field("receipt", &self.receipt)
             .field("attempt", &self.attempt)
             .field("max_attempts", &self.max_attempts)
-            .field("deadline", &self.deadline)
+            .field("time_left", &self.time_left())
             .field("cancelled", &self.cancelled.is_cancelled())
             .finish_non_exhaustive()
     }
@@ -140,9 +140,12 @@ impl JobContext {
         self.max_attempts.0
     }
 
-    /// When this attempt times out (milliseconds since the Unix epoch).
-    pub fn deadline(&self) -> Timestamp {
+    /// How long this attempt may still run before the pool stops it (its
+    /// time budget, as storage set it, measured on this process's
+    /// monotonic clock from the claim).
+    pub fn time_left(&self) -> Duration {
         self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// Fires when the job was cancelled, its lease was lost (it was rescued

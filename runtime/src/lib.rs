@@ -42,6 +42,8 @@ pub use metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
 pub use registry::Registry;
 pub use warmup::{warmup, WarmupConfig, WarmupError, WarmupReport};
 pub use weir_core as core;
+#[cfg(feature = "mutants")]
+pub use worker::PoolMutation;
 pub use worker::{
     new_process_id, wall_clock, InvalidPoolConfig, PoolConfig, PoolError, PoolReport, WorkerPool,
 };

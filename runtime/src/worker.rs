@@ -1,38 +1,50 @@
 //! The worker pool: the core's [`Dispatcher`] driven by tokio.
 //!
-//! All decisions — when to claim and how much, when to flush results, when
-//! to heartbeat, when to lead maintenance, how to shut down — are the
+//! Every decision — when to claim and how much, which limits a job's slots
+//! come from and what a miss does, when a handler is stopped, aborted or
+//! timed out, when results are flushed and heartbeats sent, when to lead
+//! maintenance, how to shut down, what a refused command means — is the
 //! dispatcher's. This loop only executes its effects (storage commands on
-//! the backend, handlers on tasks) and feeds the results back, so the same
-//! logic runs in the simulator. Beside it run two helpers that decide
-//! nothing: a listener that turns the backend's wake-ups into
-//! [`Input::Notified`] and [`Input::Fenced`], and a presence task that
-//! tells the backend this process is alive and which kinds it runs.
+//! the backend, handlers on tasks) and feeds the results back, on a
+//! monotonic clock ([`MonotonicClock`]), so the same logic runs in the
+//! simulator and no wall clock enters a decision. Beside it run two
+//! helpers that decide nothing: a listener that turns the backend's
+//! wake-ups into [`Input::Notified`] and [`Input::CancelHint`], and a
+//! presence task that tells the backend this process is alive and which
+//! kinds it runs.
+//!
+//! A handler runs on a task of its own. The loop keeps every handler task
+//! it started until the task has ended, and tells the dispatcher only
+//! then, so a job is handed back, and its limit slots released, only once
+//! its handler is really gone. A handler that blocks its thread forever
+//! cannot be aborted; shutdown then waits for it (and says so in the log).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use weir_core::{
-    command_name, ClaimedJob, Dispatcher, DispatcherConfig, Effect, FailError, HandlerResult,
-    Input, InvalidName, Millis, ProcessId, QueueConfig, QueueName, Receipt, Retry, Stats,
-    Timestamp,
+    command_name, Abandoned, ClaimedJob, CommandId, Dispatcher, DispatcherConfig, Effect,
+    FailError, HandlerResult, Input, InvalidDispatcherConfig, InvalidName, Kind, Millis, ProcessId,
+    QueueConfig, QueueName, Receipt, Refusal, Retry, Settled, Stats, StopReason, Timestamp,
+    Unrunnable,
 };
 
 use crate::backend::{Backend, BackendError, Presence, Wakeup};
+use crate::clock::{to_duration, to_millis, MonotonicClock};
 use crate::job::{JobContext, JobOutcome};
-use crate::limit::{Limit, LimitConfig, Limiter, Miss};
 use crate::metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
-use crate::registry::{Ran, Registry};
+use crate::registry::{Args, Registry};
 
-/// The wall clock, in the core's milliseconds.
+/// The wall clock, in the core's milliseconds. For labels and reports
+/// only: no decision of Weir's reads it.
 pub fn wall_clock() -> Timestamp {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -52,7 +64,11 @@ pub fn new_process_id() -> ProcessId {
 #[non_exhaustive]
 pub enum PoolError {
     /// Storage is not usable as configured (checked before the pool starts,
-    /// and on every command); retrying will not help.
+    /// and on every command); retrying will not help. A pool that finds
+    /// this out while it runs first shuts down as gracefully as storage
+    /// lets it: it stops claiming, lets its handlers finish (until the
+    /// shutdown timeout), flushes their results, releases its leases and
+    /// resigns, and then returns this.
     #[error(transparent)]
     Backend(BackendError),
     /// The pool's configuration cannot work; nothing was sent to storage.
@@ -64,48 +80,11 @@ pub enum PoolError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidPoolConfig {
-    /// No queue to work.
-    #[error("no queues to work")]
-    NoQueues,
-    /// A queue allows no handler at all in this process.
-    #[error("queue {queue} has max_workers = 0; give it at least 1 or leave it out")]
-    MaxWorkersZero {
-        /// The queue.
-        queue: QueueName,
-    },
-    /// A queue is listed twice.
-    #[error("queue {queue} is listed twice")]
-    QueueListedTwice {
-        /// The queue.
-        queue: QueueName,
-    },
-    /// A batch size of 0 (`claim_batch_max` or `flush_max`).
-    #[error("{setting} is 0; it must be at least 1")]
-    ZeroBatch {
-        /// The setting.
-        setting: &'static str,
-    },
-    /// An interval of 0 would spin: a poll, heartbeat, maintenance round
-    /// or retry without pause.
-    #[error("{setting} is 0 ms; it must be at least 1 ms")]
-    ZeroInterval {
-        /// The setting.
-        setting: &'static str,
-    },
-    /// A cluster-wide queue limit of 0 slots: no job of the queue could
-    /// ever run.
-    #[error("queue limit of queue {queue} is 0; a semaphore needs at least 1 slot")]
-    QueueLimitZero {
-        /// The queue.
-        queue: QueueName,
-    },
-    /// A queue limit for a queue this pool does not work.
-    #[error("queue limit names queue {queue}, which this pool does not work")]
-    QueueLimitUnknownQueue {
-        /// The queue.
-        queue: QueueName,
-    },
-    /// A lease shorter than the pool can renew in time.
+    /// A dispatcher setting (queues, batches against the backend's limit,
+    /// intervals, limits).
+    #[error(transparent)]
+    Dispatcher(#[from] InvalidDispatcherConfig),
+    /// The presence announcement expires too soon to be renewed.
     #[error("{setting} is {got:?}; it must be at least {min:?}")]
     TtlTooShort {
         /// The setting.
@@ -137,20 +116,47 @@ pub struct PoolReport {
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     /// The core dispatcher's settings: process id, queues and per-process
-    /// worker limits, batch sizes, intervals, shutdown timeout.
+    /// worker limits, batch sizes, intervals, shutdown timeout and stop
+    /// grace, cluster-wide queue limits and how their slots are held.
+    /// `batch_max` is set from the backend when the pool is built.
     pub dispatcher: DispatcherConfig,
-    /// Cluster-wide limits per queue: at most N of the queue's jobs run at
-    /// once across every process (semaphore `queue:<name>`).
-    pub queue_limits: Vec<(QueueName, u16)>,
-    /// How limit slots are held and how long a miss waits.
-    pub limits: LimitConfig,
     /// The presence announcement lasts this long; it is renewed at a third.
     pub presence_ttl: Duration,
     /// How this process is labelled in `weir workers` and logs.
     pub label: String,
-    /// After shutdown completes, how long to wait for handler tasks that
-    /// were told to stop before abandoning them.
-    pub stop_grace: Duration,
+    /// Seeds the pool's random draws (jitter), so a test can replay a run;
+    /// `None` draws a seed from the system.
+    pub seed: Option<u64>,
+    /// One deliberate mistake, for the checkers to catch (tests only).
+    #[cfg(feature = "mutants")]
+    #[doc(hidden)]
+    pub mutation: Option<PoolMutation>,
+}
+
+/// Deliberate bugs of a pool (feature `mutants`): the pool simulation
+/// must catch each one.
+#[cfg(feature = "mutants")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMutation {
+    /// The dispatcher's own.
+    Dispatcher(weir_core::DispatcherMutation),
+    /// On an abort, report the handler ended at once instead of when its
+    /// task has: the task runs on, detached.
+    ReportAbortBeforeTaskEnds,
+}
+
+#[cfg(feature = "mutants")]
+impl PoolMutation {
+    /// Every pool mutation, in a fixed order.
+    pub fn all() -> Vec<PoolMutation> {
+        let mut all: Vec<PoolMutation> = weir_core::DispatcherMutation::ALL
+            .into_iter()
+            .map(PoolMutation::Dispatcher)
+            .collect();
+        all.push(PoolMutation::ReportAbortBeforeTaskEnds);
+        all
+    }
 }
 
 impl PoolConfig {
@@ -170,10 +176,10 @@ impl PoolConfig {
         PoolConfig {
             label: format!("pid {} process {}", std::process::id(), dispatcher.process),
             dispatcher,
-            queue_limits: Vec::new(),
-            limits: LimitConfig::default(),
             presence_ttl: Duration::from_secs(30),
-            stop_grace: Duration::from_secs(5),
+            seed: None,
+            #[cfg(feature = "mutants")]
+            mutation: None,
         }
     }
 
@@ -189,63 +195,19 @@ impl PoolConfig {
     /// At most `permits` of `queue`'s jobs run at once across the cluster.
     pub fn queue_limit(mut self, queue: &str, permits: u16) -> Result<PoolConfig, InvalidName> {
         let queue = QueueName::new(queue)?;
-        self.queue_limits.push((queue, permits));
+        self.dispatcher.queue_limits.push((queue, permits));
         Ok(self)
     }
 
     fn validate(&self) -> Result<(), InvalidPoolConfig> {
-        use InvalidPoolConfig as Bad;
-        let d = &self.dispatcher;
-        if d.queues.is_empty() {
-            return Err(Bad::NoQueues);
-        }
-        let mut names = BTreeSet::new();
-        for q in &d.queues {
-            if q.max_workers == 0 {
-                let queue = q.queue.clone();
-                return Err(Bad::MaxWorkersZero { queue });
-            }
-            if !names.insert(&q.queue) {
-                let queue = q.queue.clone();
-                return Err(Bad::QueueListedTwice { queue });
-            }
-        }
-        let batches = [
-            ("claim_batch_max", d.claim_batch_max as usize),
-            ("flush_max", d.flush_max),
-        ];
-        if let Some((setting, _)) = batches.into_iter().find(|(_, n)| *n == 0) {
-            return Err(Bad::ZeroBatch { setting });
-        }
-        let intervals = [
-            ("poll_interval", d.poll_interval, true),
-            ("heartbeat_interval", d.heartbeat_interval, true),
-            ("maintenance_interval", d.maintenance_interval, d.lead),
-            ("retry_after", d.retry_after, true),
-        ];
-        let zero = intervals
-            .into_iter()
-            .find(|(_, ms, used)| *used && *ms == Millis::ZERO);
-        if let Some((setting, _, _)) = zero {
-            return Err(Bad::ZeroInterval { setting });
-        }
-        for (queue, permits) in &self.queue_limits {
-            if *permits == 0 {
-                let queue = queue.clone();
-                return Err(Bad::QueueLimitZero { queue });
-            }
-            if !names.contains(queue) {
-                let queue = queue.clone();
-                return Err(Bad::QueueLimitUnknownQueue { queue });
-            }
-        }
+        self.dispatcher.validate()?;
         let min = Duration::from_millis(30);
-        let ttls = [
-            ("limits.lease_ttl", self.limits.lease_ttl),
-            ("presence_ttl", self.presence_ttl),
-        ];
-        if let Some((setting, got)) = ttls.into_iter().find(|(_, ttl)| *ttl < min) {
-            return Err(Bad::TtlTooShort { setting, got, min });
+        if self.presence_ttl < min {
+            return Err(InvalidPoolConfig::TtlTooShort {
+                setting: "presence_ttl",
+                got: self.presence_ttl,
+                min,
+            });
         }
         Ok(())
     }
@@ -262,7 +224,8 @@ pub struct WorkerPool<B> {
 
 enum Event {
     Input(Input),
-    Fatal(BackendError),
+    /// A command found storage misconfigured: the run ends with this.
+    Misconfigured(CommandId, BackendError),
 }
 
 type Tx = mpsc::UnboundedSender<Event>;
@@ -281,12 +244,15 @@ impl<B: Backend> WorkerPool<B> {
     /// A pool over `backend` running `registry`'s handlers. The
     /// dispatcher's `kinds` are set to the registry's, so the pool never
     /// claims a job it cannot run: a job of another kind stays where it is,
-    /// visible to `weir queues` as a kind no live worker runs.
+    /// visible to `weir queues` as a kind no live worker runs. Its
+    /// `batch_max` is set to the backend's, and a batch setting above it is
+    /// refused here, before anything is sent.
     pub fn with_config(
         backend: Arc<B>,
         registry: Registry,
         mut config: PoolConfig,
     ) -> Result<WorkerPool<B>, PoolError> {
+        config.dispatcher.batch_max = backend.batch_max();
         config.validate()?;
         let kinds: BTreeSet<_> = registry.kinds().cloned().collect();
         if kinds.is_empty() {
@@ -313,14 +279,17 @@ impl<B: Backend> WorkerPool<B> {
 
     /// Runs until `shutdown` completes, then shuts down gracefully: stops
     /// claiming, lets running handlers finish until the shutdown timeout,
-    /// stops the rest and hands their jobs back, flushes results, releases
-    /// claimer leases, leadership and concurrency slots, and retires its
-    /// presence.
+    /// stops the rest (aborting those that do not end within the stop
+    /// grace) and hands their jobs back once they have ended, flushes
+    /// results, releases claimer leases, leadership and concurrency slots,
+    /// and retires its presence. When it returns, none of its handlers
+    /// runs any more.
     ///
     /// Before anything else it calls [`Backend::check`]: storage that is
     /// misconfigured (for Postgres, a schema that is missing or at another
     /// version than this code) is [`PoolError::Backend`] at once, without
-    /// a claim. So is a misconfiguration first seen by a command later.
+    /// a claim. A misconfiguration first seen by a command later ends the
+    /// run with the same error, after the graceful shutdown above.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -336,25 +305,35 @@ impl<B: Backend> WorkerPool<B> {
             Err(error) => warn!(%error, "cannot check storage at start; starting anyway"),
         }
         let (tx, rx) = mpsc::unbounded_channel::<Event>();
-        let dynamic: Arc<dyn Backend> = self.backend.clone();
         let process = self.process();
+        let clock = MonotonicClock::new();
+        let rng = match self.config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let dispatcher = Dispatcher::new(self.config.dispatcher.clone(), clock.now());
+        #[cfg(feature = "mutants")]
+        let dispatcher = dispatcher.with_mutation(match self.config.mutation {
+            Some(PoolMutation::Dispatcher(m)) => Some(m),
+            _ => None,
+        });
         let mut run = Run {
-            dispatcher: Dispatcher::new(self.config.dispatcher.clone(), wall_clock()),
-            limiter: Arc::new(Limiter::new(
-                Arc::clone(&dynamic),
-                process,
-                self.config.limits,
-            )),
-            backend: dynamic,
-            tokens: BTreeMap::new(),
+            dispatcher,
+            clock,
+            rng,
+            backend: self.backend.clone(),
+            prepared: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            ids: BTreeMap::new(),
             handlers: JoinSet::new(),
             background: JoinSet::new(),
             tx,
+            fatal: None,
             pool: &self,
         };
         info!(%process, queues = self.config.dispatcher.queues.len(), "worker pool starting");
         run.start_background();
-        let result = run.drive(rx, shutdown).await;
+        run.drive(rx, shutdown).await;
         run.finish().await;
         let stats = run.dispatcher.stats();
         let metrics = self.metrics.snapshot();
@@ -364,28 +343,50 @@ impl<B: Backend> WorkerPool<B> {
             panics: metrics.panics,
             timeouts: metrics.timeouts,
         };
-        match result {
-            Ok(()) => {
+        match run.fatal {
+            None => {
                 info!(?report, "worker pool stopped");
                 Ok(report)
             }
-            Err(error) => Err(error),
+            Some(error) => Err(PoolError::Backend(error)),
         }
     }
+}
+
+/// A prepared job: its decoded arguments, until its handler starts.
+struct Prepared {
+    args: Args,
+    kind: Kind,
+    queue: QueueName,
+}
+
+/// A running handler's task, as the loop keeps it.
+struct Task {
+    token: CancellationToken,
+    abort: tokio::task::AbortHandle,
+    /// Why the dispatcher stopped it, if it did: its result is then
+    /// counted as stopped (or timed out).
+    stopped: Option<StopReason>,
+    job: ClaimedJob,
+    queue: QueueName,
+    started: tokio::time::Instant,
 }
 
 /// One run of a pool: the dispatcher and the tasks executing its effects.
 struct Run<'p, B> {
     pool: &'p WorkerPool<B>,
     dispatcher: Dispatcher,
+    clock: MonotonicClock,
+    rng: StdRng,
     backend: Arc<dyn Backend>,
-    limiter: Arc<Limiter>,
-    /// Each running handler's cancellation token, and whether the
-    /// dispatcher stopped it (its result is then discarded).
-    tokens: BTreeMap<Receipt, (CancellationToken, Arc<AtomicBool>)>,
-    handlers: JoinSet<()>,
+    prepared: BTreeMap<Receipt, Prepared>,
+    tasks: BTreeMap<Receipt, Task>,
+    ids: BTreeMap<tokio::task::Id, Receipt>,
+    handlers: JoinSet<(Receipt, Result<JobOutcome, crate::job::HandlerError>)>,
     background: JoinSet<()>,
     tx: Tx,
+    /// The first misconfiguration a command found: the run's error.
+    fatal: Option<BackendError>,
 }
 
 impl<B: Backend> Run<'_, B> {
@@ -418,58 +419,97 @@ impl<B: Backend> Run<'_, B> {
             self.tx.clone(),
             config.dispatcher.process,
             self.queues(),
-            Duration::from_millis(config.dispatcher.poll_interval.0),
-            Duration::from_millis(config.dispatcher.retry_after.0.max(100)),
+            to_duration(config.dispatcher.poll_interval),
+            to_duration(config.dispatcher.retry_after.max(Millis(100))),
         );
         self.background.spawn(listen);
     }
 
+    /// Executes effects and feeds inputs until shutdown completed. Inputs
+    /// that are already waiting are taken in a fixed order — shutdown,
+    /// then one event, then one ended handler, round after round — and
+    /// the loop waits only when none is: no random choice between ready
+    /// sources, so a pool on a paused clock replays exactly, and no source
+    /// starves another.
     async fn drive(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), PoolError> {
+    ) {
         tokio::pin!(shutdown);
         let mut shutting_down = false;
         self.handle(Input::Tick);
         loop {
             while let Some(effect) = self.dispatcher.poll_effect() {
                 if self.execute(effect) {
-                    return Ok(());
+                    return;
                 }
             }
+            if !shutting_down && is_ready(shutdown.as_mut()).await {
+                shutting_down = true;
+                info!("worker pool shutting down");
+                self.handle(Input::Shutdown);
+                continue;
+            }
+            let mut ready = false;
+            if let Ok(event) = rx.try_recv() {
+                let input = self.on_event(event);
+                self.handle(input);
+                ready = true;
+            }
+            if let Some(joined) = self.handlers.try_join_next_with_id() {
+                if let Some(input) = self.on_joined(joined) {
+                    self.handle(input);
+                }
+                ready = true;
+            }
+            if ready {
+                continue;
+            }
             let timeout = self.dispatcher.poll_timeout().map(|(at, _)| at);
-            let sleep = async {
+            let clock = self.clock;
+            let sleep = async move {
                 match timeout {
-                    Some(at) => tokio::time::sleep(duration_until(at)).await,
+                    Some(at) => clock.sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             let input = tokio::select! {
-                event = rx.recv() => match event.expect("the run holds a sender") {
-                    Event::Input(input) => input,
-                    Event::Fatal(e) => return Err(PoolError::Backend(e)),
-                },
+                biased;
                 () = &mut shutdown, if !shutting_down => {
                     shutting_down = true;
                     info!("worker pool shutting down");
                     Input::Shutdown
                 }
-                Some(_) = self.handlers.join_next(), if !self.handlers.is_empty() => continue,
+                event = rx.recv() => self.on_event(event.expect("the run holds a sender")),
+                Some(joined) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
+                    match self.on_joined(joined) {
+                        Some(input) => input,
+                        None => continue,
+                    }
+                }
                 () = sleep => Input::Tick,
             };
-            if let Input::HandlerDone(receipt, _) = &input {
-                self.tokens.remove(receipt);
-            }
             self.handle(input);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Input {
+        match event {
+            Event::Input(input) => input,
+            Event::Misconfigured(id, error) => {
+                warn!(%error, "storage is misconfigured; shutting down");
+                self.fatal.get_or_insert(error);
+                Input::Refused(id, Refusal::Misconfigured)
+            }
         }
     }
 
     /// Feeds one input and reports what changed.
     fn handle(&mut self, input: Input) {
         let (before, leader) = (self.dispatcher.stats(), self.dispatcher.leader());
-        self.dispatcher
-            .handle(wall_clock(), rand::rng().random(), input);
+        let draw = self.rng.random();
+        self.dispatcher.handle(self.clock.now(), draw, input);
         let after = self.dispatcher.stats();
         let metrics = &self.pool.metrics;
         let claimed = after.claimed - before.claimed;
@@ -480,10 +520,8 @@ impl<B: Backend> Run<'_, B> {
             debug!(jobs = claimed, "claimed");
         }
         if after.reported > before.reported {
-            debug!(
-                results = after.reported - before.reported,
-                "results accepted"
-            );
+            let results = after.reported - before.reported;
+            debug!(results, "results accepted");
         }
         if fenced > 0 {
             info!(
@@ -491,17 +529,19 @@ impl<B: Backend> Run<'_, B> {
                 "attempts fenced: taken away, or late results refused by epoch"
             );
         }
-        if after.lease_refreshes > before.lease_refreshes {
-            debug!("claimer lease refreshed");
+        if after.dropped > before.dropped {
+            let results = after.dropped - before.dropped;
+            warn!(
+                results,
+                "results storage refused even alone were given up; their jobs will be rescued"
+            );
         }
-        if after.lease_acquisitions > before.lease_acquisitions {
-            debug!("claimer lease acquired");
+        if after.hints_refuted > before.hints_refuted {
+            warn!("a cancel notification was contradicted by storage (forged or stale); ignored");
         }
         if after.maintained > before.maintained {
-            debug!(
-                jobs = after.maintained - before.maintained,
-                "maintenance promoted, rescued or pruned"
-            );
+            let jobs = after.maintained - before.maintained;
+            debug!(jobs, "maintenance promoted, rescued or pruned");
         }
         match (leader, self.dispatcher.leader()) {
             (None, Some(grant)) => info!(term = %grant.term, "became maintenance leader"),
@@ -513,60 +553,114 @@ impl<B: Backend> Run<'_, B> {
     /// Does what one effect says; true once shutdown completed.
     fn execute(&mut self, effect: Effect) -> bool {
         match effect {
-            Effect::Execute(id, command) => {
-                let backend = Arc::clone(&self.backend);
-                let metrics = Arc::clone(&self.pool.metrics);
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let name = command_name(&command);
-                    let started = Instant::now();
-                    let event = match backend.execute(command).await {
-                        Ok(outcome) => Event::Input(Input::Outcome(id, outcome)),
-                        Err(BackendError::Misconfigured(m)) => {
-                            Event::Fatal(BackendError::Misconfigured(m))
-                        }
-                        Err(error) => {
-                            warn!(%error, command = name, "storage command lost; the dispatcher retries");
-                            metrics.lost(name);
-                            Event::Input(Input::Lost(id))
-                        }
-                    };
-                    metrics.command(name, started.elapsed());
-                    let _ = tx.send(event);
-                });
-            }
+            Effect::Execute(id, command) => self.send(id, command),
+            Effect::Prepare(job) => self.prepare(job),
             Effect::StartHandler(job) => self.start_handler(job),
             Effect::StopHandler(receipt, reason) => {
                 debug!(%receipt, ?reason, "stopping handler");
-                if let Some((token, stopped)) = self.tokens.remove(&receipt) {
-                    stopped.store(true, Ordering::SeqCst);
-                    token.cancel();
+                if let Some(task) = self.tasks.get_mut(&receipt) {
+                    task.stopped = Some(reason);
+                    task.token.cancel();
+                    if reason == StopReason::Timeout {
+                        self.pool.metrics.timed_out(&task.job.kind);
+                    }
                 }
             }
+            Effect::AbortHandler(receipt) => {
+                #[cfg(feature = "mutants")]
+                if self.pool.config.mutation == Some(PoolMutation::ReportAbortBeforeTaskEnds) {
+                    // The task runs on, forgotten: its end is ignored.
+                    if let Some(task) = self.tasks.remove(&receipt) {
+                        self.ids.remove(&task.abort.id());
+                        self.handle(Input::HandlerAborted(receipt));
+                    }
+                    return false;
+                }
+                if let Some(task) = self.tasks.get(&receipt) {
+                    debug!(%receipt, "aborting handler");
+                    task.abort.abort();
+                }
+            }
+            Effect::Abandon(receipt, why) => self.abandon(receipt, why),
             Effect::ShutdownComplete => return true,
         }
         false
     }
 
-    fn start_handler(&mut self, job: ClaimedJob) {
+    fn send(&mut self, id: CommandId, command: weir_core::Command) {
+        let backend = Arc::clone(&self.backend);
+        let metrics = Arc::clone(&self.pool.metrics);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let name = command_name(&command);
+            let started = tokio::time::Instant::now();
+            let event = match backend.execute(command).await {
+                Ok(outcome) => Event::Input(Input::Outcome(id, outcome)),
+                Err(BackendError::Misconfigured(m)) => {
+                    Event::Misconfigured(id, BackendError::Misconfigured(m))
+                }
+                Err(BackendError::Refused(m)) => {
+                    warn!(error = %m, command = name, "storage refused a command's data");
+                    Event::Input(Input::Refused(id, Refusal::Data))
+                }
+                Err(error) => {
+                    warn!(%error, command = name, "storage command lost; the dispatcher retries");
+                    metrics.lost(name);
+                    Event::Input(Input::Lost(id))
+                }
+            };
+            metrics.command(name, started.elapsed());
+            let _ = tx.send(event);
+        });
+    }
+
+    /// Answers the dispatcher's question: which limits does this job run
+    /// under? Decoding the payload is the registry's; nothing is decided.
+    fn prepare(&mut self, job: ClaimedJob) {
         let receipt = job.receipt;
         let queue = self
             .dispatcher
             .queue_of(receipt)
-            .expect("a started handler's job is running here")
+            .expect("a prepared job's attempt is held here")
             .clone();
-        let Some(handler) = self.pool.registry.get(&job.kind) else {
-            // Cannot happen: the pool claims only registered kinds. Hand
-            // the job back rather than lose it.
-            warn!(%receipt, kind = %job.kind, "claimed a kind with no handler; handing it back");
-            let done = Input::HandlerDone(receipt, HandlerResult::Snooze(Millis(1_000)));
-            let _ = self.tx.send(Event::Input(done));
-            return;
+        let answer = match self.pool.registry.get(&job.kind) {
+            None => Err(Unrunnable::NoHandler),
+            Some(handler) => (handler.prepare)(&job.payload).map(|(args, limits)| {
+                let kind = job.kind.clone();
+                self.prepared
+                    .insert(receipt, Prepared { args, kind, queue });
+                limits
+            }),
         };
+        self.handle(Input::Prepared(receipt, answer));
+    }
+
+    fn abandon(&mut self, receipt: Receipt, why: Abandoned) {
+        let prepared = self.prepared.remove(&receipt);
+        debug!(%receipt, ?why, "attempt not started here");
+        if let (Abandoned::Limited, Some(p)) = (why, prepared) {
+            let queue = p.queue.as_str();
+            let metrics = &self.pool.metrics;
+            metrics.finished(receipt, queue, &p.kind, ResultKind::Limited, Duration::ZERO);
+        }
+    }
+
+    fn start_handler(&mut self, job: ClaimedJob) {
+        let receipt = job.receipt;
+        let Some(prepared) = self.prepared.remove(&receipt) else {
+            unreachable!("the dispatcher starts only a job it had prepared")
+        };
+        let handler = self
+            .pool
+            .registry
+            .get(&job.kind)
+            .expect("prepared, so registered")
+            .clone();
+        let deadline = self
+            .dispatcher
+            .deadline_of(receipt)
+            .expect("a started job's attempt is held here");
         let token = CancellationToken::new();
-        let stopped = Arc::new(AtomicBool::new(false));
-        self.tokens
-            .insert(receipt, (token.clone(), Arc::clone(&stopped)));
         let tx = self.tx.clone();
         let on_fenced: crate::job::OnFenced = Arc::new(move |receipt| {
             let _ = tx.send(Event::Input(Input::Fenced(receipt)));
@@ -575,165 +669,123 @@ impl<B: Backend> Run<'_, B> {
             receipt,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
-            deadline: job.deadline,
-            cancelled: token,
+            deadline: self.clock.instant(deadline),
+            cancelled: token.clone(),
             backend: Arc::clone(&self.backend),
             metrics: Arc::clone(&self.pool.metrics),
             on_fenced,
-            limiter: Arc::clone(&self.limiter),
         };
-        let limit = self
-            .pool
-            .config
-            .queue_limits
-            .iter()
-            .find(|(q, _)| *q == queue)
-            .map(|(q, n)| Limit {
-                semaphore: weir_core::SemaphoreName::new(format!("queue:{q}"))
-                    .expect("a queue name is a valid semaphore name after the prefix"),
-                permits: *n,
-            });
-        let attempt = Attempt {
+        let running = RunningJob {
+            receipt,
+            kind: job.kind.clone(),
+            started_at: wall_clock(),
+            progress: None,
+        };
+        // Due → claimed, on storage's clock: the wait the queue caused.
+        let pickup = to_duration(job.claimed_at.since(job.run_at));
+        let metrics = &self.pool.metrics;
+        metrics.started(running, prepared.queue.as_str(), pickup);
+        let span = tracing::info_span!("weir.job", kind = %job.kind, job = %receipt.job, epoch = %receipt.epoch, attempt = job.attempt.0);
+        let future = (handler.run)(prepared.args, ctx);
+        let abort = self
+            .handlers
+            .spawn(async move { (receipt, future.await) }.instrument(span));
+        self.ids.insert(abort.id(), receipt);
+        let task = Task {
+            token,
+            abort,
+            stopped: None,
             job,
-            queue,
-            limit,
-            handler,
-            ctx,
-            metrics: Arc::clone(&self.pool.metrics),
-            limiter: Arc::clone(&self.limiter),
-            tx: self.tx.clone(),
-            stopped,
+            queue: prepared.queue,
+            started: tokio::time::Instant::now(),
         };
-        let span = tracing::info_span!("weir.job", kind = %attempt.job.kind, job = %receipt.job, epoch = %receipt.epoch, attempt = attempt.job.attempt.0);
-        self.handlers.spawn(attempt.run().instrument(span));
+        self.tasks.insert(receipt, task);
     }
 
-    /// After shutdown (or a fatal error): wait a little for handler tasks
-    /// told to stop, then abandon them; release what is still held.
-    async fn finish(&mut self) {
-        for (token, _) in self.tokens.values() {
-            token.cancel();
-        }
-        let grace = self.pool.config.stop_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while self.handlers.join_next().await.is_some() {}
+    /// A handler's task ended: what it came to, counted, as the input that
+    /// tells the dispatcher.
+    fn on_joined(
+        &mut self,
+        joined: Result<
+            (
+                tokio::task::Id,
+                (Receipt, Result<JobOutcome, crate::job::HandlerError>),
+            ),
+            JoinError,
+        >,
+    ) -> Option<Input> {
+        let (id, ended) = match joined {
+            Ok((id, (_, result))) => (id, Ok(result)),
+            Err(error) => (error.id(), Err(error)),
+        };
+        // Unknown only to a deliberately broken pool (mutants) that forgot it.
+        let receipt = self.ids.remove(&id)?;
+        let task = self
+            .tasks
+            .remove(&receipt)
+            .expect("every handler task is kept");
+        let metrics = &self.pool.metrics;
+        let mut panicked = None;
+        let result = match ended {
+            Ok(Ok(outcome)) => Some(to_result(outcome)),
+            Ok(Err(error)) => Some(retry(error.to_string())),
+            Err(error) if error.is_panic() => {
+                metrics.panicked(&task.job.kind);
+                let message = panic_message(error);
+                panicked = Some(message.clone());
+                Some(retry(message))
+            }
+            // Aborted, as the dispatcher asked.
+            Err(_) => None,
+        };
+        let (attempt, max) = (task.job.attempt, task.job.max_attempts);
+        let kind = match (task.stopped, &result) {
+            // The dispatcher fails a timed-out attempt in the handler's stead.
+            (Some(StopReason::Timeout), _) => settled(retry(String::new()).settles(attempt, max)),
+            (Some(_), _) | (None, None) => ResultKind::Stopped,
+            (None, Some(result)) => settled(result.settles(attempt, max)),
+        };
+        let elapsed = task.started.elapsed();
+        metrics.finished(receipt, task.queue.as_str(), &task.job.kind, kind, elapsed);
+        debug!(?result, "handler ended");
+        Some(match (panicked, result) {
+            (Some(message), _) => Input::HandlerPanicked(receipt, message),
+            (None, Some(result)) => Input::HandlerDone(receipt, result),
+            (None, None) => Input::HandlerAborted(receipt),
         })
-        .await;
-        if drained.is_err() {
+    }
+
+    /// After shutdown completed: every handler has ended (the dispatcher
+    /// saw each one end), so only the helpers are left to stop.
+    async fn finish(&mut self) {
+        if !self.tasks.is_empty() {
             warn!(
-                left = self.handlers.len(),
-                "handlers still running after the stop grace; abandoning them"
+                left = self.tasks.len(),
+                "handlers outlived the shutdown: a bug"
             );
-            self.handlers.abort_all();
         }
-        self.limiter.release_all().await;
         self.background.abort_all();
+        while self.background.join_next().await.is_some() {}
         if let Err(error) = self.backend.retire(self.pool.process()).await {
             debug!(%error, "retiring presence failed; it expires on its own");
         }
     }
 }
 
-/// One attempt's handler, on its own task.
-struct Attempt {
-    job: ClaimedJob,
-    queue: QueueName,
-    limit: Option<Limit>,
-    handler:
-        Arc<dyn Fn(weir_core::Payload, JobContext) -> crate::registry::HandlerFuture + Send + Sync>,
-    ctx: JobContext,
-    metrics: Arc<PoolMetrics>,
-    limiter: Arc<Limiter>,
-    tx: Tx,
-    stopped: Arc<AtomicBool>,
+/// Whether `future` is done, polled once without waiting.
+async fn is_ready(mut future: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_ready())).await
 }
 
-impl Attempt {
-    async fn run(self) {
-        let Attempt {
-            job,
-            queue,
-            limit,
-            handler,
-            ctx,
-            metrics,
-            limiter,
-            tx,
-            stopped,
-        } = self;
-        let receipt = job.receipt;
-        let started = wall_clock();
-        let running = RunningJob {
-            receipt,
-            kind: job.kind.clone(),
-            started_at: started,
-            progress: None,
-        };
-        let pickup = Duration::from_millis(started.since(job.run_at).0);
-        metrics.started(running, queue.as_str(), pickup);
-        let clock = Instant::now();
-        let (result, kind) = match acquire_queue_slot(&limiter, receipt, limit.as_ref()).await {
-            Err(result) => result,
-            Ok(()) => {
-                let deadline = duration_until(job.deadline);
-                let task = tokio::spawn(handler(job.payload.clone(), ctx));
-                let abort = task.abort_handle();
-                match tokio::time::timeout(deadline, task).await {
-                    Ok(Ok(Ok(Ran::Decided(outcome)))) => classify(to_result(outcome), &job),
-                    Ok(Ok(Ok(Ran::Limited(pause)))) => {
-                        (HandlerResult::Snooze(to_millis(pause)), ResultKind::Limited)
-                    }
-                    Ok(Ok(Err(error))) => classify(retry(error.to_string()), &job),
-                    Ok(Err(join)) => {
-                        metrics.panicked(&job.kind);
-                        classify(retry(format!("handler panicked: {join}")), &job)
-                    }
-                    Err(_) => {
-                        abort.abort();
-                        metrics.timed_out(&job.kind);
-                        let message = "handler ran past its deadline".to_string();
-                        classify(retry(message), &job)
-                    }
-                }
-            }
-        };
-        limiter.release_attempt(receipt).await;
-        // Stopped by the dispatcher (fenced, or shut down): whatever the
-        // handler returned is discarded, and counted as such.
-        let kind = if stopped.load(Ordering::SeqCst) {
-            ResultKind::Stopped
-        } else {
-            kind
-        };
-        metrics.finished(receipt, queue.as_str(), &job.kind, kind, clock.elapsed());
-        debug!(?result, "handler finished");
-        let _ = tx.send(Event::Input(Input::HandlerDone(receipt, result)));
+fn panic_message(error: JoinError) -> String {
+    let panic = error.into_panic();
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        return (*s).to_string();
     }
-}
-
-/// Takes the queue's limit slot, if it has a limit; on a miss, the result
-/// to report instead of running the handler.
-async fn acquire_queue_slot(
-    limiter: &Limiter,
-    receipt: Receipt,
-    limit: Option<&Limit>,
-) -> Result<(), (HandlerResult, ResultKind)> {
-    let Some(limit) = limit else { return Ok(()) };
-    match limiter.acquire(receipt, limit).await {
-        Ok(_) => Ok(()),
-        Err(Miss::Full(pause)) => {
-            Err((HandlerResult::Snooze(to_millis(pause)), ResultKind::Limited))
-        }
-        Err(Miss::Refused(reject)) => Err((
-            HandlerResult::Fail(FailError {
-                retry: Retry::Never,
-                message: format!("queue limit {} refused: {reject}", limit.semaphore),
-            }),
-            ResultKind::Failed,
-        )),
-        // Storage trouble: try the attempt again later, with backoff.
-        Err(Miss::Backend(error)) => Err((retry(error.to_string()), ResultKind::Retry)),
+    if let Some(s) = panic.downcast_ref::<String>() {
+        return s.clone();
     }
+    "a panic without a message".to_string()
 }
 
 /// Listens for the backend's wake-ups and feeds them to the dispatcher;
@@ -757,8 +809,9 @@ async fn listen(
                     Ok(Some(Wakeup::Jobs(queue))) if queues.contains(&queue) => {
                         vec![Input::Notified(queue)]
                     }
+                    // A hint, not a fact: the dispatcher asks storage.
                     Ok(Some(Wakeup::Cancelled { job, epoch, holder })) if holder == process => {
-                        vec![Input::Fenced(Receipt { job, epoch })]
+                        vec![Input::CancelHint(Receipt { job, epoch })]
                     }
                     Ok(Some(Wakeup::Missed)) => {
                         queues.iter().cloned().map(Input::Notified).collect()
@@ -789,25 +842,15 @@ fn retry(message: String) -> HandlerResult {
     })
 }
 
-/// The result, and how the pool counts it.
-fn classify(result: HandlerResult, job: &ClaimedJob) -> (HandlerResult, ResultKind) {
-    let kind = match &result {
-        HandlerResult::Complete => ResultKind::Completed,
-        HandlerResult::Fail(FailError {
-            retry: Retry::Never,
-            ..
-        }) => ResultKind::Failed,
-        HandlerResult::Fail(_) if job.attempt >= job.max_attempts => ResultKind::Failed,
-        HandlerResult::Fail(_) => ResultKind::Retry,
-        HandlerResult::Snooze(_) => ResultKind::Snoozed,
-        HandlerResult::WaitExternal(_) => ResultKind::Waiting,
-        HandlerResult::Cancel => ResultKind::Cancelled,
-    };
-    (result, kind)
-}
-
-fn to_millis(d: Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn settled(settled: Settled) -> ResultKind {
+    match settled {
+        Settled::Completed => ResultKind::Completed,
+        Settled::Retry => ResultKind::Retry,
+        Settled::Failed => ResultKind::Failed,
+        Settled::Snoozed => ResultKind::Snoozed,
+        Settled::Waiting => ResultKind::Waiting,
+        Settled::Cancelled => ResultKind::Cancelled,
+    }
 }
 
 fn to_result(outcome: JobOutcome) -> HandlerResult {
@@ -825,8 +868,4 @@ fn to_result(outcome: JobOutcome) -> HandlerResult {
         JobOutcome::WaitExternal(d) => HandlerResult::WaitExternal(to_millis(d)),
         JobOutcome::Cancel => HandlerResult::Cancel,
     }
-}
-
-fn duration_until(at: Timestamp) -> Duration {
-    Duration::from_millis(at.since(wall_clock()).0)
 }

@@ -405,10 +405,10 @@ fn limited_config(process: u64, max_workers: u32) -> weir::PoolConfig {
         }],
         ..pool_config(process)
     });
-    config.limits = weir::LimitConfig {
-        lease_ttl: Duration::from_millis(300),
-        retry_min: Duration::from_millis(5),
-        retry_max: Duration::from_millis(20),
+    config.dispatcher.limits = weir::LimitConfig {
+        lease_ttl: Millis(300),
+        retry_min: Millis(5),
+        retry_max: Millis(20),
     };
     config
 }

@@ -78,7 +78,7 @@ pub const HEARTBEAT_STALE_AFTER: Millis = Millis(2_000);
 pub const CLAIMER_LEASE_TTL: Millis = Millis(3_000);
 /// A concurrency slot's lease (renewed at a third while its handler runs:
 /// a renewal may come 1.7 s late before the lease lapses).
-pub const SLOT_LEASE_TTL: Duration = Duration::from_millis(2_500);
+pub const SLOT_LEASE_TTL: Millis = Millis(2_500);
 
 /// One worker process's pool settings.
 pub fn pool_config(process: ProcessId, workers: u32) -> PoolConfig {
@@ -90,17 +90,17 @@ pub fn pool_config(process: ProcessId, workers: u32) -> PoolConfig {
         maintenance_interval: Millis(200),
         flush_delay: Millis(10),
         shutdown_timeout: Millis(3_000),
+        stop_grace: Millis(2_000),
         retry_after: Millis(200),
+        limits: LimitConfig {
+            lease_ttl: SLOT_LEASE_TTL,
+            retry_min: Millis(200),
+            retry_max: Millis(500),
+        },
         ..DispatcherConfig::new(process, queue, workers)
     };
     let mut config = PoolConfig::from_dispatcher(dispatcher);
-    config.limits = LimitConfig {
-        lease_ttl: SLOT_LEASE_TTL,
-        retry_min: Duration::from_millis(200),
-        retry_max: Duration::from_millis(500),
-    };
     config.presence_ttl = Duration::from_secs(3);
-    config.stop_grace = Duration::from_secs(2);
     config.label = format!("chaos_worker pid {}", std::process::id());
     config
 }

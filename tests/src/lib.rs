@@ -14,6 +14,12 @@
 //! waits well past the thresholds it needs and asserts nothing that a slow
 //! machine could break.
 //!
+//! [`recording`] is how the suite proves it exercises every command: a
+//! [`recording::Recording`] backend notes the variant of each command it
+//! executes, and `every_command_is_exercised_by_the_suite` (in
+//! `tests/conformance.rs`) fails, naming the variants, if the scenarios
+//! together leave one out.
+//!
 //! [`chaos`] is what the chaos suite's processes share: the settings, the
 //! jobs, the ledger and audit tables, and the checks (`tests/chaos.rs`
 //! drives worker processes of `src/bin/chaos_worker.rs` through faults,
@@ -23,6 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod chaos;
+pub mod clocks;
+pub mod recording;
 pub mod scenarios;
 
 use weir_core::{Backoff, ClaimerConfig, Millis, WorldConfig};

@@ -9,9 +9,9 @@ use std::time::Duration;
 use weir::{Backend, JobFilter, Presence, QueueInfo, Wakeup};
 use weir_core::{
     Acquired, Claimed, ClaimerGrant, Command, Enqueued, Epoch, FailError, FailOutcome, FailReason,
-    Failure, InvalidJob, Job, JobId, JobLimits, Kind, LeaderGrant, Millis, NewJob, Outcome,
-    Payload, Priority, ProcessId, QueueName, Receipt, Reject, Retry, SemaphoreName, SlotIndex,
-    StateName, Timestamp, UniqueKey,
+    Failure, InvalidJob, Job, JobId, JobLimits, JobState, Kind, LeaderGrant, Millis, NewJob,
+    Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject, Retry, SemaphoreName,
+    SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
 };
 
 /// Every scenario, by name, for the instantiating macro.
@@ -38,6 +38,12 @@ pub const ALL: &[&str] = &[
     "queues_show_depths_paused_state_and_unfinished_kinds",
     "presence_is_announced_refreshed_retired_and_expires",
     "enqueue_and_cancel_wake_subscribers",
+    "a_cancelled_attempt_is_fenced_and_final",
+    "a_released_claimer_slot_is_taken_over_at_once",
+    "a_renewed_slot_lease_outlives_its_first_ttl",
+    "prune_deletes_only_jobs_finished_long_enough_ago",
+    "an_expired_external_wait_is_retried_and_its_late_callback_fenced",
+    "a_snoozed_job_waits_out_its_delay",
 ];
 
 async fn exec(b: &dyn Backend, command: Command) -> Outcome {
@@ -1116,4 +1122,424 @@ pub async fn enqueue_and_cancel_wake_subscribers(b: &dyn Backend) {
         })
     );
     assert_eq!(sub.next(quiet).await.expect("subscribed"), None);
+}
+
+/// A handler that cancels its own attempt ends the job for good: cancelled,
+/// with the epoch bumped, so the attempt's receipt is fenced; an operator's
+/// cancel finds it finished; a stale or unknown receipt in the same batch
+/// cancels nothing; an oversized batch is refused whole; and only an admin
+/// retry opens a new attempt.
+pub async fn a_cancelled_attempt_is_fenced_and_final(b: &dyn Backend) {
+    let ids: Vec<JobId> = enqueue(b, vec![job("k"), job("k")])
+        .await
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let claimed = claim(b, 1, 2).await;
+    let (mine, other) = (claimed.jobs[0].receipt, claimed.jobs[1].receipt);
+    assert_eq!((mine.job, other.job), (ids[0], ids[1]));
+    let cancel = |receipts| Command::CancelAttempts { receipts };
+    assert_eq!(
+        exec(b, cancel(vec![mine; 17])).await,
+        Outcome::AttemptsCancelled(Err(Reject::BatchTooLarge { len: 17, max: 16 }))
+    );
+    let stale = Receipt {
+        job: other.job,
+        epoch: Epoch(0),
+    };
+    let bogus = Receipt {
+        job: JobId(424_242),
+        epoch: Epoch(1),
+    };
+    assert_eq!(
+        exec(b, cancel(vec![mine, stale, bogus])).await,
+        Outcome::AttemptsCancelled(Ok(vec![
+            Ok(()),
+            Err(Reject::StaleEpoch {
+                current: Epoch(1),
+                presented: Epoch(0)
+            }),
+            Err(Reject::UnknownJob { job: bogus.job }),
+        ]))
+    );
+    let fenced = Err(Reject::StaleEpoch {
+        current: Epoch(2),
+        presented: Epoch(1),
+    });
+    assert_eq!(
+        complete(b, vec![mine, other]).await,
+        vec![fenced.clone(), Ok(())],
+        "the cancelled attempt is fenced; its neighbour is not"
+    );
+    assert_eq!(
+        exec(b, cancel(vec![mine])).await,
+        Outcome::AttemptsCancelled(Ok(vec![fenced]))
+    );
+    let cancelled = read(b, mine.job).await;
+    assert_eq!(
+        (cancelled.state_name(), cancelled.epoch, cancelled.attempt.0),
+        (StateName::Cancelled, Epoch(2), 1)
+    );
+    assert_eq!(
+        exec(b, Command::Cancel { job: mine.job }).await,
+        Outcome::Cancelled(Err(Reject::AlreadyFinished {
+            state: StateName::Cancelled
+        }))
+    );
+    assert!(
+        claim(b, 1, 2).await.jobs.is_empty(),
+        "nothing is left to run"
+    );
+    assert_eq!(
+        exec(b, Command::Retry { job: mine.job }).await,
+        Outcome::Retried(Ok(()))
+    );
+    let again = claim(b, 1, 2).await.jobs;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].receipt, again[0].attempt.0),
+        (
+            // The retry opened epoch 3, the claim took epoch 4.
+            Receipt {
+                job: mine.job,
+                epoch: Epoch(4)
+            },
+            1
+        )
+    );
+}
+
+fn release_claimer(queue: QueueName, claimer: ClaimerGrant) -> Command {
+    Command::ClaimerRelease { queue, claimer }
+}
+
+/// Releasing a claimer lease frees its slot at once: another process takes
+/// it over (lease epoch bumped) without waiting for it to go idle, and the
+/// released grant claims nothing. A second release, or a release under
+/// another queue, is a no-op.
+pub async fn a_released_claimer_slot_is_taken_over_at_once(b: &dyn Backend) {
+    enqueue(b, vec![job("k")]).await;
+    let (g1, _) = acquire(b, 1).await.expect("slot 1");
+    let (g2, _) = acquire(b, 2).await.expect("slot 2");
+    assert_eq!(acquire(b, 3).await, Err(Reject::NoClaimerSlot { slots: 2 }));
+    assert_eq!(
+        exec(b, release_claimer(queue(), g1)).await,
+        Outcome::ClaimerReleased(true)
+    );
+    assert_eq!(
+        exec(b, release_claimer(queue(), g1)).await,
+        Outcome::ClaimerReleased(false)
+    );
+    assert_eq!(
+        claim_with(b, g1, 1).await,
+        Err(Reject::ClaimerLeaseLost {
+            slot: g1.slot,
+            presented: g1.lease_epoch
+        })
+    );
+    let (g3, how) = acquire(b, 3).await.expect("the released slot");
+    assert_eq!(
+        (g3.slot, g3.lease_epoch, how),
+        (g1.slot, g1.lease_epoch.next(), Acquired::TakenOver)
+    );
+    assert_eq!(claim_with(b, g3, 1).await.expect("live").jobs.len(), 1);
+    assert_eq!(
+        exec(b, release_claimer(queue_named("other"), g2)).await,
+        Outcome::ClaimerReleased(false)
+    );
+    assert_eq!(
+        exec(b, release_claimer(queue(), g2)).await,
+        Outcome::ClaimerReleased(true)
+    );
+}
+
+/// A lease hold lapses at its ttl unless renewed; a renewal extends it
+/// from now and never shortens it; a lapsed, taken or released grant
+/// renews nothing, and neither does a grant of an unknown semaphore.
+pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
+    let name = SemaphoreName::new("exports").expect("valid");
+    let try_slot = |slot: u16, holder: u64, ttl_ms: u64| Command::SlotTry {
+        semaphore: name.clone(),
+        permits: 2,
+        slot: SlotIndex(slot),
+        holder: ProcessId(holder),
+        lease_ttl: Some(Millis(ttl_ms)),
+    };
+    let renew = |grant: SlotGrant, ttl_ms: u64| Command::SlotRenew {
+        semaphore: name.clone(),
+        grant,
+        lease_ttl: Millis(ttl_ms),
+    };
+    let Outcome::SlotTried(Ok(kept)) = exec(b, try_slot(0, 1, 1_000)).await else {
+        panic!("slot 0 is free")
+    };
+    let Outcome::SlotTried(Ok(lapsed)) = exec(b, try_slot(1, 1, 1_000)).await else {
+        panic!("slot 1 is free")
+    };
+    assert_eq!(
+        exec(b, renew(kept, 60_000)).await,
+        Outcome::SlotRenewed(Ok(()))
+    );
+    assert_eq!(
+        exec(b, renew(kept, 1)).await,
+        Outcome::SlotRenewed(Ok(())),
+        "a shorter renewal is accepted and shortens nothing"
+    );
+    sleep_ms(1_300).await;
+    assert_eq!(
+        exec(b, try_slot(0, 2, 60_000)).await,
+        Outcome::SlotTried(Err(Reject::SlotBusy {
+            slot: SlotIndex(0),
+            holder: ProcessId(1)
+        }))
+    );
+    let not_held = |slot: u16| {
+        Outcome::SlotRenewed(Err(Reject::SlotNotHeld {
+            slot: SlotIndex(slot),
+        }))
+    };
+    assert_eq!(exec(b, renew(lapsed, 60_000)).await, not_held(1));
+    let Outcome::SlotTried(Ok(taken)) = exec(b, try_slot(1, 2, 60_000)).await else {
+        panic!("the lapsed slot is free")
+    };
+    assert!(taken.epoch > lapsed.epoch);
+    assert_eq!(exec(b, renew(lapsed, 60_000)).await, not_held(1));
+    assert_eq!(
+        exec(
+            b,
+            Command::SlotRelease {
+                semaphore: name.clone(),
+                grant: lapsed
+            }
+        )
+        .await,
+        Outcome::SlotReleased(false)
+    );
+    assert_eq!(
+        exec(
+            b,
+            Command::SlotRelease {
+                semaphore: name.clone(),
+                grant: kept
+            }
+        )
+        .await,
+        Outcome::SlotReleased(true)
+    );
+    assert_eq!(exec(b, renew(kept, 60_000)).await, not_held(0));
+    let unknown = Command::SlotRenew {
+        semaphore: SemaphoreName::new("never-tried").expect("valid"),
+        grant: taken,
+        lease_ttl: Millis(60_000),
+    };
+    assert_eq!(exec(b, unknown).await, not_held(1));
+}
+
+async fn prune(b: &dyn Backend, leader: LeaderGrant, older_than_ms: u64, max: u32) -> Outcome {
+    let command = Command::Prune {
+        leader,
+        older_than: Millis(older_than_ms),
+        max,
+    };
+    exec(b, command).await
+}
+
+/// Prune deletes finished jobs (completed, failed, cancelled) that
+/// finished more than `older_than` ago by storage's clock, oldest first,
+/// at most `max` at a time; unfinished jobs stay; a pruned job's unique
+/// key is free again; a leader that resigned prunes nothing.
+pub async fn prune_deletes_only_jobs_finished_long_enough_ago(b: &dyn Backend) {
+    let ids: Vec<JobId> = enqueue(b, vec![keyed("k", "once"), job("k"), job("k"), job("k")])
+        .await
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let claimed = claim(b, 1, 2).await;
+    let (done, failing) = (claimed.jobs[0].receipt, claimed.jobs[1].receipt);
+    assert_eq!((done.job, failing.job), (ids[0], ids[1]));
+    assert_eq!(complete(b, vec![done]).await, vec![Ok(())]);
+    let fail = Command::Fail {
+        failures: vec![Failure {
+            receipt: failing,
+            error: FailError {
+                retry: Retry::Never,
+                message: "for good".to_string(),
+            },
+            draw: 0,
+        }],
+    };
+    assert_eq!(
+        exec(b, fail).await,
+        Outcome::Failed(Ok(vec![Ok(FailOutcome::Failed(FailReason::Terminal))]))
+    );
+    assert_eq!(
+        exec(b, Command::Cancel { job: ids[2] }).await,
+        Outcome::Cancelled(Ok(StateName::Available))
+    );
+    let leader = elect(b, 9).await.expect("no other leader");
+    assert_eq!(
+        prune(b, leader, 60_000, 10).await,
+        Outcome::Pruned(Ok(vec![])),
+        "none finished a minute ago"
+    );
+    sleep_ms(400).await;
+    assert_eq!(
+        prune(b, leader, 200, 2).await,
+        Outcome::Pruned(Ok(vec![ids[0], ids[1]]))
+    );
+    assert_eq!(
+        prune(b, leader, 200, 10).await,
+        Outcome::Pruned(Ok(vec![ids[2]]))
+    );
+    assert_eq!(prune(b, leader, 0, 10).await, Outcome::Pruned(Ok(vec![])));
+    for &id in &ids[..3] {
+        assert_eq!(b.job(id).await.expect("available"), None, "job {id}");
+    }
+    assert_eq!(list(b, JobFilter::default()).await, vec![ids[3]]);
+    let again = enqueue(b, vec![keyed("k", "once")]).await[0];
+    assert!(!again.duplicate && again.id > ids[3], "{again:?}");
+    assert_eq!(
+        exec(b, Command::LeaderResign { leader }).await,
+        Outcome::LeaderResigned(true)
+    );
+    assert_eq!(
+        exec(b, Command::LeaderResign { leader }).await,
+        Outcome::LeaderResigned(false)
+    );
+    assert_eq!(
+        prune(b, leader, 0, 10).await,
+        Outcome::Pruned(Err(Reject::NotLeader {
+            current: leader.term,
+            presented: leader.term
+        }))
+    );
+}
+
+/// A callback wait that outlives its timeout is rescued as a failed
+/// attempt, with the epoch bumped: retried after the backoff, or failed
+/// when its attempts are used up. The late callback is fenced.
+pub async fn an_expired_external_wait_is_retried_and_its_late_callback_fenced(b: &dyn Backend) {
+    let mut last = job("k");
+    last.max_attempts = 1;
+    let ids: Vec<JobId> = enqueue(b, vec![job("k"), last])
+        .await
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let receipts: Vec<Receipt> = claim(b, 1, 2)
+        .await
+        .jobs
+        .iter()
+        .map(|j| j.receipt)
+        .collect();
+    assert_eq!(receipts.iter().map(|r| r.job).collect::<Vec<_>>(), ids);
+    let waits = receipts.iter().map(|&r| (r, Millis(1_000))).collect();
+    assert_eq!(
+        exec(b, Command::WaitExternal { waits }).await,
+        Outcome::Waiting(Ok(vec![Ok(()), Ok(())]))
+    );
+    let leader = elect(b, 9).await.expect("no other leader");
+    let rescue = Command::Rescue {
+        leader,
+        draw: 0,
+        max: 10,
+    };
+    assert_eq!(
+        exec(b, rescue.clone()).await,
+        Outcome::Rescued(Ok(vec![])),
+        "not before the timeout"
+    );
+    sleep_ms(1_300).await;
+    let before = now(b).await;
+    let rescued = exec(b, rescue).await;
+    let after = now(b).await;
+    let Outcome::Rescued(Ok(rescued)) = rescued else {
+        panic!("rescue: {rescued:?}")
+    };
+    let [(first, FailOutcome::Retrying { run_at }), second] = rescued[..] else {
+        panic!("two expired waits, the first retried: {rescued:?}")
+    };
+    assert_eq!(first, ids[0]);
+    let backoff = Millis(1_000);
+    assert!(
+        before.plus(backoff) <= run_at && run_at <= after.plus(backoff),
+        "{before} {run_at} {after}"
+    );
+    assert_eq!(
+        second,
+        (ids[1], FailOutcome::Failed(FailReason::AttemptsExhausted))
+    );
+    assert_eq!(
+        exec(
+            b,
+            Command::ResumeExternal {
+                receipt: receipts[0]
+            }
+        )
+        .await,
+        Outcome::Resumed(Err(Reject::StaleEpoch {
+            current: Epoch(2),
+            presented: Epoch(1)
+        }))
+    );
+    let retried = read(b, ids[0]).await;
+    assert_eq!(
+        (retried.state_name(), retried.epoch, retried.attempt.0),
+        (StateName::Retryable, Epoch(2), 1)
+    );
+    let message = retried.last_error.map(|e| e.message);
+    assert_eq!(message.as_deref(), Some("external callback timed out"));
+    assert_eq!(read(b, ids[1]).await.state_name(), StateName::Failed);
+}
+
+/// A snooze with a delay schedules the job: neither a claim nor a promote
+/// takes it before the delay passes; then it is promoted and runs again
+/// without having used an attempt.
+pub async fn a_snoozed_job_waits_out_its_delay(b: &dyn Backend) {
+    let mut once = job("k");
+    once.max_attempts = 1;
+    let id = enqueue(b, vec![once]).await[0].id;
+    let first = claim(b, 1, 1).await.jobs[0].receipt;
+    let delay = Millis(1_000);
+    let before = now(b).await;
+    assert_eq!(
+        exec(
+            b,
+            Command::Snooze {
+                snoozes: vec![(first, delay)]
+            }
+        )
+        .await,
+        Outcome::Snoozed(Ok(vec![Ok(())]))
+    );
+    let after = now(b).await;
+    let snoozed = read(b, id).await;
+    let JobState::Scheduled { run_at } = snoozed.state else {
+        panic!("a delayed snooze schedules the job: {snoozed:?}")
+    };
+    assert!(
+        before.plus(delay) <= run_at && run_at <= after.plus(delay),
+        "{before} {run_at} {after}"
+    );
+    assert_eq!(snoozed.attempt.0, 0, "the attempt was handed back");
+    assert!(claim(b, 1, 1).await.jobs.is_empty());
+    let leader = elect(b, 9).await.expect("no other leader");
+    let promote = Command::Promote { leader, max: 10 };
+    assert_eq!(
+        exec(b, promote.clone()).await,
+        Outcome::Promoted(Ok(vec![]))
+    );
+    sleep_ms(1_200).await;
+    assert_eq!(exec(b, promote).await, Outcome::Promoted(Ok(vec![id])));
+    let again = claim(b, 1, 1).await.jobs[0].clone();
+    assert_eq!(
+        (again.receipt, again.attempt.0),
+        (
+            Receipt {
+                job: id,
+                epoch: Epoch(2)
+            },
+            1
+        )
+    );
 }

@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use weir::core::{
-    Command, DispatcherConfig, FailReason, InvalidJob, InvalidName, InvalidWarmup, Job, JobId,
-    JobLimits, JobState, Millis, NameKind, NewJob, Outcome, ProcessId, QueueName, Reject,
-    SemaphoreName, SlotIndex, StateName, Timestamp, WaitConfig, Warmup, WorldConfig,
+    Command, DispatcherConfig, FailReason, InvalidDispatcherConfig, InvalidJob, InvalidName,
+    InvalidWarmup, Job, JobId, JobLimits, JobState, Millis, NameKind, NewJob, Outcome, ProcessId,
+    QueueName, Reject, SemaphoreName, SlotIndex, StateName, Timestamp, WaitConfig, Warmup,
+    WorldConfig,
 };
 use weir::{
     warmup, Backend, BackendError, Client, ClientError, InsertOptions, InvalidLimit,
@@ -900,7 +901,9 @@ async fn zero_slot_limits_and_warmups_are_refused_before_waiting<B: Store>(backe
         .queue_limit("default", 0)
         .unwrap();
     match WorkerPool::with_config(Arc::clone(&backend), email_registry(), config) {
-        Err(PoolError::Config(InvalidPoolConfig::QueueLimitZero { queue })) => {
+        Err(PoolError::Config(InvalidPoolConfig::Dispatcher(
+            InvalidDispatcherConfig::QueueLimitZero { queue },
+        ))) => {
             assert_eq!(queue.as_str(), "default");
         }
         Err(other) => panic!("{other}"),
@@ -1051,7 +1054,8 @@ async fn pool_settings_that_cannot_work_are_refused() {
         f(&mut c);
         c
     };
-    let zero = |setting| InvalidPoolConfig::ZeroInterval { setting };
+    let zero =
+        |setting| InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::ZeroInterval { setting });
     let short = |setting, got| InvalidPoolConfig::TtlTooShort {
         setting,
         got,
@@ -1061,35 +1065,35 @@ async fn pool_settings_that_cannot_work_are_refused() {
         (
             "no queues",
             with(&|c| c.dispatcher.queues.clear()),
-            InvalidPoolConfig::NoQueues,
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::NoQueues),
         ),
         (
             "max_workers 0",
             PoolConfig::new("default", 0).unwrap(),
-            InvalidPoolConfig::MaxWorkersZero {
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::MaxWorkersZero {
                 queue: q("default"),
-            },
+            }),
         ),
         (
             "a queue twice",
             base().queue("default", 2).unwrap(),
-            InvalidPoolConfig::QueueListedTwice {
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::QueueListedTwice {
                 queue: q("default"),
-            },
+            }),
         ),
         (
             "claim_batch_max 0",
             with(&|c| c.dispatcher.claim_batch_max = 0),
-            InvalidPoolConfig::ZeroBatch {
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::ZeroBatch {
                 setting: "claim_batch_max",
-            },
+            }),
         ),
         (
             "flush_max 0",
             with(&|c| c.dispatcher.flush_max = 0),
-            InvalidPoolConfig::ZeroBatch {
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::ZeroBatch {
                 setting: "flush_max",
-            },
+            }),
         ),
         (
             "poll_interval 0",
@@ -1114,21 +1118,57 @@ async fn pool_settings_that_cannot_work_are_refused() {
         (
             "queue limit 0",
             base().queue_limit("default", 0).unwrap(),
-            InvalidPoolConfig::QueueLimitZero {
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::QueueLimitZero {
                 queue: q("default"),
-            },
+            }),
         ),
         (
             "queue limit on a queue not worked",
             base().queue_limit("elsewhere", 2).unwrap(),
-            InvalidPoolConfig::QueueLimitUnknownQueue {
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::QueueLimitUnknownQueue {
                 queue: q("elsewhere"),
-            },
+            }),
         ),
         (
             "limit lease_ttl 1 ms",
-            with(&|c| c.limits.lease_ttl = Duration::from_millis(1)),
-            short("limits.lease_ttl", Duration::from_millis(1)),
+            with(&|c| c.dispatcher.limits.lease_ttl = Millis(1)),
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::TtlTooShort {
+                setting: "limits.lease_ttl",
+                got: Millis(1),
+                min: Millis(30),
+            }),
+        ),
+        (
+            "limit retry_min above retry_max",
+            with(&|c| c.dispatcher.limits.retry_min = Millis(2_000)),
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::RetryRange {
+                retry_min: Millis(2_000),
+                retry_max: Millis(1_000),
+            }),
+        ),
+        (
+            "claims larger than the backend takes (batch_max 16)",
+            with(&|c| {
+                c.dispatcher.claim_batch_max = 20;
+                c.dispatcher.queues[0].max_workers = 32;
+            }),
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::BatchOverBackendLimit {
+                setting: "claim_batch_max",
+                value: 20,
+                max: 16,
+            }),
+        ),
+        (
+            "flushes larger than the backend takes (batch_max 16)",
+            with(&|c| {
+                c.dispatcher.claim_batch_max = 16;
+                c.dispatcher.queues[0].max_workers = 32;
+            }),
+            InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::BatchOverBackendLimit {
+                setting: "flush_max",
+                value: 128,
+                max: 16,
+            }),
         ),
         (
             "presence_ttl 0",
@@ -1152,7 +1192,9 @@ async fn pool_settings_that_cannot_work_are_refused() {
         m.contains("retry_after is 0 ms; it must be at least 1 ms"),
         "{m}"
     );
-    let m = InvalidPoolConfig::QueueLimitZero { queue: q("mail") }.to_string();
+    let m =
+        InvalidPoolConfig::Dispatcher(InvalidDispatcherConfig::QueueLimitZero { queue: q("mail") })
+            .to_string();
     assert!(
         m.contains("queue mail") && m.contains("at least 1 slot"),
         "{m}"

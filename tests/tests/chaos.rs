@@ -1208,7 +1208,7 @@ async fn a_holder_paused_past_its_slot_lease_overlaps_its_successor() {
     sleep_ms(300).await;
     let worker = &s.fleet.workers[victim];
     worker.signal(Signal::STOP);
-    sleep_ms(ms(weir_tests::chaos::SLOT_LEASE_TTL) + 2_500).await;
+    sleep_ms(weir_tests::chaos::SLOT_LEASE_TTL.0 as i64 + 2_500).await;
     worker.signal(Signal::CONT);
     let fault = FaultWindow {
         start,

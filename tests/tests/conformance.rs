@@ -1,10 +1,16 @@
 //! The conformance suite, instantiated once per backend: every scenario in
 //! `weir_tests::scenarios` runs unchanged against the in-memory backend
 //! (`weir_memory::MemoryBackend`) and against Postgres.
+//!
+//! Two guards keep the suite whole: `every_scenario_is_instantiated` (no
+//! scenario is left out of the list below) and
+//! `every_command_is_exercised_by_the_suite` (no `Command` variant is left
+//! out of the scenarios).
 
 use sqlx::postgres::PgPoolOptions;
 use weir_postgres::harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig};
+use weir_tests::recording::{Recording, SuiteCoverage};
 
 /// A migrated Postgres backend on a fresh database, as `weir_app`. Keep the
 /// [`TestDatabase`] alive for the test: dropping it drops the database.
@@ -24,6 +30,11 @@ async fn postgres() -> (TestDatabase, PgBackend) {
     (db, backend)
 }
 
+/// A fresh memory backend that notes every command it executes.
+fn memory_recording() -> Recording<weir_memory::MemoryBackend> {
+    Recording::new(weir_memory::MemoryBackend::new(weir_tests::suite_config()))
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         /// Every scenario is instantiated below: the list is checked
@@ -35,6 +46,48 @@ macro_rules! conformance {
             listed.sort_unstable();
             all.sort_unstable();
             assert_eq!(listed, all);
+        }
+
+        /// Every `Command` variant (as serde lists them, not a copy kept by
+        /// hand) is executed by some scenario, so no command can reach a
+        /// backend that the suite never sent it.
+        ///
+        /// The scenarios run here on memory backends behind a `Recording`
+        /// that notes each command's variant. That is coverage on both
+        /// backends: every scenario runs unchanged on each, and each
+        /// Postgres instantiation below also records its commands and
+        /// checks they are the ones the same scenario sends the memory
+        /// backend. The guard can fail: for each scenario that alone
+        /// executes some variant, it shows the verdict without it.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn every_command_is_exercised_by_the_suite() {
+            let mut runs = tokio::task::JoinSet::new();
+            $(
+                runs.spawn(async {
+                    let backend = memory_recording();
+                    weir_tests::scenarios::$name(&backend).await;
+                    (stringify!($name), backend.tally())
+                });
+            )*
+            let mut coverage = SuiteCoverage::new();
+            while let Some(run) = runs.join_next().await {
+                let (name, tally) = run.expect("every scenario passes on the memory backend");
+                coverage.add(name, tally);
+            }
+            eprintln!("commands executed: {}", coverage.total());
+            coverage.complete().unwrap_or_else(|missing| panic!("{missing}"));
+            for (scenario, alone) in coverage.sole_exercisers() {
+                let without = coverage.total_without(Some(scenario));
+                let verdict = without
+                    .complete("the conformance suite never executed")
+                    .expect_err("a variant only this scenario executes is missing without it");
+                let named = verdict.lines().next().unwrap_or_default();
+                assert_eq!(
+                    named,
+                    format!("the conformance suite never executed: {}", alone.join(", "))
+                );
+                eprintln!("without {scenario}: {named}");
+            }
         }
 
         mod memory {
@@ -49,10 +102,23 @@ macro_rules! conformance {
 
         mod postgres {
             $(
+                /// Also checks that Postgres was sent the very commands the
+                /// memory backend is sent by this scenario, so the memory
+                /// run's coverage is Postgres's too.
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let (_db, backend) = super::postgres().await;
-                    weir_tests::scenarios::$name(&backend).await;
+                    let postgres = super::Recording::new(backend);
+                    let memory = super::memory_recording();
+                    tokio::join!(
+                        weir_tests::scenarios::$name(&postgres),
+                        weir_tests::scenarios::$name(&memory),
+                    );
+                    assert_eq!(
+                        postgres.executed(),
+                        memory.executed(),
+                        "the scenario sent Postgres other commands than the memory backend"
+                    );
                 }
             )*
         }
@@ -82,4 +148,10 @@ conformance!(
     queues_show_depths_paused_state_and_unfinished_kinds,
     presence_is_announced_refreshed_retired_and_expires,
     enqueue_and_cancel_wake_subscribers,
+    a_cancelled_attempt_is_fenced_and_final,
+    a_released_claimer_slot_is_taken_over_at_once,
+    a_renewed_slot_lease_outlives_its_first_ttl,
+    prune_deletes_only_jobs_finished_long_enough_ago,
+    an_expired_external_wait_is_retried_and_its_late_callback_fenced,
+    a_snoozed_job_waits_out_its_delay,
 );

@@ -68,7 +68,7 @@ fn registry(stopped: Arc<AtomicBool>, snoozed: Snoozed) -> Registry {
 }
 
 fn config(process: u64) -> PoolConfig {
-    let mut config = PoolConfig::from_dispatcher(DispatcherConfig {
+    PoolConfig::from_dispatcher(DispatcherConfig {
         // Long: only a wake-up can explain a quick pickup, and only a
         // cancel notification a quick stop.
         poll_interval: Millis(10_000),
@@ -76,14 +76,13 @@ fn config(process: u64) -> PoolConfig {
         maintenance_interval: Millis(50),
         flush_delay: Millis(5),
         shutdown_timeout: Millis(2_000),
+        stop_grace: Millis(2_000),
         ..DispatcherConfig::new(
             weir::core::ProcessId(process),
             weir::core::QueueName::new("default").unwrap(),
             16,
         )
-    });
-    config.stop_grace = Duration::from_secs(2);
-    config
+    })
 }
 
 async fn wait_for<B: Backend>(client: &Client<B>, what: &str, done: impl Fn(&[StateName]) -> bool) {

@@ -58,6 +58,18 @@ pub const REQUIRED_PATHS: &[&str] = &[
     "slot_release_noop",
     "process_restarted",
     "graceful_shutdown",
+    // A handler started holding a limit's slot.
+    "limit_slot_taken",
+    // A full limit handed its job back without an attempt.
+    "limit_full_handed_back",
+    // A handler stopped because its slot lapsed without a renewal.
+    "limit_slot_lost",
+    // A handler stopped at its deadline, on the process's own clock.
+    "handler_timed_out",
+    // A handler that did not end when told to was aborted.
+    "handler_aborted",
+    // A cancel notification that storage contradicted: ignored.
+    "cancel_hint_refuted",
 ];
 
 /// Counts of what one run, or a range of runs, exercised.
@@ -224,7 +236,12 @@ pub(crate) fn for_each_reject(outcome: &Outcome, mut f: impl FnMut(&Reject)) {
         Outcome::Promoted(r) | Outcome::Pruned(r) => single(r, &mut f),
         Outcome::Rescued(r) => single(r, &mut f),
         Outcome::Resumed(r) | Outcome::Retried(r) | Outcome::SlotRenewed(r) => single(r, &mut f),
-        _ => {}
+        // Answers that cannot be a rejection.
+        Outcome::QueuePauseChanged(_)
+        | Outcome::ClaimerReleased(_)
+        | Outcome::SlotReleased(_)
+        | Outcome::SessionEnded(_)
+        | Outcome::LeaderResigned(_) => {}
     }
 }
 

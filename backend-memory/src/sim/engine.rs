@@ -88,10 +88,11 @@ pub(crate) enum Event {
         to: ProcRef,
         reply: Reply,
     },
+    /// A handler's task ends, with its result or (`None`) aborted.
     HandlerDone {
         to: ProcRef,
         receipt: Receipt,
-        result: HandlerResult,
+        result: Option<HandlerResult>,
     },
     Timer {
         to: ProcRef,
@@ -180,12 +181,12 @@ impl Engine {
         let names = Names::new();
         let semaphore = workload::semaphore_setup(&mut setup_rng);
         let latency_max = [0, 1, 5, 20][setup_rng.random_range(0..4)];
+        let queue_limit = workload::queue_limit(&mut setup_rng);
         let procs = (0..usize::from(opts.processes.max(1)))
             .map(|index| {
-                Proc::new(
-                    index,
-                    workload::dispatcher_config(&mut setup_rng, index, &names),
-                )
+                let config =
+                    workload::dispatcher_config(&mut setup_rng, index, &names, queue_limit);
+                Proc::new(index, config)
             })
             .collect();
         let clock = VirtualClock::new(START);
@@ -499,7 +500,8 @@ impl Engine {
         match self.rng.random_range(0..100) {
             0..75 => self.enqueue_batch()?,
             75..85 => self.cancel_one()?,
-            85..97 => self.retry_one()?,
+            85..88 => self.forge_cancel_hint()?,
+            88..97 => self.retry_one()?,
             _ => self.pause_queue()?,
         }
         let next = self.now().plus(Millis(self.rng.random_range(5..80)));
@@ -581,9 +583,35 @@ impl Engine {
                 .map(|p| p.me);
             if let Some(to) = to.filter(|_| self.rng.random_ratio(9, 10)) {
                 let at = self.now().plus(self.latency());
-                let reply = Reply::Input(Input::Fenced(receipt));
+                let reply = Reply::Input(Input::CancelHint(receipt));
                 self.schedule(at, Event::Deliver { to, reply });
             }
+        }
+        Ok(())
+    }
+
+    /// Anyone who can connect can send a cancel notification: one for an
+    /// attempt nobody cancelled must not stop its handler.
+    fn forge_cancel_hint(&mut self) -> Result<(), String> {
+        let job = self.pick_job(&[StateName::Running]);
+        let held = self.backend.inspect(|w| {
+            w.job(job).and_then(|j| match j.state {
+                weir_core::JobState::Running { holder, .. } => j.receipt().map(|r| (r, holder)),
+                _ => None,
+            })
+        });
+        let Some((receipt, holder)) = held else {
+            return Ok(());
+        };
+        let to = self
+            .procs
+            .iter()
+            .find(|p| p.alive && p.me.id == holder)
+            .map(|p| p.me);
+        if let Some(to) = to {
+            let at = self.now().plus(self.latency());
+            let reply = Reply::Input(Input::CancelHint(receipt));
+            self.schedule(at, Event::Deliver { to, reply });
         }
         Ok(())
     }
@@ -834,14 +862,33 @@ impl Engine {
     }
 }
 
-/// Commands that carry a worker's result for a running attempt.
+/// Commands that carry a worker's result for a running attempt. Every
+/// command is named, so a new one must say whether it is a result.
 fn is_report(command: &Command) -> bool {
-    matches!(
-        command,
+    match command {
         Command::Complete { .. }
-            | Command::Fail { .. }
-            | Command::Snooze { .. }
-            | Command::WaitExternal { .. }
-            | Command::CancelAttempts { .. }
-    )
+        | Command::Fail { .. }
+        | Command::Snooze { .. }
+        | Command::WaitExternal { .. }
+        | Command::CancelAttempts { .. } => true,
+        Command::Enqueue { .. }
+        | Command::Claim { .. }
+        | Command::Heartbeat { .. }
+        | Command::ResumeExternal { .. }
+        | Command::Cancel { .. }
+        | Command::Retry { .. }
+        | Command::PauseQueue { .. }
+        | Command::ResumeQueue { .. }
+        | Command::ClaimerAcquire { .. }
+        | Command::ClaimerRelease { .. }
+        | Command::SlotTry { .. }
+        | Command::SlotRenew { .. }
+        | Command::SlotRelease { .. }
+        | Command::ProcessCrashed { .. }
+        | Command::LeaderElect { .. }
+        | Command::LeaderResign { .. }
+        | Command::Promote { .. }
+        | Command::Rescue { .. }
+        | Command::Prune { .. } => false,
+    }
 }

@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 
 use rand::{Rng, RngCore};
 use weir_core::{
-    AcquireStep, Acquisition, Command, Dispatcher, DispatcherConfig, Effect, HandlerResult, Input,
-    Millis, Outcome, ProcessId, Receipt, Reject, SlotGrant, StopReason, Timestamp, TryResult,
+    Abandoned, AcquireStep, Acquisition, Command, Dispatcher, DispatcherConfig, Effect,
+    HandlerResult, Input, Millis, Outcome, ProcessId, Receipt, Reject, SlotGrant, StopReason,
+    Timestamp, TryResult,
 };
 
 use super::engine::{Engine, Event, Phase, ProcRef, Reply, Route, SemOp, START};
@@ -266,17 +267,26 @@ impl Engine {
         }
     }
 
+    /// A handler's task ends: with its result, or (`None`) aborted. The
+    /// first end of a handler counts; a later one (the planned end of a
+    /// handler that was stopped early) is ignored.
     pub(crate) fn handler_done(
         &mut self,
         to: ProcRef,
         receipt: Receipt,
-        result: HandlerResult,
+        result: Option<HandlerResult>,
     ) -> Result<(), String> {
-        // A handler that was stopped (fenced, or shut down) reports nothing.
         if !self.is_current(to) || !self.procs[to.index].handlers.remove(&receipt) {
             return Ok(());
         }
-        self.deliver(to, Reply::Input(Input::HandlerDone(receipt, result)))
+        let input = match result {
+            Some(result) => Input::HandlerDone(receipt, result),
+            None => {
+                self.coverage.path("handler_aborted");
+                Input::HandlerAborted(receipt)
+            }
+        };
+        self.deliver(to, Reply::Input(input))
     }
 
     pub(crate) fn timer(&mut self, to: ProcRef, generation: u64) -> Result<(), String> {
@@ -297,61 +307,127 @@ impl Engine {
         let after_tick = matches!(input, Input::Tick);
         let p = &mut self.procs[index];
         let local = p.local(now);
+        let refuted = p.dispatcher.stats().hints_refuted;
         p.dispatcher.handle(local, draw, input);
+        let refuted = p.dispatcher.stats().hints_refuted - refuted;
+        self.coverage.paths_add("cancel_hint_refuted", refuted);
+        let p = &mut self.procs[index];
         p.dispatcher
             .check_invariants()
             .map_err(|broken| format!("process {} dispatcher: {broken}", p.me.id))?;
+        let mut acted = false;
         while let Some(effect) = self.procs[index].dispatcher.poll_effect() {
+            acted = true;
             self.on_effect(index, effect)?;
         }
-        self.rearm_timer(index, after_tick);
-        Ok(())
+        self.rearm_timer(index, after_tick, acted)
     }
 
     /// Schedules the dispatcher's next wake-up. A timer still due right
-    /// after a tick is waiting for a command in flight, whose outcome will
-    /// wake the process anyway: ticking again at the same instant would
-    /// spin without moving time.
-    fn rearm_timer(&mut self, index: usize, after_tick: bool) {
+    /// after a tick that did nothing would make a real caller spin (a
+    /// process burning a core, a pool on a paused clock that never lets
+    /// time move): that is a finding.
+    fn rearm_timer(&mut self, index: usize, after_tick: bool, acted: bool) -> Result<(), String> {
         let now = self.now();
         let p = &mut self.procs[index];
-        let Some((local, _)) = p.dispatcher.poll_timeout() else {
-            return;
+        let Some((local, reason)) = p.dispatcher.poll_timeout() else {
+            return Ok(());
         };
         let at = p.global(local).max(now);
         if after_tick && at <= now {
-            return;
+            if acted {
+                // Its effects' answers move it on; tick again when they do.
+                return Ok(());
+            }
+            return Err(format!(
+                "process {}: right after a tick that did nothing, the dispatcher asks for \
+                 another at {local} ({reason:?}): a caller would spin",
+                p.me.id
+            ));
         }
         p.timer_generation += 1;
         let (to, generation) = (p.me, p.timer_generation);
         self.schedule(at, Event::Timer { to, generation });
+        Ok(())
     }
 
     fn on_effect(&mut self, index: usize, effect: Effect) -> Result<(), String> {
         let me = self.procs[index].me;
         match effect {
             Effect::Execute(id, command) => self.send(index, Route::Dispatcher(me, id), command),
+            Effect::Prepare(job) => {
+                // The job's own limits, as its handler would name them: a
+                // key limit for some kinds, drawn from the payload.
+                let limits = workload::job_limits(&self.names, &job);
+                let reply = Reply::Input(Input::Prepared(job.receipt, Ok(limits)));
+                self.schedule(self.now(), Event::Deliver { to: me, reply });
+                Ok(())
+            }
             Effect::StartHandler(job) => {
                 let faults = self.faults_on();
                 let (length, result) = workload::handler_plan(&mut self.rng, faults);
+                if self.procs[index]
+                    .dispatcher
+                    .slots()
+                    .any(|(r, _, _)| r == job.receipt)
+                {
+                    self.coverage.path("limit_slot_taken");
+                }
                 self.procs[index].handlers.insert(job.receipt);
                 let receipt = job.receipt;
                 let event = Event::HandlerDone {
                     to: me,
                     receipt,
-                    result,
+                    result: Some(result),
                 };
                 self.schedule(self.now().plus(length), event);
                 Ok(())
             }
             Effect::StopHandler(receipt, reason) => {
-                self.procs[index].handlers.remove(&receipt);
-                if reason == StopReason::Fenced {
-                    self.coverage.path("handler_stopped_fenced");
+                match reason {
+                    StopReason::Fenced => self.coverage.path("handler_stopped_fenced"),
+                    StopReason::Timeout => self.coverage.path("handler_timed_out"),
+                    StopReason::SlotLost => self.coverage.path("limit_slot_lost"),
+                    StopReason::Shutdown => self.coverage.path("handler_stopped_shutdown"),
+                }
+                // Most handlers notice the token and end soon, with some
+                // result; the rest go on until aborted.
+                if self.rng.random_ratio(2, 3) {
+                    let at = self.now().plus(Millis(self.rng.random_range(0..50)));
+                    let result = Some(HandlerResult::Complete);
+                    let event = Event::HandlerDone {
+                        to: me,
+                        receipt,
+                        result,
+                    };
+                    self.schedule(at, event);
+                }
+                Ok(())
+            }
+            Effect::AbortHandler(receipt) => {
+                // An abort lands at the handler's next await.
+                let at = self.now().plus(Millis(self.rng.random_range(0..5)));
+                let event = Event::HandlerDone {
+                    to: me,
+                    receipt,
+                    result: None,
+                };
+                self.schedule(at, event);
+                Ok(())
+            }
+            Effect::Abandon(_, why) => {
+                if why == Abandoned::Limited {
+                    self.coverage.path("limit_full_handed_back");
                 }
                 Ok(())
             }
             Effect::ShutdownComplete => {
+                if let Some(receipt) = self.procs[index].handlers.first() {
+                    return Err(format!(
+                        "process {}: shutdown completed while the handler of {receipt} still runs",
+                        me.id
+                    ));
+                }
                 self.coverage.path("graceful_shutdown");
                 Ok(())
             }

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use weir_core::{
-    Backoff, ClaimerConfig, DispatcherConfig, FailError, HandlerResult, JobLimits, Kind, Millis,
-    NewJob, Payload, Priority, ProcessId, QueueConfig, QueueName, Retry, SemaphoreName, Timestamp,
-    UniqueKey, WaitConfig, WorldConfig,
+    Backoff, ClaimedJob, ClaimerConfig, DispatcherConfig, FailError, HandlerResult, JobLimits,
+    Kind, Limit, LimitConfig, Millis, NewJob, Payload, Priority, ProcessId, QueueConfig, QueueName,
+    Retry, SemaphoreName, Timestamp, UniqueKey, WaitConfig, WorldConfig,
 };
 
 /// The world's timings. Short, so that a few virtual seconds see leases
@@ -20,6 +20,9 @@ pub(crate) const HEARTBEAT_STALE_AFTER: Millis = Millis(1_000);
 pub(crate) const IDLE_THRESHOLD: Millis = Millis(1_500);
 pub(crate) const CLAIMER_LEASE_TTL: Millis = Millis(3_000);
 pub(crate) const LEADER_TTL: Millis = Millis(1_000);
+
+/// The most items one command may carry, in every run.
+pub(crate) const BATCH_MAX: usize = 1_000;
 
 /// The world configuration for a run: everything fixed but K, the claimer
 /// slots per queue, which is drawn so that some runs have fewer slots than
@@ -35,7 +38,7 @@ pub(crate) fn world_config(rng: &mut impl Rng) -> WorldConfig {
         backoff: Backoff::new(Millis(50), 2, Millis(2_000), 200).expect("a valid policy"),
         leader_ttl: LEADER_TTL,
         limits: JobLimits::default(),
-        batch_max: 1_000,
+        batch_max: BATCH_MAX,
     }
 }
 
@@ -67,6 +70,7 @@ pub(crate) fn dispatcher_config(
     rng: &mut impl Rng,
     index: usize,
     names: &Names,
+    queue_limit: Option<u16>,
 ) -> DispatcherConfig {
     let queues = names
         .queues
@@ -106,8 +110,35 @@ pub(crate) fn dispatcher_config(
         maintenance_interval: Millis(rng.random_range(100..=250)),
         retention: Millis(rng.random_range(500..=2_000)),
         shutdown_timeout: Millis(rng.random_range(1_000..=3_000)),
+        stop_grace: Millis(rng.random_range(20..=400)),
         retry_after: Millis(rng.random_range(20..=200)),
+        batch_max: BATCH_MAX,
+        queue_limits: queue_limit
+            .map(|permits| (names.queues[1].clone(), permits))
+            .into_iter()
+            .collect(),
+        limits: LimitConfig {
+            lease_ttl: Millis(rng.random_range(300..=1_500)),
+            retry_min: Millis(rng.random_range(10..=50)),
+            retry_max: Millis(rng.random_range(50..=300)),
+        },
     }
+}
+
+/// The bulk queue's cluster-wide limit, the same in every process: in most
+/// runs a small one, so limit slots are taken, renewed, lost and missed.
+pub(crate) fn queue_limit(rng: &mut impl Rng) -> Option<u16> {
+    rng.random_ratio(2, 3).then(|| rng.random_range(1..=3))
+}
+
+/// The limits a job names itself (its handler's `concurrency`): reports
+/// share a key limit of one per tenant, drawn from the payload.
+pub(crate) fn job_limits(names: &Names, job: &ClaimedJob) -> Vec<Limit> {
+    if job.kind != names.kinds[1] {
+        return Vec::new();
+    }
+    let tenant = job.payload.0.first().copied().unwrap_or(0) % 3;
+    vec![Limit::new(format!("sim.tenant:{tenant}"), 1).expect("a valid limit")]
 }
 
 /// How the processes use the shared semaphore.
