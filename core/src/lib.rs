@@ -30,13 +30,15 @@
 //!    batched results, when to heartbeat and when to lead maintenance. The
 //!    runtime and the simulator both drive it.
 //!
-//! Two small sans-IO loops run *inside one process* instead of in shared
+//! Three small sans-IO loops run *inside one process* instead of in shared
 //! storage: [`Acquisition`] (scan a semaphore's slots, skip a slot whose try
-//! errored, wait a jittered pause on a miss, time out at a deadline) and
-//! [`Pacer`] (warm-up work in paced batches). The caller drives them: call
-//! `poll(now, …)`, do what the returned step says (try a slot, sleep until a
-//! time, run a batch), and report the result back (`on_try`,
-//! `batch_done`), until a final step.
+//! errored, wait a jittered pause on a miss, time out at a deadline),
+//! [`Pacer`] (warm-up work in paced batches), and [`WarmupDriver`], which
+//! drives both for a whole warm-up and renews the slot's lease while a
+//! batch runs. The caller drives them: call `poll(now, …)`, do what the
+//! returned step says (try a slot, send a command, sleep until a time, run
+//! or stop a batch), and report the result back (`on_try`, `batch_done`,
+//! `on_answer`, `on_batch_done`), until a final step.
 //!
 //! ## Order and time
 //!
@@ -109,6 +111,7 @@ pub mod time;
 #[doc(hidden)]
 pub mod variants;
 pub mod warmup;
+pub mod warmup_driver;
 pub mod world;
 
 pub use backoff::{Backoff, InvalidBackoff};
@@ -140,6 +143,10 @@ pub use semaphore::{
 };
 pub use time::{Millis, Timestamp};
 pub use warmup::{herd_bound, PaceStep, Pacer, Warmup};
+pub use warmup_driver::{
+    InvalidWarmup, SlotLoss, StorageAnswer, WarmupConfig, WarmupDriver, WarmupFailure, WarmupStep,
+    WarmupSummary,
+};
 pub use world::{
     command_name, BatchResult, Claimed, ClaimedJob, Command, Enqueued, Failure, Outcome, World,
     WorldConfig,

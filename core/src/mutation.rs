@@ -1,10 +1,16 @@
 //! Deliberate bugs, for proving that the checkers can fail.
 //!
-//! Compiled only with the `mutants` feature. A world (or an acquisition)
-//! built with `with_mutation` behaves exactly like the real code except at
-//! one point, where it makes a realistic mistake. The model checker and the
-//! simulator switch each mutation on in turn and must find a counterexample;
-//! a checker that cannot fail proves nothing.
+//! Compiled only with the `mutants` feature. A world (or an acquisition,
+//! or a warm-up driver) built with `with_mutation` behaves exactly like the
+//! real code except at one point, where it makes a realistic mistake. The
+//! model checker and the simulator switch each mutation on in turn and must
+//! find a counterexample; a checker that cannot fail proves nothing.
+//!
+//! [`Mutation::ALL`] lists the mutations of the world and of
+//! [`crate::Acquisition`], the ones every world-level checker (the property
+//! run, the simulator, the Postgres differential test) enumerates.
+//! [`Mutation::DRIVERS`] lists those of a per-process driver, which only a
+//! model that runs the driver can see; the model checker covers both.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,10 +44,19 @@ pub enum Mutation {
     ElectWithoutTermBump,
     /// Snooze forgets to refund the attempt.
     SnoozeConsumesAttempt,
+    /// The warm-up driver renews its slot's lease only between batches,
+    /// ignores the renewal's answer and never counts the lease out on its
+    /// own clock (`weir::warmup` before issue 12): a batch that outlasts
+    /// the lease keeps working after the slot went to another warmer.
+    WarmupRenewsBetweenBatches,
+    /// The warm-up driver counts its lease from when an answer arrived
+    /// instead of when its command was sent: after a slow answer it
+    /// believes in a lease that storage lets lapse sooner.
+    WarmupProvesLeaseFromAnswer,
 }
 
 impl Mutation {
-    /// Every mutation, in a fixed order.
+    /// Every mutation of the world and of an acquisition, in a fixed order.
     pub const ALL: [Mutation; 11] = [
         Mutation::ClaimWithoutEpochBump,
         Mutation::CompleteWithoutEpochCheck,
@@ -55,4 +70,47 @@ impl Mutation {
         Mutation::ElectWithoutTermBump,
         Mutation::SnoozeConsumesAttempt,
     ];
+
+    /// Every mutation of a per-process driver (see the module docs).
+    pub const DRIVERS: [Mutation; 2] = [
+        Mutation::WarmupRenewsBetweenBatches,
+        Mutation::WarmupProvesLeaseFromAnswer,
+    ];
+
+    /// Every mutation: [`Mutation::ALL`], then [`Mutation::DRIVERS`].
+    pub fn every() -> impl Iterator<Item = Mutation> {
+        Mutation::ALL.into_iter().chain(Mutation::DRIVERS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new variant must be listed: this match stops compiling until it
+    /// is, and the count below stops passing until it is in a list.
+    #[test]
+    fn every_variant_is_in_exactly_one_list() {
+        let listed = |m: Mutation| match m {
+            Mutation::ClaimWithoutEpochBump
+            | Mutation::CompleteWithoutEpochCheck
+            | Mutation::RescueWithoutEpochBump
+            | Mutation::CancelWithoutEpochBump
+            | Mutation::RefreshPredicateTooLax
+            | Mutation::ClaimerNeverRefreshes
+            | Mutation::AcquireIgnoresHolder
+            | Mutation::ScanStopsAtError
+            | Mutation::NoTermCheck
+            | Mutation::ElectWithoutTermBump
+            | Mutation::SnoozeConsumesAttempt => Mutation::ALL.contains(&m),
+            Mutation::WarmupRenewsBetweenBatches | Mutation::WarmupProvesLeaseFromAnswer => {
+                Mutation::DRIVERS.contains(&m)
+            }
+        };
+        assert!(Mutation::every().all(listed));
+        let mut all: Vec<_> = Mutation::every().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 13);
+    }
 }

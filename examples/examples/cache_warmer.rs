@@ -2,10 +2,13 @@
 //! wanting to warm its cache from the same backing store. `weir::warmup`
 //! keeps them from stampeding it: each waits a start delay plus jitter,
 //! takes one slot of a cluster-wide N-slot semaphore (waiting with jittered
-//! pauses on a miss, never past a deadline), warms in paced batches, and
-//! releases the slot. Here 8 "processes" (tasks, each with its own process
-//! id) share N = 2 slots, and the example checks that no more than 2 ever
-//! warm at once and that the last finishes within `herd_bound`.
+//! pauses on a miss, never past a deadline), warms in paced batches while
+//! it renews the slot's lease, and releases the slot. If the slot is lost
+//! (a renewal refused, or none accepted before the lease would lapse), the
+//! batch running is dropped and the warm-up ends with
+//! `WarmupError::SlotLost`. Here 8 "processes" (tasks, each with its own
+//! process id) share N = 2 slots, and the example checks that no more than
+//! 2 ever warm at once and that the last finishes within `herd_bound`.
 //!
 //! ```sh
 //! cargo run -p weir-examples --example cache_warmer
@@ -49,13 +52,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut herd = Vec::new();
     for _ in 0..PROCESSES {
         let config = WarmupConfig {
-            process: weir::new_process_id(),
-            pacing,
-            semaphore: Some((SemaphoreName::new("cache-warm")?, SLOTS)),
-            wait,
-            // A lease, renewed between batches: a crashed warmer's slot
-            // frees itself after 5 s.
+            // A lease (the default) of 5 s, renewed every third of it while
+            // the warmer works: a crashed warmer's slot frees itself within
+            // 5 s.
             lease_ttl: Some(Millis(5_000)),
+            ..WarmupConfig::new(
+                weir::new_process_id(),
+                pacing,
+                SemaphoreName::new("cache-warm")?,
+                SLOTS,
+                wait,
+            )
         };
         let (backend, warming, most) = (
             Arc::clone(&backend),
@@ -81,10 +88,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for process in herd {
         let report = process.await??;
         println!(
-            "slot {:?}: waited {} for it, warmed in {} batches, done at +{}",
+            "slot {:?}: waited {} for it, warmed in {} batches ({} renewals), done at +{}",
             report.slot.map(|s| s.slot.0),
-            report.acquired_at.since(report.started_at),
+            report.waited,
             report.batches,
+            report.renewals,
             report.finished_at.since(started)
         );
         last = last.max(report.finished_at);

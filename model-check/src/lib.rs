@@ -1,8 +1,9 @@
 //! # weir-model-check: exhaustive models over weir-core's real code
 //!
 //! Each model is a [`stateright::Model`] whose `next_state` drives the
-//! core's own [`weir_core::World::apply`] (and, for semaphores, the core's
-//! sans-IO [`weir_core::Acquisition`]); nothing here re-implements a rule.
+//! core's own [`weir_core::World::apply`] (and, for semaphores and
+//! warm-ups, the core's sans-IO [`weir_core::Acquisition`] and
+//! [`weir_core::WarmupDriver`]); nothing here re-implements a rule.
 //! What the models add is the *environment*: which process does what and
 //! when, faults (crashes, pauses, errors, lapsed leases), a small discrete
 //! clock, and ghost variables that remember just enough history to state
@@ -14,6 +15,7 @@
 //! | 2 | [`claimer`] | claimer leases: K slots, freshness refresh, takeover of idle slots |
 //! | 3 | [`semaphore`] | N-slot semaphore, the scan/wait loop, errors, holder crashes |
 //! | 4 | [`leader`] | leader terms, renewal, resignation, deposed leaders' writes |
+//! | 5 | [`warmup`] | warm-ups behind N slots: batches that outlast the lease, renewals while they run, lost answers |
 //!
 //! Every step goes through [`check::apply`], which also runs
 //! `World::check_invariants` and `World::check_step` and turns a broken
@@ -37,3 +39,4 @@ pub mod mutants;
 pub mod run;
 pub mod semaphore;
 pub mod symmetry;
+pub mod warmup;

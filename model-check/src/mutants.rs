@@ -1,6 +1,6 @@
 //! Which model catches which deliberate bug, and by which property.
 //!
-//! Every [`Mutation`] of the core has one row here; the tests run the model
+//! Every [`Mutation`] of the core ([`Mutation::every`]) has one row here; the tests run the model
 //! of each row over the mutated core and assert that the checker finds a
 //! counterexample to the row's property (and `tests/mutants.rs` fails if a
 //! mutation has no row).
@@ -14,8 +14,9 @@ use crate::leader::{self, LeaderTerms};
 use crate::lifecycle::{self, Lifecycle};
 use crate::run::hunt;
 use crate::semaphore::{self, SemaphoreHerd};
+use crate::warmup::{self, WarmupHerd};
 
-/// One of the four models.
+/// One of the five models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// [`crate::lifecycle`], faults on.
@@ -26,6 +27,8 @@ pub enum Target {
     Semaphore,
     /// [`crate::leader`].
     Leader,
+    /// [`crate::warmup`].
+    Warmup,
 }
 
 /// A mutation, the model that must catch it, and the property that breaks.
@@ -48,7 +51,7 @@ const fn row(mutation: Mutation, model: Target, property: &'static str) -> Caugh
 }
 
 /// Every mutation and what catches it.
-pub const CAUGHT: [Caught; 11] = [
+pub const CAUGHT: [Caught; 13] = [
     row(
         Mutation::ClaimWithoutEpochBump,
         Target::Lifecycle,
@@ -104,6 +107,16 @@ pub const CAUGHT: [Caught; 11] = [
         Target::Leader,
         leader::ONE_LEADER_PER_TERM,
     ),
+    row(
+        Mutation::WarmupRenewsBetweenBatches,
+        Target::Warmup,
+        warmup::AT_MOST_N_WORKING,
+    ),
+    row(
+        Mutation::WarmupProvesLeaseFromAnswer,
+        Target::Warmup,
+        warmup::AT_MOST_N_WORKING,
+    ),
 ];
 
 /// The row of `mutation`, if it has one.
@@ -141,6 +154,10 @@ pub fn hunt_mutant(mutation: Mutation) -> Option<Vec<String>> {
         Target::Leader => {
             let model = LeaderTerms::with_mutation(mutation);
             hunt(&label, model, row.property).map(actions::<LeaderTerms>)
+        }
+        Target::Warmup => {
+            let model = WarmupHerd::with_mutation(mutation);
+            hunt(&label, model, row.property).map(actions::<WarmupHerd>)
         }
     }
 }

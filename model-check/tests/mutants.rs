@@ -7,6 +7,9 @@ use weir_core::Mutation;
 use weir_model_check::mutants::{caught_by, hunt_mutant};
 use weir_model_check::run::discoveries;
 use weir_model_check::semaphore::{SemaphoreHerd, PAST_ERROR, SCAN_COMPLETE};
+use weir_model_check::warmup::{
+    WarmupHerd, AT_MOST_N_WORKING, ONE_WORKER_PER_SLOT, WORKING_HOLDS_IN_STORAGE,
+};
 
 fn assert_caught(mutation: Mutation) {
     let row = caught_by(mutation).expect("every mutation has a row");
@@ -21,7 +24,7 @@ fn assert_caught(mutation: Mutation) {
 
 #[test]
 fn every_mutation_has_a_model_that_catches_it() {
-    for mutation in Mutation::ALL {
+    for mutation in Mutation::every() {
         assert!(caught_by(mutation).is_some(), "{mutation:?} has no row");
     }
 }
@@ -92,4 +95,27 @@ fn no_term_check_is_caught() {
 #[test]
 fn elect_without_term_bump_is_caught() {
     assert_caught(Mutation::ElectWithoutTermBump);
+}
+
+#[test]
+fn a_warmup_that_renews_only_between_batches_is_caught() {
+    assert_caught(Mutation::WarmupRenewsBetweenBatches);
+}
+
+#[test]
+fn a_warmup_that_proves_its_lease_from_the_answer_is_caught() {
+    assert_caught(Mutation::WarmupProvesLeaseFromAnswer);
+}
+
+/// The same bug, over the whole state space: besides two warmers at
+/// once, a working process's slot is no longer its own in storage.
+#[test]
+fn a_warmup_that_renews_only_between_batches_works_on_a_lapsed_lease() {
+    let found = discoveries(
+        "WarmupRenewsBetweenBatches, full run",
+        WarmupHerd::with_mutation(Mutation::WarmupRenewsBetweenBatches),
+    );
+    assert!(found.contains(AT_MOST_N_WORKING), "{found:?}");
+    assert!(found.contains(WORKING_HOLDS_IN_STORAGE), "{found:?}");
+    assert!(found.contains(ONE_WORKER_PER_SLOT), "{found:?}");
 }

@@ -7,7 +7,9 @@
 //! - [`WorkerPool`]: claims, runs and reports jobs by driving the core's
 //!   sans-IO [`weir_core::Dispatcher`], with graceful shutdown.
 //! - [`warmup()`]: herd mitigation for start-up work (delay + jitter, a
-//!   cluster-wide N-slot semaphore with wait-on-miss, paced batches).
+//!   cluster-wide N-slot semaphore with wait-on-miss, paced batches under a
+//!   lease renewed while they run), executing the core's
+//!   [`weir_core::WarmupDriver`].
 //! - [`Backend`]: the storage interface; `weir-memory` and `weir-postgres`
 //!   implement it.
 //!

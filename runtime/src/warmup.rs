@@ -4,43 +4,37 @@
 //! cache, [`warmup`] keeps them from stampeding the backing store: each
 //! process waits `delay + uniform(0, jitter)`, then takes one slot of a
 //! cluster-wide N-slot semaphore (waiting on a miss with jittered pauses,
-//! never past `wait_max`), then does its work in paced batches, and releases
-//! the slot. The decisions (start time, scan, pauses, batches) are the
-//! core's [`Warmup`], [`Pacer`] and [`Acquisition`]; this module only
-//! sleeps and talks to the backend. With P processes, N slots and each
-//! warm-up taking `work`, the last one finishes by
+//! never past `wait_max`), then does its work in paced batches while it
+//! renews the slot's lease, and releases the slot. With P processes, N
+//! slots and each warm-up taking `work`, the last one finishes by
 //! [`weir_core::herd_bound`].
+//!
+//! Every decision (start time, scan, pauses, batches, when to renew, what a
+//! renewal's answer means, when the slot counts as lost, the release) is
+//! the core's [`WarmupDriver`]; this module only executes its steps: it
+//! sleeps on a [`MonotonicClock`], sends the storage commands and feeds
+//! their answers back, runs the user's batch future, and drops that future
+//! when the driver says the slot is lost. The wall clock appears only in
+//! the [`WarmupReport`]'s labels.
+//!
+//! A batch is stopped by dropping its future, so a batch must be written
+//! to be cancelled at any `.await` (as a `tokio::select!` branch must).
 
 use std::future::Future;
 use std::ops::Range;
-use std::time::Duration;
 
 use rand::Rng;
+use tracing::warn;
 use weir_core::{
-    AcquireStep, Acquisition, Command, Millis, Outcome, PaceStep, Pacer, ProcessId, Reject,
-    SemaphoreName, SlotGrant, Timestamp, TryResult, WaitConfig, Warmup,
+    InvalidWarmup, Millis, Outcome, Reject, SlotGrant, SlotLoss, StorageAnswer, Timestamp,
+    WarmupDriver, WarmupFailure, WarmupStep, WarmupSummary,
 };
 
 use crate::backend::{Backend, BackendError};
+use crate::clock::MonotonicClock;
 use crate::worker::wall_clock;
 
-/// How one process warms up.
-#[derive(Clone, Debug)]
-pub struct WarmupConfig {
-    /// This process.
-    pub process: ProcessId,
-    /// Start delay, jitter, batch size and pause.
-    pub pacing: Warmup,
-    /// The cluster-wide semaphore and its size (at least 1); `None`
-    /// disables the limit (reported as [`WarmupReport::limited`] = false,
-    /// never silently).
-    pub semaphore: Option<(SemaphoreName, u16)>,
-    /// How to wait for a slot.
-    pub wait: WaitConfig,
-    /// Hold the slot as a lease of this length (renewed between batches)
-    /// instead of for the session.
-    pub lease_ttl: Option<Millis>,
-}
+pub use weir_core::WarmupConfig;
 
 /// What a warm-up did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,20 +43,32 @@ pub struct WarmupReport {
     pub limited: bool,
     /// The slot it held, if any.
     pub slot: Option<SlotGrant>,
-    /// When it started (after delay and jitter).
+    /// When it started (after delay and jitter), on the wall clock: a label
+    /// to compare processes by, never used for a decision.
     pub started_at: Timestamp,
-    /// When it got its slot.
+    /// When it got its slot (wall clock, a label).
     pub acquired_at: Timestamp,
-    /// When it finished.
+    /// When it finished (wall clock, a label).
     pub finished_at: Timestamp,
+    /// How long it waited for its slot, on the monotonic clock.
+    pub waited: Millis,
+    /// How long it held the slot, on the monotonic clock.
+    pub held: Millis,
     /// Batches run.
     pub batches: u64,
+    /// Lease renewals storage accepted.
+    pub renewals: u64,
 }
 
-/// Why a warm-up did not run.
+/// Why a warm-up did not run to its end.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WarmupError {
+    /// The configuration could never work (0 permits, batches of 0, a lease
+    /// too short to renew in time, a wait range that is empty): refused
+    /// before the start delay, so it never waits.
+    #[error(transparent)]
+    Invalid(InvalidWarmup),
     /// No slot came free before `wait_max`; nothing was held.
     #[error("no semaphore slot within wait_max ({scans} scans, {errors} slot errors)")]
     TimedOut {
@@ -71,18 +77,65 @@ pub enum WarmupError {
         /// Slot tries that failed with an error.
         errors: u32,
     },
-    /// The semaphore refused the request itself: a size of 0 (refused
-    /// before the start delay, so it never waits) or a size that disagrees
-    /// with the semaphore's first use.
+    /// Storage refused the semaphore itself (a size that disagrees with the
+    /// semaphore's first use).
     #[error(transparent)]
     Rejected(Reject),
+    /// The slot was lost while warming (a renewal was refused, or none was
+    /// accepted before the lease would have lapsed): the batch that was
+    /// running was stopped and no further batch started.
+    #[error("lost semaphore slot {} ({cause:?}) after {batches} batches", .grant.slot.0)]
+    SlotLost {
+        /// The slot that was held.
+        grant: SlotGrant,
+        /// How it was lost.
+        cause: SlotLoss,
+        /// Batches that ran to their end.
+        batches: u64,
+    },
     /// Storage failed in a way that retrying will not fix.
     #[error(transparent)]
     Backend(BackendError),
 }
 
-async fn sleep_until(at: Timestamp) {
-    tokio::time::sleep(Duration::from_millis(at.since(wall_clock()).0)).await;
+/// Maps a command's result to what the driver needs to know; keeps a
+/// misconfiguration's details for the error.
+fn answer(
+    result: Result<Outcome, BackendError>,
+    unusable: &mut Option<BackendError>,
+) -> StorageAnswer {
+    match result {
+        Ok(outcome) => StorageAnswer::Outcome(outcome),
+        Err(BackendError::Misconfigured(m)) => {
+            *unusable = Some(BackendError::Misconfigured(m));
+            StorageAnswer::Unusable
+        }
+        // Lost, unavailable or refused: nothing proves it was applied.
+        Err(_) => StorageAnswer::Lost,
+    }
+}
+
+/// Awaits the future in `slot`, or never when there is none.
+async fn next<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at` on `clock`, or forever without a deadline.
+async fn sleep(clock: &MonotonicClock, at: Option<Timestamp>) {
+    match at {
+        Some(at) => clock.sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What woke the executor.
+enum Woke {
+    Answer(Result<Outcome, BackendError>),
+    BatchDone,
+    Timer,
 }
 
 /// Warms up `items` items with `work(range)` per batch, under `config`.
@@ -97,100 +150,91 @@ where
     F: FnMut(Range<u64>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    // The core's scan reads 0 permits as "no semaphore"; here it is a
-    // mistake, and one to report before sleeping through the start delay.
-    if matches!(config.semaphore, Some((_, 0))) {
-        return Err(WarmupError::Rejected(Reject::ZeroPermits));
-    }
+    let clock = MonotonicClock::new();
+    // Labels only: the wall clock at the monotonic clock's origin.
+    let wall_origin = wall_clock();
     let draw: u64 = rand::rng().random();
-    let started_at = config.pacing.start_at(wall_clock(), draw);
-    sleep_until(started_at).await;
-    let slot = acquire(backend, config).await?;
-    let acquired_at = wall_clock();
-    let mut pacer: Pacer = config.pacing.pacer(items, acquired_at);
-    let mut batches = 0;
+    let mut driver = WarmupDriver::new(config.clone(), items, clock.now(), draw)
+        .map_err(WarmupError::Invalid)?;
+    let mut batch = None;
+    let mut command = None;
+    let mut unusable = None;
     loop {
-        match pacer.poll(wall_clock()) {
-            PaceStep::Run { from, to } => {
-                work(from..to).await;
-                batches += 1;
-                pacer.batch_done(wall_clock());
-                renew(backend, config, slot.as_ref()).await;
-            }
-            PaceStep::WaitUntil(at) => sleep_until(at).await,
-            PaceStep::Busy => unreachable!("batch_done follows every Run"),
-            PaceStep::Done => break,
-        }
-    }
-    if let (Some(grant), Some((name, _))) = (slot, &config.semaphore) {
-        let release = Command::SlotRelease {
-            semaphore: name.clone(),
-            grant,
-        };
-        // A lost release is harmless: a session hold ends with the session
-        // and a lease hold lapses.
-        let _ = backend.execute(release).await;
-    }
-    Ok(WarmupReport {
-        limited: config.semaphore.is_some(),
-        slot,
-        started_at,
-        acquired_at,
-        finished_at: wall_clock(),
-        batches,
-    })
-}
-
-async fn acquire<B: Backend>(
-    backend: &B,
-    config: &WarmupConfig,
-) -> Result<Option<SlotGrant>, WarmupError> {
-    let permits = config.semaphore.as_ref().map(|(_, n)| *n);
-    let mut acquisition = Acquisition::new(permits, wall_clock(), config.wait);
-    loop {
+        // Drawn apart from the `match`: a `ThreadRng` held across an await
+        // would make the future `!Send`.
         let draw: u64 = rand::rng().random();
-        match acquisition.poll(wall_clock(), draw) {
-            AcquireStep::Disabled => return Ok(None),
-            AcquireStep::Acquired(grant) => return Ok(Some(grant)),
-            AcquireStep::TimedOut { scans, errors } => {
-                return Err(WarmupError::TimedOut { scans, errors })
+        match driver.poll(clock.now(), draw) {
+            WarmupStep::Execute(c) => command = Some(backend.execute(c)),
+            WarmupStep::RunBatch { from, to } => batch = Some(Box::pin(work(from..to))),
+            WarmupStep::StopBatch => {
+                warn!(process = %config.process, "warm-up slot lost; stopping the batch");
+                batch = None;
             }
-            AcquireStep::SleepUntil(at) => sleep_until(at).await,
-            AcquireStep::Try(slot) => {
-                let (name, permits) = config.semaphore.clone().expect("a scan means a semaphore");
-                let command = Command::SlotTry {
-                    semaphore: name,
-                    permits,
-                    slot,
-                    holder: config.process,
-                    lease_ttl: config.lease_ttl,
+            WarmupStep::Done(result) => {
+                let limited = config.semaphore.is_some();
+                return finish(result, limited, wall_origin, unusable);
+            }
+            WarmupStep::Wait { until } => {
+                let woke = tokio::select! {
+                    result = next(&mut command) => Woke::Answer(result),
+                    () = next(&mut batch) => Woke::BatchDone,
+                    () = sleep(&clock, until) => Woke::Timer,
                 };
-                let result = match backend.execute(command).await {
-                    Ok(Outcome::SlotTried(Ok(grant))) => TryResult::Acquired(grant),
-                    Ok(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => TryResult::Busy,
-                    Ok(Outcome::SlotTried(Err(reject))) => {
-                        return Err(WarmupError::Rejected(reject))
+                match woke {
+                    Woke::Answer(result) => {
+                        command = None;
+                        driver.on_answer(clock.now(), answer(result, &mut unusable));
                     }
-                    Ok(other) => unreachable!("slot try answered {other:?}"),
-                    Err(BackendError::Misconfigured(m)) => {
-                        return Err(WarmupError::Backend(BackendError::Misconfigured(m)))
+                    Woke::BatchDone => {
+                        batch = None;
+                        driver.on_batch_done(clock.now());
                     }
-                    // One slot's try failed: skip it, the scan goes on.
-                    Err(_) => TryResult::Error,
-                };
-                acquisition.on_try(slot, result);
+                    Woke::Timer => {}
+                }
             }
         }
     }
 }
 
-async fn renew<B: Backend>(backend: &B, config: &WarmupConfig, slot: Option<&SlotGrant>) {
-    if let (Some(grant), Some((name, _)), Some(ttl)) = (slot, &config.semaphore, config.lease_ttl) {
-        let command = Command::SlotRenew {
-            semaphore: name.clone(),
-            grant: *grant,
-            lease_ttl: ttl,
-        };
-        let _ = backend.execute(command).await;
+fn finish(
+    result: Result<WarmupSummary, WarmupFailure>,
+    limited: bool,
+    wall_origin: Timestamp,
+    unusable: Option<BackendError>,
+) -> Result<WarmupReport, WarmupError> {
+    // A monotonic reading (milliseconds since the origin) as a wall label.
+    let label = |at: Timestamp| wall_origin.plus(at.since(Timestamp::ZERO));
+    match result {
+        Ok(summary) => Ok(WarmupReport {
+            limited,
+            slot: summary.slot,
+            started_at: label(summary.started_at),
+            acquired_at: label(summary.acquired_at),
+            finished_at: label(summary.finished_at),
+            waited: summary.acquired_at.since(summary.started_at),
+            held: summary.finished_at.since(summary.acquired_at),
+            batches: summary.batches,
+            renewals: summary.renewals,
+        }),
+        Err(WarmupFailure::TimedOut { scans, errors }) => {
+            Err(WarmupError::TimedOut { scans, errors })
+        }
+        Err(WarmupFailure::Rejected(reject)) => Err(WarmupError::Rejected(reject)),
+        Err(WarmupFailure::SlotLost {
+            grant,
+            cause,
+            batches,
+            ..
+        }) => Err(WarmupError::SlotLost {
+            grant,
+            cause,
+            batches,
+        }),
+        Err(WarmupFailure::StorageUnusable) => {
+            Err(WarmupError::Backend(unusable.unwrap_or_else(|| {
+                BackendError::Misconfigured("storage unusable".into())
+            })))
+        }
+        Err(other) => unreachable!("a warm-up failure this runtime does not know: {other:?}"),
     }
 }

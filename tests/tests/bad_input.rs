@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use weir::core::{
-    Command, DispatcherConfig, FailReason, InvalidDispatcherConfig, InvalidJob, InvalidName, Job,
-    JobId, JobLimits, JobState, Millis, NameKind, NewJob, Outcome, ProcessId, QueueName, Reject,
-    SemaphoreName, SlotIndex, StateName, Timestamp, WaitConfig, Warmup, WorldConfig,
+    Command, DispatcherConfig, FailReason, InvalidDispatcherConfig, InvalidJob, InvalidName,
+    InvalidWarmup, Job, JobId, JobLimits, JobState, Millis, NameKind, NewJob, Outcome, ProcessId,
+    QueueName, Reject, SemaphoreName, SlotIndex, StateName, Timestamp, WaitConfig, Warmup,
+    WorldConfig,
 };
 use weir::{
     warmup, Backend, BackendError, Client, ClientError, InsertOptions, InvalidLimit,
@@ -877,7 +878,8 @@ async fn a_slot_try_with_zero_permits_is_refused_and_stores_nothing<B: Store>(ba
 
 /// `weir::Limit`, a pool's queue limit and a warm-up refuse 0 slots before
 /// they touch storage; the warm-up does not sleep through its start delay
-/// first.
+/// first, and refuses batches of 0 items and a lease too short to renew
+/// the same way.
 async fn zero_slot_limits_and_warmups_are_refused_before_waiting<B: Store>(backend: Arc<B>) {
     let before = backend.counts().await;
     let limit = Limit::new("tenant:42", 0);
@@ -926,18 +928,53 @@ async fn zero_slot_limits_and_warmups_are_refused_before_waiting<B: Store>(backe
         lease_ttl: Some(Millis(1_000)),
     };
     let ran = AtomicU32::new(0);
-    let started = Instant::now();
-    let result = warmup(&*backend, &config, 10, |_| async {
-        ran.fetch_add(1, Ordering::SeqCst);
-    })
-    .await;
+    let refused = |config: WarmupConfig| {
+        let (backend, ran) = (&backend, &ran);
+        async move {
+            let started = Instant::now();
+            let result = warmup(&**backend, &config, 10, |_| async {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+            .await;
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "refused up front"
+            );
+            match result {
+                Err(WarmupError::Invalid(invalid)) => invalid,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let semaphore = SemaphoreName::new("warm:cache").unwrap();
+    let invalid = refused(config.clone()).await;
+    assert_eq!(invalid, InvalidWarmup::ZeroPermits { semaphore });
+    let m = invalid.to_string();
     assert!(
-        matches!(result, Err(WarmupError::Rejected(Reject::ZeroPermits))),
-        "{result:?}"
+        m.contains("warm:cache") && m.contains("at least 1 slot"),
+        "{m}"
     );
+    let mut no_batch = config.clone();
+    no_batch.semaphore = Some((SemaphoreName::new("warm:cache").unwrap(), 2));
+    no_batch.pacing.batch_size = 0;
+    let invalid = refused(no_batch.clone()).await;
+    assert_eq!(invalid, InvalidWarmup::ZeroBatchSize);
+    assert!(invalid.to_string().contains("at least 1 item"), "{invalid}");
+    let mut short = no_batch;
+    short.pacing.batch_size = 1;
+    short.lease_ttl = Some(Millis(2));
+    let invalid = refused(short).await;
+    assert_eq!(
+        invalid,
+        InvalidWarmup::LeaseTooShort {
+            lease_ttl: Millis(2),
+            min: WarmupConfig::LEASE_TTL_MIN,
+        }
+    );
+    let m = invalid.to_string();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refused up front"
+        m.contains("lease_ttl 2ms") && m.contains("at least 3ms"),
+        "{m}"
     );
     assert_eq!(ran.load(Ordering::SeqCst), 0);
     assert_eq!(backend.counts().await, before);
