@@ -25,6 +25,7 @@
 //! with a 32-bit key (`pg_advisory_lock(int)`, `hashtext`) or the two-key
 //! form (a separate key space) can collide with it.
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -147,6 +148,16 @@ pub fn lock_key(namespace: u16, semaphore: i32, slot: SlotIndex) -> i64 {
 }
 
 /// A semaphore of session advisory locks on a dedicated connection.
+///
+/// One value is one server session. Session advisory locks are re-entrant
+/// (a session that holds a key gets it again), so the store keeps the
+/// slots its session holds and never tries one of them again: a second
+/// acquisition through the same store gets another slot or waits, and each
+/// grant's release unlocks its slot exactly once. Whatever ends the
+/// session (a try that failed or timed out, [`AdvisorySemaphore::close`],
+/// a dropped connection) frees every slot the store holds at once; their
+/// grants then release nothing (`Ok(false)`). A grant is released through
+/// the store that granted it.
 pub struct AdvisorySemaphore {
     options: PgConnectOptions,
     conn: Option<PgConnection>,
@@ -156,7 +167,11 @@ pub struct AdvisorySemaphore {
     number: i32,
     try_timeout: Duration,
     holder: ProcessId,
+    /// Grants made so far: the next grant's epoch, so a stale grant is
+    /// recognisable locally.
     acquisitions: u64,
+    /// The slots this store's session holds, with their grants' epochs.
+    held: BTreeMap<SlotIndex, SlotEpoch>,
 }
 
 impl std::fmt::Debug for AdvisorySemaphore {
@@ -165,6 +180,7 @@ impl std::fmt::Debug for AdvisorySemaphore {
             .field("name", &self.name)
             .field("permits", &self.permits)
             .field("connected", &self.conn.is_some())
+            .field("held", &self.held)
             .finish_non_exhaustive()
     }
 }
@@ -201,6 +217,7 @@ impl AdvisorySemaphore {
             try_timeout,
             holder,
             acquisitions: 0,
+            held: BTreeMap::new(),
         };
         semaphore.connection().await?;
         Ok(Ok(semaphore))
@@ -228,11 +245,25 @@ impl AdvisorySemaphore {
         lock_key(self.namespace, self.number, slot)
     }
 
+    /// How many slots this store holds.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
     /// Closes the dedicated connection: every slot it held is freed.
     pub async fn close(&mut self) {
+        self.held.clear();
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
         }
+    }
+
+    /// Drops the dedicated connection without a goodbye (it broke, or a
+    /// try on it may still be running): the server ends the session, and
+    /// with it every lock the store held.
+    fn drop_session(&mut self) {
+        self.held.clear();
+        self.conn = None;
     }
 
     async fn query_bool(&mut self, sql: &'static str, key: i64) -> Result<bool, BackendError> {
@@ -243,13 +274,13 @@ impl AdvisorySemaphore {
             Ok(Ok(row)) => row.try_get::<bool, _>(0).map_err(db),
             Ok(Err(error)) => {
                 // A broken connection is dropped; the next try reopens it.
-                self.conn = None;
+                self.drop_session();
                 Err(db(error))
             }
             Err(_elapsed) => {
                 // The try may yet succeed on the server: closing the
                 // connection makes sure no lock outlives our giving up.
-                self.conn = None;
+                self.drop_session();
                 Err(BackendError::Lost(
                     "advisory lock try timed out".to_string(),
                 ))
@@ -265,6 +296,11 @@ impl SlotStore for AdvisorySemaphore {
     }
 
     async fn try_slot(&mut self, slot: SlotIndex) -> TryResult {
+        // Our own session holds it: the server would grant it again
+        // (re-entrant), so it is busy without asking.
+        if self.held.contains_key(&slot) {
+            return TryResult::Busy;
+        }
         let key = self.key(slot);
         match self
             .query_bool("SELECT pg_try_advisory_lock($1)", key)
@@ -272,12 +308,13 @@ impl SlotStore for AdvisorySemaphore {
         {
             Ok(true) => {
                 self.acquisitions += 1;
+                // Advisory locks have no stored epoch; this counts this
+                // store's grants, so a stale grant is recognisable locally.
+                let epoch = SlotEpoch(self.acquisitions);
+                self.held.insert(slot, epoch);
                 TryResult::Acquired(SlotGrant {
                     slot,
-                    // Advisory locks have no stored epoch; this counts this
-                    // value's acquisitions, so a stale grant is recognisable
-                    // locally.
-                    epoch: SlotEpoch(self.acquisitions),
+                    epoch,
                     holder: self.holder,
                 })
             }
@@ -287,15 +324,24 @@ impl SlotStore for AdvisorySemaphore {
     }
 
     async fn release(&mut self, grant: &SlotGrant) -> Result<bool, BackendError> {
-        if grant.epoch != SlotEpoch(self.acquisitions) || self.conn.is_none() {
+        let current = self.held.get(&grant.slot) == Some(&grant.epoch);
+        if !current || grant.holder != self.holder || self.conn.is_none() {
             return Ok(false);
         }
         let key = self.key(grant.slot);
-        self.query_bool("SELECT pg_advisory_unlock($1)", key).await
+        let unlocked = self.query_bool("SELECT pg_advisory_unlock($1)", key).await;
+        // Unlocked, or (an error) the session is gone and the lock with it.
+        self.held.remove(&grant.slot);
+        unlocked
     }
 
+    /// Closes the session when it holds nothing, so no lock granted after
+    /// we gave up can outlive us; a session holding other grants stays
+    /// (closing it would free their slots behind their holders' backs).
     async fn on_timeout(&mut self) {
-        self.close().await;
+        if self.held.is_empty() {
+            self.close().await;
+        }
     }
 }
 
