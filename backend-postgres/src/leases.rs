@@ -245,7 +245,10 @@ impl PgBackend {
         holder: ProcessId,
         lease_ttl: Option<Millis>,
     ) -> Result<Result<SlotGrant, Reject>, BackendError> {
-        let mut tx = self.inner.pool.begin().await.map_err(db)?;
+        // Bounded lock waits: a slot row held by a stuck transaction fails
+        // this try (an errored try the scan skips) instead of stalling it.
+        let begin = crate::semaphore::SLOT_TRY_BEGIN;
+        let mut tx = self.inner.pool.begin_with(begin).await.map_err(db)?;
         let (now, configured) = self.semaphore_size(&mut tx, now, &name).await?;
         let configured = match configured {
             Some(configured) => configured,

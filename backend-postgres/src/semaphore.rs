@@ -58,6 +58,24 @@ pub trait SlotStore: Send {
     async fn on_timeout(&mut self) {}
 }
 
+/// How long a lease-table slot try (`Command::SlotTry`, so also the
+/// runtime's limits) waits for another transaction's lock on a slot row:
+/// far longer than concurrent tries hold it (a few round trips), short
+/// enough that a row held by a stuck transaction makes an errored try,
+/// which the scan skips, instead of a stall past the acquisition's
+/// deadline. The server enforces it (`lock_timeout`, set for the try's
+/// transaction only).
+pub const SLOT_LOCK_WAIT_MAX: Duration = Duration::from_millis(200);
+
+/// How a slot try's transaction begins: [`SLOT_LOCK_WAIT_MAX`] as the
+/// transaction's `lock_timeout`, in the same round trip as `BEGIN`.
+pub(crate) const SLOT_TRY_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '200ms'";
+
+/// How long a [`LeaseSemaphore`] try may take in all (a pool connection,
+/// its round trips and its bounded lock wait) unless
+/// [`LeaseSemaphore::with_try_timeout`] says otherwise.
+pub const DEFAULT_LEASE_TRY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why [`acquire`] returned without a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -376,6 +394,13 @@ async fn register(
 
 /// A semaphore of lease rows with an expiry: `Command::SlotTry` with a
 /// lease, through the backend (any pooling mode).
+///
+/// Each try is bounded twice: on the server, its wait for a slot row's lock
+/// ([`SLOT_LOCK_WAIT_MAX`]); here, the whole try ([`DEFAULT_LEASE_TRY_TIMEOUT`]
+/// or [`LeaseSemaphore::with_try_timeout`]). A try past either bound is an
+/// errored try: the scan goes on to the next slot. A try given up while
+/// its `COMMIT` was already on its way may still have taken the slot; that
+/// hold is nobody's and lapses with its lease.
 #[derive(Debug)]
 pub struct LeaseSemaphore {
     backend: PgBackend,
@@ -383,6 +408,7 @@ pub struct LeaseSemaphore {
     permits: u16,
     holder: ProcessId,
     lease_ttl: Millis,
+    try_timeout: Duration,
 }
 
 impl LeaseSemaphore {
@@ -400,7 +426,14 @@ impl LeaseSemaphore {
             permits,
             holder,
             lease_ttl,
+            try_timeout: DEFAULT_LEASE_TRY_TIMEOUT,
         }
+    }
+
+    /// The same semaphore with each try bounded by `try_timeout` in all.
+    pub fn with_try_timeout(mut self, try_timeout: Duration) -> LeaseSemaphore {
+        self.try_timeout = try_timeout;
+        self
     }
 
     /// Extends a hold by the lease length from now.
@@ -431,9 +464,12 @@ impl SlotStore for LeaseSemaphore {
             holder: self.holder,
             lease_ttl: Some(self.lease_ttl),
         };
-        match self.backend.run(None, command).await {
-            Ok(Outcome::SlotTried(Ok(grant))) => TryResult::Acquired(grant),
-            Ok(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => TryResult::Busy,
+        let tried = tokio::time::timeout(self.try_timeout, self.backend.run(None, command));
+        match tried.await {
+            Ok(Ok(Outcome::SlotTried(Ok(grant)))) => TryResult::Acquired(grant),
+            Ok(Ok(Outcome::SlotTried(Err(Reject::SlotBusy { .. })))) => TryResult::Busy,
+            // Refused, failed (a lock wait past its bound among them) or
+            // past the try's timeout.
             _ => TryResult::Error,
         }
     }
@@ -453,6 +489,12 @@ impl SlotStore for LeaseSemaphore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slot_try_begins_with_its_documented_lock_wait() {
+        let ms = SLOT_LOCK_WAIT_MAX.as_millis();
+        assert!(SLOT_TRY_BEGIN.ends_with(&format!("lock_timeout = '{ms}ms'")));
+    }
 
     #[test]
     fn lock_keys_are_distinct_and_above_the_32_bit_range() {
