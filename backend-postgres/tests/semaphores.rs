@@ -10,7 +10,8 @@ use sqlx::postgres::PgConnectOptions;
 use weir_core::{Millis, ProcessId, SemaphoreName, WaitConfig, WorldConfig};
 use weir_postgres::harness::TestDatabase;
 use weir_postgres::semaphore::{
-    acquire, AcquireError, AdvisorySemaphore, LeaseSemaphore, SlotStore,
+    acquire, AcquireError, AdvisoryError, AdvisorySemaphore, LeaseSemaphore, SessionNotPinned,
+    SlotStore,
 };
 use weir_postgres::PgBackend;
 
@@ -214,4 +215,30 @@ async fn a_lease_try_that_cannot_get_a_connection_gives_up_at_its_try_timeout() 
     );
     drop(hog);
     acquire(&mut store, wait(5_000)).await.unwrap();
+}
+
+/// A server session that already carries another store's mark is what a
+/// pooler sharing server sessions hands out; a store opened on one is
+/// refused before it takes any lock (the mark comes here from the
+/// connection's startup options, standing in for a session a pooler
+/// reused).
+#[tokio::test]
+async fn an_advisory_store_refuses_a_server_session_that_another_store_marked() {
+    let (db, backend) = common::backend(WorldConfig::default()).await;
+    let options: PgConnectOptions = db.url_as_app_user().parse().unwrap();
+    let options = options.options([("weir.advisory_session", "another-store")]);
+    let opened = AdvisorySemaphore::open(
+        &backend,
+        options,
+        SemaphoreName::new("marked").unwrap(),
+        1,
+        ProcessId(1),
+        Duration::from_secs(5),
+    )
+    .await;
+    match opened {
+        Err(AdvisoryError::SessionNotPinned(SessionNotPinned::Taken { .. })) => {}
+        other => panic!("a marked session was not refused: {other:?}"),
+    }
+    assert_eq!(advisory_locks(&db).await, 0);
 }
