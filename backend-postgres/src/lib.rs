@@ -38,6 +38,7 @@ mod leases;
 mod maintenance;
 pub mod migrate;
 pub mod notify;
+mod pooler;
 mod presence;
 mod reads;
 mod receipts;
@@ -49,7 +50,7 @@ mod snapshot;
 #[cfg(feature = "harness")]
 pub mod harness;
 
-pub use backend::{ConfigError, PgBackend, PgConfig};
+pub use backend::{ConfigError, PgBackend, PgConfig, Pooler};
 pub use bulk::CopyError;
 pub use migrate::{migrate, MigrateError, MigrateReport, LATEST_VERSION};
 pub use schema::{InvalidSchemaName, SchemaName};

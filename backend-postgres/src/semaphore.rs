@@ -53,7 +53,9 @@
 //!    session that is not the store's own, whatever step 2 missed.
 //!
 //! Session pooling's reset (`DISCARD ALL`) clears the mark with the locks,
-//! so the next client of that server session starts clean.
+//! so the next client of that server session starts clean. With
+//! [`Pooler::Transaction`] configured the store
+//! is refused at once ([`SessionNotPinned::PoolerMode`]).
 //!
 //! What step 2 can miss: another client of the same PgBouncer pool taking
 //! the store's server connection between the mark and the probe. Then the
@@ -76,7 +78,7 @@ use weir_core::{
     SlotEpoch, SlotGrant, SlotIndex, Timestamp, TryResult, WaitConfig,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::{db, PgBackend, Pooler};
 
 /// One semaphore's slots, as [`acquire`] drives them.
 #[async_trait]
@@ -116,6 +118,13 @@ const USE_LEASES: &str = "session advisory locks need a direct connection or ses
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionNotPinned {
+    /// The backend is configured for a transaction pooler
+    /// ([`Pooler::Transaction`]).
+    #[error(
+        "the backend is configured for a transaction pooler (Pooler::Transaction): {}",
+        USE_LEASES
+    )]
+    PoolerMode,
     /// The server session the connection got already carried another
     /// store's mark: the pooler handed one server session to two clients.
     #[error("server session {pid} already belongs to another advisory-lock store, so the pooler shares server sessions between clients: {}", USE_LEASES)]
@@ -375,6 +384,11 @@ impl AdvisorySemaphore {
         holder: ProcessId,
         try_timeout: Duration,
     ) -> Result<Result<AdvisorySemaphore, Reject>, AdvisoryError> {
+        if backend.config().pooler == Pooler::Transaction {
+            return Err(AdvisoryError::SessionNotPinned(
+                SessionNotPinned::PoolerMode,
+            ));
+        }
         let Some((configured, number)) = register(backend, &name, permits).await? else {
             return Ok(Err(Reject::ZeroPermits));
         };
@@ -629,7 +643,7 @@ async fn register(
     let find = backend.sql("SELECT permits, key FROM {s}.semaphores WHERE name = $1");
     let found = sqlx::query(&find)
         .bind(name.as_str())
-        .fetch_optional(backend.pool())
+        .fetch_optional(backend.via(backend.pool()))
         .await
         .map_err(db)?;
     if found.is_none() {
@@ -640,7 +654,7 @@ async fn register(
     }
     let row = sqlx::query(&find)
         .bind(name.as_str())
-        .fetch_one(backend.pool())
+        .fetch_one(backend.via(backend.pool()))
         .await
         .map_err(db)?;
     let configured: i32 = row.try_get("permits").map_err(db)?;
