@@ -440,6 +440,16 @@ pub(crate) fn db(error: sqlx::Error) -> BackendError {
             Some("42501" | "42P01" | "42883" | "3F000" | "42703") => {
                 BackendError::Misconfigured(error.to_string())
             }
+            // duplicate_prepared_statement, invalid_sql_statement_name: a
+            // statement sqlx prepared by name on this connection's session
+            // collides with another client's, or is gone. A session of our
+            // own never does that: the connection goes through a pooler
+            // that shares server sessions.
+            Some("42P05" | "26000") => BackendError::Misconfigured(format!(
+                "{error}: this connection's server session is shared with other clients (a \
+                 transaction-pooling PgBouncer?): set PgConfig::pooler to Pooler::Transaction \
+                 (see weir-postgres's deployment notes)"
+            )),
             // A data exception (class 22: a NUL in text, a value out of
             // range): the statement was rolled back and the same data
             // would be refused again.

@@ -4,7 +4,9 @@
 //!
 //! `WEIR_DIFF_CASES` sets the number of cases (default 60, each of
 //! `WEIR_DIFF_STEPS` commands, default 150); `WEIR_DIFF_SEED` replays one
-//! case. A failure prints the seed, the step and both outcomes.
+//! case. A failure prints the seed, the step and both outcomes. The same
+//! comparison runs in pooler mode through a transaction-pooling PgBouncer
+//! (`WEIR_DIFF_POOLER_CASES`, default 8).
 
 mod common;
 
@@ -18,7 +20,8 @@ use weir_core::{
     Receipt, Retry, SemaphoreName, SlotEpoch, SlotGrant, SlotIndex, Timestamp, UniqueKey, World,
     WorldConfig,
 };
-use weir_postgres::{PgBackend, Snapshot};
+use weir_postgres::harness::{pgbouncer, PoolMode};
+use weir_postgres::{PgBackend, PgConfig, Pooler, Snapshot};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -610,4 +613,34 @@ async fn a_world_with_a_deliberate_bug_is_told_apart() {
         report.push(verdict);
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Pooler mode gives the same outcomes and states: the backend through
+/// Debian's PgBouncer 1.18 in transaction pooling (2 server connections for
+/// the pool's 4), every statement unnamed inside a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_through_a_transaction_pooler_gives_the_worlds_outcomes_and_state() {
+    let (db, direct) = common::backend(config()).await;
+    let bouncer = pgbouncer(&db, PoolMode::Transaction, 2).await;
+    let pooled = PgConfig {
+        pooler: Pooler::Transaction,
+        ..direct.config().clone()
+    };
+    let backend = PgBackend::connect(bouncer.app_url(), 4, pooled)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (mut commands, mut coverage) = (0, std::collections::BTreeMap::new());
+    let cases = env_usize("WEIR_DIFF_POOLER_CASES", 8) as u64;
+    for seed in 0..cases {
+        match run_case(&backend, seed, 150, &mut coverage, World::new(config())).await {
+            Ok(applied) => commands += applied,
+            Err(CaseError::Differs(why)) => panic!("in pooler mode: {why}"),
+            Err(CaseError::WorldPanicked) => panic!("the world panicked on seed {seed}"),
+        }
+    }
+    eprintln!(
+        "differential in pooler mode: {cases} cases, {commands} commands, identical ({:.1?})",
+        started.elapsed()
+    );
 }

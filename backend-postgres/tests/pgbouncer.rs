@@ -140,14 +140,28 @@ async fn an_advisory_semaphore_behind_transaction_pooling_is_refused_and_leaves_
 
 /// Session pooling keeps a server session per client, and its reset
 /// (`DISCARD ALL`) clears the locks and the store's mark when the client
-/// leaves: the advisory-lock semaphore works through it unchanged. One
-/// server connection more than the stores hold: opening a store checks,
-/// with a short-lived second connection, that it does not land on the
-/// store's session.
+/// leaves: the advisory-lock semaphore works through it unchanged, and so
+/// does LISTEN. One server connection more than the stores hold: opening a
+/// store checks, with a short-lived second connection, that it does not
+/// land on the store's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advisory_semaphore_works_through_session_pooling() {
     let (db, backend) = common::backend(WorldConfig::default()).await;
-    let bouncer = pgbouncer(&db, PoolMode::Session, 3).await;
+    let bouncer = pgbouncer(&db, PoolMode::Session, 5).await;
+    let through = client(bouncer.app_url(), true, &PgConfig::default()).await;
+    let mut wakeups = through.subscribe().await.unwrap().expect("notify is on");
+    let enqueue = Command::Enqueue { jobs: vec![job(1)] };
+    let Outcome::Enqueued(Ok(_)) = run(&through, enqueue).await else {
+        panic!("enqueue refused")
+    };
+    let woke = wakeups.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        woke,
+        Some(Wakeup::Jobs(queue())),
+        "LISTEN through session pooling"
+    );
+    drop(wakeups);
+    through.pool().close().await;
     let options: PgConnectOptions = bouncer.app_url().parse().unwrap();
     let name = SemaphoreName::new("session").unwrap();
     let open = |holder| {
@@ -406,6 +420,20 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
         .unwrap();
     admin.migrate().await.unwrap();
     admin.check_schema().await.unwrap();
+    // `weir migrate`'s way: `migrate` on a plain pool with sqlx's defaults.
+    let plain = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(bouncer.app_url())
+        .await
+        .unwrap();
+    let other = weir_postgres::SchemaName::new("weir_cli").unwrap();
+    let report = weir_postgres::migrate(&plain, &other).await.unwrap();
+    assert_eq!(report.to, weir_postgres::LATEST_VERSION);
+    let version = weir_postgres::migrate::schema_version(&plain, &other)
+        .await
+        .unwrap();
+    assert_eq!(version, weir_postgres::LATEST_VERSION);
+    plain.close().await;
 
     // What cannot work behind transaction pooling is refused.
     let options: PgConnectOptions = bouncer.app_url().parse().unwrap();
@@ -541,4 +569,25 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
         "pooler mode: {total} jobs through {bouncer:?} in {:?}",
         started.elapsed()
     );
+}
+
+/// Without pooler mode, behind transaction pooling sqlx's named statements
+/// collide on the shared server connection. That is a configuration error,
+/// not an outage: it must say so (`Misconfigured`, which the worker pool
+/// stops on) and how to fix it, instead of an `Unavailable` the runtime
+/// would retry for ever at a crawl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_behind_transaction_pooling_is_misconfigured_and_says_how_to_fix_it() {
+    let (db, _direct) = common::backend(WorldConfig::default()).await;
+    let bouncer = pgbouncer(&db, PoolMode::Transaction, 1).await;
+    let config = PgConfig::default();
+    let first = client(bouncer.app_url(), true, &config).await;
+    let second = client(bouncer.app_url(), true, &config).await;
+    first.now().await.unwrap();
+    match second.now().await {
+        Err(BackendError::Misconfigured(message)) => {
+            assert!(message.contains("Pooler::Transaction"), "{message}")
+        }
+        other => panic!("a statement collision was not a configuration error: {other:?}"),
+    }
 }
