@@ -17,6 +17,11 @@
 //! * [`semaphore`] holds the two client-side semaphores: session advisory
 //!   locks on a dedicated connection, and a lease table for deployments
 //!   behind a transaction-pooling PgBouncer.
+//! * [`PgConfig::pooler`] says what the connections go through:
+//!   [`Pooler::Direct`] (Postgres, or PgBouncer in session pooling) or
+//!   [`Pooler::Transaction`] (PgBouncer in transaction pooling, where every
+//!   statement is sent unnamed inside a transaction and session features
+//!   are refused).
 //! * [`notify`] turns LISTEN/NOTIFY into wake-ups, with a polling fallback.
 //!
 //! The tables, their indexes and why each exists, the grants the role
