@@ -456,7 +456,7 @@ impl PgBackend {
             .bind(span(config.world.limits.delay_max))
             .bind(config.schema.channel())
             .bind(config.notify)
-            .fetch_all(conn)
+            .fetch_all(self.via(&mut *conn))
             .await
             .map_err(db)
     }
@@ -495,7 +495,10 @@ impl PgBackend {
         if !literal {
             fresh = fresh.bind(i64::from(max));
         }
-        let fresh = fresh.fetch_all(&self.inner.pool).await.map_err(db)?;
+        let fresh = fresh
+            .fetch_all(self.via(&self.inner.pool))
+            .await
+            .map_err(db)?;
         if !fresh.is_empty() {
             let mut jobs = Vec::with_capacity(fresh.len());
             for row in &fresh {
@@ -523,7 +526,7 @@ impl PgBackend {
             .bind(kinds)
             .bind(i64::from(max))
             .bind(span(config.lease_ttl))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let first = rows
@@ -562,7 +565,7 @@ impl PgBackend {
         let rows = sqlx::query(&sql)
             .bind(now.map(|t| t.0))
             .bind(ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let now = Timestamp(
@@ -593,7 +596,7 @@ impl PgBackend {
         if !writes.is_empty() {
             writes
                 .bind(sqlx::query(&self.sql(JOB_WRITE_SQL)))
-                .execute(&mut *tx)
+                .execute(self.via(&mut *tx))
                 .await
                 .map_err(db)?;
         }
@@ -602,7 +605,7 @@ impl PgBackend {
             sqlx::query(NOTIFY_SQL)
                 .bind(self.inner.config.schema.channel())
                 .bind(messages)
-                .execute(&mut *tx)
+                .execute(self.via(&mut *tx))
                 .await
                 .map_err(db)?;
         }
@@ -658,7 +661,7 @@ impl PgBackend {
         };
         let changed = sqlx::query(&self.sql(sql))
             .bind(queue.as_str())
-            .execute(&self.inner.pool)
+            .execute(self.via(&self.inner.pool))
             .await
             .map_err(db)?
             .rows_affected()
@@ -668,7 +671,7 @@ impl PgBackend {
             sqlx::query(NOTIFY_SQL)
                 .bind(self.inner.config.schema.channel())
                 .bind(vec![format!("j:{queue}")])
-                .execute(&self.inner.pool)
+                .execute(self.via(&self.inner.pool))
                 .await
                 .map_err(db)?;
         }

@@ -86,7 +86,7 @@ impl PgBackend {
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())
             .bind(u64_to_i64(process.0))
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         if let Some(row) = mine {
@@ -104,13 +104,13 @@ impl PgBackend {
         // that no row lock could guard); released at commit.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("weir.claimer.{}.{queue}", self.schema()))
-            .execute(&mut *tx)
+            .execute(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let rows = sqlx::query(&self.sql(LEASES_SQL))
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let now = Timestamp(rows[0].try_get("now").map_err(db)?);
@@ -133,7 +133,7 @@ impl PgBackend {
                     .bind(u64_to_i64(lease.lease_epoch.0))
                     .bind(lease.last_claimed_at.0)
                     .bind(lease.expires_at.0)
-                    .execute(&mut *tx)
+                    .execute(self.via(&mut *tx))
                     .await
                     .map_err(db)?;
             }
@@ -154,7 +154,7 @@ impl PgBackend {
             .bind(i32::from(grant.slot.0))
             .bind(u64_to_i64(grant.lease_epoch.0))
             .bind(u64_to_i64(grant.process.0))
-            .execute(&self.inner.pool)
+            .execute(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         Ok(done.rows_affected() == 1)
@@ -170,7 +170,7 @@ impl PgBackend {
         let row = sqlx::query(&self.sql(SEMAPHORE_SQL))
             .bind(now.map(|t| t.0))
             .bind(name.as_str())
-            .fetch_one(conn)
+            .fetch_one(self.via(&mut *conn))
             .await
             .map_err(db)?;
         let permits: Option<i32> = row.try_get("permits").map_err(db)?;
@@ -194,7 +194,7 @@ impl PgBackend {
             if let Some(row) = sqlx::query(&self.sql(SLOT_SQL))
                 .bind(name.as_str())
                 .bind(i32::from(slot.0))
-                .fetch_optional(conn)
+                .fetch_optional(self.via(&mut *conn))
                 .await
                 .map_err(db)?
             {
@@ -230,7 +230,7 @@ impl PgBackend {
             .bind(u64_to_i64(entry.epoch.0))
             .bind(holder)
             .bind(expires)
-            .execute(conn)
+            .execute(self.via(&mut *conn))
             .await
             .map_err(db)?;
         Ok(())
@@ -257,7 +257,7 @@ impl PgBackend {
                 let made: i32 = sqlx::query_scalar(&self.sql(CREATE_SEMAPHORE_SQL))
                     .bind(name.as_str())
                     .bind(i32::from(permits))
-                    .fetch_one(&mut *tx)
+                    .fetch_one(self.via(&mut *tx))
                     .await
                     .map_err(db)?;
                 made as u16
@@ -336,7 +336,7 @@ impl PgBackend {
     ) -> Result<Vec<(SemaphoreName, SlotIndex)>, BackendError> {
         let rows = sqlx::query(&self.sql(END_SESSION_SQL))
             .bind(u64_to_i64(process.0))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let mut freed = Vec::with_capacity(rows.len());
@@ -362,7 +362,7 @@ impl PgBackend {
         sqlx::query(&self.sql(CREATE_SEMAPHORE_SQL))
             .bind(name.as_str())
             .bind(i32::from(permits))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         Ok(())
