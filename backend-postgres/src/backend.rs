@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use weir::{Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, WorkerInfo};
 use weir_core::{
     Command, Enqueued, InvalidClaimerConfig, Job, JobId, NewJob, Outcome, ProcessId, Reject,
@@ -36,7 +36,7 @@ use crate::notify::Listener;
 use crate::schema::SchemaName;
 
 /// How a [`PgBackend`] is set up.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// The schema holding Weir's tables.
     pub schema: SchemaName,
@@ -45,6 +45,14 @@ pub struct PgConfig {
     /// Send NOTIFY wake-ups when jobs become available and when a running
     /// job is cancelled. Off, workers find work by polling only.
     pub notify: bool,
+    /// What the pool's connections go through: straight to Postgres (or a
+    /// session-pooling PgBouncer), or a transaction-pooling PgBouncer.
+    pub pooler: Pooler,
+    /// Where the LISTEN connection of [`Backend::subscribe`] goes, when not
+    /// where the pool goes: a URL of the Postgres server itself. Needed
+    /// with [`Pooler::Transaction`] and `notify` on, since LISTEN needs a
+    /// session of its own. `None`: the pool's connect options.
+    pub listen_url: Option<String>,
 }
 
 impl Default for PgConfig {
@@ -53,8 +61,45 @@ impl Default for PgConfig {
             schema: SchemaName::default(),
             world: WorldConfig::default(),
             notify: true,
+            pooler: Pooler::Direct,
+            listen_url: None,
         }
     }
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The listen URL may carry a password.
+        let listen = self.listen_url.as_ref().map(|_| "<set>");
+        f.debug_struct("PgConfig")
+            .field("schema", &self.schema)
+            .field("world", &self.world)
+            .field("notify", &self.notify)
+            .field("pooler", &self.pooler)
+            .field("listen_url", &listen)
+            .finish()
+    }
+}
+
+/// What a [`PgBackend`]'s pool connects through, which decides how
+/// statements are sent (see the crate README's deployment notes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Pooler {
+    /// Straight to Postgres, or through PgBouncer in session pooling: each
+    /// connection is one server session. Statements are prepared once per
+    /// connection (sqlx's statement cache) and reused.
+    #[default]
+    Direct,
+    /// Through PgBouncer in transaction pooling (tested with Debian's
+    /// 1.18): between transactions a connection's statements may run on
+    /// any server connection. Every statement with parameters is sent
+    /// unnamed (never prepared by name) and inside a transaction, its own
+    /// when the command has none. Session features are refused: the
+    /// `AdvisorySemaphore` (use `LeaseSemaphore`), and LISTEN through the
+    /// pool (set [`PgConfig::listen_url`] to the server itself, or
+    /// `notify: false`).
+    Transaction,
 }
 
 /// A configuration that cannot work.
@@ -103,15 +148,22 @@ impl PgBackend {
         })
     }
 
-    /// Connects a pool of up to `max_connections` to `url`.
+    /// Connects a pool of up to `max_connections` to `url`. With
+    /// [`Pooler::Transaction`] the connections do not send sqlx's
+    /// `extra_float_digits` startup parameter, which PgBouncer refuses
+    /// unless told to ignore it (Weir reads no floats).
     pub async fn connect(
         url: &str,
         max_connections: u32,
         config: PgConfig,
     ) -> Result<PgBackend, ConfigError> {
+        let mut options: PgConnectOptions = url.parse()?;
+        if config.pooler == Pooler::Transaction {
+            options = options.extra_float_digits(None);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .connect(url)
+            .connect_with(options)
             .await?;
         PgBackend::new(pool, config)
     }
@@ -286,10 +338,21 @@ impl PgBackend {
         if let Some(now) = now {
             return Ok(now);
         }
-        let ms: i64 = sqlx::query_scalar(&self.sql("SELECT {s}.now_ms()"))
-            .fetch_one(executor)
-            .await
-            .map_err(db)?;
+        let sql = self.sql("SELECT {s}.now_ms()");
+        let ms: i64 = match self.inner.config.pooler {
+            Pooler::Direct => sqlx::query_scalar(&sql)
+                .fetch_one(executor)
+                .await
+                .map_err(db)?,
+            // No parameters: one simple-protocol message, which any pooler
+            // runs as it stands (no prepared statement, no transaction).
+            Pooler::Transaction => {
+                let row = sqlx::Executor::fetch_one(executor, sql.as_str())
+                    .await
+                    .map_err(db)?;
+                sqlx::Row::try_get(&row, 0).map_err(db)?
+            }
+        };
         Ok(Timestamp(ms))
     }
 
@@ -357,7 +420,11 @@ impl Backend for PgBackend {
     }
 
     /// A [`Listener`] on its own connection when [`PgConfig::notify`] is
-    /// on; `None` when it is off (nothing would be sent).
+    /// on (to [`PgConfig::listen_url`] when set); `None` when it is off
+    /// (nothing would be sent). With [`Pooler::Transaction`] and no
+    /// `listen_url`, [`BackendError::Misconfigured`]: LISTEN through a
+    /// transaction pooler would listen on a server connection other
+    /// clients share, and hear nothing reliably.
     async fn subscribe(&self) -> Result<Option<Box<dyn Subscription>>, BackendError> {
         if !self.inner.config.notify {
             return Ok(None);
@@ -379,6 +446,16 @@ pub(crate) fn db(error: sqlx::Error) -> BackendError {
             Some("42501" | "42P01" | "42883" | "3F000" | "42703") => {
                 BackendError::Misconfigured(error.to_string())
             }
+            // duplicate_prepared_statement, invalid_sql_statement_name: a
+            // statement sqlx prepared by name on this connection's session
+            // collides with another client's, or is gone. A session of our
+            // own never does that: the connection goes through a pooler
+            // that shares server sessions.
+            Some("42P05" | "26000") => BackendError::Misconfigured(format!(
+                "{error}: this connection's server session is shared with other clients (a \
+                 transaction-pooling PgBouncer?): set PgConfig::pooler to Pooler::Transaction \
+                 (see weir-postgres's deployment notes)"
+            )),
             // A data exception (class 22: a NUL in text, a value out of
             // range): the statement was rolled back and the same data
             // would be refused again.

@@ -204,7 +204,7 @@ impl PgBackend {
             .bind(earliest)
             .bind(config.schema.channel())
             .bind(config.notify)
-            .fetch_one(&mut *tx)
+            .fetch_one(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let now = Timestamp(row.try_get("now").map_err(db)?);

@@ -54,7 +54,8 @@
 //! |---|---|
 //! | `DATABASE_URL` | use this server instead of a throwaway cluster |
 //! | `PG_BIN` | directory of `initdb`, `pg_ctl` and `postgres` |
-//! | `WEIR_PG_USER` | OS user that runs the server when we are root (default `postgres`) |
+//! | `WEIR_PG_USER` | OS user that runs the server (and PgBouncer) when we are root (default `postgres`) |
+//! | `PGBOUNCER` | path of the `pgbouncer` binary (default: `PATH`, then `/usr/sbin`) |
 //!
 //! [`cluster`] panics when no server can be had; [`try_cluster`] returns the
 //! error instead (for examples and benchmarks that want to report it).
@@ -105,6 +106,15 @@
 //! [`APP_PASSWORD`]), and it owns every test database, so it may create
 //! schemas and tables there. [`TestDatabase::url_as_app_user`] and
 //! [`TestDatabase::app_pool`] connect as that role.
+//!
+//! # PgBouncer
+//!
+//! Tests that must go through a real connection pooler start a throwaway
+//! PgBouncer in front of their database's server with [`pgbouncer`] (in
+//! session or transaction pooling, with the server-side pool size they
+//! need); see [`PgBouncer`] for how it is set up. Without a `pgbouncer`
+//! binary those tests fail with install instructions (`apt-get install
+//! pgbouncer`); they are never skipped.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -124,6 +134,10 @@ use rustix::fs::FlockOperation;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
 use url::Url;
+
+mod pgbouncer;
+
+pub use pgbouncer::{pgbouncer, PgBouncer, PoolMode};
 
 /// The non-superuser role every test database is owned by.
 pub const APP_ROLE: &str = "weir_app";

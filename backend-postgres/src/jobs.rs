@@ -462,7 +462,7 @@ impl PgBackend {
             .bind(span(config.world.limits.delay_max))
             .bind(config.schema.channel())
             .bind(config.notify)
-            .fetch_all(conn)
+            .fetch_all(self.via(&mut *conn))
             .await
             .map_err(db)
     }
@@ -501,7 +501,10 @@ impl PgBackend {
         if !literal {
             fresh = fresh.bind(i64::from(max));
         }
-        let fresh = fresh.fetch_all(&self.inner.pool).await.map_err(db)?;
+        let fresh = fresh
+            .fetch_all(self.via(&self.inner.pool))
+            .await
+            .map_err(db)?;
         if !fresh.is_empty() {
             let mut jobs = Vec::with_capacity(fresh.len());
             for row in &fresh {
@@ -529,7 +532,7 @@ impl PgBackend {
             .bind(kinds)
             .bind(i64::from(max))
             .bind(span(config.lease_ttl))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let first = rows
@@ -568,7 +571,7 @@ impl PgBackend {
         let rows = sqlx::query(&sql)
             .bind(now.map(|t| t.0))
             .bind(ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let now = Timestamp(
@@ -599,7 +602,7 @@ impl PgBackend {
         if !writes.is_empty() {
             writes
                 .bind(sqlx::query(&self.sql(JOB_WRITE_SQL)))
-                .execute(&mut *tx)
+                .execute(self.via(&mut *tx))
                 .await
                 .map_err(db)?;
         }
@@ -608,7 +611,7 @@ impl PgBackend {
             sqlx::query(NOTIFY_SQL)
                 .bind(self.inner.config.schema.channel())
                 .bind(messages)
-                .execute(&mut *tx)
+                .execute(self.via(&mut *tx))
                 .await
                 .map_err(db)?;
         }
@@ -691,7 +694,7 @@ impl PgBackend {
         };
         let changed = sqlx::query(&self.sql(sql))
             .bind(queue.as_str())
-            .execute(&self.inner.pool)
+            .execute(self.via(&self.inner.pool))
             .await
             .map_err(db)?
             .rows_affected()
@@ -701,7 +704,7 @@ impl PgBackend {
             sqlx::query(NOTIFY_SQL)
                 .bind(self.inner.config.schema.channel())
                 .bind(vec![format!("j:{queue}")])
-                .execute(&self.inner.pool)
+                .execute(self.via(&self.inner.pool))
                 .await
                 .map_err(db)?;
         }

@@ -32,7 +32,7 @@ use weir_core::{
     Semaphore, SemaphoreName, SlotGrant, SlotIndex, Timestamp,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::{db, PgBackend, Pooler};
 use crate::rows::{claimer_table, lease_from_row, semaphore, slot_from_row, u64_to_i64};
 
 const MY_LEASE_SQL: &str = "
@@ -171,7 +171,7 @@ impl PgBackend {
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())
             .bind(u64_to_i64(process.0))
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         if let Some(row) = mine {
@@ -189,7 +189,7 @@ impl PgBackend {
         // that no row lock could guard); released at commit.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("weir.claimer.{}.{queue}", self.schema()))
-            .execute(&mut *tx)
+            .execute(self.via(&mut *tx))
             .await
             .map_err(db)?;
         for _ in 0..ACQUIRE_TRIES {
@@ -233,7 +233,7 @@ impl PgBackend {
         let rows = sqlx::query(&self.sql(LEASES_SQL))
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let now = Timestamp(rows[0].try_get("now").map_err(db)?);
@@ -275,7 +275,7 @@ impl PgBackend {
                 .bind(old.last_claimed_at.0)
                 .bind(old.expires_at.0);
         }
-        let done = query.execute(&mut *tx).await.map_err(db)?;
+        let done = query.execute(self.via(&mut *tx)).await.map_err(db)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -291,7 +291,7 @@ impl PgBackend {
             .bind(i32::from(grant.slot.0))
             .bind(u64_to_i64(grant.lease_epoch.0))
             .bind(u64_to_i64(grant.process.0))
-            .execute(&self.inner.pool)
+            .execute(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         Ok(done.rows_affected() == 1)
@@ -307,7 +307,7 @@ impl PgBackend {
         let row = sqlx::query(&self.sql(SEMAPHORE_SQL))
             .bind(now.map(|t| t.0))
             .bind(name.as_str())
-            .fetch_one(conn)
+            .fetch_one(self.via(&mut *conn))
             .await
             .map_err(db)?;
         let permits: Option<i32> = row.try_get("permits").map_err(db)?;
@@ -331,7 +331,7 @@ impl PgBackend {
             if let Some(row) = sqlx::query(&self.sql(SLOT_SQL))
                 .bind(name.as_str())
                 .bind(i32::from(slot.0))
-                .fetch_optional(conn)
+                .fetch_optional(self.via(&mut *conn))
                 .await
                 .map_err(db)?
             {
@@ -369,7 +369,7 @@ impl PgBackend {
             .bind(holder)
             .bind(expires)
             .bind(session)
-            .execute(conn)
+            .execute(self.via(&mut *conn))
             .await
             .map_err(db)?;
         Ok(())
@@ -391,6 +391,15 @@ impl PgBackend {
         holder: ProcessId,
         lease_ttl: Option<Millis>,
     ) -> Result<Result<SlotGrant, Reject>, BackendError> {
+        if lease_ttl.is_none() && self.inner.config.pooler == Pooler::Transaction {
+            // The hold would record whichever server connection the pooler
+            // lent, which can outlive the holder or close under it.
+            return Err(BackendError::Misconfigured(
+                "a session hold (a slot try without a lease) cannot work through a \
+                 transaction pooler (Pooler::Transaction): hold slots as leases"
+                    .to_string(),
+            ));
+        }
         let ask = SlotAsk {
             name,
             permits,
@@ -441,7 +450,12 @@ impl PgBackend {
             holder,
             lease_ttl,
         } = ask;
-        let mut tx = conn.begin().await.map_err(db)?;
+        // Bounded lock waits: a slot row held by a stuck transaction fails
+        // this try (an errored try the scan skips) instead of stalling it.
+        let mut tx = conn
+            .begin_with(crate::semaphore::SLOT_TRY_BEGIN)
+            .await
+            .map_err(db)?;
         let (now, configured) = self.semaphore_size(&mut tx, now, &name).await?;
         let configured = match configured {
             Some(configured) => configured,
@@ -450,7 +464,7 @@ impl PgBackend {
                 let made: i32 = sqlx::query_scalar(&self.sql(CREATE_SEMAPHORE_SQL))
                     .bind(name.as_str())
                     .bind(i32::from(permits))
-                    .fetch_one(&mut *tx)
+                    .fetch_one(self.via(&mut *tx))
                     .await
                     .map_err(db)?;
                 made as u16
@@ -529,7 +543,7 @@ impl PgBackend {
     ) -> Result<Vec<(SemaphoreName, SlotIndex)>, BackendError> {
         let rows = sqlx::query(&self.sql(END_SESSION_SQL))
             .bind(u64_to_i64(process.0))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let mut freed = Vec::with_capacity(rows.len());
@@ -555,7 +569,7 @@ impl PgBackend {
         sqlx::query(&self.sql(CREATE_SEMAPHORE_SQL))
             .bind(name.as_str())
             .bind(i32::from(permits))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         Ok(())

@@ -17,6 +17,11 @@
 //! * [`semaphore`] holds the two client-side semaphores: session advisory
 //!   locks on a dedicated connection, and a lease table for deployments
 //!   behind a transaction-pooling PgBouncer.
+//! * [`PgConfig::pooler`] says what the connections go through:
+//!   [`Pooler::Direct`] (Postgres, or PgBouncer in session pooling) or
+//!   [`Pooler::Transaction`] (PgBouncer in transaction pooling, where every
+//!   statement is sent unnamed inside a transaction and session features
+//!   are refused).
 //! * [`notify`] turns LISTEN/NOTIFY into wake-ups, with a polling fallback.
 //!
 //! The tables, their indexes and why each exists, the grants the role
@@ -38,6 +43,7 @@ mod leases;
 mod maintenance;
 pub mod migrate;
 pub mod notify;
+mod pooler;
 mod presence;
 mod reads;
 mod receipts;
@@ -49,7 +55,7 @@ mod snapshot;
 #[cfg(feature = "harness")]
 pub mod harness;
 
-pub use backend::{ConfigError, PgBackend, PgConfig};
+pub use backend::{ConfigError, PgBackend, PgConfig, Pooler};
 pub use bulk::CopyError;
 pub use migrate::{migrate, MigrateError, MigrateReport, LATEST_VERSION};
 pub use schema::{InvalidSchemaName, SchemaName};

@@ -88,7 +88,7 @@ impl PgBackend {
     ) -> Result<(Timestamp, Leadership), BackendError> {
         let row = sqlx::query(&self.sql(&format!("{LEADER_SQL} {lock}")))
             .bind(now.map(|t| t.0))
-            .fetch_one(conn)
+            .fetch_one(self.via(&mut *conn))
             .await
             .map_err(db)?;
         leadership(&row).map_err(db)
@@ -103,7 +103,7 @@ impl PgBackend {
             .bind(u64_to_i64(leader.term.0))
             .bind(leader.holder.map(|p| u64_to_i64(p.0)))
             .bind(leader.expires_at.0)
-            .execute(conn)
+            .execute(self.via(&mut *conn))
             .await
             .map_err(db)?;
         Ok(())
@@ -179,7 +179,7 @@ impl PgBackend {
             .bind(max)
             .bind(self.inner.config.schema.channel())
             .bind(self.inner.config.notify)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -208,7 +208,7 @@ impl PgBackend {
             .bind(now.0)
             .bind(span(stale_after))
             .bind(max)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let left = max - overdue.len() as i64;
@@ -216,7 +216,7 @@ impl PgBackend {
             sqlx::query(&self.sql(&EXPIRED_WAITS_SQL.replace("{cols}", JOB_COLUMNS)))
                 .bind(now.0)
                 .bind(left)
-                .fetch_all(&mut *tx)
+                .fetch_all(self.via(&mut *tx))
                 .await
                 .map_err(db)?
         } else {
@@ -264,7 +264,7 @@ impl PgBackend {
         let rows = sqlx::query(&self.sql(PRUNE_SQL))
             .bind(now.minus(older_than).0)
             .bind(max)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;

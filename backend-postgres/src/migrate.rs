@@ -119,7 +119,12 @@ pub async fn migrate_to(
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
     // Serialises concurrent migrators of this schema; released at commit.
+    // Every statement here is unnamed (`persistent(false)`) and inside the
+    // transaction, so migrating works through any pooler, a
+    // transaction-pooling PgBouncer too; a handful of statements, so
+    // preparing them by name would save nothing.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .persistent(false)
         .bind(format!("weir.migrate.{schema}"))
         .execute(&mut *tx)
         .await
@@ -128,6 +133,7 @@ pub async fn migrate_to(
     // schema exists, so look first: a DBA may have created it for us.
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .persistent(false)
             .bind(schema.as_str())
             .fetch_one(&mut *tx)
             .await
@@ -152,6 +158,7 @@ pub async fn migrate_to(
     let row = sqlx::query(&format!(
         "SELECT coalesce(max(version), 0) AS v FROM {q}.schema_migrations"
     ))
+    .persistent(false)
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?;
@@ -175,6 +182,7 @@ pub async fn migrate_to(
         sqlx::query(&format!(
             "INSERT INTO {q}.schema_migrations (version, name) VALUES ($1, $2)"
         ))
+        .persistent(false)
         .bind(migration.version)
         .bind(migration.name)
         .execute(&mut *tx)
@@ -190,17 +198,20 @@ pub async fn migrate_to(
     })
 }
 
-/// The schema's version (0 when it has never been migrated).
+/// The schema's version (0 when it has never been migrated). One
+/// simple-protocol statement (the validated schema name is spliced, quoted,
+/// as everywhere), so it works through any pooler.
 pub async fn schema_version(pool: &PgPool, schema: &SchemaName) -> Result<i32, sqlx::Error> {
-    let table = format!("{}.schema_migrations", schema.quoted());
-    let present: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(&table)
-        .fetch_one(pool)
-        .await?;
-    if present.is_none() {
+    let q = schema.quoted();
+    // The schema's alphabet has no single quote: inside a literal the
+    // quoted name needs no escaping.
+    let probe = format!("SELECT to_regclass('{q}.schema_migrations') IS NOT NULL");
+    let row = sqlx::raw_sql(&probe).fetch_one(pool).await?;
+    let present: bool = row.try_get(0)?;
+    if !present {
         return Ok(0);
     }
-    sqlx::query_scalar(&format!("SELECT coalesce(max(version), 0) FROM {table}"))
-        .fetch_one(pool)
-        .await
+    let sql = format!("SELECT coalesce(max(version), 0) FROM {q}.schema_migrations");
+    let row = sqlx::raw_sql(&sql).fetch_one(pool).await?;
+    row.try_get(0)
 }

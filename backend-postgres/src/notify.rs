@@ -25,7 +25,7 @@ use sqlx::postgres::PgListener;
 use weir::{BackendError, Subscription};
 use weir_core::{Epoch, JobId, ProcessId, QueueName};
 
-use crate::backend::{db, PgBackend};
+use crate::backend::{db, PgBackend, Pooler};
 
 /// What a notification says: the runtime's own wake-up type, so a
 /// [`Listener`] is a [`weir::Subscription`] as it stands.
@@ -63,9 +63,28 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// Opens a connection from the backend's pool options and listens.
+    /// Opens a connection and listens: to
+    /// [`PgConfig::listen_url`](crate::PgConfig::listen_url) when it is
+    /// set, else with the backend's pool options. Behind a transaction
+    /// pooler ([`Pooler::Transaction`]) without a `listen_url` it is
+    /// refused ([`BackendError::Misconfigured`]): the LISTEN would be
+    /// registered on a server connection that other clients share and that
+    /// this one does not keep, so wake-ups would be lost or go to others.
     pub async fn connect(backend: &PgBackend) -> Result<Listener, BackendError> {
-        let mut listener = PgListener::connect_with(backend.pool()).await.map_err(db)?;
+        let config = backend.config();
+        let listener = match (&config.listen_url, config.pooler) {
+            (Some(url), _) => PgListener::connect(url).await,
+            (None, Pooler::Direct) => PgListener::connect_with(backend.pool()).await,
+            (None, Pooler::Transaction) => {
+                return Err(BackendError::Misconfigured(
+                    "LISTEN needs a session of its own, which a transaction-pooling PgBouncer \
+                     (Pooler::Transaction) does not keep: set PgConfig::listen_url to the \
+                     Postgres server itself, or notify: false to poll only"
+                        .to_string(),
+                ))
+            }
+        };
+        let mut listener = listener.map_err(db)?;
         listener
             .listen(&backend.schema().channel())
             .await

@@ -60,7 +60,7 @@ impl PgBackend {
             .bind(kinds)
             .bind(presence.started_at.0)
             .bind(ttl_ms)
-            .execute(&self.inner.pool)
+            .execute(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         Ok(())
@@ -69,7 +69,7 @@ impl PgBackend {
     pub(crate) async fn retire_presence(&self, process: ProcessId) -> Result<(), BackendError> {
         sqlx::query(&self.sql("DELETE FROM {s}.workers WHERE process = $1"))
             .bind(u64_to_i64(process.0))
-            .execute(&self.inner.pool)
+            .execute(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         Ok(())
@@ -79,7 +79,7 @@ impl PgBackend {
     /// database's `bigint` order is not theirs above `i64::MAX`.
     pub(crate) async fn live_workers(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let rows = sqlx::query(&self.sql(WORKERS_SQL))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let mut workers = Vec::with_capacity(rows.len());

@@ -51,7 +51,7 @@ impl PgBackend {
         let sql = format!("SELECT {JOB_COLUMNS} FROM {{s}}.jobs j WHERE j.id = $1");
         let row = sqlx::query(&self.sql(&sql))
             .bind(id.0)
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         row.as_ref().map(job_from_row).transpose().map_err(db)
@@ -85,7 +85,7 @@ impl PgBackend {
             .bind(filter.kind.as_ref().map(Kind::as_str))
             .bind(filter.after.map(|id| id.0))
             .bind(i64::from(limit))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?
             .iter()
@@ -96,7 +96,7 @@ impl PgBackend {
 
     pub(crate) async fn read_queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
         let rows = sqlx::query(&self.sql(QUEUES_SQL))
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let mut by_queue: BTreeMap<QueueName, QueueInfo> = BTreeMap::new();

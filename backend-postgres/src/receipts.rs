@@ -244,7 +244,7 @@ impl PgBackend {
             .bind(now.map(|t| t.0))
             .bind(ids)
             .bind(epochs)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         let mut completed = std::collections::BTreeSet::new();
@@ -409,7 +409,7 @@ impl PgBackend {
             .bind(args.levels)
             .bind(config.schema.channel())
             .bind(config.notify)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
         if rows.len() != receipts.len() {

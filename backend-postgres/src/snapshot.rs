@@ -51,13 +51,13 @@ impl PgBackend {
     pub async fn snapshot(&self) -> Result<Snapshot, BackendError> {
         let mut tx = self.pool().begin().await.map_err(db)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
+            .execute(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let jobs = sqlx::query(&self.sql(&format!(
             "SELECT {JOB_COLUMNS} FROM {{s}}.jobs j ORDER BY j.id"
         )))
-        .fetch_all(&mut *tx)
+        .fetch_all(self.via(&mut *tx))
         .await
         .map_err(db)?
         .iter()
@@ -69,7 +69,7 @@ impl PgBackend {
             "SELECT queue, slot, owner, lease_epoch, last_claimed_at, expires_at
              FROM {s}.claimer_leases ORDER BY queue, slot",
         ))
-        .fetch_all(&mut *tx)
+        .fetch_all(self.via(&mut *tx))
         .await
         .map_err(db)?
         {
@@ -83,7 +83,7 @@ impl PgBackend {
         }
         let mut semaphores: BTreeMap<SemaphoreName, (u16, Vec<Slot>)> = BTreeMap::new();
         for row in sqlx::query(&self.sql("SELECT name, permits FROM {s}.semaphores"))
-            .fetch_all(&mut *tx)
+            .fetch_all(self.via(&mut *tx))
             .await
             .map_err(db)?
         {
@@ -95,7 +95,11 @@ impl PgBackend {
             semaphores.insert(name, (permits, vec![Slot::default(); usize::from(permits)]));
         }
         let slots = self.sql(&SLOTS_SQL.replace("{ended}", SESSION_ENDED));
-        for row in sqlx::query(&slots).fetch_all(&mut *tx).await.map_err(db)? {
+        for row in sqlx::query(&slots)
+            .fetch_all(self.via(&mut *tx))
+            .await
+            .map_err(db)?
+        {
             let name = decode(SemaphoreName::new(
                 row.try_get::<String, _>("name").map_err(db)?,
             ))?;
@@ -107,7 +111,7 @@ impl PgBackend {
             }
         }
         let row = sqlx::query(&self.sql("SELECT term, holder, expires_at FROM {s}.leader"))
-            .fetch_one(&mut *tx)
+            .fetch_one(self.via(&mut *tx))
             .await
             .map_err(db)?;
         let leadership = Leadership {
@@ -120,7 +124,7 @@ impl PgBackend {
         };
         let paused =
             sqlx::query_scalar::<_, String>(&self.sql("SELECT queue FROM {s}.paused_queues"))
-                .fetch_all(&mut *tx)
+                .fetch_all(self.via(&mut *tx))
                 .await
                 .map_err(db)?
                 .into_iter()

@@ -57,6 +57,7 @@ async fn process(db: &TestDatabase, name: &str, world: WorldConfig) -> PgBackend
         schema: SchemaName::new("weir").unwrap(),
         world,
         notify: true,
+        ..PgConfig::default()
     };
     PgBackend::new(pool, config).expect("valid config")
 }

@@ -10,6 +10,9 @@
 //! checks: `the_generator_produces_every_command` fails, naming it, if the
 //! default cases leave any `Command` variant out (the list comes from serde,
 //! `weir_core::variants`, not from a hand-kept copy).
+//!
+//! The same comparison runs in pooler mode through a transaction-pooling
+//! PgBouncer (`WEIR_DIFF_POOLER_CASES`, default 8).
 
 mod common;
 
@@ -24,7 +27,8 @@ use weir_core::{
     Receipt, Retry, SemaphoreName, SlotEpoch, SlotGrant, SlotIndex, Timestamp, UniqueKey, World,
     WorldConfig,
 };
-use weir_postgres::{PgBackend, Snapshot};
+use weir_postgres::harness::{pgbouncer, PoolMode};
+use weir_postgres::{PgBackend, PgConfig, Pooler, Snapshot};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -832,4 +836,34 @@ async fn a_world_with_a_deliberate_bug_is_told_apart() {
         report.push(verdict);
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Pooler mode gives the same outcomes and states: the backend through
+/// Debian's PgBouncer 1.18 in transaction pooling (2 server connections for
+/// the pool's 4), every statement unnamed inside a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_through_a_transaction_pooler_gives_the_worlds_outcomes_and_state() {
+    let (db, direct) = common::backend(config()).await;
+    let bouncer = pgbouncer(&db, PoolMode::Transaction, 2).await;
+    let pooled = PgConfig {
+        pooler: Pooler::Transaction,
+        ..direct.config().clone()
+    };
+    let backend = PgBackend::connect(bouncer.app_url(), 4, pooled)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (mut commands, mut coverage) = (0, Coverage::new());
+    let cases = env_usize("WEIR_DIFF_POOLER_CASES", 8) as u64;
+    for seed in 0..cases {
+        match run_case(&backend, seed, 150, &mut coverage, World::new(config())).await {
+            Ok(applied) => commands += applied,
+            Err(CaseError::Differs(why)) => panic!("in pooler mode: {why}"),
+            Err(CaseError::WorldPanicked) => panic!("the world panicked on seed {seed}"),
+        }
+    }
+    eprintln!(
+        "differential in pooler mode: {cases} cases, {commands} commands, identical ({:.1?})",
+        started.elapsed()
+    );
 }

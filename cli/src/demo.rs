@@ -132,6 +132,7 @@ async fn connect_postgres(
         schema,
         world: world_config(),
         notify: true,
+        ..weir_postgres::PgConfig::default()
     };
     let backend = crate::pg::connect(url, 4 + 4 * u32::from(processes), config).await?;
     let report = backend.migrate().await.map_err(|e| e.to_string())?;

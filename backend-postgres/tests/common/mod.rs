@@ -24,6 +24,7 @@ pub async fn backend_with(world: WorldConfig, connections: u32) -> (TestDatabase
         schema: SchemaName::new("weir").unwrap(),
         world,
         notify: std::env::var("WEIR_NOTIFY").map_or(true, |v| v != "0"),
+        ..PgConfig::default()
     };
     let backend = PgBackend::new(pool, config).expect("valid config");
     backend.migrate().await.expect("migrate");

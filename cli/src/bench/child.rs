@@ -141,6 +141,7 @@ impl Children {
             let spec = serde_json::to_string(spec).expect("specs serialise");
             let mut child = Command::new(&exe)
                 .args(["bench", "worker", "--spec", &spec])
+                .env("WEIR_BENCH_POOLER", super::db::pooler().name())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

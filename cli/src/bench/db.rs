@@ -9,6 +9,7 @@
 //! commit count is then the database's and the WAL the server's, so other
 //! traffic there is counted too (the JSON says which it was).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,7 +17,9 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, Executor, Row};
 use weir_postgres::harness::{self, TestDatabase};
-use weir_postgres::{PgBackend, PgConfig, SchemaName};
+use weir_postgres::{PgBackend, PgConfig, Pooler, SchemaName};
+
+use super::PoolerArg;
 
 /// The schema Weir's tables live in during a benchmark.
 pub const SCHEMA: &str = "weir_bench";
@@ -25,15 +28,38 @@ pub const SCHEMA: &str = "weir_bench";
 pub enum Server {
     /// A throwaway cluster (the harness's), a fresh database per shape.
     Throwaway(&'static harness::Cluster),
-    /// `--database-url`: one database, a fresh schema per shape.
-    Url(String),
+    /// `--database-url`: one database, a fresh schema per shape; Weir's
+    /// processes connect to `worker` (`--worker-url`) when given.
+    Url {
+        /// `--database-url`.
+        url: String,
+        /// `--worker-url`.
+        worker: Option<String>,
+    },
+}
+
+/// `--pooler`, for every backend this process makes.
+static POOLER: OnceLock<PoolerArg> = OnceLock::new();
+
+/// Sets `--pooler` for this process (once, before any backend).
+pub fn set_pooler(pooler: PoolerArg) {
+    let _ = POOLER.set(pooler);
+}
+
+/// `--pooler` as given (`direct` by default); worker processes get it
+/// through `WEIR_BENCH_POOLER`.
+pub fn pooler() -> PoolerArg {
+    POOLER.get().copied().unwrap_or(PoolerArg::Direct)
 }
 
 impl Server {
     /// The throwaway cluster, or the server at `url`.
-    pub fn new(url: Option<&str>) -> Result<Server, String> {
+    pub fn new(url: Option<&str>, worker: Option<&str>) -> Result<Server, String> {
         match url {
-            Some(url) => Ok(Server::Url(url.to_string())),
+            Some(url) => Ok(Server::Url {
+                url: url.to_string(),
+                worker: worker.map(str::to_string),
+            }),
             None => {
                 eprintln!("no --database-url: starting a throwaway Postgres (as the tests do)");
                 harness::try_cluster()
@@ -57,10 +83,10 @@ impl Server {
                 bench.reset_schema().await?;
                 Ok(bench)
             }
-            Server::Url(url) => {
+            Server::Url { url, worker } => {
                 let bench = BenchDb {
                     admin_url: url.clone(),
-                    app_url: url.clone(),
+                    app_url: worker.clone().unwrap_or_else(|| url.clone()),
                     own_database: false,
                     _db: None,
                 };
@@ -110,8 +136,17 @@ impl BenchDb {
 
 /// A backend on `url`'s benchmark schema, with the default world settings.
 pub async fn backend_at(url: &str, max: u32) -> Result<PgBackend, String> {
-    let options: sqlx::postgres::PgConnectOptions =
+    let mut options: sqlx::postgres::PgConnectOptions =
         url.parse().map_err(|e| format!("--database-url: {e}"))?;
+    let pooler = match pooler() {
+        PoolerArg::Direct => Pooler::Direct,
+        PoolerArg::Transaction => {
+            // PgBouncer refuses this startup parameter unless told to
+            // ignore it, as `PgBackend::connect` knows.
+            options = options.extra_float_digits(None);
+            Pooler::Transaction
+        }
+    };
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
@@ -120,6 +155,7 @@ pub async fn backend_at(url: &str, max: u32) -> Result<PgBackend, String> {
         .map_err(|e| format!("connecting to {}: {e}", redact(url)))?;
     let config = PgConfig {
         schema: SchemaName::new(SCHEMA.to_string()).expect("a valid schema name"),
+        pooler,
         ..PgConfig::default()
     };
     PgBackend::new(pool, config).map_err(|e| e.to_string())

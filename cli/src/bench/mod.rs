@@ -58,6 +58,25 @@ pub enum ShapeName {
     Worker,
 }
 
+/// `--pooler`: [`weir_postgres::Pooler`] on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PoolerArg {
+    /// `Pooler::Direct`.
+    Direct,
+    /// `Pooler::Transaction`.
+    Transaction,
+}
+
+impl PoolerArg {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolerArg::Direct => "direct",
+            PoolerArg::Transaction => "transaction",
+        }
+    }
+}
+
 /// Options of `weir bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -68,6 +87,17 @@ pub struct BenchArgs {
     /// tests start theirs.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Weir's own processes (workers, producers, the herd) connect here
+    /// instead, for example through a PgBouncer in front of
+    /// --database-url's server; the schema set-up, the statistics and the
+    /// ceiling's bookkeeping stay on --database-url.
+    #[arg(long, requires = "database_url")]
+    worker_url: Option<String>,
+    /// How Weir's processes send statements: `direct` (straight to
+    /// Postgres or a session-pooling PgBouncer) or `transaction` (pooler
+    /// mode, for a transaction-pooling PgBouncer: `PgConfig::pooler`).
+    #[arg(long, value_enum, env = "WEIR_BENCH_POOLER", default_value = "direct")]
+    pooler: PoolerArg,
     /// Worker processes against the one database (default: 1; the herd: 8).
     /// `all` runs the burn-down and the offered load both as 1 x W and as
     /// 2 x W/2.
@@ -216,6 +246,8 @@ fn git_commit() -> Option<String> {
 
 /// Runs `weir bench`.
 pub fn run(args: &BenchArgs) -> Result<(), String> {
+    // Worker processes too: they get it through WEIR_BENCH_POOLER.
+    db::set_pooler(args.pooler);
     if args.shape == ShapeName::Worker {
         let spec = args.spec.as_deref().ok_or("worker needs --spec")?;
         return worker::run(spec);
@@ -240,7 +272,7 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
         .unwrap_or_default()
         .as_secs();
     let mut ctx = Ctx {
-        server: Server::new(args.database_url.as_deref())?,
+        server: Server::new(args.database_url.as_deref(), args.worker_url.as_deref())?,
         overrides: match &args.dispatcher {
             Some(json) => {
                 Some(serde_json::from_str(json).map_err(|e| format!("--dispatcher: {e}"))?)
@@ -320,10 +352,11 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "quick": quick,
+        "pooler": args.pooler.name(),
         "dispatcher_overrides": ctx.overrides,
         "server_kind": match ctx.server {
             Server::Throwaway(_) => "throwaway cluster, a database per shape",
-            Server::Url(_) => "--database-url, a schema per shape",
+            Server::Url { .. } => "--database-url, a schema per shape",
         },
         "postgres": postgres,
         "ceiling": ctx.ceilings,
