@@ -421,6 +421,9 @@ struct Generator {
     /// Variants never sent (redrawn instead): only to show that the
     /// coverage guard notices a missing one.
     skip: Vec<&'static str>,
+    /// Every slot try a lease (through a transaction pooler, a session
+    /// hold is refused: it would record a borrowed server connection).
+    leases_only: bool,
 }
 
 impl Generator {
@@ -430,6 +433,7 @@ impl Generator {
             known: Known::default(),
             now: Timestamp(1_000_000),
             skip: Vec::new(),
+            leases_only: false,
         }
     }
 
@@ -441,7 +445,10 @@ impl Generator {
         self.now = Timestamp(self.now.0 + step_ms);
         self.known.aim(world, self.now);
         loop {
-            let command = command(&mut self.rng, &self.known, self.now);
+            let mut command = command(&mut self.rng, &self.known, self.now);
+            if let (true, Command::SlotTry { lease_ttl, .. }) = (self.leases_only, &mut command) {
+                lease_ttl.get_or_insert(Millis(250));
+            }
             if !self.skip.contains(&weir_core::variants::of(&command)) {
                 return (self.now, command);
             }
@@ -675,6 +682,7 @@ async fn run_case(
     // A new backend value, so its explicit-time clamp starts afresh.
     let backend = PgBackend::new(backend.pool().clone(), backend.config().clone()).unwrap();
     let mut generator = Generator::new(seed);
+    generator.leases_only = backend.config().pooler == Pooler::Transaction;
     let mut history = Vec::new();
     for step in 0..steps {
         let (now, command) = generator.next(&world);

@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection};
 use weir::{Backend, BackendError, JobFilter, Presence, Wakeup};
 use weir_core::{
     Command, FailError, Failure, JobState, Kind, Millis, NewJob, Outcome, Payload, ProcessId,
-    QueueName, Receipt, Retry, SemaphoreName, UniqueKey, WaitConfig, WorldConfig,
+    QueueName, Receipt, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
 };
 use weir_postgres::harness::{pgbouncer, test_database, PoolMode, TestDatabase};
 use weir_postgres::semaphore::{
@@ -468,6 +468,20 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
             "LISTEN through transaction pooling was not refused: {:?}",
             other.map(|s| s.is_some())
         ),
+    }
+    // A session hold would record a borrowed server connection.
+    let session_hold = Command::SlotTry {
+        semaphore: SemaphoreName::new("session.hold").unwrap(),
+        permits: 1,
+        slot: SlotIndex(0),
+        holder: ProcessId(1),
+        lease_ttl: None,
+    };
+    match admin.execute(session_hold).await {
+        Err(BackendError::Misconfigured(message)) => {
+            assert!(message.contains("lease"), "{message}")
+        }
+        other => panic!("a session hold through transaction pooling was not refused: {other:?}"),
     }
     let mut wakeups = admin.subscribe().await.unwrap().expect("notify is on");
 
