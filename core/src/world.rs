@@ -518,6 +518,65 @@ impl World {
         outcome
     }
 
+    /// Applies `command` at exactly `now`, even when an earlier call used
+    /// a later time: what storage does when concurrent transactions commit
+    /// in an order their own times (`transaction_timestamp()`) do not
+    /// follow. The history checker (`weir_tests::history`) judges
+    /// concurrent histories with this, and says so; [`World::apply`]'s
+    /// clamp is the serial simplification. Debug builds check every
+    /// invariant afterwards, so an invariant that needs monotone time
+    /// fails here.
+    #[doc(hidden)]
+    pub fn apply_at_own_time(&mut self, now: Timestamp, command: Command) -> Outcome {
+        self.now = now.max(self.now);
+        #[cfg(debug_assertions)]
+        let name = command_name(&command);
+        let outcome = self.dispatch(now, command);
+        #[cfg(debug_assertions)]
+        if let Err(violation) = self.check_invariants() {
+            panic!("invariant broken by {name} at its own time {now}: {violation}");
+        }
+        outcome
+    }
+
+    /// [`World::apply_at_own_time`], with the available jobs of `skip`
+    /// out of every claim's reach for this command only: a claim's
+    /// `FOR UPDATE SKIP LOCKED` passes over rows another transaction holds
+    /// locked at that moment. The history checker skips only jobs a
+    /// concurrent operation could have held locked.
+    #[doc(hidden)]
+    pub fn apply_skipping(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        skip: &BTreeSet<JobId>,
+    ) -> Outcome {
+        let mut hidden = Vec::new();
+        for (queue, keys) in &mut self.available {
+            let held: Vec<ClaimKey> = keys
+                .iter()
+                .filter(|k| skip.contains(&k.2))
+                .copied()
+                .collect();
+            for key in held {
+                keys.remove(&key);
+                hidden.push((queue.clone(), key));
+            }
+        }
+        self.now = now.max(self.now);
+        #[cfg(debug_assertions)]
+        let name = command_name(&command);
+        let outcome = self.dispatch(now, command);
+        for (queue, key) in hidden {
+            self.available.entry(queue).or_default().insert(key);
+        }
+        #[cfg(debug_assertions)]
+        if let Err(violation) = self.check_invariants() {
+            panic!("invariant broken by {name} at its own time {now}: {violation}");
+        }
+        outcome
+    }
+
     fn dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {
         match command {
             Command::Enqueue { jobs } => Outcome::Enqueued(self.enqueue(now, jobs)),

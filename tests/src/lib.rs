@@ -24,12 +24,18 @@
 //! jobs, the ledger and audit tables, and the checks (`tests/chaos.rs`
 //! drives worker processes of `src/bin/chaos_worker.rs` through faults,
 //! then runs them; see `docs/reliability.md`).
+//!
+//! [`history`] judges concurrent histories: what several clients did to
+//! one backend at once is linearizable with the world as its sequential
+//! specification, or it is shrunk and printed (`tests/histories.rs`
+//! records them against Postgres and the memory backend).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod chaos;
 pub mod clocks;
+pub mod history;
 pub mod recording;
 pub mod scenarios;
 

@@ -1,0 +1,514 @@
+//! Concurrent histories, judged by the world.
+//!
+//! A [`History`] is what several clients did to one backend at once: each
+//! [`Op`] is a command with the time it ran at, when it was sent and when
+//! its answer came back (on one monotonic clock), and the answer — or
+//! nothing, when the answer was lost and the command may or may not have
+//! taken effect. [`check`] decides whether the history is *linearizable*
+//! with [`World`] as the sequential specification: whether some serial
+//! order of the operations, consistent with real time (an operation that
+//! returned before another was sent comes first), makes `World` give every
+//! recorded answer. The search is Wing & Gong's, with Lowe's memoisation
+//! (a set of operations done and the world they left, seen once).
+//!
+//! Where storage's freedom is wider than one serial world, the checker
+//! says so here rather than loosening silently:
+//!
+//! - **Own time.** Each operation is applied at the time it ran at
+//!   ([`World::apply_at_own_time`]), not clamped to the latest time seen:
+//!   a database runs each transaction at its own start time, and commits
+//!   need not follow those times.
+//! - **Skipped locked rows.** A claim (`FOR UPDATE SKIP LOCKED`) may pass
+//!   over an available job that another client's operation overlapping it
+//!   in real time names (by receipt, id, or as a job it claimed), since
+//!   that operation may hold the row locked at that moment
+//!   ([`World::apply_skipping`]). Nothing else is skipped: a claim that
+//!   passes over a job no concurrent operation could hold is refuted.
+//! - **Lost answers.** An operation whose answer was lost is placed
+//!   anywhere after it was sent, or nowhere.
+//!
+//! [`shrink`] reduces a history the world cannot explain to a minimal
+//! one that it still cannot explain, for the failure message.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use weir_core::{Command, JobId, Outcome, Timestamp, World, WorldConfig};
+
+/// One operation of a history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Which client issued it.
+    pub client: usize,
+    /// The time it ran at, on storage's clock.
+    pub at: Timestamp,
+    /// What it asked.
+    pub command: Command,
+    /// When it was sent, in nanoseconds on the recorder's monotonic clock.
+    pub call: u64,
+    /// When its answer came back; `None` when the answer was lost.
+    pub ret: Option<u64>,
+    /// The answer; `None` when it was lost (the command may or may not
+    /// have taken effect).
+    pub outcome: Option<Outcome>,
+    /// Why the answer was lost, when it was.
+    pub lost: Option<String>,
+}
+
+impl Op {
+    fn determinate(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    fn ret_or_never(&self) -> u64 {
+        self.ret.unwrap_or(u64::MAX)
+    }
+}
+
+/// Operations issued by clients at once, with the world's configuration.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// The configuration the backend decides with.
+    pub config: WorldConfig,
+    /// The operations, in the order they were sent.
+    pub ops: Vec<Op>,
+}
+
+/// The most operations one history may hold (the search keeps a 128-bit
+/// set of the operations done).
+pub const MAX_OPS: usize = 128;
+
+/// What [`check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A serial order explains every answer: the operations' indices in
+    /// that order (lost operations that took no effect are left out).
+    Linearizable(Vec<usize>),
+    /// No serial order does. `longest` is the longest prefix of a serial
+    /// order the search found: everything it explains before it is stuck.
+    NotLinearizable {
+        /// The longest explained prefix, as operation indices.
+        longest: Vec<usize>,
+    },
+    /// The search gave up after `explored` steps without deciding.
+    GaveUp {
+        /// Steps searched.
+        explored: u64,
+    },
+}
+
+impl Verdict {
+    /// True for [`Verdict::NotLinearizable`].
+    pub fn refuted(&self) -> bool {
+        matches!(self, Verdict::NotLinearizable { .. })
+    }
+}
+
+/// Decides whether `history` is linearizable with respect to the world,
+/// searching at most `budget` steps.
+///
+/// # Panics
+///
+/// If the history holds more than [`MAX_OPS`] operations.
+pub fn check(history: &History, budget: u64) -> Verdict {
+    assert!(
+        history.ops.len() <= MAX_OPS,
+        "a history holds at most {MAX_OPS} operations, not {}",
+        history.ops.len()
+    );
+    let skippable = (0..history.ops.len())
+        .map(|i| skippable(&history.ops, i))
+        .collect();
+    let mut search = Search {
+        ops: &history.ops,
+        skippable,
+        memo: HashSet::new(),
+        explored: 0,
+        budget,
+        longest: Vec::new(),
+        order: Vec::new(),
+    };
+    let world = World::new(history.config.clone());
+    match search.go(&world, 0) {
+        Some(true) => Verdict::Linearizable(search.order),
+        Some(false) => Verdict::NotLinearizable {
+            longest: search.longest,
+        },
+        None => Verdict::GaveUp {
+            explored: search.explored,
+        },
+    }
+}
+
+/// The jobs a claim `i` may have passed over as locked: those named by
+/// another client's operation that overlaps it in real time, less the
+/// ones it returned.
+fn skippable(ops: &[Op], i: usize) -> BTreeSet<JobId> {
+    let op = &ops[i];
+    let Command::Claim { .. } = op.command else {
+        return BTreeSet::new();
+    };
+    let mut named = BTreeSet::new();
+    for other in ops {
+        let overlaps = other.client != op.client
+            && other.call < op.ret_or_never()
+            && op.call < other.ret_or_never();
+        if overlaps {
+            named.extend(jobs_named(other));
+        }
+    }
+    if let Some(Outcome::Claimed(Ok(claimed))) = &op.outcome {
+        for job in &claimed.jobs {
+            named.remove(&job.receipt.job);
+        }
+    }
+    named
+}
+
+/// The jobs an operation names, so may hold locked while it runs.
+fn jobs_named(op: &Op) -> Vec<JobId> {
+    let mut jobs: Vec<JobId> = match &op.command {
+        Command::Heartbeat { receipts }
+        | Command::Complete { receipts }
+        | Command::CancelAttempts { receipts } => receipts.iter().map(|r| r.job).collect(),
+        Command::Fail { failures } => failures.iter().map(|f| f.receipt.job).collect(),
+        Command::Snooze { snoozes } => snoozes.iter().map(|(r, _)| r.job).collect(),
+        Command::WaitExternal { waits } => waits.iter().map(|(r, _)| r.job).collect(),
+        Command::ResumeExternal { receipt } => vec![receipt.job],
+        Command::Cancel { job } | Command::Retry { job } => vec![*job],
+        _ => Vec::new(),
+    };
+    if let Some(Outcome::Claimed(Ok(claimed))) = &op.outcome {
+        jobs.extend(claimed.jobs.iter().map(|j| j.receipt.job));
+    }
+    jobs
+}
+
+struct Search<'a> {
+    ops: &'a [Op],
+    skippable: Vec<BTreeSet<JobId>>,
+    memo: HashSet<(u128, u64)>,
+    explored: u64,
+    budget: u64,
+    longest: Vec<usize>,
+    order: Vec<usize>,
+}
+
+impl Search<'_> {
+    /// Some(true): a serial order of the operations not in `done` exists
+    /// from `world` (left in `self.order`); Some(false): none does; None:
+    /// out of budget.
+    fn go(&mut self, world: &World, done: u128) -> Option<bool> {
+        let pending: Vec<usize> = (0..self.ops.len())
+            .filter(|&i| done & (1u128 << i) == 0)
+            .collect();
+        if pending.iter().all(|&i| !self.ops[i].determinate()) {
+            return Some(true);
+        }
+        let mut hasher = DefaultHasher::new();
+        world.hash(&mut hasher);
+        if !self.memo.insert((done, hasher.finish())) {
+            return Some(false);
+        }
+        self.explored += 1;
+        if self.explored > self.budget {
+            return None;
+        }
+        if self.order.len() > self.longest.len() {
+            self.longest = self.order.clone();
+        }
+        // An operation can go next if none still pending returned before
+        // it was sent.
+        let first_return = pending
+            .iter()
+            .map(|&i| self.ops[i].ret_or_never())
+            .min()
+            .unwrap_or(u64::MAX);
+        for &i in &pending {
+            let op = &self.ops[i];
+            if op.call > first_return {
+                continue;
+            }
+            let mut next = world.clone();
+            let outcome = if self.skippable[i].is_empty() {
+                next.apply_at_own_time(op.at, op.command.clone())
+            } else {
+                next.apply_skipping(op.at, op.command.clone(), &self.skippable[i])
+            };
+            let explains = match &op.outcome {
+                Some(recorded) => *recorded == outcome,
+                None => true,
+            };
+            if explains {
+                self.order.push(i);
+                match self.go(&next, done | (1u128 << i)) {
+                    Some(true) => return Some(true),
+                    None => return None,
+                    Some(false) => {}
+                }
+                self.order.pop();
+            }
+            // A lost operation may also have taken no effect at all.
+            if !op.determinate() {
+                match self.go(world, done | (1u128 << i)) {
+                    Some(true) => return Some(true),
+                    None => return None,
+                    Some(false) => {}
+                }
+            }
+        }
+        Some(false)
+    }
+}
+
+/// Shrinks a history the world cannot explain to one it still cannot,
+/// keeping only answers that matter. Each answered operation, latest
+/// first, has its answer hidden (made "answer lost", which only widens
+/// what explains the history) where the rest still refutes it; then the
+/// operations with hidden answers that were sent after every kept answer
+/// came back are dropped (they could go last, or nowhere). Operations
+/// are never dropped otherwise: a history without one that took effect is
+/// not a history the backend could have given. Every step is checked with
+/// `budget`; a step whose check gives up is not taken. The hidden answers
+/// stay in [`Shrunk::hidden`], for the reader.
+pub fn shrink(history: &History, budget: u64) -> Shrunk {
+    let mut current = history.clone();
+    let mut hidden = vec![None; current.ops.len()];
+    for i in (0..current.ops.len()).rev() {
+        if !current.ops[i].determinate() {
+            continue;
+        }
+        let mut wider = current.clone();
+        wider.ops[i].outcome = None;
+        wider.ops[i].ret = None;
+        wider.ops[i].lost = Some("hidden by shrinking".into());
+        if check(&wider, budget).refuted() {
+            hidden[i] = current.ops[i].outcome.clone();
+            current = wider;
+        }
+    }
+    let last_return = current
+        .ops
+        .iter()
+        .filter_map(|op| op.outcome.as_ref().and(op.ret))
+        .max()
+        .unwrap_or(0);
+    let keep: Vec<bool> = current
+        .ops
+        .iter()
+        .map(|op| op.determinate() || op.call <= last_return)
+        .collect();
+    let mut kept = Vec::new();
+    let mut kept_hidden = Vec::new();
+    for (i, op) in current.ops.into_iter().enumerate() {
+        if keep[i] {
+            kept.push(op);
+            kept_hidden.push(hidden[i].take());
+        }
+    }
+    Shrunk {
+        history: History {
+            config: current.config,
+            ops: kept,
+        },
+        hidden: kept_hidden,
+    }
+}
+
+/// A shrunk history, and the answers shrinking hid (per operation).
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    /// Still refuted by the world.
+    pub history: History,
+    /// For each operation, the answer it really got, where shrinking hid
+    /// it because the refutation does not need it.
+    pub hidden: Vec<Option<Outcome>>,
+}
+
+impl Shrunk {
+    /// The shrunk history as lines: answers the refutation needs as
+    /// `->`, hidden ones as `(got …, not needed)`.
+    pub fn render(&self) -> String {
+        render_with(&self.history, &self.hidden)
+    }
+}
+
+/// The history as lines, one per operation: client, time, sent and
+/// returned (µs since the history began), command and answer.
+pub fn render(history: &History) -> String {
+    render_with(history, &[])
+}
+
+fn render_with(history: &History, hidden: &[Option<Outcome>]) -> String {
+    let mut out = String::new();
+    for (i, op) in history.ops.iter().enumerate() {
+        let ret = match op.ret {
+            Some(ret) => format!("{:>8}", ret / 1000),
+            None => "       ?".to_owned(),
+        };
+        let outcome = match (&op.outcome, hidden.get(i).cloned().flatten()) {
+            (Some(outcome), _) => format!("{outcome:?}"),
+            (None, Some(got)) => format!("(got {got:?}; not needed to refute)"),
+            (None, None) => format!(
+                "answer lost (may or may not have taken effect): {}",
+                op.lost.as_deref().unwrap_or("?")
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  #{i:<3} client {} @{} sent {:>8} returned {ret}: {:?}\n         -> {outcome}",
+            op.client,
+            op.at.0,
+            op.call / 1000,
+            op.command
+        );
+    }
+    out
+}
+
+/// Operations of `history` that overlap in real time with another
+/// client's: the share of histories with one is reported, since a history
+/// without any proves nothing a serial test would not.
+pub fn overlaps(history: &History) -> usize {
+    let ops = &history.ops;
+    (0..ops.len())
+        .filter(|&i| {
+            ops.iter().enumerate().any(|(j, other)| {
+                j != i
+                    && other.client != ops[i].client
+                    && other.call < ops[i].ret_or_never()
+                    && ops[i].call < other.ret_or_never()
+            })
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::{ClaimerConfig, Kind, Millis, NewJob, Payload, ProcessId, QueueName};
+
+    fn config() -> WorldConfig {
+        WorldConfig {
+            claimer: ClaimerConfig {
+                slots_per_queue: 1,
+                lease_ttl: Millis(30_000),
+                idle_threshold: Millis(10_000),
+            },
+            ..WorldConfig::default()
+        }
+    }
+
+    fn queue() -> QueueName {
+        QueueName::new("q").unwrap()
+    }
+
+    fn acquire(process: u64) -> Command {
+        Command::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(process),
+        }
+    }
+
+    /// What the world answers to `commands` applied one after another.
+    fn serial(commands: &[(Timestamp, Command)]) -> Vec<Outcome> {
+        let mut world = World::new(config());
+        commands
+            .iter()
+            .map(|(at, c)| world.apply_at_own_time(*at, c.clone()))
+            .collect()
+    }
+
+    fn op(client: usize, at: i64, command: Command, call: u64, ret: u64, outcome: Outcome) -> Op {
+        Op {
+            client,
+            at: Timestamp(at),
+            command,
+            call,
+            ret: Some(ret),
+            outcome: Some(outcome),
+            lost: None,
+        }
+    }
+
+    /// Two acquisitions of a one-slot queue at once: either may win, but
+    /// not both.
+    #[test]
+    fn two_overlapping_acquisitions_are_explained_in_either_order_but_not_both_winning() {
+        let answers = serial(&[(Timestamp(1), acquire(1)), (Timestamp(2), acquire(2))]);
+        let (won, lost) = (answers[0].clone(), answers[1].clone());
+        let history = |first: Outcome, second: Outcome| History {
+            config: config(),
+            ops: vec![
+                op(0, 1, acquire(1), 0, 10, first),
+                op(1, 2, acquire(2), 1, 9, second),
+            ],
+        };
+        // Client 0 won.
+        assert!(matches!(
+            check(&history(won.clone(), lost.clone()), 10_000),
+            Verdict::Linearizable(_)
+        ));
+        // Client 1 won (the order 1, 0).
+        let swapped = serial(&[(Timestamp(2), acquire(2)), (Timestamp(1), acquire(1))]);
+        assert!(matches!(
+            check(&history(swapped[1].clone(), swapped[0].clone()), 10_000),
+            Verdict::Linearizable(_)
+        ));
+        // Both won: the broken answer the checker exists to catch.
+        let both = history(won, swapped[0].clone());
+        assert!(check(&both, 10_000).refuted(), "both winning was explained");
+    }
+
+    /// Real time binds: the same two answers are refuted once the second
+    /// acquisition was sent after the first returned.
+    #[test]
+    fn an_order_against_real_time_is_refused() {
+        let swapped = serial(&[(Timestamp(2), acquire(2)), (Timestamp(1), acquire(1))]);
+        let history = History {
+            config: config(),
+            ops: vec![
+                op(0, 1, acquire(1), 0, 5, swapped[1].clone()),
+                op(1, 2, acquire(2), 6, 9, swapped[0].clone()),
+            ],
+        };
+        assert!(check(&history, 10_000).refuted());
+    }
+
+    /// A lost answer may have taken effect or not, and the shrinker keeps
+    /// only what refutes.
+    #[test]
+    fn a_lost_answer_is_placed_or_dropped_and_shrinking_keeps_the_refutation() {
+        let job = NewJob::new(queue(), Kind::new("k").unwrap(), Payload(vec![]));
+        let enqueue = Command::Enqueue { jobs: vec![job] };
+        let answers = serial(&[(Timestamp(1), enqueue.clone()), (Timestamp(2), acquire(1))]);
+        let lost = Op {
+            ret: None,
+            outcome: None,
+            ..op(0, 1, enqueue.clone(), 0, 0, answers[0].clone())
+        };
+        let mut history = History {
+            config: config(),
+            ops: vec![lost, op(1, 2, acquire(1), 1, 3, answers[1].clone())],
+        };
+        assert!(matches!(check(&history, 10_000), Verdict::Linearizable(_)));
+        // Now a second acquisition that also says it opened the one slot.
+        history
+            .ops
+            .push(op(2, 3, acquire(2), 4, 6, answers[1].clone()));
+        assert!(check(&history, 10_000).refuted());
+        let small = shrink(&history, 10_000);
+        assert!(check(&small.history, 10_000).refuted());
+        // Only the wrong answer is needed; the others are hidden.
+        let answered: Vec<&Op> = small
+            .history
+            .ops
+            .iter()
+            .filter(|o| o.determinate())
+            .collect();
+        assert_eq!(answered.len(), 1, "{}", small.render());
+        assert_eq!(answered[0].command, acquire(2));
+        assert!(small.hidden[1].is_some(), "{}", small.render());
+    }
+}
