@@ -131,6 +131,9 @@ pub(crate) struct Inner {
     /// returned to the pool, closed when the backend is dropped; when it
     /// breaks, the holds it carried end (see `leases.rs`).
     pub(crate) session: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    /// The deliberate mistake this backend makes in its SQL, if any.
+    #[cfg(feature = "mutants")]
+    mutation: Option<crate::mutants::SqlMutation>,
 }
 
 impl PgBackend {
@@ -144,6 +147,28 @@ impl PgBackend {
                 config,
                 explicit_now: AtomicI64::new(i64::MIN),
                 session: tokio::sync::Mutex::new(None),
+                #[cfg(feature = "mutants")]
+                mutation: None,
+            }),
+        })
+    }
+
+    /// A backend like [`PgBackend::new`]'s that makes one deliberate
+    /// mistake in its SQL, for showing that a checker catches it.
+    #[cfg(feature = "mutants")]
+    pub fn mutated(
+        pool: PgPool,
+        config: PgConfig,
+        mutation: crate::mutants::SqlMutation,
+    ) -> Result<PgBackend, ConfigError> {
+        config.world.claimer.validate()?;
+        Ok(PgBackend {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                explicit_now: AtomicI64::new(i64::MIN),
+                session: tokio::sync::Mutex::new(None),
+                mutation: Some(mutation),
             }),
         })
     }
@@ -215,7 +240,12 @@ impl PgBackend {
 
     /// `template` with `{s}` replaced by the quoted schema name.
     pub(crate) fn sql(&self, template: &str) -> String {
-        template.replace("{s}", &self.inner.config.schema.quoted())
+        let sql = template.replace("{s}", &self.inner.config.schema.quoted());
+        #[cfg(feature = "mutants")]
+        if let Some(mutation) = self.inner.mutation {
+            return mutation.apply(sql);
+        }
+        sql
     }
 
     /// Applies `command` at an explicit `now` instead of the database clock,
@@ -460,6 +490,17 @@ pub(crate) fn db(error: sqlx::Error) -> BackendError {
             // range): the statement was rolled back and the same data
             // would be refused again.
             Some(code) if code.starts_with("22") => BackendError::Refused(error.to_string()),
+            // An interrupt ended the statement: query_canceled (a statement
+            // timeout, a cancel request) or operator intervention (the
+            // session terminated, the server shutting down). The server
+            // acts on an interrupt wherever it next checks for one, which
+            // can be after the transaction committed and before it
+            // answered: the command may have been applied. The history
+            // checker found exactly that (a cancelled claim whose effect
+            // the rest of the history needs).
+            Some("57014" | "57P01" | "57P02" | "57P03" | "57P05") => {
+                BackendError::Lost(error.to_string())
+            }
             // The server answered with an error: the statement (and its
             // transaction) was rolled back, so nothing was applied.
             _ => BackendError::Unavailable(error.to_string()),

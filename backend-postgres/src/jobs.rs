@@ -145,6 +145,13 @@ FROM (SELECT 1) one
 LEFT JOIN (claimed cl JOIN picked p ON p.id = cl.id) ON true
 ORDER BY p.priority, p.run_at, p.id";
 
+/// The statement templates of this module, for the check that every SQL
+/// mutation still finds its fragment.
+#[cfg(all(test, feature = "mutants"))]
+pub(crate) fn mutated_statements() -> Vec<String> {
+    vec![CLAIM_SQL.to_string(), CLAIM_FRESH_SQL.to_string()]
+}
+
 /// Claims of at most this many jobs put their limit in the statement text
 /// (one prepared statement per size, each planned generically after its
 /// first runs); larger ones pass it as `$9`.

@@ -42,6 +42,8 @@ mod jobs;
 mod leases;
 mod maintenance;
 pub mod migrate;
+#[cfg(feature = "mutants")]
+pub mod mutants;
 pub mod notify;
 mod pooler;
 mod presence;
@@ -58,5 +60,7 @@ pub mod harness;
 pub use backend::{ConfigError, PgBackend, PgConfig, Pooler};
 pub use bulk::CopyError;
 pub use migrate::{migrate, MigrateError, MigrateReport, LATEST_VERSION};
+#[cfg(feature = "mutants")]
+pub use mutants::SqlMutation;
 pub use schema::{InvalidSchemaName, SchemaName};
 pub use snapshot::Snapshot;

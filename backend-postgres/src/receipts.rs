@@ -171,6 +171,24 @@ FROM unnest($2::bigint[], $3::bigint[]) AS i(id, epoch), clock c
 WHERE j.id = i.id AND j.epoch = i.epoch AND j.state = 'running'
 RETURNING j.id, j.epoch";
 
+/// The statement templates of this module, for the check that every SQL
+/// mutation still finds its fragment.
+#[cfg(all(test, feature = "mutants"))]
+pub(crate) fn mutated_statements() -> Vec<String> {
+    let mut all: Vec<String> = [
+        heartbeat_sql(),
+        complete_sql(),
+        snooze_sql(),
+        wait_sql(),
+        fail_sql(),
+    ]
+    .into_iter()
+    .map(|body| format!("{PREFIX}{body}{SUFFIX}"))
+    .collect();
+    all.push(COMPLETE_FAST_SQL.to_string());
+    all
+}
+
 /// How many attempt levels `backoff` distinguishes: from this attempt on,
 /// [`Backoff::delay`] no longer depends on the attempt (the cap is reached,
 /// or the delay stopped growing). At most 64.
@@ -269,10 +287,21 @@ impl PgBackend {
         }
         if !rest.is_empty() {
             let leftover: Vec<Receipt> = rest.iter().map(|&i| receipts[i]).collect();
+            // The first step has committed: if it completed anything, an
+            // error now does not mean "not applied" but "part of it was".
+            let partial = answers.iter().any(|a| matches!(a, Some(Ok(()))));
             let full = self
                 .receipt_batch(now, leftover, Args::default(), &complete_sql())
                 .await
-                .map(units)?;
+                .map(units)
+                .map_err(|error| match error {
+                    BackendError::Unavailable(why) | BackendError::Refused(why) if partial => {
+                        BackendError::Lost(format!(
+                            "{why} (after the batch's first step had completed some receipts)"
+                        ))
+                    }
+                    other => other,
+                })?;
             let full = match full {
                 Ok(items) => items,
                 Err(reject) => return Ok(Err(reject)),

@@ -817,3 +817,141 @@ async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
         Outcome::SlotTried(Ok(_))
     ));
 }
+
+// ---------------------------------------------------------------------
+// Issue 13: a completion is two statements (the guarded fast update for
+// every receipt, then the per-item statement for the rest). An error in
+// the second after the first committed is not "certainly not applied".
+// ---------------------------------------------------------------------
+
+/// One receipt current and one stale in the same completion: the fast
+/// step completes the current one and commits; the per-item step, which
+/// answers the stale one, is refused by the server (a test trigger
+/// raises on it). The backend must not answer "certainly not applied"
+/// (`Unavailable`) while a job of the batch is completed: the honest
+/// answer is `Lost` (it may have been applied), or the full answer.
+#[tokio::test]
+async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
+    let db = database().await;
+    let superuser = db.pool().await;
+    let backend = process(&db, "weir-completer", WorldConfig::default()).await;
+    backend
+        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .await
+        .unwrap();
+    let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
+        .execute_at(
+            Timestamp(0),
+            Command::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(1),
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("no claimer lease")
+    };
+    let Outcome::Claimed(Ok(claimed)) = backend
+        .execute_at(
+            Timestamp(1),
+            Command::Claim {
+                queue: queue(),
+                claimer,
+                max: 1,
+                kinds: None,
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("no claim")
+    };
+    let current = claimed.jobs[0].receipt;
+    let stale = Receipt {
+        job: current.job,
+        epoch: Epoch(current.epoch.0 - 1),
+    };
+    // The per-item statement is the one whose text names its `winner`.
+    sqlx::raw_sql(
+        r"CREATE FUNCTION weir.refuse_second_step() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN
+              IF current_query() LIKE '%winner AS%' THEN
+                  RAISE EXCEPTION 'the second step is refused by the test';
+              END IF;
+              RETURN NULL;
+          END $$;
+          CREATE TRIGGER refuse_second_step BEFORE UPDATE ON weir.jobs
+              FOR EACH STATEMENT EXECUTE FUNCTION weir.refuse_second_step();",
+    )
+    .execute(&superuser)
+    .await
+    .unwrap();
+    let answer = backend
+        .execute_at(
+            Timestamp(2),
+            Command::Complete {
+                receipts: vec![current, stale],
+            },
+        )
+        .await;
+    let state: String = sqlx::query_scalar("SELECT state::text FROM weir.jobs WHERE id = $1")
+        .bind(current.job.0)
+        .fetch_one(&superuser)
+        .await
+        .unwrap();
+    assert_eq!(state, "completed", "the fast step did not commit");
+    assert!(
+        !matches!(answer, Err(BackendError::Unavailable(_))),
+        "told {answer:?} (certainly not applied), yet the job is completed"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Issue 13: an interrupted statement may have committed.
+// ---------------------------------------------------------------------
+
+/// A statement ended by an interrupt — a statement timeout, a cancel, a
+/// terminated session — may have committed before the server got to the
+/// interrupt (the history checker found a cancelled claim whose effect
+/// the rest of its history needs: seed 3861 of the soak). Its answer is
+/// `Lost` ("may or may not have been applied"), never `Unavailable`.
+#[tokio::test]
+async fn an_interrupted_statement_is_a_lost_answer_not_a_refusal() {
+    let db = database().await;
+    let options = PgConnectOptions::from_str(db.url_as_app_user())
+        .unwrap()
+        .application_name("weir-interrupted")
+        .options([("statement_timeout", "50")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let backend = PgBackend::new(
+        pool,
+        PgConfig {
+            schema: SchemaName::new("weir").unwrap(),
+            ..PgConfig::default()
+        },
+    )
+    .unwrap();
+    let superuser = db.pool().await;
+    // Every job insert sleeps past the statement timeout.
+    sqlx::raw_sql(
+        r"CREATE FUNCTION weir.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$;
+          CREATE TRIGGER slow BEFORE INSERT ON weir.jobs
+              FOR EACH ROW EXECUTE FUNCTION weir.slow();",
+    )
+    .execute(&superuser)
+    .await
+    .unwrap();
+    let answer = backend
+        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .await;
+    match answer {
+        Err(BackendError::Lost(why)) => assert!(why.contains("statement timeout"), "{why}"),
+        other => panic!("an interrupted statement answered {other:?}, not Lost"),
+    }
+}

@@ -507,15 +507,7 @@ impl World {
     /// invariant afterwards.
     pub fn apply(&mut self, now: Timestamp, command: Command) -> Outcome {
         let now = now.max(self.now);
-        self.now = now;
-        #[cfg(debug_assertions)]
-        let name = command_name(&command);
-        let outcome = self.dispatch(now, command);
-        #[cfg(debug_assertions)]
-        if let Err(violation) = self.check_invariants() {
-            panic!("invariant broken by {name} at {now}: {violation}");
-        }
-        outcome
+        self.checked_dispatch(now, command)
     }
 
     /// Applies `command` at exactly `now`, even when an earlier call used
@@ -528,22 +520,18 @@ impl World {
     /// fails here.
     #[doc(hidden)]
     pub fn apply_at_own_time(&mut self, now: Timestamp, command: Command) -> Outcome {
-        self.now = now.max(self.now);
-        #[cfg(debug_assertions)]
-        let name = command_name(&command);
-        let outcome = self.dispatch(now, command);
-        #[cfg(debug_assertions)]
-        if let Err(violation) = self.check_invariants() {
-            panic!("invariant broken by {name} at its own time {now}: {violation}");
-        }
-        outcome
+        self.checked_dispatch(now, command)
     }
 
-    /// [`World::apply_at_own_time`], with the available jobs of `skip`
-    /// out of every claim's reach for this command only: a claim's
-    /// `FOR UPDATE SKIP LOCKED` passes over rows another transaction holds
-    /// locked at that moment. The history checker skips only jobs a
-    /// concurrent operation could have held locked.
+    /// [`World::apply_at_own_time`], with the jobs of `skip` out of every
+    /// sweep's reach for this command only: the claim's available jobs,
+    /// promote's due ones, rescue's running and waiting ones, prune's
+    /// finished ones. Storage's sweeps take rows `FOR UPDATE SKIP LOCKED`,
+    /// passing over rows another transaction holds locked at that moment;
+    /// the history checker skips only jobs a concurrent operation (or a
+    /// session it records holding locks) could have held. Commands that
+    /// name their jobs (receipts, cancel, retry) look jobs up by id, so
+    /// `skip` does not change them.
     #[doc(hidden)]
     pub fn apply_skipping(
         &mut self,
@@ -551,7 +539,7 @@ impl World {
         command: Command,
         skip: &BTreeSet<JobId>,
     ) -> Outcome {
-        let mut hidden = Vec::new();
+        let mut available = Vec::new();
         for (queue, keys) in &mut self.available {
             let held: Vec<ClaimKey> = keys
                 .iter()
@@ -560,21 +548,61 @@ impl World {
                 .collect();
             for key in held {
                 keys.remove(&key);
-                hidden.push((queue.clone(), key));
+                available.push((queue.clone(), key));
             }
         }
-        self.now = now.max(self.now);
-        #[cfg(debug_assertions)]
+        let running: Vec<JobId> = self.running.intersection(skip).copied().collect();
+        for id in &running {
+            self.running.remove(id);
+        }
+        let mut timed = Vec::new();
+        for index in [&mut self.due, &mut self.waiting, &mut self.finished] {
+            let held: Vec<(Timestamp, JobId)> = index
+                .iter()
+                .filter(|(_, id)| skip.contains(id))
+                .copied()
+                .collect();
+            for key in &held {
+                index.remove(key);
+            }
+            timed.push(held);
+        }
         let name = command_name(&command);
-        let outcome = self.dispatch(now, command);
-        for (queue, key) in hidden {
+        let outcome = self.dispatch_at(now, command);
+        for (queue, key) in available {
             self.available.entry(queue).or_default().insert(key);
         }
+        self.running.extend(running);
+        let mut timed = timed.into_iter();
+        for index in [&mut self.due, &mut self.waiting, &mut self.finished] {
+            index.extend(timed.next().expect("one list per index"));
+        }
+        self.check_after(name, now);
+        outcome
+    }
+
+    /// Dispatches `command` at `now` and, in debug builds, checks every
+    /// invariant afterwards.
+    fn checked_dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {
+        let name = command_name(&command);
+        let outcome = self.dispatch_at(now, command);
+        self.check_after(name, now);
+        outcome
+    }
+
+    fn dispatch_at(&mut self, now: Timestamp, command: Command) -> Outcome {
+        self.now = now.max(self.now);
+        self.dispatch(now, command)
+    }
+
+    /// In debug builds, panics naming the command when an invariant no
+    /// longer holds.
+    #[cfg_attr(not(debug_assertions), allow(unused_variables))]
+    fn check_after(&self, name: &'static str, now: Timestamp) {
         #[cfg(debug_assertions)]
         if let Err(violation) = self.check_invariants() {
-            panic!("invariant broken by {name} at its own time {now}: {violation}");
+            panic!("invariant broken by {name} at {now}: {violation}");
         }
-        outcome
     }
 
     fn dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {

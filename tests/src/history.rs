@@ -18,14 +18,29 @@
 //!   ([`World::apply_at_own_time`]), not clamped to the latest time seen:
 //!   a database runs each transaction at its own start time, and commits
 //!   need not follow those times.
-//! - **Skipped locked rows.** A claim (`FOR UPDATE SKIP LOCKED`) may pass
-//!   over an available job that another client's operation overlapping it
-//!   in real time names (by receipt, id, or as a job it claimed), since
-//!   that operation may hold the row locked at that moment
-//!   ([`World::apply_skipping`]). Nothing else is skipped: a claim that
-//!   passes over a job no concurrent operation could hold is refuted.
+//! - **Skipped locked rows.** A claim, promote, rescue or prune (each
+//!   takes its rows `FOR UPDATE SKIP LOCKED`) may pass over a job that
+//!   another client's operation overlapping it in real time names (by
+//!   receipt, id, or as a job it claimed), or that a [`Hold`] — a session
+//!   outside the clients holding rows locked — held while it ran, since
+//!   the row may have been locked at that moment
+//!   ([`World::apply_skipping`]). A sweep whose answer was lost (cancelled
+//!   or killed after its `FOR UPDATE`) may have held any job. Nothing else
+//!   is skipped: a sweep that passes over a job nothing could have held is
+//!   refuted.
 //! - **Lost answers.** An operation whose answer was lost is placed
 //!   anywhere after it was sent, or nowhere.
+//! - **Refusals.** An operation storage answered with "certainly not
+//!   applied" (`BackendError::Unavailable` or `Refused`) is not part of
+//!   the history: it took no effect, so no order needs it. If it did take
+//!   effect, the history without it is what refutes the answer. The rows
+//!   it may have locked before it was rolled back are a [`Hold`] the
+//!   recorder adds.
+//!
+//! - **The end.** When the history carries [`History::last`] (every job
+//!   as storage held it after the last answer), the serial order must
+//!   also leave exactly those jobs, states, epochs and attempts: a write
+//!   no answer mentions is refuted too.
 //!
 //! [`shrink`] reduces a history the world cannot explain to a minimal
 //! one that it still cannot explain, for the failure message.
@@ -34,7 +49,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use weir_core::{Command, JobId, Outcome, Timestamp, World, WorldConfig};
+use weir_core::{
+    Attempt, Command, Epoch, JobId, Outcome, StateName, Timestamp, World, WorldConfig,
+};
 
 /// One operation of a history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +90,55 @@ pub struct History {
     pub config: WorldConfig,
     /// The operations, in the order they were sent.
     pub ops: Vec<Op>,
+    /// Rows held locked by sessions that are not clients, while the
+    /// operations ran.
+    pub holds: Vec<Hold>,
+    /// Every job as storage holds it once every operation has returned
+    /// (read after the last one): the serial order must leave exactly
+    /// these jobs, in these states, at these epochs and attempts. `None`
+    /// when nothing was read.
+    pub last: Option<Vec<Observed>>,
+}
+
+/// One job as storage held it at the end of a history.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Observed {
+    /// The job.
+    pub id: JobId,
+    /// Its state.
+    pub state: StateName,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its attempt count.
+    pub attempt: Attempt,
+}
+
+/// The jobs of `world` as [`Observed`], in id order.
+pub fn observe(world: &World) -> Vec<Observed> {
+    let mut jobs: Vec<Observed> = world
+        .jobs()
+        .map(|job| Observed {
+            id: job.id,
+            state: job.state_name(),
+            epoch: job.epoch,
+            attempt: job.attempt,
+        })
+        .collect();
+    jobs.sort();
+    jobs
+}
+
+/// Jobs' rows a session outside the clients held locked (`FOR UPDATE`)
+/// for a while: from before it asked for the locks until after it let
+/// them go, on the recorder's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The jobs whose rows it locked.
+    pub jobs: Vec<JobId>,
+    /// When it asked for the locks.
+    pub from: u64,
+    /// When it had let them go.
+    pub to: u64,
 }
 
 /// The most operations one history may hold (the search keeps a 128-bit
@@ -118,10 +184,11 @@ pub fn check(history: &History, budget: u64) -> Verdict {
         history.ops.len()
     );
     let skippable = (0..history.ops.len())
-        .map(|i| skippable(&history.ops, i))
+        .map(|i| skippable(history, i))
         .collect();
     let mut search = Search {
         ops: &history.ops,
+        last: history.last.as_ref(),
         skippable,
         memo: HashSet::new(),
         explored: 0,
@@ -141,33 +208,81 @@ pub fn check(history: &History, budget: u64) -> Verdict {
     }
 }
 
-/// The jobs a claim `i` may have passed over as locked: those named by
-/// another client's operation that overlaps it in real time, less the
-/// ones it returned.
-fn skippable(ops: &[Op], i: usize) -> BTreeSet<JobId> {
-    let op = &ops[i];
-    let Command::Claim { .. } = op.command else {
+/// The jobs a sweep `i` (claim, promote, rescue, prune) may have passed
+/// over as locked: those named by another client's operation that
+/// overlaps it in real time or held by a [`Hold`] that does, less the
+/// ones its answer names.
+fn skippable(history: &History, i: usize) -> BTreeSet<JobId> {
+    let op = &history.ops[i];
+    if !sweeps_jobs(&op.command) {
         return BTreeSet::new();
-    };
+    }
     let mut named = BTreeSet::new();
-    for other in ops {
+    for other in &history.ops {
         let overlaps = other.client != op.client
             && other.call < op.ret_or_never()
             && op.call < other.ret_or_never();
-        if overlaps {
+        if overlaps && other.outcome.is_none() && sweeps_jobs(&other.command) {
+            // A sweep whose answer was lost may have locked any job before
+            // it ended (a statement cancelled after its `FOR UPDATE`).
+            named.extend(every_job(history));
+        } else if overlaps {
             named.extend(jobs_named(other));
         }
     }
-    if let Some(Outcome::Claimed(Ok(claimed))) = &op.outcome {
-        for job in &claimed.jobs {
-            named.remove(&job.receipt.job);
+    for hold in &history.holds {
+        if hold.from < op.ret_or_never() && op.call < hold.to {
+            named.extend(hold.jobs.iter().copied());
         }
+    }
+    match &op.outcome {
+        Some(Outcome::Claimed(Ok(claimed))) => {
+            for job in &claimed.jobs {
+                named.remove(&job.receipt.job);
+            }
+        }
+        Some(Outcome::Promoted(Ok(ids)) | Outcome::Pruned(Ok(ids))) => {
+            for id in ids {
+                named.remove(id);
+            }
+        }
+        Some(Outcome::Rescued(Ok(rescued))) => {
+            for (id, _) in rescued {
+                named.remove(id);
+            }
+        }
+        _ => {}
     }
     named
 }
 
+/// Whether `command` takes the jobs it changes by a scan `FOR UPDATE SKIP
+/// LOCKED` rather than by naming them.
+pub fn sweeps_jobs(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Claim { .. }
+            | Command::Promote { .. }
+            | Command::Rescue { .. }
+            | Command::Prune { .. }
+    )
+}
+
+/// Every job the history's enqueues created.
+fn every_job(history: &History) -> Vec<JobId> {
+    history
+        .ops
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Some(Outcome::Enqueued(Ok(enqueued))) => Some(enqueued.iter().map(|e| e.id)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// The jobs an operation names, so may hold locked while it runs.
-fn jobs_named(op: &Op) -> Vec<JobId> {
+pub fn jobs_named(op: &Op) -> Vec<JobId> {
     let mut jobs: Vec<JobId> = match &op.command {
         Command::Heartbeat { receipts }
         | Command::Complete { receipts }
@@ -187,6 +302,7 @@ fn jobs_named(op: &Op) -> Vec<JobId> {
 
 struct Search<'a> {
     ops: &'a [Op],
+    last: Option<&'a Vec<Observed>>,
     skippable: Vec<BTreeSet<JobId>>,
     memo: HashSet<(u128, u64)>,
     explored: u64,
@@ -204,7 +320,15 @@ impl Search<'_> {
             .filter(|&i| done & (1u128 << i) == 0)
             .collect();
         if pending.iter().all(|&i| !self.ops[i].determinate()) {
-            return Some(true);
+            // Every answer is explained; the jobs left must be the ones
+            // storage was seen to hold at the end (lost operations still
+            // pending may be placed to get there).
+            match self.last {
+                None => return Some(true),
+                Some(last) if observe(world) == *last => return Some(true),
+                Some(_) if pending.is_empty() => return Some(false),
+                Some(_) => {}
+            }
         }
         let mut hasher = DefaultHasher::new();
         world.hash(&mut hasher);
@@ -311,6 +435,8 @@ pub fn shrink(history: &History, budget: u64) -> Shrunk {
         history: History {
             config: current.config,
             ops: kept,
+            holds: current.holds,
+            last: current.last,
         },
         hidden: kept_hidden,
     }
@@ -342,6 +468,21 @@ pub fn render(history: &History) -> String {
 
 fn render_with(history: &History, hidden: &[Option<Outcome>]) -> String {
     let mut out = String::new();
+    if let Some(last) = &history.last {
+        let jobs: Vec<String> = last
+            .iter()
+            .map(|j| format!("{}:{}@e{}a{}", j.id.0, j.state, j.epoch.0, j.attempt.0))
+            .collect();
+        let _ = writeln!(out, "  storage's jobs at the end: {}", jobs.join(" "));
+        let mut answers = history.clone();
+        answers.last = None;
+        if matches!(check(&answers, 200_000), Verdict::Linearizable(_)) {
+            let _ = writeln!(
+                out,
+                "  (the answers alone are explained; the jobs left at the end are not)"
+            );
+        }
+    }
     for (i, op) in history.ops.iter().enumerate() {
         let ret = match op.ret {
             Some(ret) => format!("{:>8}", ret / 1000),
@@ -439,6 +580,8 @@ mod tests {
         let answers = serial(&[(Timestamp(1), acquire(1)), (Timestamp(2), acquire(2))]);
         let (won, lost) = (answers[0].clone(), answers[1].clone());
         let history = |first: Outcome, second: Outcome| History {
+            holds: Vec::new(),
+            last: None,
             config: config(),
             ops: vec![
                 op(0, 1, acquire(1), 0, 10, first),
@@ -467,6 +610,8 @@ mod tests {
     fn an_order_against_real_time_is_refused() {
         let swapped = serial(&[(Timestamp(2), acquire(2)), (Timestamp(1), acquire(1))]);
         let history = History {
+            holds: Vec::new(),
+            last: None,
             config: config(),
             ops: vec![
                 op(0, 1, acquire(1), 0, 5, swapped[1].clone()),
@@ -489,6 +634,8 @@ mod tests {
             ..op(0, 1, enqueue.clone(), 0, 0, answers[0].clone())
         };
         let mut history = History {
+            holds: Vec::new(),
+            last: None,
             config: config(),
             ops: vec![lost, op(1, 2, acquire(1), 1, 3, answers[1].clone())],
         };

@@ -1,0 +1,90 @@
+//! Deliberately broken SQL, for showing that the checkers catch it (feature
+//! `mutants`, for tests only).
+//!
+//! Each [`SqlMutation`] rewrites one fragment of the statements the backend
+//! sends, the way a plausible mistake would: a lock left out, a `SKIP
+//! LOCKED` forgotten, a guard dropped from a `WHERE`. The rewrite happens
+//! where every statement is built ([`PgBackend::sql`](crate::PgBackend)),
+//! so the mutated backend is the real one with exactly one fragment
+//! changed; a test in this module fails if a fragment no longer occurs in
+//! the statements, so a mutation cannot silently stop mutating anything.
+
+/// One deliberate mistake in the backend's SQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SqlMutation {
+    /// The worker's receipt batches (heartbeat, complete, fail, snooze,
+    /// wait-external) read their rows without `FOR UPDATE`: the winners
+    /// are picked from a snapshot, so a rescue sweep that committed in
+    /// between is overwritten and both the worker's answer and the
+    /// rescue's are accepted for the same attempt.
+    ReceiptsWithoutRowLock,
+    /// Claims lock their jobs with `FOR UPDATE` but without `SKIP LOCKED`:
+    /// a claim that meets a job another claim is taking waits for it, then
+    /// drops it (READ COMMITTED re-checks the row after its `LIMIT`), and
+    /// returns fewer jobs than were available.
+    ClaimWithoutSkipLocked,
+    /// The fast completion path drops `j.epoch = i.epoch` from its `WHERE`:
+    /// a stale receipt completes the job's newer attempt.
+    CompleteWithoutEpoch,
+}
+
+impl SqlMutation {
+    /// Every mutation.
+    pub const ALL: [SqlMutation; 3] = [
+        SqlMutation::ReceiptsWithoutRowLock,
+        SqlMutation::ClaimWithoutSkipLocked,
+        SqlMutation::CompleteWithoutEpoch,
+    ];
+
+    /// The fragment this mutation rewrites, and what it becomes.
+    fn rewrite(self) -> (&'static str, &'static str) {
+        match self {
+            SqlMutation::ReceiptsWithoutRowLock => (
+                "WHERE j.id IN (SELECT id FROM input)\n    ORDER BY j.id\n    FOR UPDATE\n",
+                "WHERE j.id IN (SELECT id FROM input)\n    ORDER BY j.id\n",
+            ),
+            SqlMutation::ClaimWithoutSkipLocked => {
+                ("FOR UPDATE OF j SKIP LOCKED", "FOR UPDATE OF j")
+            }
+            SqlMutation::CompleteWithoutEpoch => (
+                "WHERE j.id = i.id AND j.epoch = i.epoch AND j.state = 'running'\nRETURNING j.id, j.epoch",
+                "WHERE j.id = i.id AND j.state = 'running'\nRETURNING j.id, j.epoch",
+            ),
+        }
+    }
+
+    /// `sql` with this mutation's fragment rewritten (unchanged when the
+    /// statement does not hold it).
+    pub(crate) fn apply(self, sql: String) -> String {
+        let (from, to) = self.rewrite();
+        if sql.contains(from) {
+            sql.replace(from, to)
+        } else {
+            sql
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqlMutation;
+
+    /// Every mutation's fragment occurs in the statements it names, so the
+    /// mutated backend really differs from the real one.
+    #[test]
+    fn every_mutation_rewrites_a_statement() {
+        let statements = [
+            crate::receipts::mutated_statements(),
+            crate::jobs::mutated_statements(),
+        ]
+        .concat();
+        for mutation in SqlMutation::ALL {
+            let (from, _) = mutation.rewrite();
+            let hits = statements.iter().filter(|s| s.contains(from)).count();
+            assert!(
+                hits > 0,
+                "{mutation:?}: its fragment {from:?} is in no statement any more"
+            );
+        }
+    }
+}
