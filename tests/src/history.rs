@@ -20,14 +20,18 @@
 //!   need not follow those times.
 //! - **Skipped locked rows.** A claim, promote, rescue or prune (each
 //!   takes its rows `FOR UPDATE SKIP LOCKED`) may pass over a job that
-//!   another client's operation overlapping it in real time names (by
+//!   an operation overlapping it in real time names (another client's, or
+//!   its own client's whose answer was lost) (by
 //!   receipt, id, or as a job it claimed), or that a [`Hold`] — a session
 //!   outside the clients holding rows locked — held while it ran, since
 //!   the row may have been locked at that moment
-//!   ([`World::apply_skipping`]). A sweep whose answer was lost (cancelled
-//!   or killed after its `FOR UPDATE`) may have held any job. Nothing else
-//!   is skipped: a sweep that passes over a job nothing could have held is
-//!   refuted.
+//!   ([`World::apply_skipping`]). An overlapping claim may hold any job of
+//!   its queue, and an overlapping promote, rescue or prune any job: a
+//!   scan `FOR UPDATE` locks each row its snapshot matched before it
+//!   re-checks it, and keeps the lock of a row the re-check drops. So does
+//!   a sweep whose answer was lost (cancelled after its `FOR UPDATE`).
+//!   Nothing else is skipped: a sweep that passes over a job nothing could
+//!   have held is refuted.
 //! - **Lost answers.** An operation whose answer was lost is placed
 //!   anywhere after it was sent, or nowhere.
 //! - **Refusals.** An operation storage answered with "certainly not
@@ -49,12 +53,13 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use serde::{Deserialize, Serialize};
 use weir_core::{
     Attempt, Command, Epoch, JobId, Outcome, StateName, Timestamp, World, WorldConfig,
 };
 
 /// One operation of a history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
     /// Which client issued it.
     pub client: usize,
@@ -84,7 +89,7 @@ impl Op {
 }
 
 /// Operations issued by clients at once, with the world's configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct History {
     /// The configuration the backend decides with.
     pub config: WorldConfig,
@@ -101,7 +106,7 @@ pub struct History {
 }
 
 /// One job as storage held it at the end of a history.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Observed {
     /// The job.
     pub id: JobId,
@@ -131,7 +136,7 @@ pub fn observe(world: &World) -> Vec<Observed> {
 /// Jobs' rows a session outside the clients held locked (`FOR UPDATE`)
 /// for a while: from before it asked for the locks until after it let
 /// them go, on the recorder's clock.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// The jobs whose rows it locked.
     pub jobs: Vec<JobId>,
@@ -219,15 +224,27 @@ fn skippable(history: &History, i: usize) -> BTreeSet<JobId> {
     }
     let mut named = BTreeSet::new();
     for other in &history.ops {
-        let overlaps = other.client != op.client
+        // Any client's, this one's too: an operation whose answer was lost
+        // may still hold its locks after its client has moved on (the
+        // server reports an interrupt before it releases them).
+        let overlaps = !std::ptr::eq(other, op)
             && other.call < op.ret_or_never()
             && op.call < other.ret_or_never();
-        if overlaps && other.outcome.is_none() && sweeps_jobs(&other.command) {
-            // A sweep whose answer was lost may have locked any job before
-            // it ended (a statement cancelled after its `FOR UPDATE`).
-            named.extend(every_job(history));
-        } else if overlaps {
-            named.extend(jobs_named(other));
+        if !overlaps {
+            continue;
+        }
+        match &other.command {
+            // A claim locks every row its snapshot showed available before
+            // it re-checks it, and keeps the lock of a row the re-check
+            // drops (taken meanwhile): any job of its queue.
+            Command::Claim { queue, .. } if other.outcome.is_some() => {
+                named.extend(jobs_of(history, queue));
+            }
+            // Likewise promote, rescue and prune (any job their scans may
+            // have matched in their snapshots), and any sweep whose answer
+            // was lost (cancelled after its `FOR UPDATE`).
+            command if sweeps_jobs(command) => named.extend(every_job(history)),
+            _ => named.extend(jobs_named(other)),
         }
     }
     for hold in &history.holds {
@@ -266,6 +283,24 @@ pub fn sweeps_jobs(command: &Command) -> bool {
             | Command::Rescue { .. }
             | Command::Prune { .. }
     )
+}
+
+/// The jobs the history's enqueues created in `queue`.
+fn jobs_of(history: &History, queue: &weir_core::QueueName) -> Vec<JobId> {
+    history
+        .ops
+        .iter()
+        .filter_map(|op| match (&op.command, &op.outcome) {
+            (Command::Enqueue { jobs }, Some(Outcome::Enqueued(Ok(enqueued)))) => Some(
+                jobs.iter()
+                    .zip(enqueued)
+                    .filter(|(job, e)| &job.queue == queue && !e.duplicate)
+                    .map(|(_, e)| e.id),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// Every job the history's enqueues created.

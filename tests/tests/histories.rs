@@ -79,6 +79,9 @@ const CI_SEEDS: u64 = 60;
 /// How many seeds a mutation test tries before it says the checker missed
 /// the mutation.
 const MUTANT_SEEDS: u64 = 100;
+/// How long after a refused answer the rows its statement locked may
+/// still be held (the server answers before its abort releases them).
+const REFUSED_LOCKS_OUTLAST_MS: u64 = 50;
 /// The last client's statement timeout.
 const STATEMENT_TIMEOUT_MS: u32 = 40;
 const BUDGET: u64 = 200_000;
@@ -784,9 +787,19 @@ async fn record(
     }
     ops.sort_by_key(|op| op.call);
     // A refused command may have locked rows before it was rolled back:
-    // the jobs it names, or, for a sweep, any job.
+    // the jobs it names, or, for a sweep, any job. The server reports the
+    // error before it releases the locks, so they may outlast the answer:
+    // held until its client's next answer came back, and at least
+    // REFUSED_LOCKS_OUTLAST_MS after its own.
     let mut holds = holds;
     let every: Vec<JobId> = shared.jobs.lock().unwrap().clone();
+    let next_answer = |op: &Op| {
+        ops.iter()
+            .filter(|o| o.client == op.client && o.call > op.call)
+            .filter_map(|o| o.ret)
+            .min()
+            .unwrap_or(u64::MAX)
+    };
     for (op, _) in &refused {
         let jobs = if history::sweeps_jobs(&op.command) {
             every.clone()
@@ -794,10 +807,11 @@ async fn record(
             history::jobs_named(op)
         };
         if !jobs.is_empty() {
+            let ret = op.ret.unwrap_or(u64::MAX);
             holds.push(Hold {
                 jobs,
                 from: op.call,
-                to: op.ret.unwrap_or(u64::MAX),
+                to: next_answer(op).max(ret.saturating_add(REFUSED_LOCKS_OUTLAST_MS * 1_000_000)),
             });
         }
     }
@@ -1122,6 +1136,11 @@ async fn run(
                 std::fs::create_dir_all(&dir).unwrap();
                 let path = dir.join(format!("seed-{seed}.txt"));
                 std::fs::write(&path, history::render(history)).unwrap();
+                std::fs::write(
+                    path.with_extension("json"),
+                    serde_json::to_string(history).unwrap(),
+                )
+                .unwrap();
                 println!("seed {seed}: the whole history is in {}", path.display());
                 let small = history::shrink(history, SHRINK_BUDGET);
                 report.findings.push(format!(
@@ -1473,4 +1492,73 @@ async fn the_checker_catches_a_memory_world_that_grants_a_held_slot() {
     println!("AcquireIgnoresHolder: {refuted} of {checked} memory histories refuted");
     println!("{}", first.as_deref().unwrap_or("none"));
     assert!(refuted > 0, "no memory history of {checked} was refuted");
+}
+
+/// Judges a history a finding wrote (`target/tmp/histories/seed-N.json`)
+/// again, offline: `WEIR_HISTORY_FILE=… cargo test -p weir-tests --test
+/// histories judge_a_written_history -- --ignored --nocapture`. Prints
+/// where the search gets stuck: after the longest explained prefix, what
+/// the world answers to each operation that could go next, against what
+/// storage answered.
+#[test]
+#[ignore = "a tool: needs WEIR_HISTORY_FILE"]
+fn judge_a_written_history() {
+    let path = std::env::var("WEIR_HISTORY_FILE").expect("WEIR_HISTORY_FILE");
+    let history: History = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let verdict = history::check(&history, BUDGET);
+    let Verdict::NotLinearizable { longest } = verdict else {
+        println!("{verdict:?}");
+        return;
+    };
+    // Without the end state: if the answers alone are explained, show
+    // where the jobs that order leaves differ from storage's.
+    let mut answers = history.clone();
+    answers.last = None;
+    if let Verdict::Linearizable(order) = history::check(&answers, BUDGET) {
+        let mut world = World::new(history.config.clone());
+        for &i in &order {
+            world.apply_at_own_time(history.ops[i].at, history.ops[i].command.clone());
+        }
+        let left = history::observe(&world);
+        let stored = history.last.clone().unwrap_or_default();
+        println!("the answers are explained by {order:?}; the jobs differ:");
+        for job in left.iter().filter(|j| !stored.contains(j)) {
+            println!("  world:   {job:?}");
+        }
+        for job in stored.iter().filter(|j| !left.contains(j)) {
+            println!("  storage: {job:?}");
+        }
+    }
+    if std::env::var("WEIR_HISTORY_SHRINK").is_ok() {
+        let small = history::shrink(&history, 50 * BUDGET);
+        println!("shrunk with a larger budget:\n{}", small.render());
+    }
+    let mut world = World::new(history.config.clone());
+    for &i in &longest {
+        world.apply_at_own_time(history.ops[i].at, history.ops[i].command.clone());
+    }
+    println!(
+        "longest explained prefix: {} of {} operations",
+        longest.len(),
+        history.ops.len()
+    );
+    let pending: Vec<usize> = (0..history.ops.len())
+        .filter(|i| !longest.contains(i))
+        .collect();
+    let first_return = pending
+        .iter()
+        .filter_map(|&i| history.ops[i].ret)
+        .min()
+        .unwrap_or(u64::MAX);
+    for &i in &pending {
+        let op = &history.ops[i];
+        if op.call > first_return {
+            continue;
+        }
+        let got = world.clone().apply_at_own_time(op.at, op.command.clone());
+        println!(
+            "#{i} client {} @{}: {:?}\n   storage: {:?}\n   world:   {got:?}",
+            op.client, op.at.0, op.command, op.outcome
+        );
+    }
 }
