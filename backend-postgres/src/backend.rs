@@ -161,16 +161,11 @@ impl PgBackend {
         config: PgConfig,
         mutation: crate::mutants::SqlMutation,
     ) -> Result<PgBackend, ConfigError> {
-        config.world.claimer.validate()?;
-        Ok(PgBackend {
-            inner: Arc::new(Inner {
-                pool,
-                config,
-                explicit_now: AtomicI64::new(i64::MIN),
-                session: tokio::sync::Mutex::new(None),
-                mutation: Some(mutation),
-            }),
-        })
+        let mut backend = PgBackend::new(pool, config)?;
+        Arc::get_mut(&mut backend.inner)
+            .expect("a new backend is not shared yet")
+            .mutation = Some(mutation);
+        Ok(backend)
     }
 
     /// Connects a pool of up to `max_connections` to `url`. With

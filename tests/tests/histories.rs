@@ -595,25 +595,21 @@ async fn reset(superuser: &PgPool, tables: &[String], rng: &mut ChaCha8Rng) -> P
     .unwrap();
     let (mut sleeps, mut statement_sleeps) = (Vec::new(), Vec::new());
     for table in tables {
-        if rng.random_bool(0.5) {
-            let ms = rng.random_range(1..=8);
-            sqlx::query("INSERT INTO weir_perturb.sleep VALUES ($1, $2)")
-                .bind(table)
-                .bind(ms)
-                .execute(superuser)
-                .await
-                .unwrap();
-            sleeps.push((table.clone(), ms));
-        }
-        if rng.random_bool(0.5) {
-            let ms = rng.random_range(1..=8);
-            sqlx::query("INSERT INTO weir_perturb.statement_sleep VALUES ($1, $2)")
-                .bind(table)
-                .bind(ms)
-                .execute(superuser)
-                .await
-                .unwrap();
-            statement_sleeps.push((table.clone(), ms));
+        // Per row, then per statement: the seed's draws stay in this order.
+        for (into, drawn) in [
+            ("weir_perturb.sleep", &mut sleeps),
+            ("weir_perturb.statement_sleep", &mut statement_sleeps),
+        ] {
+            if rng.random_bool(0.5) {
+                let ms = rng.random_range(1..=8);
+                sqlx::query(&format!("INSERT INTO {into} VALUES ($1, $2)"))
+                    .bind(table)
+                    .bind(ms)
+                    .execute(superuser)
+                    .await
+                    .unwrap();
+                drawn.push((table.clone(), ms));
+            }
         }
     }
     Perturbation {
