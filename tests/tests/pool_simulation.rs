@@ -269,7 +269,10 @@ fn registry(ledger: &Arc<Ledger>, me: &Arc<Incarnation>) -> Registry {
                 };
                 let work = tokio::time::sleep(Duration::from_millis(task.ms));
                 if task.cooperative {
+                    // `biased`: an unbiased select draws from tokio's own
+                    // (unseeded) generator.
                     tokio::select! {
+                        biased;
                         () = work => {}
                         () = ctx.cancelled().cancelled() => {}
                     }
@@ -341,7 +344,7 @@ impl Sim {
         &self,
         rng: &mut ChaCha8Rng,
         lifetime: Option<Duration>,
-        stop: &tokio::sync::watch::Receiver<bool>,
+        stop: &Arc<Stop>,
     ) -> Result<(), String> {
         let process = self.next_process.fetch_add(1, Ordering::SeqCst);
         self.incarnations.fetch_add(1, Ordering::SeqCst);
@@ -353,12 +356,12 @@ impl Sim {
             config,
         )
         .map_err(|e| e.to_string())?;
-        let mut stop = stop.clone();
+        let stop = Arc::clone(stop);
         let shutdown = async move {
             match lifetime {
                 Some(lifetime) => tokio::time::sleep(lifetime).await,
                 None => {
-                    let _ = stop.wait_for(|stop| *stop).await;
+                    stop.wait().await;
                 }
             }
         };
@@ -403,11 +406,7 @@ impl Sim {
 
     /// One pool slot: pools one after another until the fault phase ends,
     /// then one that runs until the simulation stops.
-    async fn slot(
-        self: Arc<Sim>,
-        index: u64,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    async fn slot(self: Arc<Sim>, index: u64, stop: Arc<Stop>) -> Result<(), String> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(10 + index);
         while !self.settling.load(Ordering::SeqCst) {
@@ -456,6 +455,34 @@ async fn operator(sim: Arc<Sim>, until: Instant) {
                 holder,
             });
             sim.backend.faults.count("forged_hint");
+        }
+    }
+}
+
+/// The simulation's "stop now" to its last pools. Not a
+/// `tokio::sync::watch`: a watch parks each waiter on one of several
+/// `Notify`s drawn at random, so pools that stop together would wake in a
+/// random order and the same seed would not replay the same trace. A
+/// single `Notify` wakes its waiters in the order they began to wait.
+#[derive(Default)]
+struct Stop {
+    sent: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn send(&self) {
+        self.sent.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.sent.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -573,9 +600,9 @@ async fn simulate_on_paused_clock(
     });
     backend.faults.on.store(true, Ordering::SeqCst);
     let fault_phase = Duration::from_millis(rng.random_range(3_000..=10_000));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(Stop::default());
     let slots: Vec<_> = (0..3)
-        .map(|i| tokio::spawn(Arc::clone(&sim).slot(i, stopped.clone())))
+        .map(|i| tokio::spawn(Arc::clone(&sim).slot(i, Arc::clone(&stop))))
         .collect();
     let operator = tokio::spawn(operator(Arc::clone(&sim), Instant::now() + fault_phase));
     tokio::time::sleep(fault_phase).await;
@@ -619,7 +646,7 @@ async fn simulate_on_paused_clock(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    stop.send(true).unwrap();
+    stop.send();
     let mut first_error = None;
     for slot in slots {
         if let Err(e) = slot.await.unwrap() {
@@ -729,9 +756,18 @@ fn every_deliberate_bug_of_the_pool_is_caught() {
 
 #[test]
 fn the_same_seed_replays_the_same_run() {
-    let a = simulate(7).unwrap_or_else(|e| panic!("seed 7: {e}\n  replay: {}", replay(7)));
-    let b = simulate(7).unwrap();
-    assert_eq!(a.trace, b.trace, "{a:?}\n{b:?}");
-    assert_eq!(a.runs, b.runs);
-    assert_eq!(a.states, b.states);
+    quiet_simulated_panics();
+    // Three runs of each of a few seeds: a source of randomness the
+    // simulation does not draw from its seed (once, tokio's watch channel
+    // waking the last pools in a random order) shows within them.
+    for seed in 5..9 {
+        let a = simulate(seed)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n  replay: {}", replay(seed)));
+        for _ in 0..2 {
+            let b = simulate(seed).unwrap();
+            assert_eq!(a.trace, b.trace, "seed {seed}:\n{a:?}\n{b:?}");
+            assert_eq!(a.runs, b.runs);
+            assert_eq!(a.states, b.states);
+        }
+    }
 }
