@@ -581,6 +581,27 @@ impl World {
         outcome
     }
 
+    /// [`Command::Enqueue`] of `jobs` at exactly `now`, giving the `k`-th
+    /// job, when it is new, the id `ids[k]` rather than the next one: the
+    /// id storage gave it. Storage draws ids from a sequence, which
+    /// concurrent inserts draw from in no serial order (and failed ones
+    /// leave gaps), so the history checker (`weir_tests::history`) names
+    /// each new job as storage did. An id that is missing, or that a job
+    /// already holds, gives the next unused id instead, which is none that
+    /// storage named (so an answer naming it cannot be explained).
+    #[doc(hidden)]
+    pub fn enqueue_as(
+        &mut self,
+        now: Timestamp,
+        jobs: Vec<NewJob>,
+        ids: &[Option<JobId>],
+    ) -> Outcome {
+        self.now = now.max(self.now);
+        let outcome = Outcome::Enqueued(self.enqueue_naming(now, jobs, ids));
+        self.check_after("enqueue", now);
+        outcome
+    }
+
     /// Dispatches `command` at `now` and, in debug builds, checks every
     /// invariant afterwards.
     fn checked_dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {
@@ -846,6 +867,17 @@ impl World {
     }
 
     fn enqueue(&mut self, now: Timestamp, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, Reject> {
+        self.enqueue_naming(now, jobs, &[])
+    }
+
+    /// [`World::enqueue`], the `k`-th job's id `ids[k]` where that is given
+    /// and unused ([`World::enqueue_as`]).
+    fn enqueue_naming(
+        &mut self,
+        now: Timestamp,
+        jobs: Vec<NewJob>,
+        ids: &[Option<JobId>],
+    ) -> Result<Vec<Enqueued>, Reject> {
         self.check_batch_len(jobs.len())?;
         // All or none: validate the whole batch before writing anything.
         for (index, job) in jobs.iter().enumerate() {
@@ -853,7 +885,7 @@ impl World {
                 .map_err(|error| Reject::InvalidJob { index, error })?;
         }
         let mut out = Vec::with_capacity(jobs.len());
-        for new in jobs {
+        for (index, new) in jobs.into_iter().enumerate() {
             if let Some(key) = &new.unique_key {
                 if let Some(&existing) = self.unique.get(&(new.kind.clone(), key.clone())) {
                     out.push(Enqueued {
@@ -863,8 +895,11 @@ impl World {
                     continue;
                 }
             }
-            let id = JobId(self.next_id);
-            self.next_id += 1;
+            let id = match ids.get(index).copied().flatten() {
+                Some(named) if !self.jobs.contains_key(&named) => named,
+                _ => JobId(self.next_id),
+            };
+            self.next_id = self.next_id.max(id.0.saturating_add(1));
             if let Some(key) = &new.unique_key {
                 self.unique.insert((new.kind.clone(), key.clone()), id);
             }

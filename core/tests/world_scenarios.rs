@@ -729,3 +729,28 @@ fn a_handler_cancels_its_own_job_but_a_late_worker_cannot() {
     assert!(matches!(results[0], Err(Reject::StaleEpoch { .. })));
     assert_eq!(h.world.job(id).unwrap().receipt(), Some(fresh));
 }
+
+#[test]
+fn an_enqueue_named_as_storage_named_it_takes_those_ids_and_no_taken_one() {
+    let mut world = World::new(config());
+    let job = || NewJob::new(queue(), kind("noop"), Payload::default());
+    let ids = |outcome: Outcome| match outcome {
+        Outcome::Enqueued(Ok(enqueued)) => enqueued.iter().map(|e| e.id.0).collect::<Vec<_>>(),
+        other => panic!("not enqueued: {other:?}"),
+    };
+    // Storage's sequence gave 7 and 3 (another insert drew 4..=6 between
+    // them); the job with no id named takes the next after the highest.
+    let named = world.enqueue_as(
+        Timestamp(0),
+        vec![job(), job(), job()],
+        &[Some(JobId(7)), Some(JobId(3)), None],
+    );
+    assert_eq!(ids(named), vec![7, 3, 8]);
+    // An id a job holds already is not given twice.
+    let taken = world.enqueue_as(Timestamp(0), vec![job()], &[Some(JobId(3))]);
+    assert_eq!(ids(taken), vec![9]);
+    assert_eq!(
+        ids(world.apply(Timestamp(0), Command::Enqueue { jobs: vec![job()] })),
+        vec![10]
+    );
+}

@@ -30,10 +30,18 @@
 //!   scan `FOR UPDATE` locks each row its snapshot matched before it
 //!   re-checks it, and keeps the lock of a row the re-check drops. So does
 //!   a sweep whose answer was lost (cancelled after its `FOR UPDATE`).
+//!   An overlapping enqueue may hold the jobs that hold its unique keys
+//!   ([`jobs_locked`]): racing another enqueue for a key, it takes the
+//!   winner's row with `ON CONFLICT DO UPDATE`, locked until it commits.
 //!   Nothing else is skipped: a sweep that passes over a job nothing could
 //!   have held is refuted.
 //! - **Lost answers.** An operation whose answer was lost is placed
-//!   anywhere after it was sent, or nowhere.
+//!   anywhere between when it was sent and when the error came back
+//!   ([`Op::ret`]), or nowhere; with no `ret`, anywhere after it was sent.
+//!   The recorder gives a `ret` because every fault it injects acts on the
+//!   server (a cancel, a statement timeout, a terminated session), and a
+//!   server that has answered with an error, or exited, does nothing
+//!   more.
 //! - **Refusals.** An operation storage answered with "certainly not
 //!   applied" (`BackendError::Unavailable` or `Refused`) is not part of
 //!   the history: it took no effect, so no order needs it. If it did take
@@ -63,19 +71,31 @@ use weir_core::{
 pub struct Op {
     /// Which client issued it.
     pub client: usize,
+    /// The operating-system process the client ran in.
+    #[serde(default)]
+    pub process: u32,
     /// The time it ran at, on storage's clock.
     pub at: Timestamp,
     /// What it asked.
     pub command: Command,
     /// When it was sent, in nanoseconds on the recorder's monotonic clock.
     pub call: u64,
-    /// When its answer came back; `None` when the answer was lost.
+    /// When its answer came back: for a lost answer, when the error did
+    /// (the command took effect before it, or not at all). `None` when
+    /// that is not known: a lost answer that may take effect any time
+    /// after it was sent.
     pub ret: Option<u64>,
     /// The answer; `None` when it was lost (the command may or may not
     /// have taken effect).
     pub outcome: Option<Outcome>,
     /// Why the answer was lost, when it was.
     pub lost: Option<String>,
+    /// For an enqueue whose answer was lost: the id storage gave each of
+    /// its jobs, where the recorder found the job afterwards (by its
+    /// payload, which no other job shares). The jobs of an answered
+    /// enqueue are named by its answer.
+    #[serde(default)]
+    pub found: Vec<Option<JobId>>,
 }
 
 impl Op {
@@ -85,6 +105,19 @@ impl Op {
 
     fn ret_or_never(&self) -> u64 {
         self.ret.unwrap_or(u64::MAX)
+    }
+
+    /// The ids storage gave an enqueue's new jobs, by position in the
+    /// batch: from its answer, or what the recorder [`found`](Op::found).
+    pub fn created(&self) -> Vec<Option<JobId>> {
+        match &self.outcome {
+            Some(Outcome::Enqueued(Ok(enqueued))) => enqueued
+                .iter()
+                .map(|e| (!e.duplicate).then_some(e.id))
+                .collect(),
+            Some(_) => Vec::new(),
+            None => self.found.clone(),
+        }
     }
 }
 
@@ -225,8 +258,9 @@ fn skippable(history: &History, i: usize) -> BTreeSet<JobId> {
     let mut named = BTreeSet::new();
     for other in &history.ops {
         // Any client's, this one's too: an operation whose answer was lost
-        // may still hold its locks after its client has moved on (the
-        // server reports an interrupt before it releases them).
+        // with no `ret` may still hold its locks after its client has
+        // moved on. (With a `ret`, the server reported the interrupt
+        // before it released them: the recorder adds a `Hold` for that.)
         let overlaps = !std::ptr::eq(other, op)
             && other.call < op.ret_or_never()
             && op.call < other.ret_or_never();
@@ -244,7 +278,7 @@ fn skippable(history: &History, i: usize) -> BTreeSet<JobId> {
             // have matched in their snapshots), and any sweep whose answer
             // was lost (cancelled after its `FOR UPDATE`).
             command if sweeps_jobs(command) => named.extend(every_job(history)),
-            _ => named.extend(jobs_named(other)),
+            _ => named.extend(jobs_locked(history, other)),
         }
     }
     for hold in &history.holds {
@@ -290,12 +324,12 @@ fn jobs_of(history: &History, queue: &weir_core::QueueName) -> Vec<JobId> {
     history
         .ops
         .iter()
-        .filter_map(|op| match (&op.command, &op.outcome) {
-            (Command::Enqueue { jobs }, Some(Outcome::Enqueued(Ok(enqueued)))) => Some(
+        .filter_map(|op| match &op.command {
+            Command::Enqueue { jobs } => Some(
                 jobs.iter()
-                    .zip(enqueued)
-                    .filter(|(job, e)| &job.queue == queue && !e.duplicate)
-                    .map(|(_, e)| e.id),
+                    .zip(op.created())
+                    .filter(|(job, _)| &job.queue == queue)
+                    .filter_map(|(_, id)| id),
             ),
             _ => None,
         })
@@ -308,11 +342,7 @@ fn every_job(history: &History) -> Vec<JobId> {
     history
         .ops
         .iter()
-        .filter_map(|op| match &op.outcome {
-            Some(Outcome::Enqueued(Ok(enqueued))) => Some(enqueued.iter().map(|e| e.id)),
-            _ => None,
-        })
-        .flatten()
+        .flat_map(|op| op.created().into_iter().flatten())
         .collect()
 }
 
@@ -331,6 +361,46 @@ pub fn jobs_named(op: &Op) -> Vec<JobId> {
     };
     if let Some(Outcome::Claimed(Ok(claimed))) = &op.outcome {
         jobs.extend(claimed.jobs.iter().map(|j| j.receipt.job));
+    }
+    jobs
+}
+
+/// The jobs whose rows `op` may have held locked while it ran: the ones
+/// it [names](jobs_named), and for an enqueue with unique keys, the jobs
+/// that hold its keys. An enqueue that races another for a key takes the
+/// winner's row with `ON CONFLICT DO UPDATE`, which locks it until the
+/// enqueue commits, so a claim meanwhile skips that job although it is
+/// available: the duplicates the answer names, or, with no answer, every
+/// job the history's enqueues created under one of its keys.
+pub fn jobs_locked(history: &History, op: &Op) -> Vec<JobId> {
+    let mut jobs = jobs_named(op);
+    let Command::Enqueue { jobs: new } = &op.command else {
+        return jobs;
+    };
+    match &op.outcome {
+        Some(Outcome::Enqueued(Ok(enqueued))) => {
+            jobs.extend(enqueued.iter().filter(|e| e.duplicate).map(|e| e.id));
+        }
+        Some(_) => {}
+        None => {
+            let keys: BTreeSet<_> = new
+                .iter()
+                .filter_map(|job| Some((&job.kind, job.unique_key.as_ref()?)))
+                .collect();
+            for other in &history.ops {
+                let Command::Enqueue { jobs: made } = &other.command else {
+                    continue;
+                };
+                for (job, id) in made.iter().zip(other.created()) {
+                    let key = job.unique_key.as_ref().map(|key| (&job.kind, key));
+                    if let (Some(key), Some(id)) = (key, id) {
+                        if keys.contains(&key) {
+                            jobs.push(id);
+                        }
+                    }
+                }
+            }
+        }
     }
     jobs
 }
@@ -390,7 +460,9 @@ impl Search<'_> {
                 continue;
             }
             let mut next = world.clone();
-            let outcome = if self.skippable[i].is_empty() {
+            let outcome = if let Command::Enqueue { jobs } = &op.command {
+                next.enqueue_as(op.at, jobs.clone(), &op.created())
+            } else if self.skippable[i].is_empty() {
                 next.apply_at_own_time(op.at, op.command.clone())
             } else {
                 next.apply_skipping(op.at, op.command.clone(), &self.skippable[i])
@@ -599,12 +671,14 @@ mod tests {
     fn op(client: usize, at: i64, command: Command, call: u64, ret: u64, outcome: Outcome) -> Op {
         Op {
             client,
+            process: 0,
             at: Timestamp(at),
             command,
             call,
             ret: Some(ret),
             outcome: Some(outcome),
             lost: None,
+            found: Vec::new(),
         }
     }
 

@@ -28,7 +28,9 @@
 //! [`history`] judges concurrent histories: what several clients did to
 //! one backend at once is linearizable with the world as its sequential
 //! specification, or it is shrunk and printed (`tests/histories.rs`
-//! records them against Postgres and the memory backend).
+//! records them against Postgres and the memory backend, with the
+//! clients of [`history_client`], in its own process or in
+//! `src/bin/history_client.rs`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -36,6 +38,7 @@
 pub mod chaos;
 pub mod clocks;
 pub mod history;
+pub mod history_client;
 pub mod recording;
 pub mod scenarios;
 
