@@ -405,6 +405,35 @@ pub fn jobs_locked(history: &History, op: &Op) -> Vec<JobId> {
     jobs
 }
 
+/// What `world` answers to `op`, applied as the checker applies it: at
+/// its own time, an enqueue naming its jobs as storage did, a sweep
+/// passing over `skip`.
+fn apply(world: &mut World, op: &Op, skip: &BTreeSet<JobId>) -> Outcome {
+    if let Command::Enqueue { jobs } = &op.command {
+        world.enqueue_as(op.at, jobs.clone(), &op.created())
+    } else if skip.is_empty() {
+        world.apply_at_own_time(op.at, op.command.clone())
+    } else {
+        world.apply_skipping(op.at, op.command.clone(), skip)
+    }
+}
+
+/// The world the operations `order` of `history` leave, applied one after
+/// another as the checker applies them, with the answer each got.
+pub fn replay(history: &History, order: &[usize]) -> (World, Vec<Outcome>) {
+    let mut world = World::new(history.config.clone());
+    let answers = order
+        .iter()
+        .map(|&i| apply(&mut world, &history.ops[i], &skippable(history, i)))
+        .collect();
+    (world, answers)
+}
+
+/// What `world` would answer the `i`-th operation of `history` next.
+pub fn answer_next(history: &History, world: &World, i: usize) -> Outcome {
+    apply(&mut world.clone(), &history.ops[i], &skippable(history, i))
+}
+
 struct Search<'a> {
     ops: &'a [Op],
     last: Option<&'a Vec<Observed>>,
@@ -460,13 +489,7 @@ impl Search<'_> {
                 continue;
             }
             let mut next = world.clone();
-            let outcome = if let Command::Enqueue { jobs } = &op.command {
-                next.enqueue_as(op.at, jobs.clone(), &op.created())
-            } else if self.skippable[i].is_empty() {
-                next.apply_at_own_time(op.at, op.command.clone())
-            } else {
-                next.apply_skipping(op.at, op.command.clone(), &self.skippable[i])
-            };
+            let outcome = apply(&mut next, op, &self.skippable[i]);
             let explains = match &op.outcome {
                 Some(recorded) => *recorded == outcome,
                 None => true,

@@ -1229,10 +1229,7 @@ fn judge_a_written_history() {
     let mut answers = history.clone();
     answers.last = None;
     if let Verdict::Linearizable(order) = history::check(&answers, BUDGET) {
-        let mut world = World::new(history.config.clone());
-        for &i in &order {
-            world.apply_at_own_time(history.ops[i].at, history.ops[i].command.clone());
-        }
+        let (world, _) = history::replay(&history, &order);
         let left = history::observe(&world);
         let stored = history.last.clone().unwrap_or_default();
         println!("the answers are explained by {order:?}; the jobs differ:");
@@ -1247,10 +1244,7 @@ fn judge_a_written_history() {
         let small = history::shrink(&history, 50 * BUDGET);
         println!("shrunk with a larger budget:\n{}", small.render());
     }
-    let mut world = World::new(history.config.clone());
-    for &i in &longest {
-        world.apply_at_own_time(history.ops[i].at, history.ops[i].command.clone());
-    }
+    let (world, _) = history::replay(&history, &longest);
     println!(
         "longest explained prefix: {} of {} operations",
         longest.len(),
@@ -1259,8 +1253,11 @@ fn judge_a_written_history() {
     let pending: Vec<usize> = (0..history.ops.len())
         .filter(|i| !longest.contains(i))
         .collect();
+    // The answered operations that could come next (a lost one may be
+    // left out, so it does not bound them).
     let first_return = pending
         .iter()
+        .filter(|&&i| history.ops[i].outcome.is_some())
         .filter_map(|&i| history.ops[i].ret)
         .min()
         .unwrap_or(u64::MAX);
@@ -1269,7 +1266,7 @@ fn judge_a_written_history() {
         if op.call > first_return {
             continue;
         }
-        let got = world.clone().apply_at_own_time(op.at, op.command.clone());
+        let got = history::answer_next(&history, &world, i);
         println!(
             "#{i} client {} @{}: {:?}\n   storage: {:?}\n   world:   {got:?}",
             op.client, op.at.0, op.command, op.outcome
