@@ -17,12 +17,29 @@ cd "$(dirname "$0")/.."
 echo "== cargo test --workspace"
 cargo test --workspace
 
-echo "== examples (each against a throwaway Postgres unless DATABASE_URL is set)"
+echo "== examples (each against a throwaway Postgres unless DATABASE_URL is set) (at ${SECONDS}s)"
+# The binaries `cargo test --workspace` just built: `cargo run -p
+# weir-examples` would build them again with that package's features only
+# (another copy of sqlx and the backends, minutes in CI).
+built=$(cargo test --workspace --no-run --message-format=json 2>/dev/null)
 for example in quickstart transactional_enqueue cache_warmer external_callback; do
-    cargo run -q -p weir-examples --example "$example"
+    binary=$(printf '%s\n' "$built" | python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and m["target"]["name"] == name
+            and "example" in m["target"]["kind"] and m.get("executable")):
+        print(m["executable"])
+' "$example")
+    if [ -z "$binary" ]; then
+        echo "example $example was not built by cargo test --workspace" >&2
+        exit 1
+    fi
+    "$binary"
 done
 
-echo "== loom: the memory backend's lock and virtual clock, every interleaving"
+echo "== loom: the memory backend's lock and virtual clock, every interleaving (at ${SECONDS}s)"
 # Its own target directory: --cfg loom changes every crate's build. No
 # default features: the runtime pulls in tokio, which cannot build under loom.
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
@@ -31,11 +48,11 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
 
 sim_seeds="${WEIR_SIM_SEEDS:-200}"
 sim_ops="${WEIR_SIM_OPS:-10000}"
-echo "== simulator: seeds 0..$sim_seeds × $sim_ops operations"
+echo "== simulator: seeds 0..$sim_seeds × $sim_ops operations (at ${SECONDS}s)"
 cargo run --release -q -p weir-cli --no-default-features -- simulate \
     --seeds "0..$sim_seeds" --ops "$sim_ops" --check-coverage
 
 if [ -x correctness/run-tlc.sh ]; then
-    echo "== TLA+ specs (TLC)"
+    echo "== TLA+ specs (TLC) (at ${SECONDS}s)"
     correctness/run-tlc.sh
 fi

@@ -6,8 +6,8 @@
 use std::process::Command;
 
 /// About 20-60 s on two cores, so not part of every `cargo test`: `.ci/run`
-/// runs it as its own stage (`cargo test -p weir-cli --test bench --
-/// --ignored`).
+/// runs it as its own stage (`cargo test --workspace --test bench --
+/// --ignored`, which reuses the workspace's build).
 #[test]
 #[ignore = "the bench smoke run: cargo test -p weir-cli --test bench -- --ignored"]
 fn bench_all_quick_runs_end_to_end_and_writes_its_files() {
