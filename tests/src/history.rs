@@ -790,4 +790,53 @@ mod tests {
         assert_eq!(answered[0].command, acquire(2));
         assert!(small.hidden[1].is_some(), "{}", small.render());
     }
+    /// A claim may come back empty beside an available job while an
+    /// enqueue that answered that job as its key's duplicate ran (its `ON
+    /// CONFLICT DO UPDATE` held the row), and not once that enqueue had
+    /// returned.
+    #[test]
+    fn a_claim_may_skip_a_job_only_while_an_enqueue_deduplicates_against_it() {
+        let keyed = NewJob {
+            unique_key: Some(weir_core::UniqueKey::new("u").unwrap()),
+            ..NewJob::new(queue(), Kind::new("k").unwrap(), Payload(vec![]))
+        };
+        let enqueue = Command::Enqueue {
+            jobs: vec![keyed.clone()],
+        };
+        let answers = serial(&[
+            (Timestamp(1), enqueue.clone()),
+            (Timestamp(2), acquire(1)),
+            (Timestamp(3), enqueue.clone()),
+        ]);
+        let Outcome::ClaimerAcquired(Ok((claimer, _))) = answers[1].clone() else {
+            panic!("acquired: {:?}", answers[1])
+        };
+        let claim = Command::Claim {
+            queue: queue(),
+            claimer,
+            max: 1,
+            kinds: None,
+        };
+        let empty = Outcome::Claimed(Ok(weir_core::Claimed::default()));
+        let history = |dedup: (u64, u64)| History {
+            holds: Vec::new(),
+            last: None,
+            config: config(),
+            ops: vec![
+                op(0, 1, enqueue.clone(), 0, 1, answers[0].clone()),
+                op(1, 2, acquire(1), 2, 3, answers[1].clone()),
+                op(0, 3, enqueue.clone(), dedup.0, dedup.1, answers[2].clone()),
+                op(1, 4, claim.clone(), 10, 12, empty.clone()),
+            ],
+        };
+        assert!(matches!(answers[2], Outcome::Enqueued(Ok(ref e)) if e[0].duplicate));
+        // The duplicate's enqueue overlaps the claim: the row may have
+        // been locked.
+        assert!(matches!(
+            check(&history((9, 13)), 10_000),
+            Verdict::Linearizable(_)
+        ));
+        // It had returned before the claim was sent: nothing held the job.
+        assert!(check(&history((4, 5)), 10_000).refuted());
+    }
 }
