@@ -35,7 +35,11 @@ use crate::rows::{
 /// waits for it) is a conflict on `jobs_unique`, and `DO UPDATE` returns
 /// the job that holds it as committed, whatever the snapshot (an update
 /// of the row to itself, only in that race). `won` matches such a row to
-/// its input job by key: its id is not the one drawn for the input.
+/// its input job by key: its id is not the one drawn for the input. Rows
+/// are inserted in key order, not batch order (ids are drawn in batch
+/// order first): two enqueues that take the same keys then wait for each
+/// other's index entries in one order, never in a cycle (in batch order
+/// they deadlocked, one of them refused).
 const ENQUEUE_SQL: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
 input AS (
@@ -69,7 +73,7 @@ ins AS (
            CASE WHEN coalesce(f.run_at, c.now) > c.now THEN 'scheduled' ELSE 'available' END,
            coalesce(f.run_at, c.now)
     FROM fresh f, clock c
-    ORDER BY f.id
+    ORDER BY f.kind, f.unique_key, f.id
     ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL
         DO UPDATE SET unique_key = j.unique_key
     RETURNING id, queue, state, kind, unique_key

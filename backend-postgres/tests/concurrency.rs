@@ -955,3 +955,51 @@ async fn an_interrupted_statement_is_a_lost_answer_not_a_refusal() {
         other => panic!("an interrupted statement answered {other:?}, not Lost"),
     }
 }
+
+/// Two enqueues that take the same unique keys in opposite orders, at
+/// once. Each inserted its rows in batch order, so each held one key's
+/// index entry and waited for the other's: a deadlock, and one of them
+/// refused. Found by the history checker's soak (seed 42990: `client 0
+/// was refused Enqueue … with no fault on it: deadlock detected`). Rows
+/// with keys are inserted in key order, so both take them in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueues_taking_the_same_keys_in_opposite_orders_do_not_deadlock() {
+    let db = database().await;
+    let superuser = db.pool().await;
+    // Every job insert sleeps first, so both statements have inserted
+    // their first row before either inserts its second.
+    sqlx::raw_sql(
+        r"CREATE FUNCTION weir.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$;
+          CREATE TRIGGER slow BEFORE INSERT ON weir.jobs
+              FOR EACH ROW EXECUTE FUNCTION weir.slow();",
+    )
+    .execute(&superuser)
+    .await
+    .unwrap();
+    let a = process(&db, "weir-keys-a", WorldConfig::default()).await;
+    let b = process(&db, "weir-keys-b", WorldConfig::default()).await;
+    let enqueue = |keys: [&str; 2]| Command::Enqueue {
+        jobs: keys.iter().map(|k| keyed(k)).collect(),
+    };
+    let (first, second) = tokio::join!(
+        a.execute_at(Timestamp(0), enqueue(["x", "y"])),
+        b.execute_at(Timestamp(0), enqueue(["y", "x"])),
+    );
+    for (who, answer) in [("a", &first), ("b", &second)] {
+        assert!(
+            matches!(answer, Ok(Outcome::Enqueued(Ok(_)))),
+            "enqueue {who} answered {answer:?}"
+        );
+    }
+    // One of them created both jobs; the other found them as duplicates.
+    let ids = |answer: &Result<Outcome, BackendError>| match answer {
+        Ok(Outcome::Enqueued(Ok(e))) => {
+            let mut ids: Vec<i64> = e.iter().map(|e| e.id.0).collect();
+            ids.sort();
+            ids
+        }
+        _ => unreachable!("checked above"),
+    };
+    assert_eq!(ids(&first), ids(&second));
+}

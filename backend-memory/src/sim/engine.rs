@@ -83,6 +83,8 @@ pub(crate) enum Event {
     Arrive {
         route: Route,
         command: Command,
+        /// When it left its process.
+        sent: Timestamp,
     },
     Deliver {
         to: ProcRef,
@@ -268,7 +270,11 @@ impl Engine {
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
-            Event::Arrive { route, command } => self.arrive(route, command),
+            Event::Arrive {
+                route,
+                command,
+                sent,
+            } => self.arrive(route, command, sent),
             Event::Deliver { to, reply } => self.deliver(to, reply),
             Event::HandlerDone {
                 to,
@@ -288,7 +294,22 @@ impl Engine {
 
     /// Applies one command at the virtual time, checks every invariant of
     /// the state and the step, and records it in the trace and the counts.
+    /// Its sender sent it now and has the outcome now (the client, a
+    /// callback, storage itself).
     pub(crate) fn apply(&mut self, sender: u64, command: Command) -> Result<Outcome, String> {
+        let now = self.now();
+        self.apply_sent(sender, command, now)
+    }
+
+    /// [`Engine::apply`] of a command its sender sent at `sent`; the trace
+    /// step says the outcome reached it now, until [`Engine::answered`]
+    /// says otherwise.
+    fn apply_sent(
+        &mut self,
+        sender: u64,
+        command: Command,
+        sent: Timestamp,
+    ) -> Result<Outcome, String> {
         let seen = command.clone();
         let outcome = self
             .backend
@@ -306,6 +327,9 @@ impl Engine {
                 sender,
                 command: seen.clone(),
                 outcome: outcome.clone(),
+                sent,
+                answered: Some(at),
+                settled: at,
             });
         }
         self.coverage.outcome(&outcome);
@@ -313,8 +337,19 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// What the sender of the command applied last learns of it, and
+    /// when: its outcome (`answered`), or that it was lost, at `settled`;
+    /// `None` at the time it was applied when the sender never hears (a
+    /// duplicate's, a crashed sender's).
+    fn answered(&mut self, answered: Option<Timestamp>, settled: Timestamp) {
+        if let Some(step) = self.recorded.as_mut().and_then(|r| r.last_mut()) {
+            step.answered = answered;
+            step.settled = settled;
+        }
+    }
+
     /// A command arrives at storage from a process.
-    fn arrive(&mut self, route: Route, command: Command) -> Result<(), String> {
+    fn arrive(&mut self, route: Route, command: Command, sent: Timestamp) -> Result<(), String> {
         let from = route.from();
         let sender = from.id.0;
         let duplicate = matches!(command, Command::Complete { .. })
@@ -328,6 +363,7 @@ impl Engine {
             let again = Event::Arrive {
                 route: Route::Duplicate(from),
                 command: command.clone(),
+                sent,
             };
             self.schedule(later, again);
         }
@@ -339,8 +375,10 @@ impl Engine {
                 ..
             }
         );
-        let outcome = self.apply(sender, command)?;
+        let outcome = self.apply_sent(sender, command, sent)?;
         if matches!(route, Route::Duplicate(_)) {
+            let now = self.now();
+            self.answered(None, now);
             self.duplicate_applied(&outcome);
             return Ok(());
         }
@@ -361,6 +399,7 @@ impl Engine {
             Route::Semaphore(_, op) => Reply::Semaphore(op, (!lost).then_some(outcome)),
         };
         let at = self.now().plus(self.latency());
+        self.answered((!lost).then_some(at), at);
         self.schedule(at, Event::Deliver { to: from, reply });
         Ok(())
     }
@@ -693,11 +732,13 @@ impl Engine {
             .collect();
         let id = of.id.0;
         for key in keys {
-            let Some(Event::Arrive { command, .. }) = self.events.remove(&key) else {
+            let Some(Event::Arrive { command, sent, .. }) = self.events.remove(&key) else {
                 unreachable!("the key was just found as an arrival")
             };
             if self.rng.random_bool(0.5) {
-                self.apply(id, command)?;
+                self.apply_sent(id, command, sent)?;
+                let now = self.now();
+                self.answered(None, now);
             }
         }
         self.apply(STORAGE, Command::ProcessCrashed { process: of.id })?;

@@ -220,6 +220,17 @@ pub struct TraceStep {
     pub command: weir_core::Command,
     /// Its outcome.
     pub outcome: weir_core::Outcome,
+    /// When its sender sent it (at most `at`: the request's latency).
+    pub sent: Timestamp,
+    /// When the outcome reached its sender, or `None` when it never did
+    /// (lost on the way, a duplicate delivery's, a crashed sender's
+    /// request that landed anyway): the sender cannot tell whether it
+    /// took effect.
+    pub answered: Option<Timestamp>,
+    /// By when it had taken effect, as far as its sender can tell: when
+    /// the outcome, or word that it was lost, reached the sender; when it
+    /// was applied, for a duplicate delivery or a crashed sender's request.
+    pub settled: Timestamp,
 }
 
 /// Runs one simulation on a fresh world and returns every applied command

@@ -228,8 +228,16 @@ impl Engine {
         let index = to.index;
         self.procs[index].paused_until = None;
         for (route, command) in std::mem::take(&mut self.procs[index].held_requests) {
-            let at = self.now().plus(self.latency());
-            self.schedule(at, Event::Arrive { route, command });
+            let sent = self.now();
+            let at = sent.plus(self.latency());
+            self.schedule(
+                at,
+                Event::Arrive {
+                    route,
+                    command,
+                    sent,
+                },
+            );
         }
         let mut replies = std::mem::take(&mut self.procs[index].held_replies).into_iter();
         while let Some(reply) = replies.next() {
@@ -468,8 +476,16 @@ impl Engine {
                 return Ok(());
             }
         }
-        let at = self.now().plus(self.latency());
-        self.schedule(at, Event::Arrive { route, command });
+        let sent = self.now();
+        let at = sent.plus(self.latency());
+        self.schedule(
+            at,
+            Event::Arrive {
+                route,
+                command,
+                sent,
+            },
+        );
         Ok(())
     }
 
