@@ -30,7 +30,10 @@ use crate::rows::{
 /// The batch enqueue, one statement, so all of it commits or none (a
 /// second statement after an autocommit first one could fail after the
 /// first committed). Unique keys: a key the statement's snapshot sees is a
-/// duplicate of that job (`existing`); a key a concurrent insert took
+/// duplicate of that job (`existing`), which it locks `FOR KEY SHARE`
+/// until it commits, so a prune cannot remove the job it names meanwhile
+/// (a prune passes over it; one that locked it first has deleted it by
+/// the time the lock is granted, and the enqueue creates the job); a key a concurrent insert took
 /// after the snapshot (committed since, or still in flight: the insert
 /// waits for it) is a conflict on `jobs_unique`, and `DO UPDATE` returns
 /// the job that holds it as committed, whatever the snapshot (an update
@@ -55,6 +58,7 @@ bad AS (
 existing AS (
     SELECT i.ord, j.id FROM input i
     JOIN {s}.jobs j ON j.kind = i.kind AND j.unique_key = i.unique_key
+    FOR KEY SHARE OF j
 ),
 fresh AS (
     SELECT nextval('{s}.jobs_id_seq') AS id, f.* FROM (

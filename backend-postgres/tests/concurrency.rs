@@ -1003,3 +1003,99 @@ async fn enqueues_taking_the_same_keys_in_opposite_orders_do_not_deadlock() {
     };
     assert_eq!(ids(&first), ids(&second));
 }
+
+/// An enqueue that finds its key held by a finished job, while a prune
+/// removes that job. The enqueue read the key's holder in its snapshot
+/// and wrote its other rows after the prune had committed: it answered
+/// "a duplicate of job K" for a K no longer stored, and no serial order
+/// explains it (the enqueue must come before the prune to see K, and its
+/// jobs after a claim that began once the prune had returned). Found by
+/// the history soak (seed 43890; 11685 and 13212 before it). The
+/// enqueue now locks the holder it finds (`FOR KEY SHARE`), so the prune
+/// passes over it, or, had the prune locked it first, the enqueue finds
+/// it gone and creates the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_removed() {
+    let db = database().await;
+    let superuser = db.pool().await;
+    let client = process(&db, "weir-dedup", WorldConfig::default()).await;
+    let leader = process(&db, "weir-pruner", WorldConfig::default()).await;
+    let Ok(Outcome::Enqueued(Ok(made))) = client
+        .execute_at(
+            Timestamp(1_000),
+            Command::Enqueue {
+                jobs: vec![keyed("k")],
+            },
+        )
+        .await
+    else {
+        panic!("the first enqueue failed")
+    };
+    let held = made[0].id;
+    let cancelled = client
+        .execute_at(Timestamp(1_000), Command::Cancel { job: held })
+        .await;
+    assert!(
+        matches!(cancelled, Ok(Outcome::Cancelled(Ok(_)))),
+        "{cancelled:?}"
+    );
+    let Ok(Outcome::LeaderElected(Ok(grant))) = leader
+        .execute_at(
+            Timestamp(2_000),
+            Command::LeaderElect {
+                process: weir_core::ProcessId(7),
+            },
+        )
+        .await
+    else {
+        panic!("no leadership")
+    };
+    // The enqueue parks on inserting its new job, after it has read the
+    // key's holder.
+    park_on(&superuser, "jobs", "BEFORE INSERT", "true").await;
+    let mut gate = gate(&db).await;
+    let enqueue = tokio::spawn(async move {
+        client
+            .execute_at(
+                Timestamp(2_000),
+                Command::Enqueue {
+                    jobs: vec![keyed("k"), job()],
+                },
+            )
+            .await
+    });
+    until(
+        &superuser,
+        &waiting("weir-dedup", "advisory"),
+        "the enqueue parked",
+    )
+    .await;
+    let pruned = leader
+        .execute_at(
+            Timestamp(3_000),
+            Command::Prune {
+                leader: grant,
+                older_than: Millis(1),
+                max: 10,
+            },
+        )
+        .await;
+    open_gate(&mut gate).await;
+    let answer = enqueue.await.unwrap();
+    let stored: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM weir.jobs WHERE id = $1)")
+        .bind(held.0)
+        .fetch_one(&superuser)
+        .await
+        .unwrap();
+    let Ok(Outcome::Enqueued(Ok(enqueued))) = &answer else {
+        panic!("the enqueue answered {answer:?}")
+    };
+    if enqueued[0].duplicate {
+        assert!(
+            stored,
+            "the enqueue answered a duplicate of job {} which the prune removed \
+             meanwhile (prune: {pruned:?})",
+            held.0
+        );
+    }
+}
