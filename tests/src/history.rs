@@ -31,8 +31,9 @@
 //!   re-checks it, and keeps the lock of a row the re-check drops. So does
 //!   a sweep whose answer was lost (cancelled after its `FOR UPDATE`).
 //!   An overlapping enqueue may hold the jobs that hold its unique keys
-//!   ([`jobs_locked`]): racing another enqueue for a key, it takes the
-//!   winner's row with `ON CONFLICT DO UPDATE`, locked until it commits.
+//!   ([`jobs_locked`]): it locks each holder it finds `FOR KEY SHARE`,
+//!   and a racing winner's row with `ON CONFLICT DO UPDATE`, until it
+//!   commits.
 //!   Nothing else is skipped: a sweep that passes over a job nothing could
 //!   have held is refuted.
 //! - **Lost answers.** An operation whose answer was lost is placed
@@ -367,11 +368,12 @@ pub fn jobs_named(op: &Op) -> Vec<JobId> {
 
 /// The jobs whose rows `op` may have held locked while it ran: the ones
 /// it [names](jobs_named), and for an enqueue with unique keys, the jobs
-/// that hold its keys. An enqueue that races another for a key takes the
-/// winner's row with `ON CONFLICT DO UPDATE`, which locks it until the
-/// enqueue commits, so a claim meanwhile skips that job although it is
-/// available: the duplicates the answer names, or, with no answer, every
-/// job the history's enqueues created under one of its keys.
+/// that hold its keys. An enqueue locks each holder it finds (`FOR KEY
+/// SHARE`) and takes a racing winner's row with `ON CONFLICT DO UPDATE`,
+/// both until it commits, so a sweep meanwhile skips that job although
+/// it is available or finished: the duplicates the answer names, or,
+/// with no answer, every job the history's enqueues created under one of
+/// its keys.
 pub fn jobs_locked(history: &History, op: &Op) -> Vec<JobId> {
     let mut jobs = jobs_named(op);
     let Command::Enqueue { jobs: new } = &op.command else {
