@@ -121,6 +121,20 @@ async fn park_on(superuser: &PgPool, table: &str, timing: &str, when: &str) {
     .unwrap();
 }
 
+/// Makes every job insert sleep `seconds` first (a `BEFORE INSERT`
+/// trigger), after its statement's snapshot.
+async fn slow_inserts(superuser: &PgPool, seconds: f64) {
+    sqlx::raw_sql(&format!(
+        r"CREATE FUNCTION weir.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+          CREATE TRIGGER slow BEFORE INSERT ON weir.jobs
+              FOR EACH ROW EXECUTE FUNCTION weir.slow();"
+    ))
+    .execute(superuser)
+    .await
+    .unwrap();
+}
+
 /// A session holding the advisory lock 4242 that [`park_on`] waits for.
 async fn gate(db: &TestDatabase) -> PgConnection {
     let mut gate = PgConnection::connect(db.url()).await.unwrap();
@@ -938,15 +952,7 @@ async fn an_interrupted_statement_is_a_lost_answer_not_a_refusal() {
     .unwrap();
     let superuser = db.pool().await;
     // Every job insert sleeps past the statement timeout.
-    sqlx::raw_sql(
-        r"CREATE FUNCTION weir.slow() RETURNS trigger LANGUAGE plpgsql AS $$
-          BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$;
-          CREATE TRIGGER slow BEFORE INSERT ON weir.jobs
-              FOR EACH ROW EXECUTE FUNCTION weir.slow();",
-    )
-    .execute(&superuser)
-    .await
-    .unwrap();
+    slow_inserts(&superuser, 0.2).await;
     let answer = backend
         .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
         .await;
@@ -968,15 +974,7 @@ async fn enqueues_taking_the_same_keys_in_opposite_orders_do_not_deadlock() {
     let superuser = db.pool().await;
     // Every job insert sleeps first, so both statements have inserted
     // their first row before either inserts its second.
-    sqlx::raw_sql(
-        r"CREATE FUNCTION weir.slow() RETURNS trigger LANGUAGE plpgsql AS $$
-          BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$;
-          CREATE TRIGGER slow BEFORE INSERT ON weir.jobs
-              FOR EACH ROW EXECUTE FUNCTION weir.slow();",
-    )
-    .execute(&superuser)
-    .await
-    .unwrap();
+    slow_inserts(&superuser, 0.3).await;
     let a = process(&db, "weir-keys-a", WorldConfig::default()).await;
     let b = process(&db, "weir-keys-b", WorldConfig::default()).await;
     let enqueue = |keys: [&str; 2]| Command::Enqueue {
@@ -1090,12 +1088,15 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
     let Ok(Outcome::Enqueued(Ok(enqueued))) = &answer else {
         panic!("the enqueue answered {answer:?}")
     };
-    if enqueued[0].duplicate {
-        assert!(
-            stored,
-            "the enqueue answered a duplicate of job {} which the prune removed \
-             meanwhile (prune: {pruned:?})",
-            held.0
-        );
-    }
+    // A duplicate of a job still stored, or a new job because the holder
+    // was gone: never a duplicate of a removed job, nor a new job beside
+    // a holder still there.
+    assert_eq!(
+        enqueued[0].duplicate,
+        stored,
+        "the enqueue answered {:?} while job {} is {} (prune: {pruned:?})",
+        enqueued[0],
+        held.0,
+        if stored { "stored" } else { "removed" }
+    );
 }

@@ -228,16 +228,7 @@ impl Engine {
         let index = to.index;
         self.procs[index].paused_until = None;
         for (route, command) in std::mem::take(&mut self.procs[index].held_requests) {
-            let sent = self.now();
-            let at = sent.plus(self.latency());
-            self.schedule(
-                at,
-                Event::Arrive {
-                    route,
-                    command,
-                    sent,
-                },
-            );
+            self.transmit(route, command);
         }
         let mut replies = std::mem::take(&mut self.procs[index].held_replies).into_iter();
         while let Some(reply) = replies.next() {
@@ -476,6 +467,13 @@ impl Engine {
                 return Ok(());
             }
         }
+        self.transmit(route, command);
+        Ok(())
+    }
+
+    /// Puts a request on the wire now: it arrives at storage after a
+    /// drawn latency, remembering when it was sent.
+    fn transmit(&mut self, route: Route, command: Command) {
         let sent = self.now();
         let at = sent.plus(self.latency());
         self.schedule(
@@ -486,7 +484,6 @@ impl Engine {
                 sent,
             },
         );
-        Ok(())
     }
 
     /// A pause past the claimer idle threshold, or one past the heartbeat
