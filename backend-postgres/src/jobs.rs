@@ -98,7 +98,7 @@ LEFT JOIN ins won ON ins.id IS NULL AND won.kind = f.kind AND won.unique_key = f
 ORDER BY i.ord";
 
 const CLAIM_SQL: &str = "
-WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
+WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now, {s}.claim_gate($2) AS open),
 lease AS (
     SELECT (l.last_claimed_at::numeric <= c.now::numeric - $6::bigint
             OR l.expires_at <= {s}.plus_ms(c.now, $7::bigint)) AS stale
@@ -123,7 +123,7 @@ picked AS (
     WHERE j.state = 'available' AND j.queue = $2
       AND ($8::text[] IS NULL OR j.kind = ANY ($8::text[]))
       AND (SELECT ok FROM ok)
-      AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues p WHERE p.queue = $2)
+      AND (SELECT open FROM clock)
     ORDER BY j.priority, j.run_at, j.id
     LIMIT $9
     FOR UPDATE OF j SKIP LOCKED
@@ -175,7 +175,7 @@ const LITERAL_LIMIT_MAX: u32 = 128;
 /// one) and no final join. The old `priority` and `run_at` come back from
 /// `picked` so the jobs can be put in claim order and carry their due time.
 const CLAIM_FRESH_SQL: &str = "
-WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
+WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now, {s}.claim_gate($2) AS open),
 picked AS (
     SELECT j.id, j.priority, j.run_at FROM {s}.jobs j
     WHERE j.state = 'available' AND j.queue = $2
@@ -186,7 +186,7 @@ picked AS (
             AND l.expires_at > c.now
             AND l.last_claimed_at::numeric > c.now::numeric - $6::bigint
             AND l.expires_at > {s}.plus_ms(c.now, $7::bigint))
-      AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues p WHERE p.queue = $2)
+      AND (SELECT open FROM clock)
     ORDER BY j.priority, j.run_at, j.id
     LIMIT $9
     FOR UPDATE OF j SKIP LOCKED
@@ -702,18 +702,18 @@ impl PgBackend {
         queue: &QueueName,
         paused: bool,
     ) -> Result<bool, BackendError> {
+        // A pause is a barrier for the claims under way (`pause_queue` in
+        // migration 5): it answers only once they are over.
         let sql = if paused {
-            "INSERT INTO {s}.paused_queues (queue) VALUES ($1) ON CONFLICT DO NOTHING"
+            "SELECT {s}.pause_queue($1)"
         } else {
-            "DELETE FROM {s}.paused_queues WHERE queue = $1"
+            "WITH d AS (DELETE FROM {s}.paused_queues WHERE queue = $1 RETURNING 1) SELECT count(*) = 1 FROM d"
         };
-        let changed = sqlx::query(&self.sql(sql))
+        let changed: bool = sqlx::query_scalar(&self.sql(sql))
             .bind(queue.as_str())
-            .execute(self.via(&self.inner.pool))
+            .fetch_one(self.via(&self.inner.pool))
             .await
-            .map_err(db)?
-            .rows_affected()
-            == 1;
+            .map_err(db)?;
         if changed && !paused && self.inner.config.notify {
             // Work may have piled up while the queue was paused.
             sqlx::query(NOTIFY_SQL)

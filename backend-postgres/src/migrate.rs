@@ -50,10 +50,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "session holds",
         sql: include_str!("../migrations/0004_session_holds.sql"),
     },
+    Migration {
+        version: 5,
+        name: "pause barrier",
+        sql: include_str!("../migrations/0005_pause_barrier.sql"),
+    },
 ];
 
 /// The schema version this code reads and writes.
-pub const LATEST_VERSION: i32 = 4;
+pub const LATEST_VERSION: i32 = 5;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]

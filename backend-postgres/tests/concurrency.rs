@@ -1100,3 +1100,189 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
         if stored { "stored" } else { "removed" }
     );
 }
+
+// ---------------------------------------------------------------------
+// A pause and a claim already under way.
+// ---------------------------------------------------------------------
+
+/// A claim that was under way when a `PauseQueue` ran must be over before
+/// the pause answers: once the pause has answered, no claim hands out a
+/// job of that queue. The world applies a pause at one instant; a claim
+/// that read "not paused" from its statement's snapshot and took its job
+/// after the pause had answered fits no serial order with a later command
+/// that sees the job still available (the history soak, seed 51168: a
+/// `Retry` answered `NotRetryable { Available }` after the pause, and the
+/// in-flight claim took that job after both). The claim parks here in
+/// its own job update, after its snapshot and its row locks, while the
+/// pause runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_answers_only_after_every_claim_under_way_is_over() {
+    let db = database().await;
+    let superuser = db.pool().await;
+    let worker = process(&db, "weir-claimer", WorldConfig::default()).await;
+    let operator = process(&db, "weir-pauser", WorldConfig::default()).await;
+    worker
+        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .await
+        .unwrap();
+    let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
+        .execute_at(
+            Timestamp(0),
+            Command::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(1),
+            },
+        )
+        .await
+    else {
+        panic!("no claimer lease")
+    };
+    park_on(&superuser, "jobs", "BEFORE UPDATE", "NEW.state = 'running'").await;
+    let mut gate = gate(&db).await;
+    let claiming = tokio::spawn(async move {
+        let answer = worker
+            .execute_at(
+                Timestamp(1_000),
+                Command::Claim {
+                    queue: queue(),
+                    claimer,
+                    max: 1,
+                    kinds: None,
+                },
+            )
+            .await;
+        (answer, Instant::now())
+    });
+    until(
+        &superuser,
+        &waiting("weir-claimer", "advisory"),
+        "the claim parks in its job update",
+    )
+    .await;
+    let pausing = tokio::spawn(async move {
+        let answer = operator
+            .execute_at(Timestamp(1_000), Command::PauseQueue { queue: queue() })
+            .await;
+        (answer, Instant::now())
+    });
+    // The pause either answers at once or waits for the claim.
+    let start = Instant::now();
+    while !pausing.is_finished() {
+        let waits: bool =
+            sqlx::query_scalar(&format!("SELECT {}", waiting("weir-pauser", "advisory")))
+                .fetch_one(&superuser)
+                .await
+                .unwrap();
+        if waits {
+            break;
+        }
+        assert!(
+            start.elapsed() < REACH_WITHIN,
+            "the pause neither answered nor waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    open_gate(&mut gate).await;
+    let (claimed, claim_answered) = claiming.await.unwrap();
+    let (paused, pause_answered) = pausing.await.unwrap();
+    assert!(
+        matches!(paused, Ok(Outcome::QueuePauseChanged(true))),
+        "{paused:?}"
+    );
+    let Ok(Outcome::Claimed(Ok(claim))) = &claimed else {
+        panic!("the claim answered {claimed:?}")
+    };
+    assert!(
+        claim.jobs.is_empty() || claim_answered < pause_answered,
+        "the claim handed out {:?} {:?} after the pause had answered",
+        claim.jobs.iter().map(|j| j.receipt.job).collect::<Vec<_>>(),
+        claim_answered.duration_since(pause_answered),
+    );
+}
+
+/// The other half of the barrier: a claim that starts while a
+/// `PauseQueue` is under way (parked here after it took the queue's pause
+/// lock, before it commits) waits for the pause and then takes nothing.
+/// On the code before the fix the claim's snapshot saw no pause and it
+/// took the job, though the pause went on to answer after it had begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_starts_while_a_pause_is_under_way_takes_nothing() {
+    let db = database().await;
+    let superuser = db.pool().await;
+    let worker = process(&db, "weir-claimer", WorldConfig::default()).await;
+    let operator = process(&db, "weir-pauser", WorldConfig::default()).await;
+    worker
+        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .await
+        .unwrap();
+    let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
+        .execute_at(
+            Timestamp(0),
+            Command::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(1),
+            },
+        )
+        .await
+    else {
+        panic!("no claimer lease")
+    };
+    park_on(&superuser, "paused_queues", "BEFORE INSERT", "true").await;
+    let mut gate = gate(&db).await;
+    let pausing = tokio::spawn(async move {
+        operator
+            .execute_at(Timestamp(1_000), Command::PauseQueue { queue: queue() })
+            .await
+    });
+    until(
+        &superuser,
+        &waiting("weir-pauser", "advisory"),
+        "the pause parks in its insert",
+    )
+    .await;
+    let claiming = tokio::spawn(async move {
+        worker
+            .execute_at(
+                Timestamp(1_000),
+                Command::Claim {
+                    queue: queue(),
+                    claimer,
+                    max: 1,
+                    kinds: None,
+                },
+            )
+            .await
+    });
+    // The claim either answers at once or waits for the pause.
+    let start = Instant::now();
+    while !claiming.is_finished() {
+        let waits: bool =
+            sqlx::query_scalar(&format!("SELECT {}", waiting("weir-claimer", "advisory")))
+                .fetch_one(&superuser)
+                .await
+                .unwrap();
+        if waits {
+            break;
+        }
+        assert!(
+            start.elapsed() < REACH_WITHIN,
+            "the claim neither answered nor waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    open_gate(&mut gate).await;
+    let paused = pausing.await.unwrap();
+    let claimed = claiming.await.unwrap();
+    assert!(
+        matches!(paused, Ok(Outcome::QueuePauseChanged(true))),
+        "{paused:?}"
+    );
+    let Ok(Outcome::Claimed(Ok(claim))) = &claimed else {
+        panic!("the claim answered {claimed:?}")
+    };
+    assert!(
+        claim.jobs.is_empty(),
+        "the claim that began during the pause handed out {:?}",
+        claim.jobs.iter().map(|j| j.receipt.job).collect::<Vec<_>>()
+    );
+}
