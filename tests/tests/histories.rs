@@ -625,8 +625,16 @@ async fn hold_locks(
             Ok(ids) => {
                 tokio::time::sleep(Duration::from_millis(pause / 2)).await;
                 if jobs && !ids.is_empty() {
-                    let waiting: Vec<(String, String)> = sqlx::query_as(
-                        "SELECT application_name, query FROM pg_stat_activity \
+                    let waiting: Vec<(String, String, String, String)> = sqlx::query_as(
+                        "SELECT application_name, query, \
+                                coalesce(wait_event_type || ':' || wait_event, 'no wait'), \
+                                (SELECT coalesce(string_agg(l.locktype || ' ' || l.mode \
+                                        || coalesce(' on ' || l.relation::regclass::text, '') \
+                                        || coalesce(' xid ' || l.transactionid::text, '') \
+                                        || coalesce(' key ' || l.classid::text || '/' \
+                                                    || l.objid::text, ''), '; '), '') \
+                                 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted) \
+                         FROM pg_stat_activity a \
                          WHERE datname = current_database() \
                          AND pg_backend_pid() = ANY (pg_blocking_pids(pid)) \
                          AND (query LIKE '%picked AS%' OR query LIKE '%SKIP LOCKED%')",
@@ -634,10 +642,11 @@ async fn hold_locks(
                     .fetch_all(&mut *tx)
                     .await
                     .unwrap();
-                    for (client, query) in waiting {
+                    for (client, query, event, awaited) in waiting {
                         waits.push(format!(
                             "{client} waited for a job row another session held (jobs \
-                             {ids:?}), in a sweep that should skip locked rows: {}",
+                             {ids:?}; it waits on {event}, for {awaited}), in a sweep \
+                             that should skip locked rows: {}",
                             query.split_whitespace().collect::<Vec<_>>().join(" ")
                         ));
                     }
