@@ -29,7 +29,12 @@
 (*     are one state, which keeps this small enough for liveness, and time *)
 (*     never has to stop at a horizon.                                     *)
 (*   - A scan step is instantaneous; Tick may fall between two of them.    *)
-(*   - Each process makes one acquisition; that is enough for every race.  *)
+(*   - Each process makes one acquisition, and a session holder may once  *)
+(*     release and at once take the same slot again (Return: the runtime's *)
+(*     limiter gives a permit back and takes one for its next job under    *)
+(*     one process id). Every take bumps the slot's epoch, and a grant     *)
+(*     carries it (SlotGrant.epoch): the release of the earlier holding,   *)
+(*     delivered again late, must not free the new one.                    *)
 (***************************************************************************)
 EXTENDS Integers, FiniteSets, TLC
 
@@ -42,15 +47,18 @@ CONSTANTS
     LeaseTTL,       \* a lease hold's length, from acquisition or renewal
     ERRORS,         \* a try may fail with an error
     CRASH,          \* holders may crash
+    RETURNS,        \* how many times a session holder may Return (0 or 1)
     \* Deliberate bugs; each one must be caught by a named property.
     BUG_ACQUIRE_NO_HOLDER_CHECK,  \* try_slot takes the slot even if it is held
     BUG_SCAN_STOPS_AT_ERROR,      \* an error ends the scan: sleep, skip the rest
     BUG_IGNORES_DEADLINE,         \* poll never times out; it keeps rescanning
     BUG_RELEASE_ANY_HOLDER,       \* a release frees the slot whoever holds it
+    BUG_RELEASE_NO_EPOCH_CHECK,   \* a release checks the holder, not the epoch
     BUG_SESSION_END_KEEPS_SLOT    \* session end does not free the slot
 
 ASSUME N \in Nat \ {0} /\ WaitMax \in Nat \ {0} /\ RetryPause \in Nat \ {0}
 ASSUME LeaseTTL \in Nat \ {0} /\ SessionProcs \cap LeaseProcs = {}
+ASSUME RETURNS \in Nat
 
 Procs   == SessionProcs \cup LeaseProcs
 Slots   == 0..(N - 1)
@@ -68,24 +76,33 @@ Phases == {"idle",      \* not acquiring yet
            "crashed"}   \* crashed while holding
 
 VARIABLES
-    slot,      \* slot[i] = [holder, lease]: lease = Session, the ticks left
-               \*           of a lease hold (1..LeaseTTL), or 0 when free
+    slot,      \* slot[i] = [holder, lease, epoch]: lease = Session, the ticks
+               \*           left of a lease hold (1..LeaseTTL), or 0 when
+               \*           free; epoch is bumped by every take
     phase,     \* phase[p]
     idx,       \* idx[p]: next slot to try in the current scan
     tried,     \* ghost: tried[p] = slots tried in the current scan
     budget,    \* budget[p]: ticks left until the deadline (scanning, waiting)
     sleep,     \* sleep[p]: ticks left of the current pause (waiting)
-    mine       \* mine[p]: the slot p holds / released, or NoSlot
+    mine,      \* mine[p]: the slot p holds / released, or NoSlot
+    held,      \* held[p]: the epoch of p's grant of mine[p] (0 for none)
+    late,      \* late[p]: the grant [slot, epoch] of a release p sent
+               \*          before it took its slot again, to be delivered
+               \*          a second time, or NoGrant
+    returns    \* returns left (Return: release and take the slot again)
 
 \* Fields that do not matter in a phase are kept at 0 / NoSlot, so that
 \* states that differ only in dead values are not counted twice.
 
-vars == <<slot, phase, idx, tried, budget, sleep, mine>>
+vars == <<slot, phase, idx, tried, budget, sleep, mine, held, late, returns>>
 
 Min(a, b) == IF a < b THEN a ELSE b
 Dec(x)    == IF x > 0 THEN x - 1 ELSE 0
 
-FreeRow == [holder |-> None, lease |-> 0]
+NoGrant == [slot |-> NoSlot, epoch |-> 0]
+
+\* Slot i freed: no holder, its epoch kept (epochs only grow).
+Freed(i) == [holder |-> None, lease |-> 0, epoch |-> slot[i].epoch]
 
 \* Who holds slot i, as the database sees it (Slot::holder_at). A lease is
 \* written back as free the moment it runs out (see Tick), so a row with a
@@ -95,13 +112,16 @@ Holder(i) == slot[i].holder
 -----------------------------------------------------------------------------
 
 Init ==
-    /\ slot = [i \in Slots |-> FreeRow]
+    /\ slot = [i \in Slots |-> [holder |-> None, lease |-> 0, epoch |-> 0]]
     /\ phase = [p \in Procs |-> "idle"]
     /\ idx = [p \in Procs |-> 0]
     /\ tried = [p \in Procs |-> 0]
     /\ budget = [p \in Procs |-> 0]
     /\ sleep = [p \in Procs |-> 0]
     /\ mine = [p \in Procs |-> NoSlot]
+    /\ held = [p \in Procs |-> 0]
+    /\ late = [p \in Procs |-> NoGrant]
+    /\ returns = RETURNS
 
 \* One unit of time passes: every timer counts down. A lease that runs out
 \* frees its slot (Semaphore::expire), and a live holder of it, reading the
@@ -112,21 +132,23 @@ Tick ==
     /\ budget' = [p \in Procs |-> Dec(budget[p])]
     /\ sleep' = [p \in Procs |-> Dec(sleep[p])]
     /\ slot' = [i \in Slots |->
-                  IF i \in Lapses THEN FreeRow
+                  IF i \in Lapses THEN Freed(i)
                   ELSE IF slot[i].lease > 1 THEN [slot[i] EXCEPT !.lease = @ - 1]
                   ELSE slot[i]]
     /\ phase' = [p \in Procs |->
                    IF phase[p] = "holding" /\ mine[p] \in Lapses THEN "lapsed" ELSE phase[p]]
     /\ mine' = [p \in Procs |->
                   IF phase[p] = "holding" /\ mine[p] \in Lapses THEN NoSlot ELSE mine[p]]
-    /\ UNCHANGED <<idx, tried>>
+    /\ held' = [p \in Procs |->
+                  IF phase[p] = "holding" /\ mine[p] \in Lapses THEN 0 ELSE held[p]]
+    /\ UNCHANGED <<idx, tried, late, returns>>
 
 \* A caller starts an acquisition (Acquisition::new) with the full budget.
 Start(p) ==
     /\ phase[p] = "idle"
     /\ phase' = [phase EXCEPT ![p] = "scanning"]
     /\ budget' = [budget EXCEPT ![p] = WaitMax]
-    /\ UNCHANGED <<slot, idx, tried, sleep, mine>>
+    /\ UNCHANGED <<slot, idx, tried, sleep, mine, held, late, returns>>
 
 \* Acquisition::poll gives up once the deadline has come: before the next
 \* try of a scan, or when a pause ends (a pause never runs past it).
@@ -138,7 +160,7 @@ TimeOut(p) ==
     /\ phase' = [phase EXCEPT ![p] = "timedout"]
     /\ idx' = [idx EXCEPT ![p] = 0]
     /\ tried' = [tried EXCEPT ![p] = 0]
-    /\ UNCHANGED <<slot, budget, sleep, mine>>
+    /\ UNCHANGED <<slot, budget, sleep, mine, held, late, returns>>
 
 \* One try of slot idx[p]: poll yields Try(i), Semaphore::try_slot runs it
 \* (or the try fails with an error), Acquisition::on_try takes the result.
@@ -152,14 +174,16 @@ Try(p) ==
           /\ ERRORS
           /\ idx' = [idx EXCEPT ![p] = IF BUG_SCAN_STOPS_AT_ERROR THEN N ELSE i + 1]
           /\ tried' = [tried EXCEPT ![p] = @ + 1]
-          /\ UNCHANGED <<slot, phase, budget, mine>>
+          /\ UNCHANGED <<slot, phase, budget, mine, held>>
        \/ \* the slot is free: take it, for the session or with a lease
           /\ Holder(i) = None \/ BUG_ACQUIRE_NO_HOLDER_CHECK
           /\ slot' = [slot EXCEPT ![i] =
                         [holder |-> p,
-                         lease |-> IF p \in LeaseProcs THEN LeaseTTL ELSE Session]]
+                         lease |-> IF p \in LeaseProcs THEN LeaseTTL ELSE Session,
+                         epoch |-> slot[i].epoch + 1]]
           /\ phase' = [phase EXCEPT ![p] = "holding"]
           /\ mine' = [mine EXCEPT ![p] = i]
+          /\ held' = [held EXCEPT ![p] = slot[i].epoch + 1]
           /\ idx' = [idx EXCEPT ![p] = 0]
           /\ tried' = [tried EXCEPT ![p] = 0]
           /\ budget' = [budget EXCEPT ![p] = 0]
@@ -167,8 +191,8 @@ Try(p) ==
           /\ Holder(i) /= None
           /\ idx' = [idx EXCEPT ![p] = i + 1]
           /\ tried' = [tried EXCEPT ![p] = @ + 1]
-          /\ UNCHANGED <<slot, phase, mine, budget>>
-    /\ UNCHANGED sleep
+          /\ UNCHANGED <<slot, phase, mine, budget, held>>
+    /\ UNCHANGED <<sleep, late, returns>>
 
 \* The scan went past the last slot: a miss. Sleep for a jittered pause of
 \* 1..RetryPause, cut to the deadline (never sleep past it).
@@ -179,7 +203,7 @@ Miss(p) ==
     /\ phase' = [phase EXCEPT ![p] = "waiting"]
     /\ idx' = [idx EXCEPT ![p] = 0]
     /\ \E w \in 1..RetryPause : sleep' = [sleep EXCEPT ![p] = Min(w, budget[p])]
-    /\ UNCHANGED <<slot, tried, budget, mine>>
+    /\ UNCHANGED <<slot, tried, budget, mine, held, late, returns>>
 
 \* The pause is over and the deadline has not come: scan again from slot 0.
 WakeUp(p) ==
@@ -188,7 +212,7 @@ WakeUp(p) ==
     /\ ~DeadlineReached(p)
     /\ phase' = [phase EXCEPT ![p] = "scanning"]
     /\ tried' = [tried EXCEPT ![p] = 0]
-    /\ UNCHANGED <<slot, idx, budget, sleep, mine>>
+    /\ UNCHANGED <<slot, idx, budget, sleep, mine, held, late, returns>>
 
 \* Semaphore::renew: a lease holder extends its lease (only while it still
 \* holds; a lapsed hold cannot be renewed).
@@ -196,27 +220,51 @@ Renew(p) ==
     /\ phase[p] = "holding"
     /\ p \in LeaseProcs
     /\ slot' = [slot EXCEPT ![mine[p]].lease = LeaseTTL]
-    /\ UNCHANGED <<phase, idx, tried, budget, sleep, mine>>
+    /\ UNCHANGED <<phase, idx, tried, budget, sleep, mine, held, late, returns>>
 
-\* Semaphore::release: frees the slot only if p still holds it (the grant
-\* carries the slot's epoch), so a release delivered twice is a no-op.
-ReleaseEffect(p) ==
-    LET i == mine[p] IN
-    slot' = IF slot[i].holder = p \/ BUG_RELEASE_ANY_HOLDER
-            THEN [slot EXCEPT ![i] = FreeRow]
-            ELSE slot
+\* Semaphore::release of p's grant [slot i, epoch e]: frees the slot only
+\* if that grant still holds it, its holder and its epoch, so a release
+\* delivered twice is a no-op, even once p holds the slot again.
+Frees(p, i, e) ==
+    \/ BUG_RELEASE_ANY_HOLDER
+    \/ slot[i].holder = p /\ (slot[i].epoch = e \/ BUG_RELEASE_NO_EPOCH_CHECK)
+
+ReleaseEffect(p, i, e) ==
+    slot' = IF Frees(p, i, e) THEN [slot EXCEPT ![i] = Freed(i)] ELSE slot
 
 Release(p) ==
     /\ phase[p] = "holding"
-    /\ ReleaseEffect(p)
+    /\ ReleaseEffect(p, mine[p], held[p])
     /\ phase' = [phase EXCEPT ![p] = "released"]
-    /\ UNCHANGED <<idx, tried, budget, sleep, mine>>
+    /\ UNCHANGED <<idx, tried, budget, sleep, mine, held, late, returns>>
 
 \* The same release arrives again (client retry after a lost response).
 DuplicateRelease(p) ==
     /\ phase[p] = "released"
-    /\ ReleaseEffect(p)
+    /\ ReleaseEffect(p, mine[p], held[p])
+    /\ UNCHANGED <<phase, idx, tried, budget, sleep, mine, held, late, returns>>
+
+\* A session holder releases its slot and at once takes it again (the
+\* release frees it; the take is Semaphore::try_slot of a free slot, with
+\* a new epoch). The release will be delivered a second time (LateRelease).
+Return(p) ==
+    /\ returns > 0
+    /\ phase[p] = "holding"
+    /\ p \in SessionProcs
+    /\ LET i == mine[p] IN
+       /\ slot' = [slot EXCEPT ![i] =
+                     [holder |-> p, lease |-> Session, epoch |-> slot[i].epoch + 1]]
+       /\ held' = [held EXCEPT ![p] = slot[i].epoch + 1]
+       /\ late' = [late EXCEPT ![p] = [slot |-> i, epoch |-> held[p]]]
+    /\ returns' = returns - 1
     /\ UNCHANGED <<phase, idx, tried, budget, sleep, mine>>
+
+\* The earlier release of a returned holder, delivered again.
+LateRelease(p) ==
+    /\ late[p] /= NoGrant
+    /\ ReleaseEffect(p, late[p].slot, late[p].epoch)
+    /\ late' = [late EXCEPT ![p] = NoGrant]
+    /\ UNCHANGED <<phase, idx, tried, budget, sleep, mine, held, returns>>
 
 \* A holder crashes. A session holder's session ends:
 \* Semaphore::release_holder frees its slot at once. A lease holder just
@@ -225,17 +273,20 @@ Crash(p) ==
     /\ CRASH
     /\ phase[p] = "holding"
     /\ slot' = IF p \in SessionProcs /\ ~BUG_SESSION_END_KEEPS_SLOT
-               THEN [slot EXCEPT ![mine[p]] = FreeRow]
+               THEN [slot EXCEPT ![mine[p]] = Freed(mine[p])]
                ELSE slot
     /\ phase' = [phase EXCEPT ![p] = "crashed"]
     /\ mine' = [mine EXCEPT ![p] = NoSlot]
-    /\ UNCHANGED <<idx, tried, budget, sleep>>
+    /\ held' = [held EXCEPT ![p] = 0]
+    /\ late' = [late EXCEPT ![p] = NoGrant]
+    /\ UNCHANGED <<idx, tried, budget, sleep, returns>>
 
 Next ==
     \/ Tick
     \/ \E p \in Procs :
           \/ Start(p) \/ Try(p) \/ Miss(p) \/ WakeUp(p) \/ TimeOut(p)
           \/ Renew(p) \/ Release(p) \/ DuplicateRelease(p) \/ Crash(p)
+          \/ Return(p) \/ LateRelease(p)
 
 Spec == Init /\ [][Next]_vars
 
@@ -256,12 +307,16 @@ LiveSpec == Spec /\ Fairness
 TypeOK ==
     /\ \A i \in Slots : /\ slot[i].holder \in Procs \cup {None}
                         /\ slot[i].lease \in {Session} \cup 0..LeaseTTL
+                        /\ slot[i].epoch \in Nat
     /\ phase \in [Procs -> Phases]
     /\ idx \in [Procs -> 0..N]
     /\ tried \in [Procs -> 0..N]
     /\ budget \in [Procs -> 0..WaitMax]
     /\ sleep \in [Procs -> 0..RetryPause]
     /\ mine \in [Procs -> Slots \cup {NoSlot}]
+    /\ held \in [Procs -> Nat]
+    /\ late \in [Procs -> [slot : Slots \cup {NoSlot}, epoch : Nat]]
+    /\ returns \in 0..RETURNS
 
 Holding == {p \in Procs : phase[p] = "holding"}
 
@@ -269,9 +324,10 @@ Holding == {p \in Procs : phase[p] = "holding"}
 AtMostNHolders == Cardinality(Holding) <= N
 
 \* No slot has two holders: every process that believes it holds a slot is
-\* the slot's holder in the database, so two of them cannot share one.
+\* the slot's holder in the database, with its grant's epoch, so two of
+\* them cannot share one.
 NoSlotWithTwoHolders ==
-    /\ \A p \in Holding : Holder(mine[p]) = p
+    /\ \A p \in Holding : Holder(mine[p]) = p /\ slot[mine[p]].epoch = held[p]
     /\ \A p, q \in Holding : p /= q => mine[p] /= mine[q]
 
 \* A crashed holder's slot becomes free: once its session ended at once,

@@ -166,6 +166,45 @@ pub enum Violation {
         /// The slot.
         slot: SlotIndex,
     },
+    /// A slot's live hold ended in a step that was not its own release
+    /// (the holder's grant, with the slot's current epoch) nor the end of
+    /// its holder's session: the holder still believes it holds the slot.
+    SlotFreedOnlyByItsHolder {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// The slot.
+        slot: SlotIndex,
+        /// The hold's epoch.
+        epoch: SlotEpoch,
+    },
+    /// A slot renewal was accepted for a grant that is not the slot's live
+    /// hold (another epoch, another holder, or a lapsed lease).
+    SlotRenewedOnlyByItsHolder {
+        /// The semaphore.
+        semaphore: SemaphoreName,
+        /// The slot.
+        slot: SlotIndex,
+        /// The epoch the grant carried.
+        presented: SlotEpoch,
+    },
+    /// A claimer lease was granted that the slot could not give: a reuse
+    /// of a lease that was not the caller's unexpired one, a take-over of
+    /// a lease that was neither released, expired nor idle, or an opening
+    /// of a slot that existed.
+    ClaimerGrantedOnlyWhenFree {
+        /// The queue.
+        queue: QueueName,
+        /// The slot.
+        slot: ClaimerSlot,
+    },
+    /// A claimer lease lost its owner in a step that was not that owner's
+    /// release with the lease's current epoch.
+    ClaimerReleasedOnlyByItsOwner {
+        /// The queue.
+        queue: QueueName,
+        /// The slot.
+        slot: ClaimerSlot,
+    },
     /// A maintenance write was accepted from a process that is not the live
     /// leader of the current term.
     DeposedLeaderWriteRejected {
@@ -322,7 +361,9 @@ impl World {
         check_slot_step(before, &footprint, outcome, after)?;
         check_leader_step(before, &footprint, outcome, after)?;
         check_stale_writes(before, command, &footprint, outcome, after)?;
-        check_counters_step(before, after)
+        check_counters_step(before, after)?;
+        check_slot_holds_step(before, command, outcome, after)?;
+        check_claimer_step(before, command, outcome, after)
     }
 }
 
@@ -512,6 +553,142 @@ fn check_slot_step(
         }),
         None => Ok(()),
     }
+}
+
+/// A live hold ends only by its own release or its holder's session
+/// ending, and a renewal is accepted only for the live hold. The shared
+/// code (`Semaphore::release`, `Semaphore::renew`) runs on both sides of
+/// the differential test, so a bug there shows up identically on both;
+/// this check sees it on either.
+fn check_slot_holds_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    let now = after.now;
+    if let (
+        Command::SlotRenew {
+            semaphore, grant, ..
+        },
+        Outcome::SlotRenewed(Ok(())),
+    ) = (command, outcome)
+    {
+        let live = before
+            .semaphores
+            .get(semaphore)
+            .and_then(|sem| sem.slots().nth(usize::from(grant.slot.0)))
+            .is_some_and(|(_, slot)| {
+                slot.epoch == grant.epoch && slot.holder_at(now) == Some(grant.holder)
+            });
+        if !live {
+            return Err(Violation::SlotRenewedOnlyByItsHolder {
+                semaphore: semaphore.clone(),
+                slot: grant.slot,
+                presented: grant.epoch,
+            });
+        }
+    }
+    for (name, sem) in &before.semaphores {
+        for (index, old) in sem.slots() {
+            let Some(holder) = old.holder_at(now) else {
+                continue;
+            };
+            let kept = after
+                .semaphores
+                .get(name)
+                .and_then(|s| s.slots().nth(usize::from(index.0)))
+                .is_some_and(|(_, new)| {
+                    new.epoch == old.epoch && new.holder_at(now) == Some(holder)
+                });
+            if kept {
+                continue;
+            }
+            let explained = match command {
+                Command::SlotRelease { semaphore, grant } => {
+                    semaphore == name
+                        && grant.slot == index
+                        && grant.epoch == old.epoch
+                        && grant.holder == holder
+                }
+                Command::ProcessCrashed { process } => *process == holder,
+                _ => false,
+            };
+            if !explained {
+                return Err(Violation::SlotFreedOnlyByItsHolder {
+                    semaphore: name.clone(),
+                    slot: index,
+                    epoch: old.epoch,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A claimer grant is given only when the slot could give it, and a lease
+/// loses its owner only by that owner's release. `ClaimerTable::acquire`
+/// and `release` are shared by both backends, like the semaphore's.
+fn check_claimer_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    use crate::claimer::Acquired;
+    let now = after.now;
+    if let (
+        Command::ClaimerAcquire { queue, process },
+        Outcome::ClaimerAcquired(Ok((grant, how))),
+    ) = (command, outcome)
+    {
+        let old = before.claimers.get(queue).and_then(|t| t.lease(grant.slot));
+        let config = &before.config.claimer;
+        let possible = grant.process == *process
+            && match (how, old) {
+                (Acquired::Reused, Some(old)) => {
+                    old.is_held_by(*process, now) && old.lease_epoch == grant.lease_epoch
+                }
+                (Acquired::TakenOver, Some(old)) => {
+                    old.is_takeable(now, config.idle_threshold)
+                        && grant.lease_epoch > old.lease_epoch
+                }
+                (Acquired::Opened, None) => grant.slot.0 < config.slots_per_queue,
+                _ => false,
+            };
+        if !possible {
+            return Err(Violation::ClaimerGrantedOnlyWhenFree {
+                queue: queue.clone(),
+                slot: grant.slot,
+            });
+        }
+    }
+    for (queue, table) in &before.claimers {
+        for (slot, old) in table.slots() {
+            let Some(owner) = old.owner else {
+                continue;
+            };
+            let new = after.claimers.get(queue).and_then(|t| t.lease(slot));
+            if new.is_some_and(|new| new.owner.is_some()) {
+                continue; // kept, or taken over (checked above)
+            }
+            let explained = matches!(
+                command,
+                Command::ClaimerRelease { queue: q, claimer }
+                    if q == queue
+                        && claimer.slot == slot
+                        && claimer.process == owner
+                        && claimer.lease_epoch == old.lease_epoch
+            );
+            if !explained {
+                return Err(Violation::ClaimerReleasedOnlyByItsOwner {
+                    queue: queue.clone(),
+                    slot,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_leader_step(
@@ -721,13 +898,13 @@ mod tests {
     //! the check names it.
 
     use super::*;
-    use crate::claimer::ClaimerLease;
+    use crate::claimer::{Acquired, ClaimerGrant, ClaimerLease};
     use crate::ids::{Kind, UniqueKey};
     use crate::job::{NewJob, Payload};
     use crate::leader::LeaderGrant;
     use crate::reject::Reject;
     use crate::semaphore::{Hold, Slot, SlotGrant, SlotHolder};
-    use crate::time::Timestamp;
+    use crate::time::{Millis, Timestamp};
     use crate::world::WorldConfig;
 
     fn queue() -> QueueName {
@@ -1111,6 +1288,163 @@ mod tests {
                 slot: SlotIndex(0)
             })
         );
+    }
+
+    fn sem() -> SemaphoreName {
+        SemaphoreName::new("s").unwrap()
+    }
+
+    /// The hold `world()` gives process 1 on slot 0 of `s`.
+    fn held_grant() -> SlotGrant {
+        SlotGrant {
+            slot: SlotIndex(0),
+            epoch: SlotEpoch(1),
+            holder: ProcessId(1),
+        }
+    }
+
+    fn free_slot(w: &mut World) {
+        w.semaphores.get_mut(&sem()).unwrap().slots_mut()[0].held = None;
+    }
+
+    #[test]
+    fn a_slot_is_freed_only_by_its_holders_current_grant() {
+        let (w, _) = world();
+        // A grant of an earlier holding by the same holder: the slot's
+        // epoch has moved on since, so this release must free nothing.
+        let stale = SlotGrant {
+            epoch: SlotEpoch(0),
+            ..held_grant()
+        };
+        let release = |grant| Command::SlotRelease {
+            semaphore: sem(),
+            grant,
+        };
+        assert_eq!(
+            step(&w, release(stale), free_slot),
+            Err(Violation::SlotFreedOnlyByItsHolder {
+                semaphore: sem(),
+                slot: SlotIndex(0),
+                epoch: SlotEpoch(1),
+            })
+        );
+        // Nor does any other command free it.
+        assert!(matches!(
+            step(&w, noop(), free_slot),
+            Err(Violation::SlotFreedOnlyByItsHolder { .. })
+        ));
+        // Its own release, and its holder's session ending, may.
+        assert_eq!(step(&w, release(held_grant()), |_| {}), Ok(()));
+        let crashed = Command::ProcessCrashed {
+            process: ProcessId(1),
+        };
+        assert_eq!(step(&w, crashed, |_| {}), Ok(()));
+    }
+
+    #[test]
+    fn a_slot_is_renewed_only_for_its_live_hold() {
+        let (w, _) = world();
+        let renew = |grant| Command::SlotRenew {
+            semaphore: sem(),
+            grant,
+            lease_ttl: Millis(1_000),
+        };
+        let stale = SlotGrant {
+            epoch: SlotEpoch(0),
+            ..held_grant()
+        };
+        let mut after = w.clone();
+        let refused = after.apply(Timestamp(2_000), renew(stale));
+        assert!(matches!(
+            refused,
+            Outcome::SlotRenewed(Err(Reject::SlotNotHeld { .. }))
+        ));
+        // A world that accepted it anyway.
+        assert_eq!(
+            World::check_step(&w, &renew(stale), &Outcome::SlotRenewed(Ok(())), &after),
+            Err(Violation::SlotRenewedOnlyByItsHolder {
+                semaphore: sem(),
+                slot: SlotIndex(0),
+                presented: SlotEpoch(0),
+            })
+        );
+        let renewed = after.apply(Timestamp(2_000), renew(held_grant()));
+        assert_eq!(
+            World::check_step(&w, &renew(held_grant()), &renewed, &after),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_claimer_lease_is_granted_only_when_the_slot_can_give_it() {
+        let (w, _) = world();
+        let acquire = |process| Command::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(process),
+        };
+        let mut after = w.clone();
+        let answer = after.apply(Timestamp(2_000), acquire(2));
+        let Outcome::ClaimerAcquired(Ok((grant, Acquired::Opened))) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(World::check_step(&w, &acquire(2), &answer, &after), Ok(()));
+        // Process 1's slot 0 is fresh: a take-over of it is two claimers
+        // believing they own one slot.
+        let taken = ClaimerGrant {
+            slot: ClaimerSlot(0),
+            lease_epoch: LeaseEpoch(2),
+            ..grant
+        };
+        let taken_over = Outcome::ClaimerAcquired(Ok((taken, Acquired::TakenOver)));
+        assert_eq!(
+            World::check_step(&w, &acquire(2), &taken_over, &after),
+            Err(Violation::ClaimerGrantedOnlyWhenFree {
+                queue: queue(),
+                slot: ClaimerSlot(0),
+            })
+        );
+        // Nor may process 2 "reuse" process 1's lease.
+        let reused = Outcome::ClaimerAcquired(Ok((
+            ClaimerGrant {
+                lease_epoch: LeaseEpoch(1),
+                ..taken
+            },
+            Acquired::Reused,
+        )));
+        assert!(matches!(
+            World::check_step(&w, &acquire(2), &reused, &after),
+            Err(Violation::ClaimerGrantedOnlyWhenFree { .. })
+        ));
+    }
+
+    #[test]
+    fn a_claimer_lease_loses_its_owner_only_by_its_release() {
+        let (w, _) = world();
+        let owned = ClaimerGrant {
+            process: ProcessId(1),
+            slot: ClaimerSlot(0),
+            lease_epoch: LeaseEpoch(1),
+        };
+        let release = |claimer| Command::ClaimerRelease {
+            queue: queue(),
+            claimer,
+        };
+        let disown = |w: &mut World| {
+            let table = w.claimers.get_mut(&queue()).unwrap();
+            table.slots_mut().get_mut(&ClaimerSlot(0)).unwrap().owner = None;
+        };
+        let stale = ClaimerGrant {
+            lease_epoch: LeaseEpoch(0),
+            ..owned
+        };
+        assert_eq!(
+            step(&w, release(stale), disown),
+            Err(Violation::ClaimerReleasedOnlyByItsOwner {
+                queue: queue(),
+                slot: ClaimerSlot(0),
+            })
+        );
+        assert_eq!(step(&w, release(owned), |_| {}), Ok(()));
     }
 
     #[test]

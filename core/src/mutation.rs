@@ -44,6 +44,11 @@ pub enum Mutation {
     ElectWithoutTermBump,
     /// Snooze forgets to refund the attempt.
     SnoozeConsumesAttempt,
+    /// A slot release checks the grant's holder but not its epoch
+    /// (`Semaphore::release`, code both backends share), so a holder's
+    /// grant from an earlier holding of the slot frees the slot it holds
+    /// again now, while it still believes it holds it.
+    SlotReleaseIgnoresEpoch,
     /// The warm-up driver renews its slot's lease only between batches,
     /// ignores the renewal's answer and never counts the lease out on its
     /// own clock (`weir::warmup` before issue 12): a batch that outlasts
@@ -57,7 +62,7 @@ pub enum Mutation {
 
 impl Mutation {
     /// Every mutation of the world and of an acquisition, in a fixed order.
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::ClaimWithoutEpochBump,
         Mutation::CompleteWithoutEpochCheck,
         Mutation::RescueWithoutEpochBump,
@@ -69,6 +74,7 @@ impl Mutation {
         Mutation::NoTermCheck,
         Mutation::ElectWithoutTermBump,
         Mutation::SnoozeConsumesAttempt,
+        Mutation::SlotReleaseIgnoresEpoch,
     ];
 
     /// Every mutation of a per-process driver (see the module docs).
@@ -102,7 +108,8 @@ mod tests {
             | Mutation::ScanStopsAtError
             | Mutation::NoTermCheck
             | Mutation::ElectWithoutTermBump
-            | Mutation::SnoozeConsumesAttempt => Mutation::ALL.contains(&m),
+            | Mutation::SnoozeConsumesAttempt
+            | Mutation::SlotReleaseIgnoresEpoch => Mutation::ALL.contains(&m),
             Mutation::WarmupRenewsBetweenBatches | Mutation::WarmupProvesLeaseFromAnswer => {
                 Mutation::DRIVERS.contains(&m)
             }
@@ -111,6 +118,6 @@ mod tests {
         let mut all: Vec<_> = Mutation::every().collect();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 13);
+        assert_eq!(all.len(), 14);
     }
 }

@@ -204,10 +204,19 @@ impl Semaphore {
     /// Frees the slot if `grant` still holds it. Idempotent: returns whether
     /// this call freed it.
     pub fn release(&mut self, grant: &SlotGrant) -> bool {
+        self.release_checking(grant, true)
+    }
+
+    /// [`Semaphore::release`], which checks the grant's epoch; with
+    /// `check_epoch` false it checks only the holder: the
+    /// `SlotReleaseIgnoresEpoch` mutation, under which a holder's grant
+    /// from an earlier holding frees the slot it holds again now.
+    pub(crate) fn release_checking(&mut self, grant: &SlotGrant, check_epoch: bool) -> bool {
         let Ok(entry) = self.slot_mut(grant.slot) else {
             return false;
         };
-        let mine = entry.epoch == grant.epoch && entry.held.map(|h| h.holder) == Some(grant.holder);
+        let mine = (entry.epoch == grant.epoch || !check_epoch)
+            && entry.held.map(|h| h.holder) == Some(grant.holder);
         if mine {
             entry.held = None;
         }

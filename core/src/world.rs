@@ -696,11 +696,14 @@ impl World {
                 Some(sem) => sem.renew(&grant, now.plus(lease_ttl), now),
                 None => Err(Reject::SlotNotHeld { slot: grant.slot }),
             }),
-            Command::SlotRelease { semaphore, grant } => Outcome::SlotReleased(
-                self.semaphores
-                    .get_mut(&semaphore)
-                    .is_some_and(|sem| sem.release(&grant)),
-            ),
+            Command::SlotRelease { semaphore, grant } => {
+                let check_epoch = !self.mutant(Mutation::SlotReleaseIgnoresEpoch);
+                Outcome::SlotReleased(
+                    self.semaphores
+                        .get_mut(&semaphore)
+                        .is_some_and(|sem| sem.release_checking(&grant, check_epoch)),
+                )
+            }
             Command::ProcessCrashed { process } => Outcome::SessionEnded(self.end_session(process)),
             Command::LeaderElect { process } => Outcome::LeaderElected(self.elect(now, process)),
             Command::LeaderResign { leader } => {

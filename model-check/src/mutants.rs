@@ -51,7 +51,7 @@ const fn row(mutation: Mutation, model: Target, property: &'static str) -> Caugh
 }
 
 /// Every mutation and what catches it.
-pub const CAUGHT: [Caught; 13] = [
+pub const CAUGHT: [Caught; 14] = [
     row(
         Mutation::ClaimWithoutEpochBump,
         Target::Lifecycle,
@@ -91,6 +91,11 @@ pub const CAUGHT: [Caught; 13] = [
         Mutation::AcquireIgnoresHolder,
         Target::Semaphore,
         semaphore::ONE_HOLDER_PER_SLOT,
+    ),
+    row(
+        Mutation::SlotReleaseIgnoresEpoch,
+        Target::Semaphore,
+        semaphore::HOLDS_IN_STORAGE,
     ),
     row(
         Mutation::ScanStopsAtError,

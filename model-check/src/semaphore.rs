@@ -15,6 +15,7 @@
 //! | `Sleep { p, draw }` | `poll(now, draw)` → a new `SleepUntil`; every draw of the jitter range is a branch |
 //! | `GiveUp(p)` | `poll` → `TimedOut` |
 //! | `Renew(p)`, `Release(p)` | `SlotRenew`, `SlotRelease` |
+//! | `ReleaseAndReturn(p)` | `SlotRelease`, at once `SlotTry` of the same slot under the same process id, then the first `SlotRelease` delivered again, late (at most once in a run) |
 //! | `Crash(p)` | a holder dies (at most once): a session holder's session ends (`ProcessCrashed`); a lease holder just vanishes, and its lease lapses |
 //! | `Tick` | the storage clock advances by one unit |
 //!
@@ -78,6 +79,10 @@ pub const TIME_MAX: Timestamp = Timestamp(ARRIVE_MAX.0 + WAIT.wait_max.0 as i64)
 pub const ERRORS: u8 = 1;
 /// Holders that may crash, in all.
 pub const CRASHES: u8 = 1;
+/// Holders that may release and at once take the same slot again, in all
+/// (the runtime's limiter does this under one process id); session
+/// holders only.
+pub const AGAIN: u8 = 1;
 
 /// At most N processes believe they hold a slot.
 pub const AT_MOST_N: &str = "at most N holders";
@@ -101,6 +106,13 @@ pub const CRASHED_REUSED: &str = "a crashed holder's slot goes to another waiter
 /// Example: a waiter got a slot whose lease had lapsed (its holder crashed
 /// or was too slow to renew).
 pub const LAPSED_REUSED: &str = "a lapsed lease's slot goes to another waiter";
+/// A process that believes it holds a slot holds it in storage: the
+/// slot's live holder is that process, with its grant's epoch.
+pub const HOLDS_IN_STORAGE: &str = "a holder's slot is held by it in storage";
+/// Example: a holder that released and took the same slot again got its
+/// first release a second time (a late duplicate) while holding it.
+pub const LATE_RELEASE_REHELD: &str =
+    "a late release of an earlier grant meets its holder holding the slot again";
 /// Liveness: every process ends up past waiting.
 pub const ALL_DONE: &str = "every waiter acquires or times out";
 
@@ -168,12 +180,16 @@ pub struct SemaphoreState {
     pub errors: u8,
     /// Crashes left.
     pub crashes: u8,
+    /// Returns (release, take the slot again, the release again) left.
+    pub again: u8,
     /// Ghost: see [`PAST_ERROR`].
     pub past_error: bool,
     /// Ghost: see [`TIMED_OUT`].
     pub timed_out: bool,
     /// Ghost: see [`CRASHED_REUSED`] and [`LAPSED_REUSED`].
     pub reused: (bool, bool),
+    /// Ghost: see [`LATE_RELEASE_REHELD`].
+    pub late_reheld: bool,
     /// Broken properties.
     pub faults: Faults,
 }
@@ -203,6 +219,10 @@ pub enum SemaphoreAction {
     Renew(usize),
     /// A holder releases.
     Release(usize),
+    /// A holder releases, at once takes the same slot again, and then its
+    /// release is delivered a second time (see
+    /// `SemaphoreState::release_and_return`).
+    ReleaseAndReturn(usize),
     /// A holder dies.
     Crash(usize),
     /// Time passes.
@@ -404,6 +424,48 @@ impl SemaphoreState {
         });
     }
 
+    /// Releases `p`'s slot, at once tries the same slot again, as the
+    /// runtime's limiter does when one process gives a permit back and
+    /// takes one for its next job (a new holding, with a new epoch, under
+    /// the same process id), and then gets its release delivered a second
+    /// time, as a retried release whose first answer was lost is: the
+    /// late copy carries the first grant.
+    fn release_and_return(&mut self, p: usize) {
+        let Phase::Holding { grant, .. } = self.procs[p] else {
+            return;
+        };
+        self.again -= 1;
+        self.procs[p] = Phase::Released;
+        let release = Command::SlotRelease {
+            semaphore: name(),
+            grant,
+        };
+        if self.apply(release.clone()).is_none() {
+            return;
+        }
+        let command = Command::SlotTry {
+            semaphore: name(),
+            permits: PERMITS,
+            slot: grant.slot,
+            holder: pid(p),
+            lease_ttl: lease(p),
+        };
+        let now = self.now();
+        match self.apply(command) {
+            Some(Outcome::SlotTried(Ok(again))) => {
+                self.late_reheld = true;
+                self.procs[p] = Phase::Holding {
+                    grant: again,
+                    until: lease(p).map(|ttl| now.plus(ttl)),
+                }
+            }
+            None => return,
+            Some(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => {}
+            Some(other) => panic!("slot try answered {other:?}"),
+        }
+        self.apply(release);
+    }
+
     fn crash(&mut self, p: usize) {
         let Phase::Holding { grant, until } = self.procs[p] else {
             return;
@@ -449,6 +511,7 @@ impl SemaphoreState {
             slots,
             procs,
             (self.errors, self.crashes, self.past_error, self.timed_out),
+            (self.again, self.late_reheld),
             self.reused,
             &self.faults,
         )
@@ -506,6 +569,19 @@ fn crashed_freed(state: &SemaphoreState) -> bool {
     })
 }
 
+fn holds_in_storage(state: &SemaphoreState) -> bool {
+    let now = state.now();
+    let sem = state.world.semaphore(&name());
+    (0..PROCESSES).all(|p| match state.procs[p] {
+        Phase::Holding { grant, .. } if state.believes_it_holds(p).is_some() => sem
+            .and_then(|sem| sem.slots().nth(usize::from(grant.slot.0)))
+            .is_some_and(|(_, slot)| {
+                slot.epoch == grant.epoch && slot.holder_at(now) == Some(pid(p))
+            }),
+        _ => true,
+    })
+}
+
 fn by_deadline(state: &SemaphoreState) -> bool {
     state.procs.iter().all(|phase| match phase {
         Phase::Waiting { acq, .. } => state.now() <= acq.deadline(),
@@ -534,6 +610,8 @@ impl Model for SemaphoreHerd {
             procs: std::array::from_fn(|_| Phase::Idle),
             errors: ERRORS,
             crashes: CRASHES,
+            again: AGAIN,
+            late_reheld: false,
             past_error: false,
             timed_out: false,
             reused: (false, false),
@@ -566,6 +644,11 @@ impl Model for SemaphoreHerd {
                 },
                 Phase::Holding { until, .. } => {
                     actions.push(Release(p));
+                    // Session holders only: a lease holder's return runs
+                    // the same release and try, and would double the space.
+                    if state.again > 0 && lease(p).is_none() {
+                        actions.push(ReleaseAndReturn(p));
+                    }
                     if until.is_some_and(|u| now < u) {
                         actions.push(Renew(p));
                     }
@@ -601,6 +684,7 @@ impl Model for SemaphoreHerd {
             GiveUp(p) => next.give_up(p),
             Renew(p) => next.renew(p),
             Release(p) => next.release(p),
+            ReleaseAndReturn(p) => next.release_and_return(p),
             Crash(p) => next.crash(p),
             Tick => {
                 let now = next.now().plus(Millis(1));
@@ -623,6 +707,9 @@ impl Model for SemaphoreHerd {
                 one_holder_per_slot(s)
             }),
             Property::always(CRASHED_FREED, |_, s: &SemaphoreState| crashed_freed(s)),
+            Property::always(HOLDS_IN_STORAGE, |_, s: &SemaphoreState| {
+                holds_in_storage(s)
+            }),
             Property::always(BY_DEADLINE, |_, s: &SemaphoreState| by_deadline(s)),
             Property::always(SCAN_COMPLETE, |_, s: &SemaphoreState| {
                 s.faults.holds(SCAN_COMPLETE)
@@ -631,6 +718,7 @@ impl Model for SemaphoreHerd {
             Property::sometimes(TIMED_OUT, |_, s: &SemaphoreState| s.timed_out),
             Property::sometimes(CRASHED_REUSED, |_, s: &SemaphoreState| s.reused.0),
             Property::sometimes(LAPSED_REUSED, |_, s: &SemaphoreState| s.reused.1),
+            Property::sometimes(LATE_RELEASE_REHELD, |_, s: &SemaphoreState| s.late_reheld),
             Property::eventually(ALL_DONE, |_, s: &SemaphoreState| all_done(s)),
         ]
     }

@@ -70,6 +70,11 @@ fn acquire_ignoring_the_holder_is_caught() {
 }
 
 #[test]
+fn a_slot_release_ignoring_the_epoch_is_caught() {
+    assert_caught(Mutation::SlotReleaseIgnoresEpoch);
+}
+
+#[test]
 fn a_scan_that_stops_at_an_error_is_caught() {
     assert_caught(Mutation::ScanStopsAtError);
 }
