@@ -26,14 +26,22 @@ pub enum SqlMutation {
     /// The fast completion path drops `j.epoch = i.epoch` from its `WHERE`:
     /// a stale receipt completes the job's newer attempt.
     CompleteWithoutEpoch,
+    /// A heartbeat writes every running job its batch names, not only the
+    /// winners: a stale receipt is refused in the answer (the answer is
+    /// built from the locked rows) but still moves the newer attempt's
+    /// `heartbeat_at`, so a rescue sees it fresher than it is. The next
+    /// real heartbeat or the attempt's end overwrites it, which is why a
+    /// state comparison every 40 steps missed it.
+    HeartbeatWritesStale,
 }
 
 impl SqlMutation {
     /// Every mutation.
-    pub const ALL: [SqlMutation; 3] = [
+    pub const ALL: [SqlMutation; 4] = [
         SqlMutation::ReceiptsWithoutRowLock,
         SqlMutation::ClaimWithoutSkipLocked,
         SqlMutation::CompleteWithoutEpoch,
+        SqlMutation::HeartbeatWritesStale,
     ];
 
     /// The fragment this mutation rewrites, and what it becomes.
@@ -49,6 +57,10 @@ impl SqlMutation {
             SqlMutation::CompleteWithoutEpoch => (
                 "WHERE j.id = i.id AND j.epoch = i.epoch AND j.state = 'running'\nRETURNING j.id, j.epoch",
                 "WHERE j.id = i.id AND j.state = 'running'\nRETURNING j.id, j.epoch",
+            ),
+            SqlMutation::HeartbeatWritesStale => (
+                "SET heartbeat_at = greatest(j.heartbeat_at, c.now)\n            FROM winner w, clock c WHERE j.id = w.id\n",
+                "SET heartbeat_at = greatest(j.heartbeat_at, c.now)\n            FROM input w, clock c WHERE j.id = w.id AND j.state = 'running'\n",
             ),
         }
     }

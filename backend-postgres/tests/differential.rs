@@ -183,6 +183,24 @@ fn process(rng: &mut ChaCha8Rng) -> ProcessId {
 }
 
 fn receipt(rng: &mut ChaCha8Rng, known: &Known) -> Receipt {
+    // Now and then a late worker: an older receipt of a job that runs
+    // again (rescued, or cancelled and retried, and claimed anew), whose
+    // write must change nothing.
+    if rng.random_bool(0.25) {
+        let late: Vec<&Receipt> = known
+            .receipts
+            .iter()
+            .filter(|r| {
+                known
+                    .live
+                    .iter()
+                    .any(|l| l.job == r.job && l.epoch > r.epoch)
+            })
+            .collect();
+        if let Some(r) = pick(rng, &late) {
+            return **r;
+        }
+    }
     if rng.random_bool(0.5) {
         if let Some(r) = pick(rng, &known.live) {
             return *r;
@@ -670,7 +688,63 @@ enum CaseError {
     WorldPanicked,
 }
 
+/// The jobs a worker's batch names, one per item, in item order, and
+/// whether the world refused each item (a refusal of the whole batch
+/// refuses every item). `None` for commands that are not such a batch.
+fn refused_items(command: &Command, outcome: &Outcome) -> Option<Vec<(JobId, bool)>> {
+    fn refused<T>(items: &weir_core::BatchResult<T>, n: usize) -> Vec<bool> {
+        match items {
+            Ok(items) => items.iter().map(Result::is_err).collect(),
+            Err(_) => vec![true; n],
+        }
+    }
+    let jobs: Vec<JobId> = match command {
+        Command::Heartbeat { receipts }
+        | Command::Complete { receipts }
+        | Command::CancelAttempts { receipts } => receipts.iter().map(|r| r.job).collect(),
+        Command::Fail { failures } => failures.iter().map(|f| f.receipt.job).collect(),
+        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
+            items.iter().map(|(r, _)| r.job).collect()
+        }
+        Command::ResumeExternal { receipt } => vec![receipt.job],
+        _ => return None,
+    };
+    let n = jobs.len();
+    let flags = match outcome {
+        Outcome::Heartbeats(r)
+        | Outcome::Completed(r)
+        | Outcome::Snoozed(r)
+        | Outcome::AttemptsCancelled(r)
+        | Outcome::Waiting(r) => refused(r, n),
+        Outcome::Failed(r) => refused(r, n),
+        Outcome::Resumed(r) => vec![r.is_err()],
+        _ => return None,
+    };
+    assert_eq!(flags.len(), n, "{command:?} answered {outcome:?}");
+    Some(jobs.into_iter().zip(flags).collect())
+}
+
+/// Every column of the rows of `ids`, as JSON text, by id. One unnamed
+/// statement in a transaction of its own, so it also runs through a
+/// transaction-pooling PgBouncer (pooler mode).
+async fn rows(backend: &PgBackend, ids: &[i64]) -> std::collections::BTreeMap<i64, String> {
+    let mut tx = backend.pool().begin().await.expect("begin");
+    let rows = sqlx::query_as::<_, (i64, String)>(
+        "SELECT j.id, row_to_json(j)::text FROM weir.jobs j WHERE j.id = ANY ($1)",
+    )
+    .bind(ids)
+    .persistent(false)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("read the batch's rows");
+    tx.commit().await.expect("commit");
+    rows.into_iter().collect()
+}
+
 /// Runs one case against `world`; returns the number of commands applied.
+/// After every worker batch, each job whose every item the world refused
+/// must have kept its Postgres row exactly (a refused write that still
+/// wrote would otherwise heal before the next full comparison).
 async fn run_case(
     backend: &PgBackend,
     seed: u64,
@@ -678,9 +752,26 @@ async fn run_case(
     coverage: &mut Coverage,
     mut world: World,
 ) -> Result<usize, CaseError> {
+    run_case_with(backend, None, seed, steps, coverage, &mut world).await
+}
+
+/// [`run_case`] against a backend whose SQL makes one deliberate mistake.
+async fn run_case_with(
+    backend: &PgBackend,
+    mutation: Option<weir_postgres::SqlMutation>,
+    seed: u64,
+    steps: usize,
+    coverage: &mut Coverage,
+    world: &mut World,
+) -> Result<usize, CaseError> {
     common::reset(backend).await;
     // A new backend value, so its explicit-time clamp starts afresh.
-    let backend = PgBackend::new(backend.pool().clone(), backend.config().clone()).unwrap();
+    let (pool, pg_config) = (backend.pool().clone(), backend.config().clone());
+    let backend = match mutation {
+        None => PgBackend::new(pool, pg_config),
+        Some(mutation) => PgBackend::mutated(pool, pg_config, mutation),
+    }
+    .unwrap();
     let mut generator = Generator::new(seed);
     generator.leases_only = backend.config().pooler == Pooler::Transaction;
     let mut history = Vec::new();
@@ -691,6 +782,12 @@ async fn run_case(
         }));
         let Ok(expected) = applied else {
             return Err(CaseError::WorldPanicked);
+        };
+        let items = refused_items(&command, &expected);
+        let named: Vec<i64> = items.iter().flatten().map(|(job, _)| job.0).collect();
+        let before = match &items {
+            Some(_) => rows(&backend, &named).await,
+            None => Default::default(),
         };
         let actual = backend
             .execute_at(now, command.clone())
@@ -703,6 +800,23 @@ async fn run_case(
                 "outcome differs at step {step} of seed {seed} (replay: WEIR_DIFF_SEED={seed})\n\
                  last commands:\n{tail}\nworld:    {expected:?}\npostgres: {actual:?}"
             )));
+        }
+        if let Some(items) = &items {
+            let after = rows(&backend, &named).await;
+            for (job, _) in items {
+                let all_refused = items.iter().all(|(j, refused)| j != job || *refused);
+                if all_refused && before.get(&job.0) != after.get(&job.0) {
+                    let tail = history[history.len().saturating_sub(12)..].join("\n");
+                    return Err(CaseError::Differs(format!(
+                        "a refused item changed its row at step {step} of seed {seed} \
+                         (replay: WEIR_DIFF_SEED={seed})\nlast commands:\n{tail}\n\
+                         answer: {expected:?}\njob {}: {:?}\n   now: {:?}",
+                        job.0,
+                        before.get(&job.0),
+                        after.get(&job.0)
+                    )));
+                }
+            }
         }
         coverage.record(&command, &expected);
         generator.learn(&command, &expected);
@@ -874,4 +988,43 @@ async fn postgres_through_a_transaction_pooler_gives_the_worlds_outcomes_and_sta
         "differential in pooler mode: {cases} cases, {commands} commands, identical ({:.1?})",
         started.elapsed()
     );
+}
+
+/// The per-step row check can fail: a heartbeat whose SQL writes every
+/// running job it names (a stale receipt refused in the answer, but its
+/// job's newer attempt's `heartbeat_at` moved anyway) is caught at the
+/// step it happens, naming the job and both rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_heartbeat_that_still_writes_its_row_is_caught_at_once() {
+    let (_db, backend) = common::backend(config()).await;
+    let mut coverage = Coverage::new();
+    let mutation = weir_postgres::SqlMutation::HeartbeatWritesStale;
+    for seed in 0..40 {
+        let mut world = World::new(config());
+        match run_case_with(
+            &backend,
+            Some(mutation),
+            seed,
+            150,
+            &mut coverage,
+            &mut world,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(CaseError::Differs(why)) => {
+                assert!(
+                    why.starts_with("a refused item changed its row") && why.contains("Heartbeat"),
+                    "{mutation:?} was told apart, but not by the row check: {why}"
+                );
+                eprintln!(
+                    "{mutation:?}: caught by seed {seed}: {}",
+                    why.lines().next().unwrap_or("")
+                );
+                return;
+            }
+            Err(CaseError::WorldPanicked) => panic!("the world panicked on seed {seed}"),
+        }
+    }
+    panic!("{mutation:?} went unnoticed in 40 seeds");
 }
