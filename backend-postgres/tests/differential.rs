@@ -776,7 +776,7 @@ async fn run_case_with(
     generator.leases_only = backend.config().pooler == Pooler::Transaction;
     let mut history = Vec::new();
     for step in 0..steps {
-        let (now, command) = generator.next(&world);
+        let (now, command) = generator.next(world);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             world.apply(now, command.clone())
         }));
@@ -821,12 +821,12 @@ async fn run_case_with(
         coverage.record(&command, &expected);
         generator.learn(&command, &expected);
         if step % 40 == 39 {
-            compare_states(seed, step, &world, &backend)
+            compare_states(seed, step, world, &backend)
                 .await
                 .map_err(CaseError::Differs)?;
         }
     }
-    compare_states(seed, steps, &world, &backend)
+    compare_states(seed, steps, world, &backend)
         .await
         .map_err(CaseError::Differs)?;
     Ok(steps)
