@@ -899,8 +899,27 @@ async fn terminate_connections(s: &mut Scenario) -> FaultWindow {
     let sql = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
                WHERE usename = 'weir_app' AND datname = current_database() \
                AND application_name IN ($1, $2)";
+    // Each round first waits (up to 100 ms) for a worker session with a
+    // statement in flight and cuts it, so the cuts reliably lose commands
+    // (a session cut while idle loses none: its next command finds the
+    // connection gone and is retried as refused), then cuts every worker
+    // session.
+    let active = format!("{sql} AND state = 'active'");
     let (start, mut terminated, mut rounds) = (now_ms(), 0i64, 0);
     while now_ms() < start + lasting {
+        for _ in 0..20 {
+            let cut = sqlx::query_scalar::<_, i64>(&active)
+                .bind(APP_NAME_POOL)
+                .bind(APP_NAME_LEDGER)
+                .fetch_one(&s.admin)
+                .await
+                .unwrap_or(0);
+            terminated += cut;
+            if cut > 0 {
+                break;
+            }
+            sleep_ms(5).await;
+        }
         let query = sqlx::query_scalar::<_, i64>(sql)
             .bind(APP_NAME_POOL)
             .bind(APP_NAME_LEDGER);

@@ -274,8 +274,9 @@ pub enum Reason {
 }
 
 /// Deliberate bugs in the dispatcher (feature `mutants`), each one a
-/// defect it once had: the pool simulation (`tests/tests/pool_simulation.rs`)
-/// and the simulator must catch every one.
+/// defect it once had or a bug an audit injected: the pool simulation
+/// (`tests/tests/pool_simulation.rs`, which shuts pools down at drawn
+/// moments) must catch every one.
 #[cfg(feature = "mutants")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DispatcherMutation {
@@ -285,14 +286,21 @@ pub enum DispatcherMutation {
     /// Take a cancel notification as storage's word: stop the handler and
     /// drop its attempt without asking storage.
     TrustCancelHints,
+    /// Jobs a claim brings in while the dispatcher is shutting down are
+    /// dropped instead of handed back: they stay running in the name of a
+    /// process that is gone until a rescue finds them, their attempt spent
+    /// with no handler started (one of the bugs the audit of issue 14 found
+    /// slipping past every checker).
+    DropClaimedWhileStopping,
 }
 
 #[cfg(feature = "mutants")]
 impl DispatcherMutation {
     /// Every dispatcher mutation, in a fixed order.
-    pub const ALL: [DispatcherMutation; 2] = [
+    pub const ALL: [DispatcherMutation; 3] = [
         DispatcherMutation::HandBackBeforeHandlerEnds,
         DispatcherMutation::TrustCancelHints,
+        DispatcherMutation::DropClaimedWhileStopping,
     ];
 }
 
@@ -1174,6 +1182,10 @@ impl Dispatcher {
         for job in claimed.jobs {
             self.stats.claimed += 1;
             if self.phase != Phase::Running {
+                #[cfg(feature = "mutants")]
+                if self.mutant(DispatcherMutation::DropClaimedWhileStopping) {
+                    continue;
+                }
                 // Claimed while shutting down: give it straight back.
                 self.buffered
                     .push_back((now, job.receipt, HandlerResult::Snooze(Millis::ZERO)));
