@@ -1105,6 +1105,71 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
 // A pause and a claim already under way.
 // ---------------------------------------------------------------------
 
+/// A worker process with one available job and a claimer lease on its
+/// queue, and an operator process; the claim the worker would send.
+async fn worker_and_operator(db: &TestDatabase) -> (PgBackend, PgBackend, Command) {
+    let worker = process(db, "weir-claimer", WorldConfig::default()).await;
+    let operator = process(db, "weir-pauser", WorldConfig::default()).await;
+    worker
+        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .await
+        .unwrap();
+    let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
+        .execute_at(
+            Timestamp(0),
+            Command::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(1),
+            },
+        )
+        .await
+    else {
+        panic!("no claimer lease")
+    };
+    let claim = Command::Claim {
+        queue: queue(),
+        claimer,
+        max: 1,
+        kinds: None,
+    };
+    (worker, operator, claim)
+}
+
+/// Waits until `task` has answered or the sessions of `app` wait on an
+/// advisory lock: either is a legitimate order, and the test then judges
+/// the answers.
+async fn answered_or_waiting<T>(
+    superuser: &PgPool,
+    task: &tokio::task::JoinHandle<T>,
+    app: &str,
+    what: &str,
+) {
+    let start = Instant::now();
+    let waits = format!("SELECT {}", waiting(app, "advisory"));
+    while !task.is_finished() {
+        let waiting: bool = sqlx::query_scalar(&waits)
+            .fetch_one(superuser)
+            .await
+            .unwrap();
+        if waiting {
+            return;
+        }
+        assert!(
+            start.elapsed() < REACH_WITHIN,
+            "{what} neither answered nor waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The jobs a claim handed out.
+fn claimed_jobs(claimed: &Result<Outcome, BackendError>) -> Vec<JobId> {
+    let Ok(Outcome::Claimed(Ok(claim))) = claimed else {
+        panic!("the claim answered {claimed:?}")
+    };
+    claim.jobs.iter().map(|j| j.receipt.job).collect()
+}
+
 /// A claim that was under way when a `PauseQueue` ran must be over before
 /// the pause answers: once the pause has answered, no claim hands out a
 /// job of that queue. The world applies a pause at one instant; a claim
@@ -1119,38 +1184,11 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
 async fn a_pause_answers_only_after_every_claim_under_way_is_over() {
     let db = database().await;
     let superuser = db.pool().await;
-    let worker = process(&db, "weir-claimer", WorldConfig::default()).await;
-    let operator = process(&db, "weir-pauser", WorldConfig::default()).await;
-    worker
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
-        .await
-        .unwrap();
-    let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
-        .execute_at(
-            Timestamp(0),
-            Command::ClaimerAcquire {
-                queue: queue(),
-                process: ProcessId(1),
-            },
-        )
-        .await
-    else {
-        panic!("no claimer lease")
-    };
+    let (worker, operator, claim) = worker_and_operator(&db).await;
     park_on(&superuser, "jobs", "BEFORE UPDATE", "NEW.state = 'running'").await;
     let mut gate = gate(&db).await;
     let claiming = tokio::spawn(async move {
-        let answer = worker
-            .execute_at(
-                Timestamp(1_000),
-                Command::Claim {
-                    queue: queue(),
-                    claimer,
-                    max: 1,
-                    kinds: None,
-                },
-            )
-            .await;
+        let answer = worker.execute_at(Timestamp(1_000), claim).await;
         (answer, Instant::now())
     });
     until(
@@ -1165,23 +1203,7 @@ async fn a_pause_answers_only_after_every_claim_under_way_is_over() {
             .await;
         (answer, Instant::now())
     });
-    // The pause either answers at once or waits for the claim.
-    let start = Instant::now();
-    while !pausing.is_finished() {
-        let waits: bool =
-            sqlx::query_scalar(&format!("SELECT {}", waiting("weir-pauser", "advisory")))
-                .fetch_one(&superuser)
-                .await
-                .unwrap();
-        if waits {
-            break;
-        }
-        assert!(
-            start.elapsed() < REACH_WITHIN,
-            "the pause neither answered nor waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    answered_or_waiting(&superuser, &pausing, "weir-pauser", "the pause").await;
     open_gate(&mut gate).await;
     let (claimed, claim_answered) = claiming.await.unwrap();
     let (paused, pause_answered) = pausing.await.unwrap();
@@ -1189,13 +1211,10 @@ async fn a_pause_answers_only_after_every_claim_under_way_is_over() {
         matches!(paused, Ok(Outcome::QueuePauseChanged(true))),
         "{paused:?}"
     );
-    let Ok(Outcome::Claimed(Ok(claim))) = &claimed else {
-        panic!("the claim answered {claimed:?}")
-    };
+    let jobs = claimed_jobs(&claimed);
     assert!(
-        claim.jobs.is_empty() || claim_answered < pause_answered,
-        "the claim handed out {:?} {:?} after the pause had answered",
-        claim.jobs.iter().map(|j| j.receipt.job).collect::<Vec<_>>(),
+        jobs.is_empty() || claim_answered < pause_answered,
+        "the claim handed out {jobs:?} {:?} after the pause had answered",
         claim_answered.duration_since(pause_answered),
     );
 }
@@ -1209,24 +1228,7 @@ async fn a_pause_answers_only_after_every_claim_under_way_is_over() {
 async fn a_claim_that_starts_while_a_pause_is_under_way_takes_nothing() {
     let db = database().await;
     let superuser = db.pool().await;
-    let worker = process(&db, "weir-claimer", WorldConfig::default()).await;
-    let operator = process(&db, "weir-pauser", WorldConfig::default()).await;
-    worker
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
-        .await
-        .unwrap();
-    let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
-        .execute_at(
-            Timestamp(0),
-            Command::ClaimerAcquire {
-                queue: queue(),
-                process: ProcessId(1),
-            },
-        )
-        .await
-    else {
-        panic!("no claimer lease")
-    };
+    let (worker, operator, claim) = worker_and_operator(&db).await;
     park_on(&superuser, "paused_queues", "BEFORE INSERT", "true").await;
     let mut gate = gate(&db).await;
     let pausing = tokio::spawn(async move {
@@ -1240,36 +1242,8 @@ async fn a_claim_that_starts_while_a_pause_is_under_way_takes_nothing() {
         "the pause parks in its insert",
     )
     .await;
-    let claiming = tokio::spawn(async move {
-        worker
-            .execute_at(
-                Timestamp(1_000),
-                Command::Claim {
-                    queue: queue(),
-                    claimer,
-                    max: 1,
-                    kinds: None,
-                },
-            )
-            .await
-    });
-    // The claim either answers at once or waits for the pause.
-    let start = Instant::now();
-    while !claiming.is_finished() {
-        let waits: bool =
-            sqlx::query_scalar(&format!("SELECT {}", waiting("weir-claimer", "advisory")))
-                .fetch_one(&superuser)
-                .await
-                .unwrap();
-        if waits {
-            break;
-        }
-        assert!(
-            start.elapsed() < REACH_WITHIN,
-            "the claim neither answered nor waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let claiming = tokio::spawn(async move { worker.execute_at(Timestamp(1_000), claim).await });
+    answered_or_waiting(&superuser, &claiming, "weir-claimer", "the claim").await;
     open_gate(&mut gate).await;
     let paused = pausing.await.unwrap();
     let claimed = claiming.await.unwrap();
@@ -1277,12 +1251,9 @@ async fn a_claim_that_starts_while_a_pause_is_under_way_takes_nothing() {
         matches!(paused, Ok(Outcome::QueuePauseChanged(true))),
         "{paused:?}"
     );
-    let Ok(Outcome::Claimed(Ok(claim))) = &claimed else {
-        panic!("the claim answered {claimed:?}")
-    };
+    let jobs = claimed_jobs(&claimed);
     assert!(
-        claim.jobs.is_empty(),
-        "the claim that began during the pause handed out {:?}",
-        claim.jobs.iter().map(|j| j.receipt.job).collect::<Vec<_>>()
+        jobs.is_empty(),
+        "the claim that began during the pause handed out {jobs:?}"
     );
 }

@@ -25,6 +25,7 @@ use crate::ids::{
 use crate::job::JobState;
 use crate::leader::LeaderGrant;
 use crate::reject::{Reject, StateName};
+use crate::semaphore::Slot;
 use crate::world::{Command, Outcome, World};
 
 /// A broken invariant: always a bug.
@@ -541,11 +542,7 @@ fn check_slot_step(
     else {
         return Ok(());
     };
-    let held = before
-        .semaphores
-        .get(semaphore)
-        .and_then(|sem| sem.slots().nth(usize::from(grant.slot.0)))
-        .and_then(|(_, slot)| slot.holder_at(after.now));
+    let held = slot_of(before, semaphore, grant.slot).and_then(|slot| slot.holder_at(after.now));
     match held {
         Some(_) => Err(Violation::NoSlotWithTwoHolders {
             semaphore: semaphore.clone(),
@@ -574,13 +571,9 @@ fn check_slot_holds_step(
         Outcome::SlotRenewed(Ok(())),
     ) = (command, outcome)
     {
-        let live = before
-            .semaphores
-            .get(semaphore)
-            .and_then(|sem| sem.slots().nth(usize::from(grant.slot.0)))
-            .is_some_and(|(_, slot)| {
-                slot.epoch == grant.epoch && slot.holder_at(now) == Some(grant.holder)
-            });
+        let live = slot_of(before, semaphore, grant.slot).is_some_and(|slot| {
+            slot.epoch == grant.epoch && slot.holder_at(now) == Some(grant.holder)
+        });
         if !live {
             return Err(Violation::SlotRenewedOnlyByItsHolder {
                 semaphore: semaphore.clone(),
@@ -594,13 +587,8 @@ fn check_slot_holds_step(
             let Some(holder) = old.holder_at(now) else {
                 continue;
             };
-            let kept = after
-                .semaphores
-                .get(name)
-                .and_then(|s| s.slots().nth(usize::from(index.0)))
-                .is_some_and(|(_, new)| {
-                    new.epoch == old.epoch && new.holder_at(now) == Some(holder)
-                });
+            let kept = slot_of(after, name, index)
+                .is_some_and(|new| new.epoch == old.epoch && new.holder_at(now) == Some(holder));
             if kept {
                 continue;
             }
@@ -689,6 +677,15 @@ fn check_claimer_step(
         }
     }
     Ok(())
+}
+
+/// Slot `index` of semaphore `name` in `world`, if both exist.
+fn slot_of<'w>(world: &'w World, name: &SemaphoreName, index: SlotIndex) -> Option<&'w Slot> {
+    world
+        .semaphores
+        .get(name)
+        .and_then(|sem| sem.slots().nth(usize::from(index.0)))
+        .map(|(_, slot)| slot)
 }
 
 fn check_leader_step(
@@ -859,10 +856,7 @@ fn check_counters_step(before: &World, after: &World) -> Result<(), Violation> {
     }
     for (name, sem) in &before.semaphores {
         for (slot, old) in sem.slots() {
-            let new = after
-                .semaphores
-                .get(name)
-                .and_then(|s| s.slots().nth(usize::from(slot.0)).map(|(_, s)| s.epoch));
+            let new = slot_of(after, name, slot).map(|s| s.epoch);
             if new.is_none_or(|new| new < old.epoch) {
                 return Err(Violation::SlotEpochsOnlyGrow {
                     semaphore: name.clone(),
