@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClaimerSlot, LeaseEpoch, ProcessId};
+use crate::mutation::Mutation;
 use crate::reject::Reject;
 use crate::time::{Millis, Timestamp};
 
@@ -200,7 +201,12 @@ impl ClaimerTable {
             };
             return Ok((grant, Acquired::TakenOver));
         }
-        let open = (0..config.slots_per_queue)
+        let slots = if crate::mutation::active(Mutation::ClaimerOpensPastLimit) {
+            config.slots_per_queue.saturating_add(1)
+        } else {
+            config.slots_per_queue
+        };
+        let open = (0..slots)
             .map(ClaimerSlot)
             .find(|slot| !self.slots.contains_key(slot));
         match open {

@@ -206,6 +206,23 @@ pub enum Violation {
         /// The slot.
         slot: ClaimerSlot,
     },
+    /// A holder's write (heartbeat, complete, fail, snooze, wait, its own
+    /// cancel; a callback's resume) was accepted for a job that was not in
+    /// the state the write is for: `Job::check_receipt`'s state half,
+    /// shared by both backends, stated here on its own.
+    ReceiptWriteOnlyInItsState {
+        /// The job.
+        job: JobId,
+        /// Its state before the step.
+        state: StateName,
+    },
+    /// A rescue took a running job whose heartbeat was fresh and whose
+    /// deadline had not passed. `Job::is_overdue` is shared by both
+    /// backends' rescues; this states the rule apart from it.
+    RescuedOnlyWhenOverdue {
+        /// The job.
+        job: JobId,
+    },
     /// A maintenance write was accepted from a process that is not the live
     /// leader of the current term.
     DeposedLeaderWriteRejected {
@@ -364,7 +381,9 @@ impl World {
         check_stale_writes(before, command, &footprint, outcome, after)?;
         check_counters_step(before, after)?;
         check_slot_holds_step(before, command, outcome, after)?;
-        check_claimer_step(before, command, outcome, after)
+        check_claimer_step(before, command, outcome, after)?;
+        check_receipt_states_step(before, command, &footprint, outcome)?;
+        check_rescue_step(before, command, outcome, after)
     }
 }
 
@@ -679,6 +698,89 @@ fn check_claimer_step(
     Ok(())
 }
 
+/// Every accepted item of a receipt write found its job in the state that
+/// write is for. A job becomes running only by a claim and waiting only
+/// from running, so within one batch the state before the batch is the
+/// state each accepted item met.
+fn check_receipt_states_step(
+    before: &World,
+    command: &Command,
+    footprint: &Footprint<'_>,
+    outcome: &Outcome,
+) -> Result<(), Violation> {
+    let expected = match command {
+        Command::ResumeExternal { .. } => StateName::WaitingExternal,
+        _ => StateName::Running,
+    };
+    let accepted = accepted_items(outcome);
+    for (receipt, ok) in footprint.receipts.iter().zip(accepted) {
+        let Some(job) = before.jobs.get(&receipt.job) else {
+            continue;
+        };
+        if ok && job.state_name() != expected {
+            return Err(Violation::ReceiptWriteOnlyInItsState {
+                job: receipt.job,
+                state: job.state_name(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether each item of a receipt write was accepted (empty for other
+/// outcomes and for a batch refused whole).
+fn accepted_items(outcome: &Outcome) -> Vec<bool> {
+    fn each<T>(items: &crate::world::BatchResult<T>) -> Vec<bool> {
+        items
+            .as_ref()
+            .map(|items| items.iter().map(Result::is_ok).collect())
+            .unwrap_or_default()
+    }
+    match outcome {
+        Outcome::Heartbeats(items)
+        | Outcome::Completed(items)
+        | Outcome::Snoozed(items)
+        | Outcome::Waiting(items)
+        | Outcome::AttemptsCancelled(items) => each(items),
+        Outcome::Failed(items) => each(items),
+        Outcome::Resumed(result) => vec![result.is_ok()],
+        _ => Vec::new(),
+    }
+}
+
+/// A rescue ends only running jobs that were overdue at its time: the
+/// heartbeat at least the configured staleness old, or the deadline
+/// passed (waiting jobs past their callback deadline are the other half).
+fn check_rescue_step(
+    before: &World,
+    command: &Command,
+    outcome: &Outcome,
+    after: &World,
+) -> Result<(), Violation> {
+    let (Command::Rescue { .. }, Outcome::Rescued(Ok(rescued))) = (command, outcome) else {
+        return Ok(());
+    };
+    let stale_after = before.config.heartbeat_stale_after;
+    for (id, _) in rescued {
+        let Some(job) = before.jobs.get(id) else {
+            continue;
+        };
+        if let JobState::Running {
+            heartbeat_at,
+            deadline,
+            ..
+        } = job.state
+        {
+            let age = i128::from(after.now.0) - i128::from(heartbeat_at.0);
+            let stale = age >= i128::from(stale_after.0);
+            if !stale && deadline > after.now {
+                return Err(Violation::RescuedOnlyWhenOverdue { job: *id });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Slot `index` of semaphore `name` in `world`, if both exist.
 fn slot_of<'w>(world: &'w World, name: &SemaphoreName, index: SlotIndex) -> Option<&'w Slot> {
     world
@@ -894,7 +996,7 @@ mod tests {
     use super::*;
     use crate::claimer::{Acquired, ClaimerGrant, ClaimerLease};
     use crate::ids::{Kind, UniqueKey};
-    use crate::job::{NewJob, Payload};
+    use crate::job::{FailOutcome, NewJob, Payload};
     use crate::leader::LeaderGrant;
     use crate::reject::Reject;
     use crate::semaphore::{Hold, Slot, SlotGrant, SlotHolder};
@@ -1439,6 +1541,85 @@ mod tests {
             })
         );
         assert_eq!(step(&w, release(owned), |_| {}), Ok(()));
+    }
+
+    #[test]
+    fn a_receipt_write_is_accepted_only_in_its_state() {
+        let (w, running) = world();
+        // Job 2 was completed under this receipt's epoch: a second
+        // completion with it is refused for its state, not its epoch.
+        let done = Receipt {
+            job: JobId(2),
+            epoch: Epoch(1),
+        };
+        let command = Command::Complete {
+            receipts: vec![running, done],
+        };
+        let mut after = w.clone();
+        let outcome = after.apply(Timestamp(2_000), command.clone());
+        assert!(matches!(
+            &outcome,
+            Outcome::Completed(Ok(items))
+                if items[0].is_ok() && matches!(items[1], Err(Reject::NotRunning { .. }))
+        ));
+        assert_eq!(World::check_step(&w, &command, &outcome, &after), Ok(()));
+        // A world that accepted the second item anyway.
+        let forged = Outcome::Completed(Ok(vec![Ok(()), Ok(())]));
+        assert_eq!(
+            World::check_step(&w, &command, &forged, &after),
+            Err(Violation::ReceiptWriteOnlyInItsState {
+                job: JobId(2),
+                state: StateName::Completed,
+            })
+        );
+        // A resume is for a waiting job: of a running one it is refused.
+        let resume = Command::ResumeExternal { receipt: running };
+        let mut after = w.clone();
+        let outcome = after.apply(Timestamp(2_000), resume.clone());
+        assert!(matches!(outcome, Outcome::Resumed(Err(_))));
+        assert_eq!(
+            World::check_step(&w, &resume, &Outcome::Resumed(Ok(())), &after),
+            Err(Violation::ReceiptWriteOnlyInItsState {
+                job: JobId(1),
+                state: StateName::Running,
+            })
+        );
+    }
+
+    #[test]
+    fn a_rescue_takes_only_overdue_jobs() {
+        let (w, _) = world();
+        let leader = w.leader.leader_at(Timestamp(2_000)).unwrap();
+        let rescue = Command::Rescue {
+            leader,
+            draw: 0,
+            max: 10,
+        };
+        // At 2 s job 1's heartbeat (at 1 s) is fresh: nothing to rescue.
+        let mut after = w.clone();
+        let outcome = after.apply(Timestamp(2_000), rescue.clone());
+        assert!(matches!(&outcome, Outcome::Rescued(Ok(v)) if v.is_empty()));
+        assert_eq!(World::check_step(&w, &rescue, &outcome, &after), Ok(()));
+        // A world that rescued it anyway.
+        let forged = Outcome::Rescued(Ok(vec![(
+            JobId(1),
+            FailOutcome::Retrying {
+                run_at: Timestamp(2_000),
+            },
+        )]));
+        assert_eq!(
+            World::check_step(&w, &rescue, &forged, &after),
+            Err(Violation::RescuedOnlyWhenOverdue { job: JobId(1) })
+        );
+        // Once its heartbeat is as old as the threshold, it may be.
+        let mut stale = w.clone();
+        if let JobState::Running { heartbeat_at, .. } = &mut job_mut(&mut stale, 1).state {
+            *heartbeat_at = Timestamp(2_000 - 60_000);
+        }
+        let mut after = stale.clone();
+        let outcome = after.apply(Timestamp(2_000), rescue.clone());
+        assert!(matches!(&outcome, Outcome::Rescued(Ok(v)) if v.len() == 1));
+        assert_eq!(World::check_step(&stale, &rescue, &outcome, &after), Ok(()));
     }
 
     #[test]

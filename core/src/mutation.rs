@@ -11,6 +11,15 @@
 //! run, the simulator, the Postgres differential test) enumerates.
 //! [`Mutation::DRIVERS`] lists those of a per-process driver, which only a
 //! model that runs the driver can see; the model checker covers both.
+//!
+//! **Where a mutation lives.** A mutation switches one guard off where the
+//! guard is: in `World::apply`'s own code, or inside the shared
+//! functions it calls (`Job`'s transitions, `ClaimerTable::acquire`,
+//! `Semaphore::renew`, …), which the Postgres backend calls too. While a
+//! mutated world applies a command, its mutation is *active* on that
+//! thread ([`active`]), so a guard in `job.rs` asks `mutation::active(..)`
+//! without the world passing a flag down. Without the `mutants` feature
+//! `active` is a constant `false` and the guard compiles to the real code.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +58,22 @@ pub enum Mutation {
     /// grant from an earlier holding of the slot frees the slot it holds
     /// again now, while it still believes it holds it.
     SlotReleaseIgnoresEpoch,
+    /// `Job::is_overdue` measures the heartbeat's age against the heartbeat
+    /// interval (half the staleness threshold) instead of the threshold, so
+    /// a rescue takes a job away from a holder whose heartbeat is fresh.
+    /// Shared code: the Postgres backend's rescue calls it too.
+    RescueOfFreshJob,
+    /// `Job::check_receipt` checks the epoch but not the state: a worker's
+    /// write with the current epoch is accepted while the job waits for its
+    /// external callback, so a late heartbeat-and-complete of the handing
+    /// off attempt finishes a job that waits for the callback.
+    ReceiptIgnoresState,
+    /// `Job::requeue_or_fail` retries while `attempt <= max_attempts`
+    /// (`>` for `>=`): a job gets one attempt more than allowed.
+    RetryPastMaxAttempts,
+    /// `ClaimerTable::acquire` opens slots `0..=K` (an off-by-one), so a
+    /// queue has K + 1 claimers at once.
+    ClaimerOpensPastLimit,
     /// The warm-up driver renews its slot's lease only between batches,
     /// ignores the renewal's answer and never counts the lease out on its
     /// own clock (`weir::warmup` before issue 12): a batch that outlasts
@@ -62,7 +87,7 @@ pub enum Mutation {
 
 impl Mutation {
     /// Every mutation of the world and of an acquisition, in a fixed order.
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::ClaimWithoutEpochBump,
         Mutation::CompleteWithoutEpochCheck,
         Mutation::RescueWithoutEpochBump,
@@ -75,6 +100,10 @@ impl Mutation {
         Mutation::ElectWithoutTermBump,
         Mutation::SnoozeConsumesAttempt,
         Mutation::SlotReleaseIgnoresEpoch,
+        Mutation::RescueOfFreshJob,
+        Mutation::ReceiptIgnoresState,
+        Mutation::RetryPastMaxAttempts,
+        Mutation::ClaimerOpensPastLimit,
     ];
 
     /// Every mutation of a per-process driver (see the module docs).
@@ -89,9 +118,72 @@ impl Mutation {
     }
 }
 
+#[cfg(feature = "mutants")]
+std::thread_local! {
+    static ACTIVE: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the world applying a command on this thread makes the mistake
+/// `m`; always false without the `mutants` feature.
+#[inline]
+pub(crate) fn active(m: Mutation) -> bool {
+    #[cfg(feature = "mutants")]
+    return ACTIVE.with(|a| a.get()) == Some(m);
+    #[cfg(not(feature = "mutants"))]
+    {
+        let _ = m;
+        false
+    }
+}
+
+/// While it lives, [`active`] answers for `mutation`; dropped (also when
+/// a guarded panic unwinds), it puts back what was active before.
+#[cfg(feature = "mutants")]
+#[must_use]
+pub(crate) struct Scope {
+    previous: Option<Mutation>,
+}
+
+/// Makes `mutation` the active one until the returned scope is dropped.
+#[cfg(feature = "mutants")]
+pub(crate) fn scope(mutation: Option<Mutation>) -> Scope {
+    Scope {
+        previous: ACTIVE.with(|a| a.replace(mutation)),
+    }
+}
+
+#[cfg(feature = "mutants")]
+impl Drop for Scope {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(self.previous));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "mutants")]
+    #[test]
+    fn a_scope_is_active_only_while_it_lives_and_nests() {
+        assert!(!active(Mutation::RescueOfFreshJob));
+        {
+            let _outer = scope(Some(Mutation::RescueOfFreshJob));
+            assert!(active(Mutation::RescueOfFreshJob));
+            {
+                let _inner = scope(None);
+                assert!(!active(Mutation::RescueOfFreshJob));
+            }
+            assert!(active(Mutation::RescueOfFreshJob));
+        }
+        assert!(!active(Mutation::RescueOfFreshJob));
+        let unwound = std::panic::catch_unwind(|| {
+            let _s = scope(Some(Mutation::RetryPastMaxAttempts));
+            panic!("a guarded panic");
+        });
+        assert!(unwound.is_err());
+        assert!(!active(Mutation::RetryPastMaxAttempts));
+    }
 
     /// A new variant must be listed: this match stops compiling until it
     /// is, and the count below stops passing until it is in a list.
@@ -109,7 +201,11 @@ mod tests {
             | Mutation::NoTermCheck
             | Mutation::ElectWithoutTermBump
             | Mutation::SnoozeConsumesAttempt
-            | Mutation::SlotReleaseIgnoresEpoch => Mutation::ALL.contains(&m),
+            | Mutation::SlotReleaseIgnoresEpoch
+            | Mutation::RescueOfFreshJob
+            | Mutation::ReceiptIgnoresState
+            | Mutation::RetryPastMaxAttempts
+            | Mutation::ClaimerOpensPastLimit => Mutation::ALL.contains(&m),
             Mutation::WarmupRenewsBetweenBatches | Mutation::WarmupProvesLeaseFromAnswer => {
                 Mutation::DRIVERS.contains(&m)
             }
@@ -118,6 +214,6 @@ mod tests {
         let mut all: Vec<_> = Mutation::every().collect();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 14);
+        assert_eq!(all.len(), 18);
     }
 }

@@ -606,6 +606,8 @@ impl World {
     /// invariant afterwards.
     fn checked_dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {
         let name = command_name(&command);
+        #[cfg(feature = "mutants")]
+        let _mutation = crate::mutation::scope(self.mutation);
         let outcome = self.dispatch_at(now, command);
         self.check_after(name, now);
         outcome

@@ -108,6 +108,9 @@ pub const LATE_WORKER_FENCED: &str = "a late worker is fenced";
 pub const RESCUED_COMPLETED_ELSEWHERE: &str = "a rescued job is completed by another process";
 /// Liveness (faults off): every path ends with every job terminal.
 pub const ALL_TERMINAL: &str = "every job reaches a terminal state";
+/// *Sometimes* (lost answer): a completion sent again is refused, the
+/// first send having applied.
+pub const RESENT_REFUSED: &str = "a completion sent again after a lost answer is refused";
 
 /// The maintenance leader: not one of the workers.
 const MAINTAINER: ProcessId = ProcessId(100);
@@ -117,6 +120,7 @@ const MAINTAINER: ProcessId = ProcessId(100);
 #[derive(Clone, Debug)]
 pub struct Lifecycle {
     faults: bool,
+    lost_answer: bool,
     liveness: bool,
     mutation: Option<Mutation>,
 }
@@ -126,6 +130,7 @@ impl Lifecycle {
     pub fn new() -> Lifecycle {
         Lifecycle {
             faults: true,
+            lost_answer: false,
             liveness: false,
             mutation: None,
         }
@@ -135,7 +140,20 @@ impl Lifecycle {
     pub fn without_faults() -> Lifecycle {
         Lifecycle {
             faults: false,
+            lost_answer: false,
             liveness: true,
+            mutation: None,
+        }
+    }
+
+    /// Crash and cancel off; one completion's answer is lost and the
+    /// worker sends it again, as the runtime retries a lost result. Its
+    /// own shape: with crash and cancel on it triples the space.
+    pub fn with_lost_answer() -> Lifecycle {
+        Lifecycle {
+            faults: false,
+            lost_answer: true,
+            liveness: false,
             mutation: None,
         }
     }
@@ -182,6 +200,9 @@ pub struct Worker {
     pub claimer: ClaimerGrant,
     /// The receipts it believes are its running attempts.
     pub receipts: BTreeSet<Receipt>,
+    /// A completion whose answer it never heard, which it sends again (the
+    /// runtime retries a lost result). The first send may have applied.
+    pub unheard: Option<Receipt>,
 }
 
 /// Fault budgets left (model bounds, not core rules).
@@ -193,6 +214,8 @@ pub struct Budget {
     pub cancels: u8,
     /// Snoozes left.
     pub snoozes: u8,
+    /// Completion answers to lose, left.
+    pub lost_answers: u8,
 }
 
 /// A state of the lifecycle model: the real world plus what the workers
@@ -217,6 +240,9 @@ pub struct LifecycleState {
     /// Ghost: a rescued job was completed by a worker other than the one
     /// it was rescued from.
     pub rescued_completed_elsewhere: bool,
+    /// Ghost: a resent completion was refused because its first send had
+    /// completed the job.
+    pub resent_refused: bool,
     /// Broken properties (empty in every correct state).
     pub faults: Faults,
 }
@@ -230,6 +256,11 @@ pub enum LifecycleAction {
     Heartbeat(usize, Receipt),
     /// Worker completes an attempt.
     Complete(usize, Receipt),
+    /// Worker completes an attempt, and the answer is lost: it will send
+    /// the completion again.
+    CompleteAnswerLost(usize, Receipt),
+    /// Worker sends again the completion whose answer it lost.
+    Resend(usize),
     /// Worker fails an attempt, retryably or for good.
     Fail(usize, Receipt, Retry),
     /// Worker snoozes an attempt (delay 0).
@@ -375,6 +406,33 @@ impl LifecycleState {
         }
     }
 
+    /// The completion is applied (or refused), but the worker never hears
+    /// which: it drops the attempt from its running ones and keeps the
+    /// receipt to send again.
+    fn complete_answer_lost(&mut self, worker: usize, receipt: Receipt) {
+        self.budget.lost_answers -= 1;
+        self.workers[worker].receipts.remove(&receipt);
+        self.workers[worker].unheard = Some(receipt);
+        self.apply(Command::Complete {
+            receipts: vec![receipt],
+        });
+    }
+
+    /// The resent completion: the first send applied or was refused, so
+    /// this one changes nothing, and the worker is done with the receipt
+    /// whatever the answer (the step checks judge what the world did).
+    fn resend(&mut self, worker: usize) {
+        if let Some(receipt) = self.workers[worker].unheard.take() {
+            let command = Command::Complete {
+                receipts: vec![receipt],
+            };
+            if let Some(Outcome::Completed(batch)) = self.apply(command) {
+                let done = self.job(receipt.job).state_name() == weir_core::StateName::Completed;
+                self.resent_refused |= done && single(&batch).is_err();
+            }
+        }
+    }
+
     fn fail(&mut self, worker: usize, receipt: Receipt, retry: Retry) {
         let failure = Failure {
             receipt,
@@ -456,6 +514,7 @@ impl LifecycleState {
         self.budget.crashes -= 1;
         self.workers[worker].status = Status::Crashed;
         self.workers[worker].receipts.clear();
+        self.workers[worker].unheard = None;
         self.apply(Command::ProcessCrashed {
             process: pid(worker),
         });
@@ -517,7 +576,7 @@ impl LifecycleState {
                 job
             })
             .collect();
-        let workers = permute(&self.workers, perm).map(|w| (w.status, w.receipts));
+        let workers = permute(&self.workers, perm).map(|w| (w.status, w.receipts, w.unheard));
         let rescued_from: BTreeMap<JobId, usize> = self
             .rescued_from
             .iter()
@@ -530,7 +589,11 @@ impl LifecycleState {
             self.budget,
             rescued_from,
             &self.terminal_seen,
-            (self.fenced, self.rescued_completed_elsewhere),
+            (
+                self.fenced,
+                self.rescued_completed_elsewhere,
+                self.resent_refused,
+            ),
             &self.faults,
         )
     }
@@ -618,6 +681,7 @@ impl Model for Lifecycle {
                 status: Status::Alive,
                 claimer,
                 receipts: BTreeSet::new(),
+                unheard: None,
             }
         });
         let on = u8::from(self.faults);
@@ -629,11 +693,13 @@ impl Model for Lifecycle {
                 crashes: on,
                 cancels: on,
                 snoozes: 1,
+                lost_answers: u8::from(self.lost_answer),
             },
             rescued_from: BTreeMap::new(),
             terminal_seen: BTreeMap::new(),
             fenced: false,
             rescued_completed_elsewhere: false,
+            resent_refused: false,
             faults: Faults::default(),
         }]
     }
@@ -658,6 +724,9 @@ impl Model for Lifecycle {
                     for &r in &worker.receipts {
                         actions.push(Heartbeat(w, r));
                         actions.push(Complete(w, r));
+                        if state.budget.lost_answers > 0 {
+                            actions.push(CompleteAnswerLost(w, r));
+                        }
                         actions.push(Fail(w, r, Retry::Backoff));
                         actions.push(Fail(w, r, Retry::Never));
                         if state.budget.snoozes > 0 {
@@ -666,6 +735,9 @@ impl Model for Lifecycle {
                     }
                 }
                 Status::Crashed => {}
+            }
+            if worker.status == Status::Alive && worker.unheard.is_some() {
+                actions.push(Resend(w));
             }
             // A worker that holds nothing and crashes is indistinguishable
             // from one that never claims again, which interleaving already
@@ -703,6 +775,8 @@ impl Model for Lifecycle {
             Claim(w) => next.claim(w),
             Heartbeat(w, r) => next.heartbeat(w, r),
             Complete(w, r) => next.complete(w, r),
+            CompleteAnswerLost(w, r) => next.complete_answer_lost(w, r),
+            Resend(w) => next.resend(w),
             Fail(w, r, retry) => next.fail(w, r, retry),
             Snooze(w, r) => next.snooze(w, r),
             Cancel(job) => next.cancel(job),
@@ -752,6 +826,11 @@ impl Model for Lifecycle {
         ];
         if self.liveness {
             properties.push(Property::eventually(ALL_TERMINAL, |_, s| all_terminal(s)));
+        }
+        if self.lost_answer {
+            properties.push(Property::sometimes(RESENT_REFUSED, |_, s: &LifecycleState| {
+                s.resent_refused
+            }));
         }
         properties
     }

@@ -8,7 +8,7 @@
 use stateright::Model;
 use weir_core::Mutation;
 
-use crate::check::STEP_INVARIANTS;
+use crate::check::{STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::claimer::{self, ClaimerFreshness};
 use crate::leader::{self, LeaderTerms};
 use crate::lifecycle::{self, Lifecycle};
@@ -16,11 +16,13 @@ use crate::run::hunt;
 use crate::semaphore::{self, SemaphoreHerd};
 use crate::warmup::{self, WarmupHerd};
 
-/// One of the five models.
+/// One of the five models (the lifecycle in two shapes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// [`crate::lifecycle`], faults on.
     Lifecycle,
+    /// [`crate::lifecycle`], one completion's answer lost and resent.
+    LifecycleLostAnswer,
     /// [`crate::claimer`].
     Claimer,
     /// [`crate::semaphore`].
@@ -51,7 +53,7 @@ const fn row(mutation: Mutation, model: Target, property: &'static str) -> Caugh
 }
 
 /// Every mutation and what catches it.
-pub const CAUGHT: [Caught; 14] = [
+pub const CAUGHT: [Caught; 18] = [
     row(
         Mutation::ClaimWithoutEpochBump,
         Target::Lifecycle,
@@ -113,6 +115,26 @@ pub const CAUGHT: [Caught; 14] = [
         leader::ONE_LEADER_PER_TERM,
     ),
     row(
+        Mutation::RescueOfFreshJob,
+        Target::Lifecycle,
+        STEP_INVARIANTS,
+    ),
+    row(
+        Mutation::ReceiptIgnoresState,
+        Target::LifecycleLostAnswer,
+        STEP_INVARIANTS,
+    ),
+    row(
+        Mutation::RetryPastMaxAttempts,
+        Target::Lifecycle,
+        WORLD_INVARIANTS,
+    ),
+    row(
+        Mutation::ClaimerOpensPastLimit,
+        Target::Claimer,
+        WORLD_INVARIANTS,
+    ),
+    row(
         Mutation::WarmupRenewsBetweenBatches,
         Target::Warmup,
         warmup::AT_MOST_N_WORKING,
@@ -146,6 +168,10 @@ pub fn hunt_mutant(mutation: Mutation) -> Option<Vec<String>> {
     match row.model {
         Target::Lifecycle => {
             let model = Lifecycle::new().with_mutation(mutation);
+            hunt(&label, model, row.property).map(actions::<Lifecycle>)
+        }
+        Target::LifecycleLostAnswer => {
+            let model = Lifecycle::with_lost_answer().with_mutation(mutation);
             hunt(&label, model, row.property).map(actions::<Lifecycle>)
         }
         Target::Claimer => {

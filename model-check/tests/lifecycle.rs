@@ -8,6 +8,13 @@ fn lifecycle_with_crash_and_cancel_keeps_every_fencing_invariant() {
     check_all("lifecycle (faults on)", Lifecycle::new());
 }
 
+/// A worker that lost a completion's answer sends it again: the resend
+/// is refused and changes nothing (`ReceiptIgnoresState` breaks this).
+#[test]
+fn lifecycle_with_a_lost_answer_refuses_the_resent_completion() {
+    check_all("lifecycle (a lost answer)", Lifecycle::with_lost_answer());
+}
+
 #[test]
 fn lifecycle_without_faults_finishes_every_job() {
     check_all(

@@ -75,6 +75,26 @@ fn a_slot_release_ignoring_the_epoch_is_caught() {
 }
 
 #[test]
+fn a_rescue_of_a_fresh_job_is_caught() {
+    assert_caught(Mutation::RescueOfFreshJob);
+}
+
+#[test]
+fn a_receipt_check_ignoring_the_state_is_caught() {
+    assert_caught(Mutation::ReceiptIgnoresState);
+}
+
+#[test]
+fn a_retry_past_the_last_attempt_is_caught() {
+    assert_caught(Mutation::RetryPastMaxAttempts);
+}
+
+#[test]
+fn a_claimer_slot_past_the_limit_is_caught() {
+    assert_caught(Mutation::ClaimerOpensPastLimit);
+}
+
+#[test]
 fn a_scan_that_stops_at_an_error_is_caught() {
     assert_caught(Mutation::ScanStopsAtError);
 }
