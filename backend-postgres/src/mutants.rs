@@ -33,15 +33,59 @@ pub enum SqlMutation {
     /// real heartbeat or the attempt's end overwrites it, which is why a
     /// state comparison every 40 steps missed it.
     HeartbeatWritesStale,
+    /// The receipt batches pick their winners without comparing epochs
+    /// (`l.epoch = i.epoch` dropped from the winner join): a stale
+    /// heartbeat, failure, snooze or wait writes the newer attempt's row,
+    /// while its answer (built from the locked row) still says stale.
+    ReceiptsWithoutEpoch,
+    /// The receipt batches pick their winners without checking the state
+    /// (`l.state = 'running'` dropped): a worker's write with the current
+    /// epoch lands on a job that waits for its callback, or is finished.
+    /// The SQL twin of the core's `ReceiptIgnoresState`.
+    ReceiptsWithoutState,
+    /// A failure retries while `attempt > max_attempts` decides
+    /// exhaustion (`>=` became `>`): one attempt more than allowed. The SQL
+    /// twin of the core's `RetryPastMaxAttempts`.
+    FailPastMaxAttempts,
+    /// A snooze forgets to refund the attempt (`attempt = j.attempt - 1`
+    /// became `attempt = j.attempt`). The twin of `SnoozeConsumesAttempt`.
+    SnoozeWithoutRefund,
+    /// Claims do not consult the pause gate (`AND (SELECT open FROM
+    /// clock)` dropped): a paused queue's jobs are claimed.
+    ClaimIgnoresPause,
+    /// Claims keep the job's epoch (`epoch = j.epoch + 1` became
+    /// `epoch = j.epoch`): two attempts share one epoch. The twin of
+    /// `ClaimWithoutEpochBump`.
+    ClaimWithoutEpochBump,
 }
 
 impl SqlMutation {
     /// Every mutation.
-    pub const ALL: [SqlMutation; 4] = [
+    pub const ALL: [SqlMutation; 10] = [
         SqlMutation::ReceiptsWithoutRowLock,
         SqlMutation::ClaimWithoutSkipLocked,
         SqlMutation::CompleteWithoutEpoch,
         SqlMutation::HeartbeatWritesStale,
+        SqlMutation::ReceiptsWithoutEpoch,
+        SqlMutation::ReceiptsWithoutState,
+        SqlMutation::FailPastMaxAttempts,
+        SqlMutation::SnoozeWithoutRefund,
+        SqlMutation::ClaimIgnoresPause,
+        SqlMutation::ClaimWithoutEpochBump,
+    ];
+
+    /// The mutations the differential test must tell apart from the
+    /// world (`backend-postgres/tests/differential.rs`): one serial
+    /// client sees them. The others need concurrency, and the concurrent
+    /// histories catch them (`tests/tests/histories.rs`).
+    pub const SERIAL: [SqlMutation; 7] = [
+        SqlMutation::HeartbeatWritesStale,
+        SqlMutation::ReceiptsWithoutEpoch,
+        SqlMutation::ReceiptsWithoutState,
+        SqlMutation::FailPastMaxAttempts,
+        SqlMutation::SnoozeWithoutRefund,
+        SqlMutation::ClaimIgnoresPause,
+        SqlMutation::ClaimWithoutEpochBump,
     ];
 
     /// The fragment this mutation rewrites, and what it becomes.
@@ -61,6 +105,26 @@ impl SqlMutation {
             SqlMutation::HeartbeatWritesStale => (
                 "SET heartbeat_at = greatest(j.heartbeat_at, c.now)\n            FROM winner w, clock c WHERE j.id = w.id\n",
                 "SET heartbeat_at = greatest(j.heartbeat_at, c.now)\n            FROM input w, clock c WHERE j.id = w.id AND j.state = 'running'\n",
+            ),
+            SqlMutation::ReceiptsWithoutEpoch => (
+                "JOIN locked l ON l.id = i.id AND l.epoch = i.epoch AND l.state = 'running'",
+                "JOIN locked l ON l.id = i.id AND l.state = 'running'",
+            ),
+            SqlMutation::ReceiptsWithoutState => (
+                "JOIN locked l ON l.id = i.id AND l.epoch = i.epoch AND l.state = 'running'",
+                "JOIN locked l ON l.id = i.id AND l.epoch = i.epoch",
+            ),
+            SqlMutation::FailPastMaxAttempts => (
+                "WHEN l.attempt >= l.max_attempts THEN 'attempts_exhausted'",
+                "WHEN l.attempt > l.max_attempts THEN 'attempts_exhausted'",
+            ),
+            SqlMutation::SnoozeWithoutRefund => {
+                ("SET attempt = j.attempt - 1,", "SET attempt = j.attempt,")
+            }
+            SqlMutation::ClaimIgnoresPause => ("      AND (SELECT open FROM clock)\n", ""),
+            SqlMutation::ClaimWithoutEpochBump => (
+                "SET state = 'running', epoch = j.epoch + 1,",
+                "SET state = 'running', epoch = j.epoch,",
             ),
         }
     }
