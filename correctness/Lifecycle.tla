@@ -65,7 +65,8 @@ CONSTANTS
     BUG_ADMIN_RETRY_RESETS_EPOCH,  \* admin retry resets epoch with attempts
     BUG_RESCUE_NO_EPOCH_BUMP,      \* rescue requeues without bumping the epoch
     BUG_CANCEL_NO_EPOCH_BUMP,      \* cancel without bumping the epoch
-    BUG_PROMOTE_SKIPS_RETRYABLE    \* promote only looks at scheduled jobs
+    BUG_PROMOTE_SKIPS_RETRYABLE,   \* promote only looks at scheduled jobs
+    BUG_RETRY_PAST_MAX             \* a failed last attempt is retried anyway
 
 ASSUME MaxAttempts \in Nat \ {0}
 ASSUME {MaxSnoozes, MaxWaits, MaxAdminRetries} \subseteq Nat
@@ -114,7 +115,9 @@ NoTerminal == UNCHANGED termCount
 HasHolder(j) == \E p \in Procs : Receipt(j, epoch[j]) \in held[p]
 
 \* Where a failed attempt goes: retry while attempts remain.
-AfterFailedAttempt(j) == IF attempt[j] < MaxAttempts THEN "retryable" ELSE "failed"
+AfterFailedAttempt(j) ==
+    IF attempt[j] < MaxAttempts \/ (BUG_RETRY_PAST_MAX /\ attempt[j] = MaxAttempts)
+    THEN "retryable" ELSE "failed"
 
 -----------------------------------------------------------------------------
 (* Initial state: every job has been enqueued (Job::enqueue), either with a *)
