@@ -126,6 +126,23 @@ impl ClaimerLease {
     }
 }
 
+/// Which steps of [`ClaimerTable::acquire`] run: both, but in a mutant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AcquireRule {
+    /// Look for the caller's own unexpired lease first.
+    pub(crate) reuse: bool,
+    /// The caller's own lapsed (expired or idle) lease may be taken over.
+    pub(crate) take_own_lapsed: bool,
+}
+
+impl AcquireRule {
+    /// The real rule.
+    pub(crate) const CORRECT: AcquireRule = AcquireRule {
+        reuse: true,
+        take_own_lapsed: true,
+    };
+}
+
 /// The claimer slots of one queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClaimerTable {
@@ -162,16 +179,30 @@ impl ClaimerTable {
     }
 
     /// Reuse my unexpired lease; else take over the first released, expired
-    /// or idle slot; else open a new slot while fewer than K exist.
+    /// or idle slot (my own lapsed one included); else open a new slot while
+    /// fewer than K exist.
     pub fn acquire(
         &mut self,
         process: ProcessId,
         now: Timestamp,
         config: &ClaimerConfig,
     ) -> Result<(ClaimerGrant, Acquired), Reject> {
+        self.acquire_as(process, now, config, AcquireRule::CORRECT)
+    }
+
+    /// [`ClaimerTable::acquire`], with the deliberate mistakes of `rule`
+    /// (the core's mutations; [`AcquireRule::CORRECT`] makes none).
+    pub(crate) fn acquire_as(
+        &mut self,
+        process: ProcessId,
+        now: Timestamp,
+        config: &ClaimerConfig,
+        rule: AcquireRule,
+    ) -> Result<(ClaimerGrant, Acquired), Reject> {
         let mine = self
             .slots
             .iter()
+            .filter(|_| rule.reuse)
             .find(|(_, lease)| lease.is_held_by(process, now));
         if let Some((&slot, lease)) = mine {
             let grant = ClaimerGrant {
@@ -190,6 +221,7 @@ impl ClaimerTable {
         let takeable = self
             .slots
             .iter_mut()
+            .filter(|(_, lease)| rule.take_own_lapsed || lease.owner != Some(process))
             .find(|(_, lease)| lease.is_takeable(now, config.idle_threshold));
         if let Some((&slot, lease)) = takeable {
             *lease = fresh(lease.lease_epoch.next());

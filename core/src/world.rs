@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
-use crate::claimer::{Acquired, ClaimerConfig, ClaimerGrant, ClaimerTable};
+use crate::claimer::{AcquireRule, Acquired, ClaimerConfig, ClaimerGrant, ClaimerTable};
 use crate::ids::{
     Attempt, Epoch, JobId, Kind, LeaderTerm, Priority, ProcessId, QueueName, Receipt,
     SemaphoreName, SlotIndex, UniqueKey,
@@ -671,8 +671,12 @@ impl World {
             }
             Command::ClaimerAcquire { queue, process } => {
                 let config = self.config.claimer;
+                let rule = AcquireRule {
+                    reuse: !self.mutant(Mutation::AcquireIgnoresOwnLease),
+                    take_own_lapsed: !self.mutant(Mutation::AcquireSkipsOwnLapsedLease),
+                };
                 let table = self.claimers.entry(queue).or_default();
-                Outcome::ClaimerAcquired(table.acquire(process, now, &config))
+                Outcome::ClaimerAcquired(table.acquire_as(process, now, &config, rule))
             }
             Command::ClaimerRelease { queue, claimer } => Outcome::ClaimerReleased(
                 self.claimers
