@@ -163,16 +163,20 @@ impl ClaimerTable {
     }
 
     /// Reuse my unexpired lease; else take over the first released, expired
-    /// or idle slot; else open a new slot while fewer than K exist.
+    /// or idle slot (my own lapsed one included); else open a new slot while
+    /// fewer than K exist.
     pub fn acquire(
         &mut self,
         process: ProcessId,
         now: Timestamp,
         config: &ClaimerConfig,
     ) -> Result<(ClaimerGrant, Acquired), Reject> {
+        let reuse = !crate::mutation::active(Mutation::AcquireIgnoresOwnLease);
+        let take_own_lapsed = !crate::mutation::active(Mutation::AcquireSkipsOwnLapsedLease);
         let mine = self
             .slots
             .iter()
+            .filter(|_| reuse)
             .find(|(_, lease)| lease.is_held_by(process, now));
         if let Some((&slot, lease)) = mine {
             let grant = ClaimerGrant {
@@ -191,6 +195,7 @@ impl ClaimerTable {
         let takeable = self
             .slots
             .iter_mut()
+            .filter(|(_, lease)| take_own_lapsed || lease.owner != Some(process))
             .find(|(_, lease)| lease.is_takeable(now, config.idle_threshold));
         if let Some((&slot, lease)) = takeable {
             *lease = fresh(lease.lease_epoch.next());

@@ -11,6 +11,8 @@
 //! run, the simulator, the Postgres differential test) enumerates.
 //! [`Mutation::DRIVERS`] lists those of a per-process driver, which only a
 //! model that runs the driver can see; the model checker covers both.
+//! [`Mutation::MODELS_ONLY`] lists world mutations only the model checker
+//! is asked to find (see there why).
 //!
 //! **Where a mutation lives.** A mutation switches one guard off where the
 //! guard is: in `World::apply`'s own code, or inside the shared
@@ -83,6 +85,16 @@ pub enum Mutation {
     /// instead of when its command was sent: after a slow answer it
     /// believes in a lease that storage lets lapse sooner.
     WarmupProvesLeaseFromAnswer,
+    /// A claimer acquisition never looks for the caller's own unexpired
+    /// lease: a process that asks again (its claim loop restarting, say)
+    /// takes a second slot instead of getting its lease back, and keeps
+    /// the first one from everyone else until it lapses.
+    AcquireIgnoresOwnLease,
+    /// A claimer take-over passes over the caller's own rows (written as
+    /// "owner is not me", as if the reuse step had handled them all): a
+    /// process whose lease lapsed cannot take its own slot back, and with
+    /// the other slots busy it never claims again.
+    AcquireSkipsOwnLapsedLease,
 }
 
 impl Mutation {
@@ -112,9 +124,24 @@ impl Mutation {
         Mutation::WarmupProvesLeaseFromAnswer,
     ];
 
-    /// Every mutation: [`Mutation::ALL`], then [`Mutation::DRIVERS`].
+    /// Mutations of the world that only the model checker is asked to
+    /// catch: one breaks a promise about what happens next (a claimer
+    /// whose lease lapsed gets a slot again), which no check of a single
+    /// history states, and the other one whose harm (a process holding two
+    /// slots) no history check names either. The property run and the
+    /// simulator do not enumerate them.
+    pub const MODELS_ONLY: [Mutation; 2] = [
+        Mutation::AcquireIgnoresOwnLease,
+        Mutation::AcquireSkipsOwnLapsedLease,
+    ];
+
+    /// Every mutation: [`Mutation::ALL`], [`Mutation::DRIVERS`], then
+    /// [`Mutation::MODELS_ONLY`].
     pub fn every() -> impl Iterator<Item = Mutation> {
-        Mutation::ALL.into_iter().chain(Mutation::DRIVERS)
+        Mutation::ALL
+            .into_iter()
+            .chain(Mutation::DRIVERS)
+            .chain(Mutation::MODELS_ONLY)
     }
 }
 
@@ -209,11 +236,14 @@ mod tests {
             Mutation::WarmupRenewsBetweenBatches | Mutation::WarmupProvesLeaseFromAnswer => {
                 Mutation::DRIVERS.contains(&m)
             }
+            Mutation::AcquireIgnoresOwnLease | Mutation::AcquireSkipsOwnLapsedLease => {
+                Mutation::MODELS_ONLY.contains(&m)
+            }
         };
         assert!(Mutation::every().all(listed));
         let mut all: Vec<_> = Mutation::every().collect();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 18);
+        assert_eq!(all.len(), 20);
     }
 }

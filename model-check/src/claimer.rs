@@ -39,6 +39,30 @@
 //! The three processes are interchangeable, so the fingerprint is also taken
 //! up to a relabelling of them ([`crate::symmetry`]).
 //!
+//! ## The lapse shape: a process comes back
+//!
+//! [`ClaimerFreshness::lapse`] is a second, smaller shape of the same model
+//! (two processes, K = 2, ttl 4 / idle 4, time `0..=7`): process 0 opened
+//! a slot at `t = 0` and then stalled — it takes no step until its lease's
+//! end by its own clock (`t = 4`), when its lease has lapsed; then it runs
+//! again with the grant it kept. Every process may also `Acquire` while it
+//! holds a grant, as a claim loop that restarts does: with a live lease
+//! the core must answer `Reused` with the same grant (nothing written);
+//! with a lapsed one it takes its own slot back or another one.
+//!
+//! Its liveness property, "a process whose lease lapsed can claim again",
+//! is an `eventually`: on every path the returning process makes a
+//! non-empty claim after its lapse. That is the honest form of "once it
+//! tries while a slot is takeable or free, it gets a lease and claims",
+//! because in this shape a slot is always there for it: the other process
+//! holds at most one lease (reuse), so of K = 2 slots one is free,
+//! released, lapsed or idle whenever the returner asks. A path ends only
+//! when no step changes anything at the last instant, so it cannot end
+//! with the returner still able to acquire or claim; the checker finds a
+//! counterexample exactly when some path ends with the returner refused
+//! (or never claiming) although a slot was there. The ghost flag is
+//! stable, as the README's "Liveness" paragraph requires.
+//!
 //! ## What "keeps claiming" means
 //!
 //! The core promises (`claimer.rs`) that after a non-empty claim at `t` no
@@ -105,6 +129,10 @@ impl Timing {
 
 /// The clock stops here.
 pub const TIME_MAX: Timestamp = Timestamp(10);
+/// The clock of the lapse shape stops here.
+pub const LAPSE_TIME_MAX: Timestamp = Timestamp(7);
+/// Processes that take steps in the lapse shape (the third never does).
+pub const LAPSE_PROCESSES: usize = 2;
 /// Releases allowed in one run.
 pub const RELEASES: u8 = 1;
 
@@ -123,12 +151,27 @@ pub const WRITES_BOUNDED: &str = "lease writes are bounded per unit of time";
 pub const IDLE_TAKEN_OVER: &str = "an idle claimer's slot is taken over";
 /// Example: a non-empty claim that did not write the lease row.
 pub const CLAIM_WITHOUT_WRITE: &str = "a busy claimer claims without a lease write";
+/// An acquisition by a process whose lease is live gives that lease back
+/// (`Acquired::Reused`, the same grant), writing nothing.
+pub const REUSES_LIVE_LEASE: &str = "a process asking again gets its live lease back";
+/// Liveness (lapse shape): the process whose lease lapsed while it stalled
+/// makes a non-empty claim again.
+pub const LAPSED_CLAIMS_AGAIN: &str = "a process whose lease lapsed can claim again";
+/// Example (lapse shape): an acquisition answered `Reused`.
+pub const REUSED: &str = "a live lease is reused";
+/// Example (lapse shape): the returning process took its own lapsed slot
+/// back.
+pub const OWN_SLOT_RETAKEN: &str = "a returning process takes its own lapsed slot back";
+/// Example (lapse shape): the returning process found its slot gone to the
+/// other process and got another slot.
+pub const RETURNER_MOVED: &str = "a returning process gets another slot";
 
 /// The claimer-freshness model.
 #[derive(Clone, Debug)]
 pub struct ClaimerFreshness {
     timing: Timing,
     mutation: Option<Mutation>,
+    lapse: bool,
 }
 
 impl ClaimerFreshness {
@@ -137,6 +180,15 @@ impl ClaimerFreshness {
         ClaimerFreshness {
             timing: Timing::EVEN,
             mutation: None,
+            lapse: false,
+        }
+    }
+
+    /// The lapse shape (see the module docs), with [`Timing::EVEN`].
+    pub fn lapse() -> ClaimerFreshness {
+        ClaimerFreshness {
+            lapse: true,
+            ..ClaimerFreshness::new()
         }
     }
 
@@ -147,9 +199,30 @@ impl ClaimerFreshness {
 
     /// The model over a world that makes the deliberate mistake `m`.
     pub fn with_mutation(m: Mutation) -> ClaimerFreshness {
+        ClaimerFreshness::new().mutated(m)
+    }
+
+    /// The same shape over a world that makes the deliberate mistake `m`.
+    pub fn mutated(self, m: Mutation) -> ClaimerFreshness {
         ClaimerFreshness {
             mutation: Some(m),
-            ..ClaimerFreshness::new()
+            ..self
+        }
+    }
+
+    fn processes(&self) -> usize {
+        if self.lapse {
+            LAPSE_PROCESSES
+        } else {
+            PROCESSES
+        }
+    }
+
+    fn time_max(&self) -> Timestamp {
+        if self.lapse {
+            LAPSE_TIME_MAX
+        } else {
+            TIME_MAX
         }
     }
 }
@@ -171,6 +244,32 @@ pub struct Claimer {
     /// Ghost: the last write of its lease row, while another write would
     /// still be too soon.
     pub last_write: Option<Timestamp>,
+    /// Lapse shape: it takes no step before this time (the end of the
+    /// lease it got at `t = 0`), and is the returning process for good.
+    pub stalled_until: Option<Timestamp>,
+}
+
+impl Claimer {
+    /// It no longer believes it holds a lease.
+    fn drop_grant(&mut self) {
+        *self = Claimer {
+            stalled_until: self.stalled_until,
+            ..Claimer::default()
+        };
+    }
+}
+
+/// Ghosts of the lapse shape (all false in the other one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LapseGhosts {
+    /// See [`LAPSED_CLAIMS_AGAIN`].
+    pub returned: bool,
+    /// See [`REUSED`].
+    pub reused: bool,
+    /// See [`OWN_SLOT_RETAKEN`].
+    pub own_retaken: bool,
+    /// See [`RETURNER_MOVED`].
+    pub moved: bool,
 }
 
 /// A state of the claimer model. Equality and hashing leave the job table
@@ -187,6 +286,8 @@ pub struct ClaimerState {
     pub idle_taken_over: bool,
     /// Ghost: a non-empty claim wrote nothing.
     pub claim_without_write: bool,
+    /// Ghosts of the lapse shape.
+    pub lapse: LapseGhosts,
     /// Broken properties.
     pub faults: Faults,
 }
@@ -200,6 +301,7 @@ impl ClaimerState {
             &self.procs,
             self.releases,
             (self.idle_taken_over, self.claim_without_write),
+            self.lapse,
             &self.faults,
         )
     }
@@ -237,6 +339,7 @@ impl ClaimerState {
             procs,
             self.releases,
             (self.idle_taken_over, self.claim_without_write),
+            self.lapse,
             self.faults.clone(),
         )
     }
@@ -328,6 +431,12 @@ impl ClaimerState {
 
     fn acquire(&mut self, p: usize) {
         let owners = self.owners();
+        let now = self.now();
+        let live = self.procs[p].grant.filter(|grant| {
+            self.world
+                .claimers(&queue())
+                .is_some_and(|table| table.check(grant, now).is_ok())
+        });
         let command = Command::ClaimerAcquire {
             queue: queue(),
             process: pid(p),
@@ -335,11 +444,30 @@ impl ClaimerState {
         let Some(Outcome::ClaimerAcquired(result)) = self.apply(command) else {
             return;
         };
+        if let Some(live) = live {
+            if result != Ok((live, Acquired::Reused)) {
+                self.faults.push(
+                    REUSES_LIVE_LEASE,
+                    format!("process {p} holds {live:?} and asked again: {result:?}"),
+                );
+            }
+        }
         let (grant, how) = match result {
             Ok(acquired) => acquired,
-            Err(Reject::NoClaimerSlot { .. }) => return,
+            Err(Reject::NoClaimerSlot { .. }) => {
+                // It now knows it holds no lease.
+                self.procs[p].drop_grant();
+                return;
+            }
             Err(other) => panic!("acquire answered {other:?}"),
         };
+        if how == Acquired::Reused {
+            // The same lease row: its ghosts still apply.
+            self.lapse.reused = true;
+            self.procs[p].grant = Some(grant);
+            return;
+        }
+        let returning = self.procs[p].stalled_until.is_some();
         let me = &mut self.procs[p];
         me.grant = Some(grant);
         me.last_claim = None;
@@ -347,9 +475,17 @@ impl ClaimerState {
         me.last_write = None;
         match how {
             Acquired::Reused => {}
-            Acquired::Opened => self.wrote(p, "opened"),
+            Acquired::Opened => {
+                self.lapse.moved |= returning;
+                self.wrote(p, "opened");
+            }
             Acquired::TakenOver => {
                 let previous = owners.get(&grant.slot).copied().flatten();
+                if previous == Some(pid(p)) {
+                    self.lapse.own_retaken |= returning;
+                } else {
+                    self.lapse.moved |= returning;
+                }
                 let victim = (0..PROCESSES).find(|&q| Some(pid(q)) == previous && q != p);
                 if victim.is_some_and(|q| self.procs[q].grant.is_some()) {
                     self.idle_taken_over = true;
@@ -376,7 +512,7 @@ impl ClaimerState {
         let claimed = match result {
             Ok(claimed) => claimed,
             Err(Reject::ClaimerLeaseLost { .. }) => {
-                self.procs[p] = Claimer::default();
+                self.procs[p].drop_grant();
                 return;
             }
             Err(other) => panic!("claim answered {other:?}"),
@@ -399,6 +535,9 @@ impl ClaimerState {
             return;
         };
         self.procs[p].last_claim = Some(self.now());
+        if self.procs[p].stalled_until.is_some() {
+            self.lapse.returned = true;
+        }
         if !claimed.lease_refreshed {
             self.claim_without_write = true;
         }
@@ -418,7 +557,7 @@ impl ClaimerState {
             return;
         };
         self.releases -= 1;
-        self.procs[p] = Claimer::default();
+        self.procs[p].drop_grant();
         self.apply(Command::ClaimerRelease {
             queue: queue(),
             claimer,
@@ -497,23 +636,38 @@ impl Model for ClaimerFreshness {
         );
         let enqueued = world.apply(Timestamp::ZERO, Command::Enqueue { jobs: vec![job] });
         assert!(matches!(enqueued, Outcome::Enqueued(Ok(_))), "{enqueued:?}");
-        vec![ClaimerState {
+        let mut state = ClaimerState {
             world,
             procs: [Claimer::default(); PROCESSES],
             releases: RELEASES,
             idle_taken_over: false,
             claim_without_write: false,
+            lapse: LapseGhosts::default(),
             faults: Faults::default(),
-        }]
+        };
+        if self.lapse {
+            // Process 0 got a lease at t = 0, then stalled until it ends.
+            state.acquire(0);
+            assert!(state.procs[0].grant.is_some() && state.faults.is_empty());
+            state.procs[0].stalled_until = Some(Timestamp::ZERO.plus(self.timing.lease_ttl));
+        }
+        vec![state]
     }
 
     fn actions(&self, state: &ClaimerState, actions: &mut Vec<ClaimerAction>) {
         if !state.faults.is_empty() {
             return;
         }
-        for (p, proc) in state.procs.iter().enumerate() {
-            if proc.grant.is_none() {
+        for (p, proc) in state.procs.iter().enumerate().take(self.processes()) {
+            if proc.stalled_until.is_some_and(|until| state.now() < until) {
+                continue;
+            }
+            // In the lapse shape a process may also ask again while it
+            // holds a grant (live: reuse; lapsed: a new lease).
+            if proc.grant.is_none() || self.lapse {
                 actions.push(ClaimerAction::Acquire(p));
+            }
+            if proc.grant.is_none() {
                 continue;
             }
             actions.push(ClaimerAction::Claim(p));
@@ -522,7 +676,7 @@ impl Model for ClaimerFreshness {
                 actions.push(ClaimerAction::Release(p));
             }
         }
-        if state.now() < TIME_MAX {
+        if state.now() < self.time_max() {
             actions.push(ClaimerAction::Tick);
         }
     }
@@ -551,7 +705,7 @@ impl Model for ClaimerFreshness {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always(WORLD_INVARIANTS, |_, s: &ClaimerState| {
                 s.faults.holds(WORLD_INVARIANTS)
             }),
@@ -567,6 +721,18 @@ impl Model for ClaimerFreshness {
             Property::sometimes(CLAIM_WITHOUT_WRITE, |_, s: &ClaimerState| {
                 s.claim_without_write
             }),
-        ]
+        ];
+        if self.lapse {
+            properties.extend([
+                Property::always(REUSES_LIVE_LEASE, |_, s: &ClaimerState| {
+                    s.faults.holds(REUSES_LIVE_LEASE)
+                }),
+                Property::eventually(LAPSED_CLAIMS_AGAIN, |_, s: &ClaimerState| s.lapse.returned),
+                Property::sometimes(REUSED, |_, s: &ClaimerState| s.lapse.reused),
+                Property::sometimes(OWN_SLOT_RETAKEN, |_, s: &ClaimerState| s.lapse.own_retaken),
+                Property::sometimes(RETURNER_MOVED, |_, s: &ClaimerState| s.lapse.moved),
+            ]);
+        }
+        properties
     }
 }

@@ -16,7 +16,7 @@ use crate::run::hunt;
 use crate::semaphore::{self, SemaphoreHerd};
 use crate::warmup::{self, WarmupHerd};
 
-/// One of the five models (the lifecycle in two shapes).
+/// One of the five models (or a second shape of one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// [`crate::lifecycle`], faults on.
@@ -25,6 +25,8 @@ pub enum Target {
     LifecycleLostAnswer,
     /// [`crate::claimer`].
     Claimer,
+    /// [`crate::claimer`], the lapse shape ([`ClaimerFreshness::lapse`]).
+    ClaimerLapse,
     /// [`crate::semaphore`].
     Semaphore,
     /// [`crate::leader`].
@@ -53,7 +55,7 @@ const fn row(mutation: Mutation, model: Target, property: &'static str) -> Caugh
 }
 
 /// Every mutation and what catches it.
-pub const CAUGHT: [Caught; 18] = [
+pub const CAUGHT: [Caught; 20] = [
     row(
         Mutation::ClaimWithoutEpochBump,
         Target::Lifecycle,
@@ -144,6 +146,16 @@ pub const CAUGHT: [Caught; 18] = [
         Target::Warmup,
         warmup::AT_MOST_N_WORKING,
     ),
+    row(
+        Mutation::AcquireIgnoresOwnLease,
+        Target::ClaimerLapse,
+        claimer::REUSES_LIVE_LEASE,
+    ),
+    row(
+        Mutation::AcquireSkipsOwnLapsedLease,
+        Target::ClaimerLapse,
+        claimer::LAPSED_CLAIMS_AGAIN,
+    ),
 ];
 
 /// The row of `mutation`, if it has one.
@@ -176,6 +188,10 @@ pub fn hunt_mutant(mutation: Mutation) -> Option<Vec<String>> {
         }
         Target::Claimer => {
             let model = ClaimerFreshness::with_mutation(mutation);
+            hunt(&label, model, row.property).map(actions::<ClaimerFreshness>)
+        }
+        Target::ClaimerLapse => {
+            let model = ClaimerFreshness::lapse().mutated(mutation);
             hunt(&label, model, row.property).map(actions::<ClaimerFreshness>)
         }
         Target::Semaphore => {

@@ -144,3 +144,15 @@ fn a_warmup_that_renews_only_between_batches_works_on_a_lapsed_lease() {
     assert!(found.contains(WORKING_HOLDS_IN_STORAGE), "{found:?}");
     assert!(found.contains(ONE_WORKER_PER_SLOT), "{found:?}");
 }
+
+#[test]
+fn an_acquire_that_never_reuses_the_callers_lease_is_caught() {
+    assert_caught(Mutation::AcquireIgnoresOwnLease);
+}
+
+/// A liveness counterexample: a path that ends with the returning process
+/// refused although its own lapsed slot was there to take.
+#[test]
+fn an_acquire_that_skips_the_callers_lapsed_lease_is_caught() {
+    assert_caught(Mutation::AcquireSkipsOwnLapsedLease);
+}
