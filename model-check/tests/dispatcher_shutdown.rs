@@ -3,7 +3,8 @@
 
 use weir_core::DispatcherMutation;
 use weir_model_check::dispatcher::{
-    DispatcherModel, Shape, NOTHING_LEFT_RUNNING, NO_ATTEMPT_WASTED,
+    DispatcherModel, Shape, ALL_SHUT_DOWN, BATCHES_WITHIN_LIMITS, NOTHING_LEFT_RUNNING,
+    NO_ATTEMPT_WASTED, RESULTS_FLUSHED,
 };
 use weir_model_check::run::{check_all, hunt};
 
@@ -31,15 +32,44 @@ fn without_faults_every_shutdown_completes() {
     );
 }
 
+/// The liveness property can fail: with a lost report, its retry waits
+/// for a tick the bounded clock may not give.
 #[test]
-fn dropping_jobs_claimed_while_stopping_is_caught() {
-    let model = DispatcherModel::with_mutation(DispatcherMutation::DropClaimedWhileStopping);
-    let path = hunt("DropClaimedWhileStopping", model, NOTHING_LEFT_RUNNING);
+fn with_faults_a_shutdown_can_be_left_waiting() {
+    let model = DispatcherModel::new(Shape::ONE).with_liveness();
+    assert!(hunt("liveness with faults", model, ALL_SHUT_DOWN).is_some());
+}
+
+fn assert_caught(mutation: DispatcherMutation, property: &'static str) {
+    let model = DispatcherModel::with_mutation(mutation);
+    let path = hunt(&format!("{mutation:?}"), model, property);
     assert!(
         path.is_some(),
-        "no counterexample to {NOTHING_LEFT_RUNNING:?}"
+        "{mutation:?}: no counterexample to {property:?}"
     );
-    let model = DispatcherModel::with_mutation(DispatcherMutation::DropClaimedWhileStopping);
-    let path = hunt("DropClaimedWhileStopping", model, NO_ATTEMPT_WASTED);
-    assert!(path.is_some(), "no counterexample to {NO_ATTEMPT_WASTED:?}");
+}
+
+#[test]
+fn dropping_jobs_claimed_while_stopping_is_caught() {
+    assert_caught(
+        DispatcherMutation::DropClaimedWhileStopping,
+        NOTHING_LEFT_RUNNING,
+    );
+    assert_caught(
+        DispatcherMutation::DropClaimedWhileStopping,
+        NO_ATTEMPT_WASTED,
+    );
+}
+
+#[test]
+fn shutting_down_before_the_results_are_flushed_is_caught() {
+    assert_caught(DispatcherMutation::ShutdownBeforeFlush, RESULTS_FLUSHED);
+}
+
+#[test]
+fn claiming_for_every_worker_rather_than_the_free_ones_is_caught() {
+    assert_caught(
+        DispatcherMutation::ClaimForAllWorkers,
+        BATCHES_WITHIN_LIMITS,
+    );
 }
