@@ -110,6 +110,14 @@ pub(crate) enum Event {
     Restart {
         index: usize,
     },
+    /// Shutdown is asked for (in the fault phase).
+    Stop {
+        to: ProcRef,
+    },
+    /// A process whose shutdown completed exits.
+    Exit {
+        to: ProcRef,
+    },
     Client,
     ResumeQueue(QueueName),
     Callback(Receipt),
@@ -285,6 +293,8 @@ impl Engine {
             Event::SemaphoreWake { to, generation } => self.semaphore_wake(to, generation),
             Event::Resume { to } => self.resume(to),
             Event::Restart { index } => self.restart(index),
+            Event::Stop { to } => self.stop(to),
+            Event::Exit { to } => self.exit(to),
             Event::Client => self.client(),
             Event::ResumeQueue(queue) => self.resume_queue(queue),
             Event::Callback(receipt) => self.callback(receipt),
