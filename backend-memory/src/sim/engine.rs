@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weir_core::{
-    Acquired, ClaimerSlot, Command, CommandId, HandlerResult, Input, JobId, LeaderTerm, Millis,
-    Outcome, ProcessId, QueueName, Receipt, Reject, SlotIndex, StateName, Timestamp, World,
+    Acquired, ClaimerSlot, Command, CommandId, Dispatcher, DispatcherConfig, HandlerResult, Input,
+    JobId, LeaderTerm, Millis, Outcome, ProcessId, QueueName, Receipt, Reject, SlotIndex,
+    StateName, Timestamp, World,
 };
 
 use super::coverage::Coverage;
@@ -181,7 +182,14 @@ pub(crate) struct Engine {
     pub events_handled: u64,
     pub liveness_started: Timestamp,
     pub max_holders: usize,
+    /// How each incarnation builds its dispatcher (the core's own, or one
+    /// making a deliberate mistake).
+    pub make_dispatcher: MakeDispatcher,
 }
+
+/// Builds a process's dispatcher from its configuration, at its clock's
+/// time.
+pub type MakeDispatcher = Box<dyn Fn(DispatcherConfig, Timestamp) -> Dispatcher>;
 
 impl Engine {
     pub(crate) fn new(opts: SimOptions, world: World) -> Engine {
@@ -227,6 +235,7 @@ impl Engine {
             events_handled: 0,
             liveness_started: START,
             max_holders: 0,
+            make_dispatcher: Box::new(Dispatcher::new),
         }
     }
 

@@ -166,7 +166,9 @@ impl Engine {
             process: id,
             ..p.config.clone()
         };
-        p.dispatcher = Dispatcher::new(config, p.local(now));
+        let local = p.local(now);
+        self.procs[index].dispatcher = (self.make_dispatcher)(config, local);
+        let p = &mut self.procs[index];
         p.semaphore = SemUser {
             state: SemState::Idle { next_at },
             generation: p.semaphore.generation,
