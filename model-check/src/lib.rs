@@ -16,6 +16,7 @@
 //! | 3 | [`semaphore`] | N-slot semaphore, the scan/wait loop, errors, holder crashes |
 //! | 4 | [`leader`] | leader terms, renewal, resignation, deposed leaders' writes |
 //! | 5 | [`warmup`] | warm-ups behind N slots: batches that outlast the lease, renewals while they run, lost answers |
+//! | 6 | [`dispatcher`] | real dispatchers over one world: shutdown at any moment, lost answers, attempts taken away |
 //!
 //! Every step goes through [`check::apply`], which also runs
 //! `World::check_invariants` and `World::check_step` and turns a broken
@@ -33,6 +34,7 @@
 
 pub mod check;
 pub mod claimer;
+pub mod dispatcher;
 pub mod leader;
 pub mod lifecycle;
 pub mod mutants;

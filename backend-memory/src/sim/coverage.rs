@@ -58,6 +58,11 @@ pub const REQUIRED_PATHS: &[&str] = &[
     "slot_release_noop",
     "process_restarted",
     "graceful_shutdown",
+    // Shutdown asked for while faults strike, completed (nothing the
+    // process claimed still runs), and the process restarted.
+    "shutdown_under_faults_completed",
+    // A claim answered after shutdown began: its jobs handed back.
+    "claimed_while_stopping",
     // A handler started holding a limit's slot.
     "limit_slot_taken",
     // A full limit handed its job back without an attempt.

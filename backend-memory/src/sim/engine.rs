@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weir_core::{
-    Acquired, ClaimerSlot, Command, CommandId, HandlerResult, Input, JobId, LeaderTerm, Millis,
-    Outcome, ProcessId, QueueName, Receipt, Reject, SlotIndex, StateName, Timestamp, World,
+    Acquired, ClaimerSlot, Command, CommandId, Dispatcher, DispatcherConfig, HandlerResult, Input,
+    JobId, LeaderTerm, Millis, Outcome, ProcessId, QueueName, Receipt, Reject, SlotIndex,
+    StateName, Timestamp, World,
 };
 
 use super::coverage::Coverage;
@@ -110,6 +111,14 @@ pub(crate) enum Event {
     Restart {
         index: usize,
     },
+    /// Shutdown is asked for (in the fault phase).
+    Stop {
+        to: ProcRef,
+    },
+    /// A process whose shutdown completed exits.
+    Exit {
+        to: ProcRef,
+    },
     Client,
     ResumeQueue(QueueName),
     Callback(Receipt),
@@ -173,7 +182,14 @@ pub(crate) struct Engine {
     pub events_handled: u64,
     pub liveness_started: Timestamp,
     pub max_holders: usize,
+    /// How each incarnation builds its dispatcher (the core's own, or one
+    /// making a deliberate mistake).
+    pub make_dispatcher: MakeDispatcher,
 }
+
+/// Builds a process's dispatcher from its configuration, at its clock's
+/// time.
+pub type MakeDispatcher = Box<dyn Fn(DispatcherConfig, Timestamp) -> Dispatcher>;
 
 impl Engine {
     pub(crate) fn new(opts: SimOptions, world: World) -> Engine {
@@ -219,6 +235,7 @@ impl Engine {
             events_handled: 0,
             liveness_started: START,
             max_holders: 0,
+            make_dispatcher: Box::new(Dispatcher::new),
         }
     }
 
@@ -285,6 +302,8 @@ impl Engine {
             Event::SemaphoreWake { to, generation } => self.semaphore_wake(to, generation),
             Event::Resume { to } => self.resume(to),
             Event::Restart { index } => self.restart(index),
+            Event::Stop { to } => self.stop(to),
+            Event::Exit { to } => self.exit(to),
             Event::Client => self.client(),
             Event::ResumeQueue(queue) => self.resume_queue(queue),
             Event::Callback(receipt) => self.callback(receipt),

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use weir_core::{Millis, StateName, Timestamp, World, WorldConfig};
+use weir_core::{Dispatcher, DispatcherConfig, Millis, StateName, Timestamp, World, WorldConfig};
 
 pub use coverage::{reject_name, Coverage, REQUIRED_PATHS, REQUIRED_REJECTIONS};
 
@@ -251,6 +251,18 @@ pub fn simulate(options: &SimOptions) -> Result<Summary, SimFailure> {
 /// failure like any other.
 pub fn simulate_world(options: &SimOptions, world: World) -> Result<Summary, SimFailure> {
     run(Engine::new(options.clone(), world)).map(|(summary, _)| summary)
+}
+
+/// Runs one simulation whose processes build their dispatchers with
+/// `make` instead of [`Dispatcher::new`]: for the tests, a dispatcher
+/// making one deliberate mistake, which the simulator must catch.
+pub fn simulate_dispatchers(
+    options: &SimOptions,
+    make: impl Fn(DispatcherConfig, Timestamp) -> Dispatcher + 'static,
+) -> Result<Summary, SimFailure> {
+    let mut engine = Engine::new(options.clone(), World::new(options.world_config()));
+    engine.make_dispatcher = Box::new(make);
+    run(engine).map(|(summary, _)| summary)
 }
 
 fn run(mut engine: Engine) -> Result<(Summary, Option<Vec<TraceStep>>), SimFailure> {

@@ -80,6 +80,12 @@ pub(crate) struct Proc {
     pub handlers: BTreeSet<Receipt>,
     pub timer_generation: u64,
     pub semaphore: SemUser,
+    /// Shutdown was asked for in the fault phase: once it completes, the
+    /// process exits and comes back as a new one.
+    pub stopping: bool,
+    /// Receipts a claim's answer brought to this incarnation's
+    /// dispatcher: once it shut down, none may still run in storage.
+    pub received: BTreeSet<Receipt>,
 }
 
 impl Proc {
@@ -97,6 +103,8 @@ impl Proc {
             held_requests: Vec::new(),
             held_replies: Vec::new(),
             handlers: BTreeSet::new(),
+            stopping: false,
+            received: BTreeSet::new(),
             timer_generation: 0,
             semaphore: SemUser {
                 state: SemState::Off,
@@ -152,11 +160,15 @@ impl Engine {
         p.held_requests.clear();
         p.held_replies.clear();
         p.handlers.clear();
+        p.stopping = false;
+        p.received.clear();
         let config = DispatcherConfig {
             process: id,
             ..p.config.clone()
         };
-        p.dispatcher = Dispatcher::new(config, p.local(now));
+        let local = p.local(now);
+        self.procs[index].dispatcher = (self.make_dispatcher)(config, local);
+        let p = &mut self.procs[index];
         p.semaphore = SemUser {
             state: SemState::Idle { next_at },
             generation: p.semaphore.generation,
@@ -165,6 +177,53 @@ impl Engine {
         };
         self.feed(index, Input::Tick)?;
         self.schedule_semaphore_wake(index, next_at);
+        // Some incarnations are shut down while faults strike: shutdown
+        // then meets claims, reports and attempts at every stage.
+        if self.phase == Phase::Faults && self.rng.random_ratio(1, 4) {
+            let at = now.plus(Millis(self.rng.random_range(200..4_000)));
+            let to = self.procs[index].me;
+            self.schedule(at, Event::Stop { to });
+        }
+        Ok(())
+    }
+
+    /// Shutdown is asked for in the fault phase (never of the last process
+    /// still working, so work goes on).
+    pub(crate) fn stop(&mut self, to: ProcRef) -> Result<(), String> {
+        if !self.is_current(to) || !self.faults_on() || self.procs[to.index].stopping {
+            return Ok(());
+        }
+        let working = self
+            .procs
+            .iter()
+            .filter(|p| p.alive && !p.stopping && p.me != to)
+            .count();
+        if working == 0 {
+            return Ok(());
+        }
+        self.procs[to.index].stopping = true;
+        self.coverage.path("shutdown_under_faults");
+        self.deliver(to, Reply::Input(Input::Shutdown))
+    }
+
+    /// A process whose shutdown completed exits (its session ends, as a
+    /// crash's does) and comes back later as a new process, as a
+    /// supervisor would restart it.
+    pub(crate) fn exit(&mut self, to: ProcRef) -> Result<(), String> {
+        if !self.is_current(to) {
+            return Ok(());
+        }
+        self.resolve_in_flight(to)?;
+        let now = self.now();
+        let p = &mut self.procs[to.index];
+        p.alive = false;
+        p.paused_until = None;
+        p.handlers.clear();
+        p.held_requests.clear();
+        p.held_replies.clear();
+        self.ended.insert(to.id, now);
+        let back = now.plus(Millis(self.rng.random_range(100..2_000)));
+        self.schedule(back, Event::Restart { index: to.index });
         Ok(())
     }
 
@@ -305,6 +364,13 @@ impl Engine {
         let draw = self.rng.next_u64();
         let after_tick = matches!(input, Input::Tick);
         let p = &mut self.procs[index];
+        if let Input::Outcome(_, Outcome::Claimed(Ok(claimed))) = &input {
+            p.received
+                .extend(claimed.jobs.iter().map(|job| job.receipt));
+            if !claimed.jobs.is_empty() && p.dispatcher.is_shutting_down() {
+                self.coverage.path("claimed_while_stopping");
+            }
+        }
         let local = p.local(now);
         let refuted = p.dispatcher.stats().hints_refuted;
         p.dispatcher.handle(local, draw, input);
@@ -430,9 +496,44 @@ impl Engine {
                         me.id
                     ));
                 }
+                self.check_nothing_left_running(index)?;
                 self.coverage.path("graceful_shutdown");
+                if self.procs[index].stopping {
+                    self.coverage.path("shutdown_under_faults_completed");
+                    self.schedule(self.now(), Event::Exit { to: me });
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// After a shutdown completed: the dispatcher holds no attempt, and no
+    /// job a claim brought it still runs in storage under that attempt
+    /// (each was reported, handed back, or taken away). A claim whose
+    /// answer was lost is not here: the dispatcher never heard of its
+    /// jobs, and only a rescue finds them.
+    fn check_nothing_left_running(&self, index: usize) -> Result<(), String> {
+        let p = &self.procs[index];
+        if let Some(receipt) = p.dispatcher.running().next() {
+            return Err(format!(
+                "process {}: shutdown completed still holding the attempt {receipt}",
+                p.me.id
+            ));
+        }
+        let still = self.backend.inspect(|w| {
+            p.received.iter().copied().find(|r| {
+                w.job(r.job).is_some_and(|job| {
+                    job.epoch == r.epoch && matches!(job.state, weir_core::JobState::Running { .. })
+                })
+            })
+        });
+        match still {
+            Some(receipt) => Err(format!(
+                "process {}: shutdown completed, but {receipt}, which a claim brought it, \
+                 still runs in storage (never handed back or reported)",
+                p.me.id
+            )),
+            None => Ok(()),
         }
     }
 

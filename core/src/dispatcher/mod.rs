@@ -292,15 +292,24 @@ pub enum DispatcherMutation {
     /// with no handler started (one of the bugs the audit of issue 14 found
     /// slipping past every checker).
     DropClaimedWhileStopping,
+    /// Shutdown completes while results are still buffered (a report's
+    /// retry waiting out its pause after a lost answer): they are never
+    /// flushed, and their jobs stay running until a rescue fails them.
+    ShutdownBeforeFlush,
+    /// A claim asks for as many jobs as the queue has workers rather than
+    /// as many as are free: the extra jobs run above `max_workers`.
+    ClaimForAllWorkers,
 }
 
 #[cfg(feature = "mutants")]
 impl DispatcherMutation {
     /// Every dispatcher mutation, in a fixed order.
-    pub const ALL: [DispatcherMutation; 3] = [
+    pub const ALL: [DispatcherMutation; 5] = [
         DispatcherMutation::HandBackBeforeHandlerEnds,
         DispatcherMutation::TrustCancelHints,
         DispatcherMutation::DropClaimedWhileStopping,
+        DispatcherMutation::ShutdownBeforeFlush,
+        DispatcherMutation::ClaimForAllWorkers,
     ];
 }
 
@@ -805,9 +814,14 @@ impl Dispatcher {
             }
             Some(claimer) => {
                 let batch_max = u32::try_from(self.config.batch_max).unwrap_or(u32::MAX);
-                let max = (max_workers - q.running)
-                    .min(self.config.claim_batch_max)
-                    .min(batch_max);
+                let free = max_workers - q.running;
+                #[cfg(feature = "mutants")]
+                let free = if self.mutant(DispatcherMutation::ClaimForAllWorkers) {
+                    max_workers
+                } else {
+                    free
+                };
+                let max = free.min(self.config.claim_batch_max).min(batch_max);
                 let kinds = self.config.kinds.clone();
                 self.queues[i].freed_at = None;
                 self.queues[i].notified = false;
@@ -950,9 +964,11 @@ impl Dispatcher {
                 self.stop(now, receipt, StopReason::Shutdown);
             }
         }
-        let settled = self.attempts.is_empty()
-            && self.buffered.is_empty()
-            && self.in_flight.values().all(Lane::is_heartbeat);
+        let flushed = self.buffered.is_empty();
+        #[cfg(feature = "mutants")]
+        let flushed = flushed || self.mutant(DispatcherMutation::ShutdownBeforeFlush);
+        let settled =
+            self.attempts.is_empty() && flushed && self.in_flight.values().all(Lane::is_heartbeat);
         if !settled {
             return;
         }
