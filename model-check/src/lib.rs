@@ -39,4 +39,5 @@ pub mod mutants;
 pub mod run;
 pub mod semaphore;
 pub mod symmetry;
+pub mod tla_trace;
 pub mod warmup;
