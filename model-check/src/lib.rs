@@ -17,6 +17,10 @@
 //! | 4 | [`leader`] | leader terms, renewal, resignation, deposed leaders' writes |
 //! | 5 | [`warmup`] | warm-ups behind N slots: batches that outlast the lease, renewals while they run, lost answers |
 //!
+//! Beside the models, [`tla_trace`] writes the core's answers to a recorded
+//! run as a behaviour of `correctness/Lifecycle.tla`, for TLC to validate
+//! (trace validation).
+//!
 //! Every step goes through [`check::apply`], which also runs
 //! `World::check_invariants` and `World::check_step` and turns a broken
 //! invariant or a panic inside the core into a recorded fault (see
