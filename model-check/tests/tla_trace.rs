@@ -48,7 +48,7 @@ fn export(options: &SimOptions, world: Option<World>) -> LifecycleTrace {
 }
 
 /// Every action of the spec that the simulator can take.
-const EVENTS: [&str; 14] = [
+const EVENTS: [&str; 15] = [
     "claim",
     "write heartbeat",
     "write complete",
@@ -63,6 +63,7 @@ const EVENTS: [&str; 14] = [
     "cancel",
     "retry",
     "crash",
+    "prune",
 ];
 
 #[test]
