@@ -24,6 +24,12 @@
 (*     and decides nothing.                                                *)
 (*   - A crashed or stalled claimer is one that stops taking steps; its    *)
 (*     slot then goes idle / expires, which is what takeover is for.       *)
+(*   - A process remembers the grant (slot, lease_epoch) of each lease it *)
+(*     holds, and of the one it last released: a claim sent under that    *)
+(*     grant may still arrive, within the same tick, after the process    *)
+(*     released and acquired again (a slow request). A claim               *)
+(*     is checked against the grant it carries, as ClaimerTable::check     *)
+(*     does: owner, unexpired, and the same lease epoch.                   *)
 (***************************************************************************)
 EXTENDS Integers, FiniteSets, TLC
 
@@ -35,13 +41,17 @@ CONSTANTS
     IdleThreshold,  \* idle_threshold
     MaxLeaseEpoch,  \* model bound (state constraint): keeps release/acquire
                     \* loops within one tick finite
+    LATE_CLAIMS,    \* a claim under the grant a process just released may
+                    \* still arrive (after it acquired again)
     \* Deliberate bugs; each one must be caught by a named property.
     BUG_REFRESH_PREDICATE,   \* refresh only when last_claimed_at <= now - idle
                              \* or expires_at <= now (full thresholds, not halves)
     BUG_NEVER_REFRESHES,     \* the lease is never refreshed after a claim
     BUG_REFRESH_EVERY_CLAIM, \* refresh after every non-empty claim
     BUG_OPEN_SLOT_NO_LIMIT,  \* open a new slot without counting existing ones
-    BUG_RELEASE_RESETS_EPOCH \* release deletes the row: lease_epoch back to 0
+    BUG_RELEASE_RESETS_EPOCH, \* release deletes the row: lease_epoch back to 0
+    BUG_OWNS_IGNORES_EPOCH   \* a claim is checked by owner only, not by the
+                             \* grant's lease epoch
 
 ASSUME K \in Nat \ {0} /\ T \in Nat
 ASSUME LeaseTTL \in Nat \ {0, 1} /\ IdleThreshold \in Nat \ {0, 1}
@@ -69,10 +79,16 @@ VARIABLES
     lastClaim,    \* ghost: lastClaim[p] = time of p's last non-empty claim if
                   \*        within BusyWindow of now, else NoClaim
     claimSlot,    \* ghost: claimSlot[p] = the slot p made that claim under
-    refreshTooSoon \* ghost: some refresh came sooner than MinRefreshGap after
-                   \*        the previous write of the same lease (or with no claim)
+    refreshTooSoon, \* ghost: some refresh came sooner than MinRefreshGap after
+                    \*        the previous write of the same lease (or with no claim)
+    prev,         \* prev[p]: the grant p last released, while a claim
+                  \*          under it may still arrive; or NoGrant
+    staleClaim    \* ghost: a claim was accepted under a grant whose lease
+                  \*        epoch is not the slot's
 
-vars == <<now, slots, lastClaim, claimSlot, refreshTooSoon>>
+vars == <<now, slots, lastClaim, claimSlot, refreshTooSoon, prev, staleClaim>>
+
+NoGrant == <<0, 0>>
 
 Absent == [owner |-> None, lease_epoch |-> 0, last_claimed_at |-> 0,
            expires_at |-> 0, open |-> FALSE]
@@ -88,10 +104,20 @@ Expired(s) == slots[s].expires_at <= now
 Idle(s)    == slots[s].last_claimed_at + IdleThreshold <= now
 Free(s)    == slots[s].owner = None
 
-\* p owns an unexpired lease on s: the condition a claim is checked against.
-Owns(p, s) == slots[s].open /\ slots[s].owner = p /\ ~Expired(s)
+\* p owns an unexpired lease on s (what acquire looks for to reuse a lease).
+OwnsSlot(p, s) == slots[s].open /\ slots[s].owner = p /\ ~Expired(s)
+HasLease(p) == \E s \in SlotIds : OwnsSlot(p, s)
 
-HasLease(p) == \E s \in SlotIds : Owns(p, s)
+\* The grants p holds: one per slot storage says it owns (p keeps the grant
+\* acquire gave it, and only an acquire by p writes p as owner).
+Grants(p) == {<<s, slots[s].lease_epoch>> : s \in {x \in SlotIds : slots[x].open /\ slots[x].owner = p}}
+
+\* The grant g = <<s, e>> that p presents is its unexpired lease on s: the
+\* condition a claim is checked against (ClaimerTable::check).
+Owns(p, g) ==
+    /\ g /= NoGrant
+    /\ OwnsSlot(p, g[1])
+    /\ slots[g[1]].lease_epoch = g[2] \/ BUG_OWNS_IGNORES_EPOCH
 
 \* A slot another process may take over.
 TakeoverOk(s) == slots[s].open /\ (Free(s) \/ Expired(s) \/ Idle(s))
@@ -117,6 +143,8 @@ Init ==
     /\ lastClaim = [p \in Procs |-> NoClaim]
     /\ claimSlot = [p \in Procs |-> 0]
     /\ refreshTooSoon = FALSE
+    /\ prev = [p \in Procs |-> NoGrant]
+    /\ staleClaim = FALSE
 
 \* Time passes. A claim that falls out of the busy window is forgotten by
 \* the ghost (nothing is promised about it any more), which also keeps the
@@ -128,7 +156,11 @@ Tick ==
                        IF lastClaim[p] /= NoClaim /\ now + 1 - lastClaim[p] > BusyWindow
                        THEN NoClaim ELSE lastClaim[p]]
     /\ claimSlot' = [p \in Procs |-> IF lastClaim'[p] = NoClaim THEN 0 ELSE claimSlot[p]]
-    /\ UNCHANGED <<slots, refreshTooSoon>>
+    \* a late request arrives within the tick it was sent in, or never: this
+    \* keeps the state space small, and a re-acquire within one tick (release,
+    \* then take the slot over again) is enough to need the epoch check
+    /\ prev' = [p \in Procs |-> NoGrant]
+    /\ UNCHANGED <<slots, refreshTooSoon, staleClaim>>
 
 \* ClaimerTable::acquire, takeover branch: p has no unexpired lease of its
 \* own (otherwise acquire just reuses it and writes nothing) and takes a
@@ -137,7 +169,7 @@ AcquireTakeover(p, s) ==
     /\ ~HasLease(p)
     /\ TakeoverOk(s)
     /\ slots' = [slots EXCEPT ![s] = Row(p, slots[s].lease_epoch + 1)]
-    /\ UNCHANGED <<now, lastClaim, claimSlot, refreshTooSoon>>
+    /\ UNCHANGED <<now, lastClaim, claimSlot, refreshTooSoon, prev, staleClaim>>
 
 \* ClaimerTable::acquire, open branch: nothing to take over, and fewer than
 \* K slots exist. The new slot is the lowest unused id.
@@ -147,16 +179,23 @@ AcquireOpen(p) ==
     /\ Cardinality(Opened) < K \/ BUG_OPEN_SLOT_NO_LIMIT
     /\ Opened /= SlotIds
     /\ LET s == CHOOSE x \in SlotIds \ Opened : \A y \in SlotIds \ Opened : x <= y IN
-       slots' = [slots EXCEPT ![s] = Row(p, 1)]
-    /\ UNCHANGED <<now, lastClaim, claimSlot, refreshTooSoon>>
+       /\ slots' = [slots EXCEPT ![s] = Row(p, 1)]
+       /\ UNCHANGED <<now, lastClaim, claimSlot, refreshTooSoon, prev, staleClaim>>
 
 \* A non-empty claim under p's unexpired lease on s, followed (atomically)
 \* by ClaimerTable::refresh_after_claim, which writes the row only when
 \* NeedsRefresh. RefreshWritesBounded: a refresh only ever follows a claim
 \* (by construction here) and comes at least MinRefreshGap after the last
 \* write of the row (last_claimed_at is only written by acquire/refresh).
-Claim(p, s) ==
-    /\ Owns(p, s)
+\* The claim carries grant g: one p holds, or (a late request) the one
+\* before, which then has arrived and is forgotten. A claim the check
+\* rejects changes nothing, so it is no step here.
+Claim(p, g) ==
+    LET s == g[1] IN
+    /\ g \in Grants(p) \cup {prev[p]}
+    /\ Owns(p, g)
+    /\ staleClaim' = (staleClaim \/ slots[s].lease_epoch /= g[2])
+    /\ prev' = IF g = prev[p] THEN [prev EXCEPT ![p] = NoGrant] ELSE prev
     /\ lastClaim' = [lastClaim EXCEPT ![p] = now]
     /\ claimSlot' = [claimSlot EXCEPT ![p] = s]
     /\ IF (NeedsRefresh(s) \/ BUG_REFRESH_EVERY_CLAIM) /\ ~BUG_NEVER_REFRESHES
@@ -167,15 +206,17 @@ Claim(p, s) ==
        ELSE UNCHANGED <<slots, refreshTooSoon>>
     /\ UNCHANGED now
 
-\* ClaimerTable::release: p gives its slot back. It stops claiming, so it is
-\* no longer a busy claimer. The epoch stays (the next owner bumps it).
+\* ClaimerTable::release: p gives its slot back, with its grant (owner and
+\* lease epoch checked). It stops claiming, so it is no longer a busy
+\* claimer. The epoch stays (the next owner bumps it).
 Release(p, s) ==
-    /\ slots[s].open /\ slots[s].owner = p
+    /\ <<s, slots[s].lease_epoch>> \in Grants(p)
     /\ slots' = [slots EXCEPT ![s].owner = None,
                               ![s].lease_epoch = IF BUG_RELEASE_RESETS_EPOCH THEN 0 ELSE @]
     /\ lastClaim' = [lastClaim EXCEPT ![p] = NoClaim]
     /\ claimSlot' = [claimSlot EXCEPT ![p] = 0]
-    /\ UNCHANGED <<now, refreshTooSoon>>
+    /\ prev' = IF LATE_CLAIMS THEN [prev EXCEPT ![p] = <<s, slots[s].lease_epoch>>] ELSE prev
+    /\ UNCHANGED <<now, refreshTooSoon, staleClaim>>
 
 \* The horizon is reached: stutter rather than report a deadlock.
 Horizon == now = T /\ UNCHANGED vars
@@ -184,7 +225,8 @@ Next ==
     \/ Tick
     \/ \E p \in Procs :
           \/ AcquireOpen(p)
-          \/ \E s \in SlotIds : AcquireTakeover(p, s) \/ Claim(p, s) \/ Release(p, s)
+          \/ \E s \in SlotIds : AcquireTakeover(p, s) \/ Release(p, s)
+          \/ \E g \in Grants(p) \cup {prev[p]} : Claim(p, g)
     \/ Horizon
 
 Spec == Init /\ [][Next]_vars
@@ -206,7 +248,8 @@ TypeOK ==
     /\ lastClaim \in [Procs -> (0..T) \cup {NoClaim}]
     /\ claimSlot \in [Procs -> {0} \cup SlotIds]
     /\ refreshTooSoon \in BOOLEAN
-
+    /\ prev \in [Procs -> ({0} \cup SlotIds) \X Nat]
+    /\ staleClaim \in BOOLEAN
 \* A process is an active claimer while its last non-empty claim is within
 \* the busy window. At most K of them at any time.
 Active == {p \in Procs : lastClaim[p] /= NoClaim}
@@ -220,6 +263,11 @@ BusyClaimerKeepsSlot ==
 \* The lease row is written a bounded number of times: each refresh follows
 \* a claim and comes at least MinRefreshGap after the previous write.
 RefreshWritesBounded == ~refreshTooSoon
+
+\* A claim is accepted only under the slot's current lease: a request
+\* carrying an earlier grant of the same owner (sent before it acquired
+\* again) is refused, as ClaimerTable::check refuses it.
+ClaimsOnlyUnderCurrentLease == ~staleClaim
 
 \* Lease epochs only grow (action property).
 LeaseEpochsOnlyGrow ==

@@ -114,9 +114,13 @@ NoTerminal == UNCHANGED termCount
 \* Some process holds the receipt of the current epoch of j.
 HasHolder(j) == \E p \in Procs : Receipt(j, epoch[j]) \in held[p]
 
+\* max_attempts of job j. Every job has the same here; trace validation
+\* (LifecycleTrace.cfg) replaces this with the recorded jobs' own.
+MaxAttemptsOf(j) == MaxAttempts
+
 \* Where a failed attempt goes: retry while attempts remain.
 AfterFailedAttempt(j) ==
-    IF attempt[j] < MaxAttempts \/ (BUG_RETRY_PAST_MAX /\ attempt[j] = MaxAttempts)
+    IF attempt[j] < MaxAttemptsOf(j) \/ (BUG_RETRY_PAST_MAX /\ attempt[j] = MaxAttemptsOf(j))
     THEN "retryable" ELSE "failed"
 
 -----------------------------------------------------------------------------
@@ -181,9 +185,11 @@ Rescue(j) ==
 \* is refunded (waiting is not failing; the next claim counts it again). A
 \* callback may be delivered twice (LOST_ACK) or after the wait expired:
 \* the guard must reject those.
+ResumeAccepts(r) == state[r[1]] = "waiting_external" /\ epoch[r[1]] = r[2]
+
 ResumeExternal(r) ==
     LET j  == r[1]
-        ok == state[j] = "waiting_external" /\ epoch[j] = r[2]
+        ok == ResumeAccepts(r)
     IN
     /\ r \in callbacks
     /\ IF ok
@@ -369,7 +375,7 @@ AtMostOneLiveAttempt ==
 AtMostOneTerminalPerEpoch == \A j \in Jobs : termCount[j] <= 1
 
 \* Attempts never exceed max_attempts (snooze and external waits refund).
-AttemptsBounded == \A j \in Jobs : attempt[j] <= MaxAttempts
+AttemptsBounded == \A j \in Jobs : attempt[j] <= MaxAttemptsOf(j)
 
 \* Every job is in exactly one of the eight states. With a state function
 \* this holds by construction; TLC checks it anyway so that the invariant

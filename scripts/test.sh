@@ -10,7 +10,9 @@
 # - the deterministic simulator over a seed range in release (WEIR_SIM_SEEDS
 #   seeds × WEIR_SIM_OPS operations, default 200 × 10,000), which must also
 #   fire every fault and take every rejection path;
-# - the TLA+ specs under correctness/, checked by TLC (installed on demand).
+# - the TLA+ specs under correctness/, checked by TLC (installed on demand);
+# - trace validation: simulator runs, replayed through the core, checked by
+#   TLC as behaviours of correctness/Lifecycle.tla (correctness/trace-validate.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,4 +57,18 @@ cargo run --release -q -p weir-cli --no-default-features -- simulate \
 if [ -x correctness/run-tlc.sh ]; then
     echo "== TLA+ specs (TLC) (at ${SECONDS}s)"
     correctness/run-tlc.sh
+fi
+
+if [ -x correctness/trace-validate.sh ]; then
+    echo "== TLA+ trace validation: simulator runs as Lifecycle.tla behaviours (at ${SECONDS}s)"
+    # The exporter is the tla_trace test `cargo test --workspace` built above.
+    exporter=$(printf '%s\n' "$built" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tla_trace"
+            and m.get("executable")):
+        print(m["executable"])
+')
+    WEIR_TLA_TRACE_EXPORTER="$exporter" correctness/trace-validate.sh
 fi

@@ -48,7 +48,10 @@ pub enum Violation {
         /// Its state.
         state: StateName,
     },
-    /// A running job whose epoch or attempt could not come from a claim.
+    /// A running or waiting job whose epoch or attempt could not come from
+    /// a claim: epoch or attempt 0, or fewer epochs than attempts (every
+    /// claim opens an epoch of its own, so two attempts sharing one, which
+    /// would be two live receipts for one job, leave the epoch behind).
     AtMostOneLiveAttempt {
         /// The job.
         job: JobId,
@@ -276,8 +279,13 @@ impl World {
             if queued && job.attempt >= job.max_attempts {
                 return Err(Violation::QueuedJobHasAttemptLeft { job: job.id, state });
             }
+            // Each claim bumps both the epoch and the attempt; everything
+            // else only bumps the epoch (rescue, cancel, expiry, admin
+            // retry) or takes an attempt back (snooze, resume, admin retry).
+            // So epoch >= attempt, and a live attempt has both above 0.
             let live = matches!(state, StateName::Running | StateName::WaitingExternal);
-            if live && (job.epoch == Epoch(0) || job.attempt == Attempt(0)) {
+            let shared_epoch = job.epoch.0 < u64::from(job.attempt.0);
+            if live && (job.epoch == Epoch(0) || job.attempt == Attempt(0) || shared_epoch) {
                 return Err(Violation::AtMostOneLiveAttempt { job: job.id });
             }
         }
@@ -1096,6 +1104,21 @@ mod tests {
             violation(&w),
             Violation::QueuedJobHasAttemptLeft { job: JobId(3), .. }
         ));
+    }
+
+    #[test]
+    fn at_most_one_live_attempt_two_attempts_in_one_epoch() {
+        // What a claim that keeps the epoch leaves behind: the second
+        // attempt runs under the first one's epoch.
+        let (mut w, _) = world();
+        let job = job_mut(&mut w, 1);
+        assert!(job.epoch.0 >= 1, "the fixture's job 1 is running");
+        job.attempt = Attempt(job.epoch.0 as u32 + 1);
+        job.max_attempts = Attempt(job.attempt.0 + 1);
+        assert_eq!(
+            violation(&w),
+            Violation::AtMostOneLiveAttempt { job: JobId(1) }
+        );
     }
 
     #[test]

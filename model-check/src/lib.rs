@@ -18,6 +18,10 @@
 //! | 5 | [`warmup`] | warm-ups behind N slots: batches that outlast the lease, renewals while they run, lost answers |
 //! | 6 | [`dispatcher`] | real dispatchers over one world: shutdown at any moment, lost answers, attempts taken away |
 //!
+//! Beside the models, [`tla_trace`] writes the core's answers to a recorded
+//! run as a behaviour of `correctness/Lifecycle.tla`, for TLC to validate
+//! (trace validation).
+//!
 //! Every step goes through [`check::apply`], which also runs
 //! `World::check_invariants` and `World::check_step` and turns a broken
 //! invariant or a panic inside the core into a recorded fault (see
@@ -41,4 +45,5 @@ pub mod mutants;
 pub mod run;
 pub mod semaphore;
 pub mod symmetry;
+pub mod tla_trace;
 pub mod warmup;
