@@ -21,6 +21,8 @@ use crate::warmup::{self, WarmupHerd};
 pub enum Target {
     /// [`crate::lifecycle`], faults on.
     Lifecycle,
+    /// [`crate::lifecycle`], the batches shape ([`Lifecycle::batches`]).
+    LifecycleBatches,
     /// [`crate::claimer`].
     Claimer,
     /// [`crate::claimer`], the lapse shape ([`ClaimerFreshness::lapse`]).
@@ -53,7 +55,7 @@ const fn row(mutation: Mutation, model: Target, property: &'static str) -> Caugh
 }
 
 /// Every mutation and what catches it.
-pub const CAUGHT: [Caught; 16] = [
+pub const CAUGHT: [Caught; 17] = [
     row(
         Mutation::ClaimWithoutEpochBump,
         Target::Lifecycle,
@@ -134,6 +136,11 @@ pub const CAUGHT: [Caught; 16] = [
         Target::ClaimerLapse,
         claimer::LAPSED_CLAIMS_AGAIN,
     ),
+    row(
+        Mutation::BatchStopsAtFirstRefusal,
+        Target::LifecycleBatches,
+        lifecycle::BATCH_PER_ITEM,
+    ),
 ];
 
 /// The row of `mutation`, if it has one.
@@ -158,6 +165,10 @@ pub fn hunt_mutant(mutation: Mutation) -> Option<Vec<String>> {
     match row.model {
         Target::Lifecycle => {
             let model = Lifecycle::new().with_mutation(mutation);
+            hunt(&label, model, row.property).map(actions::<Lifecycle>)
+        }
+        Target::LifecycleBatches => {
+            let model = Lifecycle::batches().with_mutation(mutation);
             hunt(&label, model, row.property).map(actions::<Lifecycle>)
         }
         Target::Claimer => {
