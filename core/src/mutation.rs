@@ -95,6 +95,11 @@ pub enum Mutation {
     /// process whose lease lapsed cannot take its own slot back, and with
     /// the other slots busy it never claims again.
     AcquireSkipsOwnLapsedLease,
+    /// A receipt batch stops at its first refused item and answers every
+    /// later item with the same refusal, unapplied (a loop that returns at
+    /// the first error): a live receipt behind a stale one is neither
+    /// completed nor told why.
+    BatchStopsAtFirstRefusal,
 }
 
 impl Mutation {
@@ -125,14 +130,16 @@ impl Mutation {
     ];
 
     /// Mutations of the world that only the model checker is asked to
-    /// catch: one breaks a promise about what happens next (a claimer
-    /// whose lease lapsed gets a slot again), which no check of a single
-    /// history states, and the other one whose harm (a process holding two
-    /// slots) no history check names either. The property run and the
-    /// simulator do not enumerate them.
-    pub const MODELS_ONLY: [Mutation; 2] = [
+    /// catch (added with the widened models of issue 14): one breaks a
+    /// promise about what happens next (a claimer whose lease lapsed gets
+    /// a slot again), which no check of a single history states; the
+    /// others do harm (a process holding two slots, a batch answering an
+    /// item it never applied) that no history check names. The property
+    /// run, the simulator and the differential test do not enumerate them.
+    pub const MODELS_ONLY: [Mutation; 3] = [
         Mutation::AcquireIgnoresOwnLease,
         Mutation::AcquireSkipsOwnLapsedLease,
+        Mutation::BatchStopsAtFirstRefusal,
     ];
 
     /// Every mutation: [`Mutation::ALL`], [`Mutation::DRIVERS`], then
@@ -236,14 +243,14 @@ mod tests {
             Mutation::WarmupRenewsBetweenBatches | Mutation::WarmupProvesLeaseFromAnswer => {
                 Mutation::DRIVERS.contains(&m)
             }
-            Mutation::AcquireIgnoresOwnLease | Mutation::AcquireSkipsOwnLapsedLease => {
-                Mutation::MODELS_ONLY.contains(&m)
-            }
+            Mutation::AcquireIgnoresOwnLease
+            | Mutation::AcquireSkipsOwnLapsedLease
+            | Mutation::BatchStopsAtFirstRefusal => Mutation::MODELS_ONLY.contains(&m),
         };
         assert!(Mutation::every().all(listed));
         let mut all: Vec<_> = Mutation::every().collect();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 20);
+        assert_eq!(all.len(), 21);
     }
 }

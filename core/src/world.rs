@@ -790,7 +790,19 @@ impl World {
         mut each: impl FnMut(&mut World, I) -> Result<T, Reject>,
     ) -> BatchResult<T> {
         self.check_batch_len(items.len())?;
-        Ok(items.into_iter().map(|item| each(self, item)).collect())
+        let stop = self.mutant(Mutation::BatchStopsAtFirstRefusal);
+        let mut refused: Option<Reject> = None;
+        let answers = items.into_iter().map(|item| match &refused {
+            Some(reject) if stop => Err(reject.clone()),
+            _ => {
+                let answer = each(self, item);
+                if let Err(reject) = &answer {
+                    refused = Some(reject.clone());
+                }
+                answer
+            }
+        });
+        Ok(answers.collect())
     }
 
     /// Runs one job transition with the indexes kept in step: the job

@@ -5,7 +5,7 @@
 //!
 //! | action | command |
 //! |---|---|
-//! | `Acquire(p)` | `ClaimerAcquire` (a process without a lease asks for one) |
+//! | `Acquire(p)` | `ClaimerAcquire` (a process without a lease asks for one; in the lapse shape also one with a lease) |
 //! | `Claim(p)` | `Claim { max: 1 }` with the process's grant; the job it gets is put straight back with `Snooze` (delay 0) so the next claim finds one again |
 //! | `ClaimNothing(p)` | `Claim` filtered to a kind no job has: an empty claim, which must not write the lease row |
 //! | `Release(p)` | `ClaimerRelease` |

@@ -23,6 +23,8 @@ pub enum Target {
     Lifecycle,
     /// [`crate::lifecycle`], one completion's answer lost and resent.
     LifecycleLostAnswer,
+    /// [`crate::lifecycle`], the batches shape ([`Lifecycle::batches`]).
+    LifecycleBatches,
     /// [`crate::claimer`].
     Claimer,
     /// [`crate::claimer`], the lapse shape ([`ClaimerFreshness::lapse`]).
@@ -55,7 +57,7 @@ const fn row(mutation: Mutation, model: Target, property: &'static str) -> Caugh
 }
 
 /// Every mutation and what catches it.
-pub const CAUGHT: [Caught; 20] = [
+pub const CAUGHT: [Caught; 21] = [
     row(
         Mutation::ClaimWithoutEpochBump,
         Target::Lifecycle,
@@ -156,6 +158,11 @@ pub const CAUGHT: [Caught; 20] = [
         Target::ClaimerLapse,
         claimer::LAPSED_CLAIMS_AGAIN,
     ),
+    row(
+        Mutation::BatchStopsAtFirstRefusal,
+        Target::LifecycleBatches,
+        lifecycle::BATCH_PER_ITEM,
+    ),
 ];
 
 /// The row of `mutation`, if it has one.
@@ -184,6 +191,10 @@ pub fn hunt_mutant(mutation: Mutation) -> Option<Vec<String>> {
         }
         Target::LifecycleLostAnswer => {
             let model = Lifecycle::with_lost_answer().with_mutation(mutation);
+            hunt(&label, model, row.property).map(actions::<Lifecycle>)
+        }
+        Target::LifecycleBatches => {
+            let model = Lifecycle::batches().with_mutation(mutation);
             hunt(&label, model, row.property).map(actions::<Lifecycle>)
         }
         Target::Claimer => {

@@ -1,6 +1,7 @@
 //! Model 1: job lifecycle and fencing, over the core's real `World::apply`.
 
-use weir_model_check::lifecycle::{Lifecycle, ALL_TERMINAL};
+use weir_core::Mutation;
+use weir_model_check::lifecycle::{Lifecycle, ALL_TERMINAL, DEPOSED_WRITE_REFUSED};
 use weir_model_check::run::{check_all, hunt};
 
 #[test]
@@ -36,4 +37,42 @@ fn liveness_check_is_not_vacuous_a_late_crash_strands_a_job() {
         "a liveness failure, not a safety one"
     );
     assert!(last.world.jobs().any(|job| !job.state_name().is_terminal()));
+}
+
+#[test]
+fn a_deposed_rescuer_is_refused_and_its_successor_rescues() {
+    check_all(
+        "lifecycle (leaders: a lapsing rescuer)",
+        Lifecycle::leaders(),
+    );
+}
+
+#[test]
+fn batches_of_two_in_two_queues_with_a_pause_keep_every_invariant() {
+    check_all(
+        "lifecycle (batches, two queues, pause)",
+        Lifecycle::batches(),
+    );
+}
+
+#[test]
+fn external_waits_admin_retry_and_prune_keep_every_invariant() {
+    check_all("lifecycle (waits, retry, prune)", Lifecycle::steps());
+}
+
+/// The leaders shape can fail: with the term check gone, a deposed
+/// rescuer's rescue is accepted (the classic shape's leader never lapses,
+/// so there this mutation changes nothing).
+#[test]
+fn a_rescue_without_a_term_check_is_caught_in_the_leaders_shape() {
+    let model = Lifecycle::leaders().with_mutation(Mutation::NoTermCheck);
+    let path = hunt(
+        "lifecycle (leaders, NoTermCheck)",
+        model,
+        DEPOSED_WRITE_REFUSED,
+    );
+    assert!(
+        path.is_some(),
+        "a deposed rescuer's write must be found accepted"
+    );
 }

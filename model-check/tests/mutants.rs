@@ -156,3 +156,10 @@ fn an_acquire_that_never_reuses_the_callers_lease_is_caught() {
 fn an_acquire_that_skips_the_callers_lapsed_lease_is_caught() {
     assert_caught(Mutation::AcquireSkipsOwnLapsedLease);
 }
+
+/// Only a batch of two can show it: the classic shape's batches have one
+/// item each.
+#[test]
+fn a_batch_that_stops_at_its_first_refusal_is_caught() {
+    assert_caught(Mutation::BatchStopsAtFirstRefusal);
+}
