@@ -5,8 +5,8 @@
 //! it [`Input`]s and carries out every [`Effect`] it asks for, as the
 //! runtime's worker pool and the simulator do. A storage command
 //! ([`Effect::Execute`]) is put in flight and later reaches the world
-//! through [`check::apply`] (the core's `World::apply` plus both invariant
-//! layers), or never does. The model is the environment: when a command
+//! through [`crate::check::apply`] (the core's `World::apply` plus both
+//! invariant layers), or never does. The model is the environment: when a command
 //! arrives and whether its answer comes back, when a handler ends and with
 //! what, when a maintenance leader (not one of the processes) rescues or an
 //! operator cancels a job, when shutdown is asked for, and a discrete clock.

@@ -62,6 +62,14 @@ fn dropping_jobs_claimed_while_stopping_is_caught() {
 }
 
 #[test]
+fn handing_back_before_the_handler_ends_is_caught() {
+    assert_caught(
+        DispatcherMutation::HandBackBeforeHandlerEnds,
+        NOTHING_LEFT_RUNNING,
+    );
+}
+
+#[test]
 fn shutting_down_before_the_results_are_flushed_is_caught() {
     assert_caught(DispatcherMutation::ShutdownBeforeFlush, RESULTS_FLUSHED);
 }

@@ -276,7 +276,9 @@ pub enum Reason {
 /// Deliberate bugs in the dispatcher (feature `mutants`), each one a
 /// defect it once had or a bug an audit injected: the pool simulation
 /// (`tests/tests/pool_simulation.rs`, which shuts pools down at drawn
-/// moments) must catch every one.
+/// moments) must catch every one, and the dispatcher model
+/// (`model-check/tests/dispatcher_shutdown.rs`) every one it can reach
+/// (all but `TrustCancelHints`: it sends no cancel notifications).
 #[cfg(feature = "mutants")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DispatcherMutation {
