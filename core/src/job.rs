@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::ids::{Attempt, Epoch, JobId, Kind, Priority, ProcessId, QueueName, Receipt, UniqueKey};
-use crate::reject::{Reject, StateName};
 use crate::mutation::Mutation;
+use crate::reject::{Reject, StateName};
 use crate::time::{Millis, Timestamp};
 
 /// A job's opaque argument bytes (the runtime puts JSON here).
