@@ -19,8 +19,8 @@
 //! functions it calls (`Job`'s transitions, `ClaimerTable::acquire`,
 //! `Semaphore::renew`, …), which the Postgres backend calls too. While a
 //! mutated world applies a command, its mutation is *active* on that
-//! thread ([`active`]), so a guard in `job.rs` asks `mutation::active(..)`
-//! without the world passing a flag down. Without the `mutants` feature
+//! thread, so a guard in `job.rs` asks `mutation::active(..)` without the
+//! world passing a flag down. Without the `mutants` feature
 //! `active` is a constant `false` and the guard compiles to the real code.
 
 use serde::{Deserialize, Serialize};
