@@ -1252,10 +1252,9 @@ fn simulator_history(
             command: step.command.clone(),
             call: nanos(step.sent),
             // An outcome that never arrived leaves the command free to
-            // have landed any time after it was sent. (Bounding it by
-            // `settled`, when its loss was known, refutes seed 9: a lead
-            // not yet followed, see docs/ARCHITECTURE.md.)
-            ret: step.answered.map(nanos),
+            // have landed any time after it was sent and before its loss
+            // was known (`settled`).
+            ret: Some(nanos(step.answered.unwrap_or(step.settled))),
             outcome: step.answered.map(|_| step.outcome.clone()),
             lost: step
                 .answered
