@@ -115,6 +115,24 @@ pub struct Event {
     pub post: Row,
 }
 
+impl Event {
+    /// An event about a job alone, with no process, receipt or write: an
+    /// operator's cancel or retry, a promote, rescue or prune.
+    fn on_job(step: usize, kind: EventKind, job: u32, ok: bool, post: Row) -> Event {
+        Event {
+            step,
+            kind,
+            job,
+            proc: 0,
+            epoch: 0,
+            write: "",
+            ok,
+            keep: false,
+            post,
+        }
+    }
+}
+
 /// A job of the trace: how it started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceJob {
@@ -384,17 +402,7 @@ impl Builder {
             post: first_post,
         });
         if split {
-            self.push(Event {
-                step,
-                kind: EventKind::Promote,
-                job,
-                proc: 0,
-                epoch: 0,
-                write: "",
-                ok: true,
-                keep: false,
-                post,
-            });
+            self.push(Event::on_job(step, EventKind::Promote, job, true, post));
         }
         Ok(())
     }
@@ -538,17 +546,7 @@ impl Builder {
                 }
                 let job = self.job(step, id)?;
                 let post = self.row(id);
-                self.push(Event {
-                    step,
-                    kind,
-                    job,
-                    proc: 0,
-                    epoch: 0,
-                    write: "",
-                    ok,
-                    keep: false,
-                    post,
-                });
+                self.push(Event::on_job(step, kind, job, ok, post));
                 Ok(())
             }
             Command::Promote { .. } | Command::Rescue { .. } | Command::Prune { .. } => {
@@ -568,17 +566,7 @@ impl Builder {
                 for id in ids {
                     let job = self.job(step, id)?;
                     let post = self.row(id);
-                    self.push(Event {
-                        step,
-                        kind,
-                        job,
-                        proc: 0,
-                        epoch: 0,
-                        write: "",
-                        ok: true,
-                        keep: false,
-                        post,
-                    });
+                    self.push(Event::on_job(step, kind, job, true, post));
                 }
                 Ok(())
             }
