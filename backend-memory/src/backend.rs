@@ -99,12 +99,12 @@ impl State {
 /// The core's [`World`] behind a lock, with a [`Clock`].
 ///
 /// ```
-/// use weir_core::{Command, Outcome, Timestamp, WorldConfig};
+/// use weir_core::{cmd, Command, Outcome, Timestamp, WorldConfig};
 /// use weir_memory::{MemoryBackend, VirtualClock};
 ///
 /// let clock = VirtualClock::new(Timestamp(1_000));
 /// let backend = MemoryBackend::with_clock(WorldConfig::default(), clock.clone());
-/// let outcome = backend.apply(Command::Enqueue { jobs: vec![] });
+/// let outcome = backend.apply(Command::Enqueue(cmd::Enqueue { jobs: vec![] }));
 /// assert_eq!(outcome, Outcome::Enqueued(Ok(vec![])));
 /// assert_eq!(backend.inspect(|world| world.now()), Timestamp(1_000));
 /// ```
@@ -278,6 +278,7 @@ mod tests {
 
     use super::*;
     use crate::clock::VirtualClock;
+    use weir_core::cmd;
 
     /// The backend's futures never wait on anything, so one poll finishes
     /// them: no async runtime is needed to test the trait.
@@ -293,10 +294,10 @@ mod tests {
     }
 
     fn claimer(backend: &dyn Backend, process: u64) -> ClaimerGrant {
-        let acquire = Command::ClaimerAcquire {
+        let acquire = Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(process),
-        };
+        });
         let Ok(Outcome::ClaimerAcquired(Ok((grant, _)))) = ready(backend.execute(acquire)) else {
             panic!("a fresh queue has a free claimer slot")
         };
@@ -310,26 +311,26 @@ mod tests {
             MemoryBackend::with_clock(WorldConfig::default(), clock.clone()).check_every_step(true);
         let job = NewJob::new(queue(), Kind::new("k").unwrap(), Payload::default());
         let mut reference = World::new(WorldConfig::default());
-        let enqueue = Command::Enqueue { jobs: vec![job] };
+        let enqueue = Command::Enqueue(cmd::Enqueue { jobs: vec![job] });
         let expected = reference.apply(Timestamp(5_000), enqueue.clone());
         assert_eq!(ready(backend.execute(enqueue)).unwrap(), expected);
 
         let grant = claimer(&backend, 1);
         clock.advance_to(Timestamp(6_000));
         assert_eq!(ready(backend.now()).unwrap(), Timestamp(6_000));
-        let claim = Command::Claim {
+        let claim = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer: grant,
             max: 1,
             kinds: None,
-        };
+        });
         let Ok(Outcome::Claimed(Ok(claimed))) = ready(backend.execute(claim)) else {
             panic!("the job is available")
         };
         let receipt = claimed.jobs[0].receipt;
-        let complete = Command::Complete {
+        let complete = Command::Complete(cmd::Complete {
             receipts: vec![receipt],
-        };
+        });
         backend.apply(complete.clone());
         assert_eq!(
             backend.apply(complete),
@@ -351,23 +352,23 @@ mod tests {
     /// it again: returns the old and the current receipt.
     fn two_receipts_of_one_job(backend: &MemoryBackend<VirtualClock>) -> (Receipt, Receipt) {
         let job = NewJob::new(queue(), Kind::new("k").unwrap(), Payload::default());
-        backend.apply(Command::Enqueue { jobs: vec![job] });
+        backend.apply(Command::Enqueue(cmd::Enqueue { jobs: vec![job] }));
         let grant = claimer(backend, 1);
         let claim = || {
-            let outcome = backend.apply_checked(Command::Claim {
+            let outcome = backend.apply_checked(Command::Claim(cmd::Claim {
                 queue: queue(),
                 claimer: grant,
                 max: 1,
                 kinds: None,
-            });
+            }));
             let Ok(Outcome::Claimed(Ok(claimed))) = outcome else {
                 panic!("the job is available: {outcome:?}")
             };
             claimed.jobs[0].receipt
         };
         let old = claim();
-        backend.apply(Command::Cancel { job: old.job });
-        backend.apply(Command::Retry { job: old.job });
+        backend.apply(Command::Cancel(cmd::Cancel { job: old.job }));
+        backend.apply(Command::Retry(cmd::Retry { job: old.job }));
         (old, claim())
     }
 
@@ -377,9 +378,9 @@ mod tests {
             MemoryBackend::with_clock(WorldConfig::default(), VirtualClock::new(Timestamp(1)));
         let (old, current) = two_receipts_of_one_job(&backend);
         let outcome = backend
-            .apply_checked(Command::Complete {
+            .apply_checked(Command::Complete(cmd::Complete {
                 receipts: vec![old, current],
-            })
+            }))
             .expect("the late item changed nothing; the current one completed the job");
         assert!(matches!(
             outcome,
@@ -396,9 +397,9 @@ mod tests {
         let backend = MemoryBackend::from_world(world, VirtualClock::new(Timestamp(1)));
         let (old, current) = two_receipts_of_one_job(&backend);
         let broken = backend
-            .apply_checked(Command::Complete {
+            .apply_checked(Command::Complete(cmd::Complete {
                 receipts: vec![old, current],
-            })
+            }))
             .expect_err("the late item completed the job");
         assert!(matches!(
             broken.violation,
@@ -413,18 +414,18 @@ mod tests {
             World::new(WorldConfig::default()).with_mutation(Mutation::CancelWithoutEpochBump);
         let backend = MemoryBackend::from_world(world, VirtualClock::new(Timestamp(1)));
         let job = NewJob::new(queue(), Kind::new("k").unwrap(), Payload::default());
-        backend.apply(Command::Enqueue { jobs: vec![job] });
+        backend.apply(Command::Enqueue(cmd::Enqueue { jobs: vec![job] }));
         let grant = claimer(&backend, 1);
-        backend.apply(Command::Claim {
+        backend.apply(Command::Claim(cmd::Claim {
             queue: queue(),
             claimer: grant,
             max: 1,
             kinds: None,
-        });
+        }));
         let broken = backend
-            .apply_checked(Command::Cancel {
+            .apply_checked(Command::Cancel(cmd::Cancel {
                 job: weir_core::JobId(1),
-            })
+            }))
             .expect_err("cancelling a running job without an epoch bump is caught");
         assert!(matches!(
             broken.violation,

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use weir::{
     Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, Wakeup, WorkerInfo,
 };
+use weir_core::cmd;
 use weir_core::{
     Command, Enqueued, Epoch, Job, JobId, JobState, Millis, NewJob, Outcome, ProcessId, QueueName,
     Reject, StateName, World,
@@ -51,33 +52,35 @@ fn holders(world: &World, command: &Command) -> Holders {
         _ => None,
     };
     match command {
-        Command::Cancel { job } => world.job(*job).and_then(running).into_iter().collect(),
-        Command::Rescue { .. } => world.jobs().filter_map(running).collect(),
+        Command::Cancel(cmd::Cancel { job }) => {
+            world.job(*job).and_then(running).into_iter().collect()
+        }
+        Command::Rescue(cmd::Rescue { .. }) => world.jobs().filter_map(running).collect(),
         // No other command takes an attempt from its holder: a handler's
         // own `CancelAttempts` ends the attempt that asked, so there is
         // no one else to tell.
-        Command::Enqueue { .. }
-        | Command::Claim { .. }
-        | Command::Heartbeat { .. }
-        | Command::Complete { .. }
-        | Command::Fail { .. }
-        | Command::Snooze { .. }
-        | Command::CancelAttempts { .. }
-        | Command::WaitExternal { .. }
-        | Command::ResumeExternal { .. }
-        | Command::Retry { .. }
-        | Command::PauseQueue { .. }
-        | Command::ResumeQueue { .. }
-        | Command::ClaimerAcquire { .. }
-        | Command::ClaimerRelease { .. }
-        | Command::SlotTry { .. }
-        | Command::SlotRenew { .. }
-        | Command::SlotRelease { .. }
-        | Command::ProcessCrashed { .. }
-        | Command::LeaderElect { .. }
-        | Command::LeaderResign { .. }
-        | Command::Promote { .. }
-        | Command::Prune { .. } => Holders::new(),
+        Command::Enqueue(cmd::Enqueue { .. })
+        | Command::Claim(cmd::Claim { .. })
+        | Command::Heartbeat(cmd::Heartbeat { .. })
+        | Command::Complete(cmd::Complete { .. })
+        | Command::Fail(cmd::Fail { .. })
+        | Command::Snooze(cmd::Snooze { .. })
+        | Command::CancelAttempts(cmd::CancelAttempts { .. })
+        | Command::WaitExternal(cmd::WaitExternal { .. })
+        | Command::ResumeExternal(cmd::ResumeExternal { .. })
+        | Command::Retry(cmd::Retry { .. })
+        | Command::PauseQueue(cmd::PauseQueue { .. })
+        | Command::ResumeQueue(cmd::ResumeQueue { .. })
+        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
+        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
+        | Command::SlotTry(cmd::SlotTry { .. })
+        | Command::SlotRenew(cmd::SlotRenew { .. })
+        | Command::SlotRelease(cmd::SlotRelease { .. })
+        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
+        | Command::LeaderElect(cmd::LeaderElect { .. })
+        | Command::LeaderResign(cmd::LeaderResign { .. })
+        | Command::Promote(cmd::Promote { .. })
+        | Command::Prune(cmd::Prune { .. }) => Holders::new(),
     }
 }
 
@@ -90,17 +93,17 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
     let mut taken: Vec<JobId> = Vec::new();
     // Every command is named, so a new one must say what it wakes.
     match command {
-        Command::Enqueue { .. } => {
+        Command::Enqueue(cmd::Enqueue { .. }) => {
             if let Outcome::Enqueued(Ok(ids)) = outcome {
                 touched.extend(ids.iter().filter(|e| !e.duplicate).map(|e| e.id))
             }
         }
-        Command::Promote { .. } => {
+        Command::Promote(cmd::Promote { .. }) => {
             if let Outcome::Promoted(Ok(ids)) = outcome {
                 touched.extend(ids)
             }
         }
-        Command::Snooze { snoozes } => {
+        Command::Snooze(cmd::Snooze { snoozes }) => {
             if let Outcome::Snoozed(Ok(results)) = outcome {
                 touched.extend(
                     snoozes
@@ -111,27 +114,27 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
                 )
             }
         }
-        Command::ResumeExternal { receipt } => {
+        Command::ResumeExternal(cmd::ResumeExternal { receipt }) => {
             if let Outcome::Resumed(Ok(())) = outcome {
                 touched.push(receipt.job)
             }
         }
-        Command::Retry { job } => {
+        Command::Retry(cmd::Retry { job }) => {
             if let Outcome::Retried(Ok(())) = outcome {
                 touched.push(*job)
             }
         }
-        Command::ResumeQueue { queue } => {
+        Command::ResumeQueue(cmd::ResumeQueue { queue }) => {
             if let Outcome::QueuePauseChanged(true) = outcome {
                 queues.insert(queue.clone());
             }
         }
-        Command::Cancel { job } => {
+        Command::Cancel(cmd::Cancel { job }) => {
             if let Outcome::Cancelled(Ok(StateName::Running)) = outcome {
                 taken.push(*job)
             }
         }
-        Command::Rescue { .. } => {
+        Command::Rescue(cmd::Rescue { .. }) => {
             if let Outcome::Rescued(Ok(rescued)) = outcome {
                 taken.extend(rescued.iter().map(|(id, _)| *id));
                 // A rescued job may be available again at once.
@@ -140,22 +143,22 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
         }
         // Nothing becomes available, and no attempt is taken from another
         // holder (a failure's retry waits for a promote).
-        Command::Claim { .. }
-        | Command::Heartbeat { .. }
-        | Command::Complete { .. }
-        | Command::Fail { .. }
-        | Command::CancelAttempts { .. }
-        | Command::WaitExternal { .. }
-        | Command::PauseQueue { .. }
-        | Command::ClaimerAcquire { .. }
-        | Command::ClaimerRelease { .. }
-        | Command::SlotTry { .. }
-        | Command::SlotRenew { .. }
-        | Command::SlotRelease { .. }
-        | Command::ProcessCrashed { .. }
-        | Command::LeaderElect { .. }
-        | Command::LeaderResign { .. }
-        | Command::Prune { .. } => {}
+        Command::Claim(cmd::Claim { .. })
+        | Command::Heartbeat(cmd::Heartbeat { .. })
+        | Command::Complete(cmd::Complete { .. })
+        | Command::Fail(cmd::Fail { .. })
+        | Command::CancelAttempts(cmd::CancelAttempts { .. })
+        | Command::WaitExternal(cmd::WaitExternal { .. })
+        | Command::PauseQueue(cmd::PauseQueue { .. })
+        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
+        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
+        | Command::SlotTry(cmd::SlotTry { .. })
+        | Command::SlotRenew(cmd::SlotRenew { .. })
+        | Command::SlotRelease(cmd::SlotRelease { .. })
+        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
+        | Command::LeaderElect(cmd::LeaderElect { .. })
+        | Command::LeaderResign(cmd::LeaderResign { .. })
+        | Command::Prune(cmd::Prune { .. }) => {}
     }
     for id in touched {
         if let Some(job) = world.job(id) {

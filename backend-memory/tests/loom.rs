@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use loom::sync::Arc;
 use loom::thread;
+use weir_core::cmd;
 use weir_core::{
     ClaimerConfig, ClaimerGrant, Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName,
     Receipt, SemaphoreName, SlotGrant, SlotIndex, Timestamp, WorldConfig,
@@ -38,17 +39,17 @@ fn backend(jobs: usize) -> Backend {
     };
     let backend = MemoryBackend::with_clock(config, VirtualClock::new(Timestamp(1_000)));
     let job = NewJob::new(queue(), Kind::new("k").unwrap(), Payload::default());
-    backend.apply(Command::Enqueue {
+    backend.apply(Command::Enqueue(cmd::Enqueue {
         jobs: vec![job; jobs],
-    });
+    }));
     Arc::new(backend)
 }
 
 fn acquire_claimer(backend: &Backend, process: u64) -> ClaimerGrant {
-    let outcome = backend.apply(Command::ClaimerAcquire {
+    let outcome = backend.apply(Command::ClaimerAcquire(cmd::ClaimerAcquire {
         queue: queue(),
         process: ProcessId(process),
-    });
+    }));
     let Outcome::ClaimerAcquired(Ok((grant, _))) = outcome else {
         panic!("three slots for three processes: {outcome:?}")
     };
@@ -58,19 +59,19 @@ fn acquire_claimer(backend: &Backend, process: u64) -> ClaimerGrant {
 /// Claims at most one job and completes it; returns the receipt.
 fn claim_and_complete(backend: &Backend, process: u64) -> Option<Receipt> {
     let claimer = acquire_claimer(backend, process);
-    let outcome = backend.apply(Command::Claim {
+    let outcome = backend.apply(Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
         max: 1,
         kinds: None,
-    });
+    }));
     let Outcome::Claimed(Ok(claimed)) = outcome else {
         panic!("a live claimer lease claims: {outcome:?}")
     };
     let receipt = claimed.jobs.first()?.receipt;
-    let done = backend.apply(Command::Complete {
+    let done = backend.apply(Command::Complete(cmd::Complete {
         receipts: vec![receipt],
-    });
+    }));
     assert_eq!(
         done,
         Outcome::Completed(Ok(vec![Ok(())])),
@@ -104,13 +105,13 @@ fn three_threads_claiming_and_completing_never_claim_a_job_twice() {
 }
 
 fn try_slot(backend: &Backend, process: u64, slot: u16) -> Option<SlotGrant> {
-    let outcome = backend.apply(Command::SlotTry {
+    let outcome = backend.apply(Command::SlotTry(cmd::SlotTry {
         semaphore: semaphore(),
         permits: 2,
         slot: SlotIndex(slot),
         holder: ProcessId(process),
         lease_ttl: None,
-    });
+    }));
     match outcome {
         Outcome::SlotTried(Ok(grant)) => Some(grant),
         Outcome::SlotTried(Err(_)) => None,
@@ -133,10 +134,10 @@ fn concurrent_acquire_and_release_never_exceed_n_holders() {
                     let grant = (0..2).find_map(|slot| try_slot(&backend, process, slot));
                     let Some(grant) = grant else { return false };
                     assert!(holders(&backend) <= 2, "at most N = 2 holders");
-                    let release = Command::SlotRelease {
+                    let release = Command::SlotRelease(cmd::SlotRelease {
                         semaphore: semaphore(),
                         grant,
-                    };
+                    });
                     assert_eq!(backend.apply(release), Outcome::SlotReleased(true));
                     true
                 })
@@ -159,19 +160,19 @@ fn a_crash_release_racing_a_normal_release_frees_the_slot_exactly_once() {
         let releaser = {
             let backend = backend.clone();
             thread::spawn(move || {
-                let release = Command::SlotRelease {
+                let release = Command::SlotRelease(cmd::SlotRelease {
                     semaphore: semaphore(),
                     grant,
-                };
+                });
                 backend.apply(release) == Outcome::SlotReleased(true)
             })
         };
         let session_end = {
             let backend = backend.clone();
             thread::spawn(move || {
-                let crashed = Command::ProcessCrashed {
+                let crashed = Command::ProcessCrashed(cmd::ProcessCrashed {
                     process: ProcessId(1),
-                };
+                });
                 match backend.apply(crashed) {
                     Outcome::SessionEnded(freed) => freed.len(),
                     other => panic!("unexpected {other:?}"),

@@ -26,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use weir::{Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, WorkerInfo};
+use weir_core::cmd;
 use weir_core::{
     Command, Enqueued, InvalidClaimerConfig, Job, JobId, NewJob, Outcome, ProcessId, Reject,
     Timestamp, WorldConfig,
@@ -267,87 +268,95 @@ impl PgBackend {
         command: Command,
     ) -> Result<Outcome, BackendError> {
         Ok(match command {
-            Command::Enqueue { jobs } => {
+            Command::Enqueue(cmd::Enqueue { jobs }) => {
                 Outcome::Enqueued(self.enqueue_in(&self.inner.pool, now, jobs).await?)
             }
-            Command::Claim {
+            Command::Claim(cmd::Claim {
                 queue,
                 claimer,
                 max,
                 kinds,
-            } => Outcome::Claimed(
+            }) => Outcome::Claimed(
                 self.claim(now, &queue, &claimer, max, kinds.as_ref())
                     .await?,
             ),
-            Command::Heartbeat { receipts } => {
+            Command::Heartbeat(cmd::Heartbeat { receipts }) => {
                 Outcome::Heartbeats(self.heartbeat(now, receipts).await?)
             }
-            Command::Complete { receipts } => {
+            Command::Complete(cmd::Complete { receipts }) => {
                 Outcome::Completed(self.complete(now, receipts).await?)
             }
-            Command::Fail { failures } => Outcome::Failed(self.fail(now, failures).await?),
-            Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes).await?),
-            Command::CancelAttempts { receipts } => {
+            Command::Fail(cmd::Fail { failures }) => {
+                Outcome::Failed(self.fail(now, failures).await?)
+            }
+            Command::Snooze(cmd::Snooze { snoozes }) => {
+                Outcome::Snoozed(self.snooze(now, snoozes).await?)
+            }
+            Command::CancelAttempts(cmd::CancelAttempts { receipts }) => {
                 Outcome::AttemptsCancelled(self.cancel_attempts(now, receipts).await?)
             }
-            Command::WaitExternal { waits } => {
+            Command::WaitExternal(cmd::WaitExternal { waits }) => {
                 Outcome::Waiting(self.wait_external(now, waits).await?)
             }
-            Command::ResumeExternal { receipt } => {
+            Command::ResumeExternal(cmd::ResumeExternal { receipt }) => {
                 Outcome::Resumed(self.resume_external(now, receipt).await?)
             }
-            Command::Cancel { job } => Outcome::Cancelled(self.cancel(now, job).await?),
-            Command::Retry { job } => Outcome::Retried(self.admin_retry(now, job).await?),
-            Command::PauseQueue { queue } => {
+            Command::Cancel(cmd::Cancel { job }) => {
+                Outcome::Cancelled(self.cancel(now, job).await?)
+            }
+            Command::Retry(cmd::Retry { job }) => {
+                Outcome::Retried(self.admin_retry(now, job).await?)
+            }
+            Command::PauseQueue(cmd::PauseQueue { queue }) => {
                 Outcome::QueuePauseChanged(self.set_paused(&queue, true).await?)
             }
-            Command::ResumeQueue { queue } => {
+            Command::ResumeQueue(cmd::ResumeQueue { queue }) => {
                 Outcome::QueuePauseChanged(self.set_paused(&queue, false).await?)
             }
-            Command::ClaimerAcquire { queue, process } => {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, process }) => {
                 Outcome::ClaimerAcquired(self.claimer_acquire(now, &queue, process).await?)
             }
-            Command::ClaimerRelease { queue, claimer } => {
+            Command::ClaimerRelease(cmd::ClaimerRelease { queue, claimer }) => {
                 Outcome::ClaimerReleased(self.claimer_release(now, &queue, &claimer).await?)
             }
-            Command::SlotTry {
+            Command::SlotTry(cmd::SlotTry {
                 semaphore,
                 permits,
                 slot,
                 holder,
                 lease_ttl,
-            } => Outcome::SlotTried(
+            }) => Outcome::SlotTried(
                 self.slot_try(now, semaphore, permits, slot, holder, lease_ttl)
                     .await?,
             ),
-            Command::SlotRenew {
+            Command::SlotRenew(cmd::SlotRenew {
                 semaphore,
                 grant,
                 lease_ttl,
-            } => Outcome::SlotRenewed(self.slot_renew(now, &semaphore, &grant, lease_ttl).await?),
-            Command::SlotRelease { semaphore, grant } => {
+            }) => Outcome::SlotRenewed(self.slot_renew(now, &semaphore, &grant, lease_ttl).await?),
+            Command::SlotRelease(cmd::SlotRelease { semaphore, grant }) => {
                 Outcome::SlotReleased(self.slot_release(&semaphore, &grant).await?)
             }
-            Command::ProcessCrashed { process } => {
+            Command::ProcessCrashed(cmd::ProcessCrashed { process }) => {
                 Outcome::SessionEnded(self.end_session(process).await?)
             }
-            Command::LeaderElect { process } => {
+            Command::LeaderElect(cmd::LeaderElect { process }) => {
                 Outcome::LeaderElected(self.leader_elect(now, process).await?)
             }
-            Command::LeaderResign { leader } => {
+            Command::LeaderResign(cmd::LeaderResign { leader }) => {
                 Outcome::LeaderResigned(self.leader_resign(now, &leader).await?)
             }
-            Command::Promote { leader, max } => {
+            Command::Promote(cmd::Promote { leader, max }) => {
                 Outcome::Promoted(self.promote(now, &leader, max).await?)
             }
-            Command::Rescue { leader, draw, max } => {
+            Command::Rescue(cmd::Rescue { leader, draw, max }) => {
                 Outcome::Rescued(self.rescue(now, &leader, draw, max).await?)
             }
-            Command::Prune {
+            Command::Prune(cmd::Prune {
                 leader,
                 older_than,
                 max,
-            } => Outcome::Pruned(self.prune(now, &leader, older_than, max).await?),
+            }) => Outcome::Pruned(self.prune(now, &leader, older_than, max).await?),
         })
     }
 

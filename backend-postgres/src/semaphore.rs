@@ -73,6 +73,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
 use weir::BackendError;
+use weir_core::cmd;
 use weir_core::{
     AcquireStep, Acquisition, Command, Millis, Outcome, ProcessId, Reject, SemaphoreName,
     SlotEpoch, SlotGrant, SlotIndex, Timestamp, TryResult, WaitConfig,
@@ -708,11 +709,11 @@ impl LeaseSemaphore {
 
     /// Extends a hold by the lease length from now.
     pub async fn renew(&self, grant: &SlotGrant) -> Result<Result<(), Reject>, BackendError> {
-        let command = Command::SlotRenew {
+        let command = Command::SlotRenew(cmd::SlotRenew {
             semaphore: self.name.clone(),
             grant: *grant,
             lease_ttl: self.lease_ttl,
-        };
+        });
         match self.backend.run(None, command).await? {
             Outcome::SlotRenewed(result) => Ok(result),
             other => unreachable!("SlotRenew answers SlotRenewed, got {other:?}"),
@@ -727,13 +728,13 @@ impl SlotStore for LeaseSemaphore {
     }
 
     async fn try_slot(&mut self, slot: SlotIndex) -> TryResult {
-        let command = Command::SlotTry {
+        let command = Command::SlotTry(cmd::SlotTry {
             semaphore: self.name.clone(),
             permits: self.permits,
             slot,
             holder: self.holder,
             lease_ttl: Some(self.lease_ttl),
-        };
+        });
         let tried = tokio::time::timeout(self.try_timeout, self.backend.run(None, command));
         match tried.await {
             Ok(Ok(Outcome::SlotTried(Ok(grant)))) => TryResult::Acquired(grant),
@@ -745,10 +746,10 @@ impl SlotStore for LeaseSemaphore {
     }
 
     async fn release(&mut self, grant: &SlotGrant) -> Result<bool, BackendError> {
-        let command = Command::SlotRelease {
+        let command = Command::SlotRelease(cmd::SlotRelease {
             semaphore: self.name.clone(),
             grant: *grant,
-        };
+        });
         match self.backend.run(None, command).await? {
             Outcome::SlotReleased(released) => Ok(released),
             other => unreachable!("SlotRelease answers SlotReleased, got {other:?}"),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use weir::{Backend, BackendError};
+use weir_core::cmd;
 use weir_core::{
     Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob, Outcome,
     Payload, ProcessId, QueueName, Receipt, Reject, SemaphoreName, SlotIndex, StateName, Timestamp,
@@ -182,17 +183,17 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     };
     step(
         0,
-        Command::Enqueue {
+        Command::Enqueue(cmd::Enqueue {
             jobs: vec![job(), job(), job()],
-        },
+        }),
     )
     .await;
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = step(
         0,
-        Command::ClaimerAcquire {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(7),
-        },
+        }),
     )
     .await
     else {
@@ -200,12 +201,12 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     };
     let Outcome::Claimed(Ok(claimed)) = step(
         1,
-        Command::Claim {
+        Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 3,
             kinds: None,
-        },
+        }),
     )
     .await
     else {
@@ -216,7 +217,7 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     let mut listener = Listener::connect(&backend).await.unwrap();
     let answers = step(
         2,
-        Command::CancelAttempts {
+        Command::CancelAttempts(cmd::CancelAttempts {
             receipts: vec![
                 r[0],
                 r[0],
@@ -230,7 +231,7 @@ async fn cancel_attempts_gives_the_worlds_answers() {
                 },
                 r[2],
             ],
-        },
+        }),
     )
     .await;
     // Spelled out, so the test says what the world says.
@@ -257,16 +258,16 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     );
     step(
         3,
-        Command::Complete {
+        Command::Complete(cmd::Complete {
             receipts: vec![r[1]],
-        },
+        }),
     )
     .await;
     let done = step(
         4,
-        Command::CancelAttempts {
+        Command::CancelAttempts(cmd::CancelAttempts {
             receipts: vec![r[1]],
-        },
+        }),
     )
     .await;
     assert_eq!(
@@ -275,12 +276,16 @@ async fn cancel_attempts_gives_the_worlds_answers() {
             state: StateName::Completed
         })]))
     );
-    step(5, Command::CancelAttempts { receipts: vec![] }).await;
+    step(
+        5,
+        Command::CancelAttempts(cmd::CancelAttempts { receipts: vec![] }),
+    )
+    .await;
     let too_many = step(
         6,
-        Command::CancelAttempts {
+        Command::CancelAttempts(cmd::CancelAttempts {
             receipts: vec![r[1]; 7],
-        },
+        }),
     )
     .await;
     assert_eq!(
@@ -324,9 +329,9 @@ async fn an_enqueue_never_says_not_applied_after_part_of_it_committed() {
         let backend = backend.clone();
         tokio::spawn(async move {
             backend
-                .execute(Command::Enqueue {
+                .execute(Command::Enqueue(cmd::Enqueue {
                     jobs: vec![job(), keyed("k")],
-                })
+                }))
                 .await
         })
     };
@@ -437,11 +442,13 @@ async fn a_takeover_never_overwrites_a_concurrent_claim_and_refresh() {
     let superuser = db.pool().await;
     let owner = process(&db, "weir-owner", world_config.clone()).await;
     let rival = process(&db, "weir-rival", world_config.clone()).await;
-    let acquire = |process| Command::ClaimerAcquire {
-        queue: queue(),
-        process: ProcessId(process),
+    let acquire = |process| {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(process),
+        })
     };
-    let enqueue = Command::Enqueue { jobs: vec![job()] };
+    let enqueue = Command::Enqueue(cmd::Enqueue { jobs: vec![job()] });
     let mut world = World::new(world_config);
     world.apply(Timestamp(0), enqueue.clone());
     owner.execute_at(Timestamp(0), enqueue).await.unwrap();
@@ -453,12 +460,12 @@ async fn a_takeover_never_overwrites_a_concurrent_claim_and_refresh() {
     let Outcome::ClaimerAcquired(Ok((claimer, Acquired::Opened))) = opened else {
         panic!("no lease: {opened:?}")
     };
-    let claim = Command::Claim {
+    let claim = Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
         max: 1,
         kinds: None,
-    };
+    });
     let serial = |first: &Command, second: &Command| {
         let mut w = world.clone();
         let a = w.apply(Timestamp(10_000), first.clone());
@@ -559,12 +566,14 @@ async fn a_second_creator_of_a_semaphore_sees_the_first_ones() {
         "current_setting('application_name') = 'weir-first'",
     )
     .await;
-    let try_slot = |name: &str, permits: u16, slot: u16, holder: u64| Command::SlotTry {
-        semaphore: SemaphoreName::new(name).unwrap(),
-        permits,
-        slot: SlotIndex(slot),
-        holder: ProcessId(holder),
-        lease_ttl: Some(Millis(60_000)),
+    let try_slot = |name: &str, permits: u16, slot: u16, holder: u64| {
+        Command::SlotTry(cmd::SlotTry {
+            semaphore: SemaphoreName::new(name).unwrap(),
+            permits,
+            slot: SlotIndex(slot),
+            holder: ProcessId(holder),
+            lease_ttl: Some(Millis(60_000)),
+        })
     };
     // (second's size, second's slot): sizes differ; same size, another
     // slot; same size, the same slot.
@@ -616,13 +625,13 @@ async fn a_second_creator_of_a_semaphore_sees_the_first_ones() {
 // ---------------------------------------------------------------------
 
 fn session_try(holder: u64) -> Command {
-    Command::SlotTry {
+    Command::SlotTry(cmd::SlotTry {
         semaphore: SemaphoreName::new("warmup").unwrap(),
         permits: 1,
         slot: SlotIndex(0),
         holder: ProcessId(holder),
         lease_ttl: None,
-    }
+    })
 }
 
 fn busy(holder: u64) -> Outcome {
@@ -792,12 +801,14 @@ async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
     );
     assert_eq!(after.fetch_all(&pool).await.unwrap(), rows_v3);
     assert_eq!(backend.snapshot().await.unwrap(), snapshot_v3);
-    let try_old = |slot: u16, holder: u64| Command::SlotTry {
-        semaphore: SemaphoreName::new("old").unwrap(),
-        permits: 3,
-        slot: SlotIndex(slot),
-        holder: ProcessId(holder),
-        lease_ttl: None,
+    let try_old = |slot: u16, holder: u64| {
+        Command::SlotTry(cmd::SlotTry {
+            semaphore: SemaphoreName::new("old").unwrap(),
+            permits: 3,
+            slot: SlotIndex(slot),
+            holder: ProcessId(holder),
+            lease_ttl: None,
+        })
     };
     assert_eq!(
         backend.execute(try_old(0, 7)).await.unwrap(),
@@ -819,9 +830,9 @@ async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
     assert!(recorded.0.is_some() && recorded.1, "{recorded:?}");
     assert_eq!(
         backend
-            .execute(Command::ProcessCrashed {
+            .execute(Command::ProcessCrashed(cmd::ProcessCrashed {
                 process: ProcessId(5)
-            })
+            }))
             .await
             .unwrap(),
         Outcome::SessionEnded(vec![(SemaphoreName::new("old").unwrap(), SlotIndex(0))])
@@ -850,16 +861,19 @@ async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
     let superuser = db.pool().await;
     let backend = process(&db, "weir-completer", WorldConfig::default()).await;
     backend
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .execute_at(
+            Timestamp(0),
+            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+        )
         .await
         .unwrap();
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
         .execute_at(
             Timestamp(0),
-            Command::ClaimerAcquire {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire {
                 queue: queue(),
                 process: ProcessId(1),
-            },
+            }),
         )
         .await
         .unwrap()
@@ -869,12 +883,12 @@ async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
     let Outcome::Claimed(Ok(claimed)) = backend
         .execute_at(
             Timestamp(1),
-            Command::Claim {
+            Command::Claim(cmd::Claim {
                 queue: queue(),
                 claimer,
                 max: 1,
                 kinds: None,
-            },
+            }),
         )
         .await
         .unwrap()
@@ -904,9 +918,9 @@ async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
     let answer = backend
         .execute_at(
             Timestamp(2),
-            Command::Complete {
+            Command::Complete(cmd::Complete {
                 receipts: vec![current, stale],
-            },
+            }),
         )
         .await;
     let state: String = sqlx::query_scalar("SELECT state::text FROM weir.jobs WHERE id = $1")
@@ -954,7 +968,10 @@ async fn an_interrupted_statement_is_a_lost_answer_not_a_refusal() {
     // Every job insert sleeps past the statement timeout.
     slow_inserts(&superuser, 0.2).await;
     let answer = backend
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .execute_at(
+            Timestamp(0),
+            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+        )
         .await;
     match answer {
         Err(BackendError::Lost(why)) => assert!(why.contains("statement timeout"), "{why}"),
@@ -977,8 +994,10 @@ async fn enqueues_taking_the_same_keys_in_opposite_orders_do_not_deadlock() {
     slow_inserts(&superuser, 0.3).await;
     let a = process(&db, "weir-keys-a", WorldConfig::default()).await;
     let b = process(&db, "weir-keys-b", WorldConfig::default()).await;
-    let enqueue = |keys: [&str; 2]| Command::Enqueue {
-        jobs: keys.iter().map(|k| keyed(k)).collect(),
+    let enqueue = |keys: [&str; 2]| {
+        Command::Enqueue(cmd::Enqueue {
+            jobs: keys.iter().map(|k| keyed(k)).collect(),
+        })
     };
     let (first, second) = tokio::join!(
         a.execute_at(Timestamp(0), enqueue(["x", "y"])),
@@ -1021,9 +1040,9 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
     let Ok(Outcome::Enqueued(Ok(made))) = client
         .execute_at(
             Timestamp(1_000),
-            Command::Enqueue {
+            Command::Enqueue(cmd::Enqueue {
                 jobs: vec![keyed("k")],
-            },
+            }),
         )
         .await
     else {
@@ -1031,7 +1050,7 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
     };
     let held = made[0].id;
     let cancelled = client
-        .execute_at(Timestamp(1_000), Command::Cancel { job: held })
+        .execute_at(Timestamp(1_000), Command::Cancel(cmd::Cancel { job: held }))
         .await;
     assert!(
         matches!(cancelled, Ok(Outcome::Cancelled(Ok(_)))),
@@ -1040,9 +1059,9 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
     let Ok(Outcome::LeaderElected(Ok(grant))) = leader
         .execute_at(
             Timestamp(2_000),
-            Command::LeaderElect {
+            Command::LeaderElect(cmd::LeaderElect {
                 process: weir_core::ProcessId(7),
-            },
+            }),
         )
         .await
     else {
@@ -1056,9 +1075,9 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
         client
             .execute_at(
                 Timestamp(2_000),
-                Command::Enqueue {
+                Command::Enqueue(cmd::Enqueue {
                     jobs: vec![keyed("k"), job()],
-                },
+                }),
             )
             .await
     });
@@ -1071,11 +1090,11 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
     let pruned = leader
         .execute_at(
             Timestamp(3_000),
-            Command::Prune {
+            Command::Prune(cmd::Prune {
                 leader: grant,
                 older_than: Millis(1),
                 max: 10,
-            },
+            }),
         )
         .await;
     open_gate(&mut gate).await;
@@ -1111,27 +1130,30 @@ async fn worker_and_operator(db: &TestDatabase) -> (PgBackend, PgBackend, Comman
     let worker = process(db, "weir-claimer", WorldConfig::default()).await;
     let operator = process(db, "weir-pauser", WorldConfig::default()).await;
     worker
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .execute_at(
+            Timestamp(0),
+            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+        )
         .await
         .unwrap();
     let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
         .execute_at(
             Timestamp(0),
-            Command::ClaimerAcquire {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire {
                 queue: queue(),
                 process: ProcessId(1),
-            },
+            }),
         )
         .await
     else {
         panic!("no claimer lease")
     };
-    let claim = Command::Claim {
+    let claim = Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
         max: 1,
         kinds: None,
-    };
+    });
     (worker, operator, claim)
 }
 
@@ -1199,7 +1221,10 @@ async fn a_pause_answers_only_after_every_claim_under_way_is_over() {
     .await;
     let pausing = tokio::spawn(async move {
         let answer = operator
-            .execute_at(Timestamp(1_000), Command::PauseQueue { queue: queue() })
+            .execute_at(
+                Timestamp(1_000),
+                Command::PauseQueue(cmd::PauseQueue { queue: queue() }),
+            )
             .await;
         (answer, Instant::now())
     });
@@ -1233,7 +1258,10 @@ async fn a_claim_that_starts_while_a_pause_is_under_way_takes_nothing() {
     let mut gate = gate(&db).await;
     let pausing = tokio::spawn(async move {
         operator
-            .execute_at(Timestamp(1_000), Command::PauseQueue { queue: queue() })
+            .execute_at(
+                Timestamp(1_000),
+                Command::PauseQueue(cmd::PauseQueue { queue: queue() }),
+            )
             .await
     });
     until(

@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use weir_core::cmd;
 use weir_core::variants::Tally;
 use weir_core::{
     Backoff, ClaimerConfig, ClaimerGrant, Command, FailError, Failure, JobId, JobLimits, Kind,
@@ -117,12 +118,12 @@ impl Known {
                     .extend(claimed.jobs.iter().map(|job| job.receipt));
             }
             Outcome::ClaimerAcquired(Ok((grant, _))) => {
-                if let Command::ClaimerAcquire { queue, .. } = command {
+                if let Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, .. }) = command {
                     self.claimers.push((queue.clone(), *grant));
                 }
             }
             Outcome::SlotTried(Ok(grant)) => {
-                if let Command::SlotTry { semaphore, .. } = command {
+                if let Command::SlotTry(cmd::SlotTry { semaphore, .. }) = command {
                     self.slots.push((semaphore.clone(), *grant));
                 }
             }
@@ -285,19 +286,19 @@ fn slot_grant(rng: &mut ChaCha8Rng, known: &Known) -> (SemaphoreName, SlotGrant)
 /// variant has its range (`the_generator_produces_every_command` checks).
 fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
     match rng.random_range(0..103) {
-        0..=13 => Command::Enqueue {
+        0..=13 => Command::Enqueue(cmd::Enqueue {
             jobs: (0..batch_len(rng)).map(|_| new_job(rng, now)).collect(),
-        },
-        14..=21 => Command::ClaimerAcquire {
+        }),
+        14..=21 => Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(rng),
             process: process(rng),
-        },
+        }),
         22..=35 => {
             if known.live_claimers.is_empty() && rng.random_bool(0.7) {
-                return Command::ClaimerAcquire {
+                return Command::ClaimerAcquire(cmd::ClaimerAcquire {
                     queue: queue(rng),
                     process: process(rng),
-                };
+                });
             }
             let live = if rng.random_bool(0.8) {
                 pick(rng, &known.live_claimers)
@@ -318,7 +319,7 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
             let kinds = rng
                 .random_bool(0.2)
                 .then(|| BTreeSet::from([Kind::new(KINDS[rng.random_range(0..2)]).unwrap()]));
-            Command::Claim {
+            Command::Claim(cmd::Claim {
                 queue,
                 claimer,
                 max: if rng.random_bool(0.9) {
@@ -327,15 +328,15 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
                     batch_len(rng) as u32
                 },
                 kinds,
-            }
+            })
         }
-        36..=41 => Command::Heartbeat {
+        36..=41 => Command::Heartbeat(cmd::Heartbeat {
             receipts: (0..batch_len(rng)).map(|_| receipt(rng, known)).collect(),
-        },
-        42..=51 => Command::Complete {
+        }),
+        42..=51 => Command::Complete(cmd::Complete {
             receipts: (0..batch_len(rng)).map(|_| receipt(rng, known)).collect(),
-        },
-        52..=58 => Command::Fail {
+        }),
+        52..=58 => Command::Fail(cmd::Fail {
             failures: (0..batch_len(rng))
                 .map(|_| Failure {
                     receipt: receipt(rng, known),
@@ -350,39 +351,39 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
                     draw: rng.random(),
                 })
                 .collect(),
-        },
-        59..=61 => Command::Snooze {
+        }),
+        59..=61 => Command::Snooze(cmd::Snooze {
             snoozes: (0..batch_len(rng))
                 .map(|_| (receipt(rng, known), Millis(rng.random_range(0..300))))
                 .collect(),
-        },
-        100..=102 => Command::CancelAttempts {
+        }),
+        100..=102 => Command::CancelAttempts(cmd::CancelAttempts {
             receipts: (0..batch_len(rng)).map(|_| receipt(rng, known)).collect(),
-        },
-        62..=64 => Command::WaitExternal {
+        }),
+        62..=64 => Command::WaitExternal(cmd::WaitExternal {
             waits: (0..batch_len(rng))
                 .map(|_| (receipt(rng, known), Millis(rng.random_range(0..600))))
                 .collect(),
-        },
-        65..=67 => Command::ResumeExternal {
+        }),
+        65..=67 => Command::ResumeExternal(cmd::ResumeExternal {
             receipt: receipt(rng, known),
-        },
-        68..=70 => Command::Cancel {
+        }),
+        68..=70 => Command::Cancel(cmd::Cancel {
             job: pick(rng, &known.jobs).copied().unwrap_or(JobId(1)),
-        },
-        71..=72 => Command::Retry {
+        }),
+        71..=72 => Command::Retry(cmd::Retry {
             job: pick(rng, &known.jobs).copied().unwrap_or(JobId(1)),
-        },
-        73 => Command::PauseQueue { queue: queue(rng) },
-        74..=75 => Command::ResumeQueue { queue: queue(rng) },
+        }),
+        73 => Command::PauseQueue(cmd::PauseQueue { queue: queue(rng) }),
+        74..=75 => Command::ResumeQueue(cmd::ResumeQueue { queue: queue(rng) }),
         76 => match pick(rng, &known.claimers) {
-            Some((queue, claimer)) => Command::ClaimerRelease {
+            Some((queue, claimer)) => Command::ClaimerRelease(cmd::ClaimerRelease {
                 queue: queue.clone(),
                 claimer: *claimer,
-            },
-            None => Command::PauseQueue { queue: queue(rng) },
+            }),
+            None => Command::PauseQueue(cmd::PauseQueue { queue: queue(rng) }),
         },
-        77..=81 => Command::SlotTry {
+        77..=81 => Command::SlotTry(cmd::SlotTry {
             semaphore: SemaphoreName::new(SEMAPHORES[rng.random_range(0..2)]).unwrap(),
             permits: *pick(rng, &[2, 2, 2, 2, 2, 2, 1, 0]).unwrap(),
             slot: SlotIndex(rng.random_range(0..3)),
@@ -390,42 +391,42 @@ fn command(rng: &mut ChaCha8Rng, known: &Known, now: Timestamp) -> Command {
             lease_ttl: rng
                 .random_bool(0.6)
                 .then(|| Millis(rng.random_range(1..500))),
-        },
+        }),
         82..=83 => {
             let (semaphore, grant) = slot_grant(rng, known);
-            Command::SlotRenew {
+            Command::SlotRenew(cmd::SlotRenew {
                 semaphore,
                 grant,
                 lease_ttl: Millis(rng.random_range(0..500)),
-            }
+            })
         }
         84..=85 => {
             let (semaphore, grant) = slot_grant(rng, known);
-            Command::SlotRelease { semaphore, grant }
+            Command::SlotRelease(cmd::SlotRelease { semaphore, grant })
         }
-        86 => Command::ProcessCrashed {
+        86 => Command::ProcessCrashed(cmd::ProcessCrashed {
             process: process(rng),
-        },
-        87..=89 => Command::LeaderElect {
+        }),
+        87..=89 => Command::LeaderElect(cmd::LeaderElect {
             process: process(rng),
-        },
-        90 => Command::LeaderResign {
+        }),
+        90 => Command::LeaderResign(cmd::LeaderResign {
             leader: leader(rng, known),
-        },
-        91..=93 => Command::Promote {
+        }),
+        91..=93 => Command::Promote(cmd::Promote {
             leader: leader(rng, known),
             max: batch_len(rng) as u32,
-        },
-        94..=96 => Command::Rescue {
+        }),
+        94..=96 => Command::Rescue(cmd::Rescue {
             leader: leader(rng, known),
             draw: rng.random(),
             max: batch_len(rng) as u32,
-        },
-        97..=99 => Command::Prune {
+        }),
+        97..=99 => Command::Prune(cmd::Prune {
             leader: leader(rng, known),
             older_than: Millis(rng.random_range(0..1500)),
             max: batch_len(rng) as u32,
-        },
+        }),
         other => unreachable!("drawn from 0..103, got {other}"),
     }
 }
@@ -464,7 +465,9 @@ impl Generator {
         self.known.aim(world, self.now);
         loop {
             let mut command = command(&mut self.rng, &self.known, self.now);
-            if let (true, Command::SlotTry { lease_ttl, .. }) = (self.leases_only, &mut command) {
+            if let (true, Command::SlotTry(cmd::SlotTry { lease_ttl, .. })) =
+                (self.leases_only, &mut command)
+            {
                 lease_ttl.get_or_insert(Millis(250));
             }
             if !self.skip.contains(&weir_core::variants::of(&command)) {
@@ -699,14 +702,17 @@ fn refused_items(command: &Command, outcome: &Outcome) -> Option<Vec<(JobId, boo
         }
     }
     let jobs: Vec<JobId> = match command {
-        Command::Heartbeat { receipts }
-        | Command::Complete { receipts }
-        | Command::CancelAttempts { receipts } => receipts.iter().map(|r| r.job).collect(),
-        Command::Fail { failures } => failures.iter().map(|f| f.receipt.job).collect(),
-        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
+        Command::Heartbeat(cmd::Heartbeat { receipts })
+        | Command::Complete(cmd::Complete { receipts })
+        | Command::CancelAttempts(cmd::CancelAttempts { receipts }) => {
+            receipts.iter().map(|r| r.job).collect()
+        }
+        Command::Fail(cmd::Fail { failures }) => failures.iter().map(|f| f.receipt.job).collect(),
+        Command::Snooze(cmd::Snooze { snoozes: items })
+        | Command::WaitExternal(cmd::WaitExternal { waits: items }) => {
             items.iter().map(|(r, _)| r.job).collect()
         }
-        Command::ResumeExternal { receipt } => vec![receipt.job],
+        Command::ResumeExternal(cmd::ResumeExternal { receipt }) => vec![receipt.job],
         _ => return None,
     };
     let n = jobs.len();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use weir::{Backend, BackendError, JobFilter, Presence, Wakeup};
+use weir_core::cmd;
 use weir_core::{
     Command, FailError, Failure, JobState, Kind, Millis, NewJob, Outcome, Payload, ProcessId,
     QueueName, Receipt, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
@@ -150,7 +151,7 @@ async fn an_advisory_semaphore_works_through_session_pooling() {
     let bouncer = pgbouncer(&db, PoolMode::Session, 5).await;
     let through = client(bouncer.app_url(), true, &PgConfig::default()).await;
     let mut wakeups = through.subscribe().await.unwrap().expect("notify is on");
-    let enqueue = Command::Enqueue { jobs: vec![job(1)] };
+    let enqueue = Command::Enqueue(cmd::Enqueue { jobs: vec![job(1)] });
     let Outcome::Enqueued(Ok(_)) = run(&through, enqueue).await else {
         panic!("enqueue refused")
     };
@@ -241,9 +242,11 @@ async fn work(
     seen: Arc<Mutex<BTreeSet<i64>>>,
 ) {
     let process = ProcessId(process);
-    let acquire_lease = || Command::ClaimerAcquire {
-        queue: queue(),
-        process,
+    let acquire_lease = || {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
+            queue: queue(),
+            process,
+        })
     };
     let Outcome::ClaimerAcquired(Ok((mut claimer, _))) = run(&backend, acquire_lease()).await
     else {
@@ -258,12 +261,12 @@ async fn work(
     );
     let mut batches = 0u32;
     while !done.load(Ordering::SeqCst) {
-        let claim = Command::Claim {
+        let claim = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 8,
             kinds: None,
-        };
+        });
         let jobs = match run(&backend, claim).await {
             Outcome::Claimed(Ok(claimed)) => claimed.jobs,
             Outcome::Claimed(Err(_lost)) => {
@@ -282,7 +285,8 @@ async fn work(
         }
         batches += 1;
         let receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt).collect();
-        let Outcome::Heartbeats(Ok(beats)) = run(&backend, Command::Heartbeat { receipts }).await
+        let Outcome::Heartbeats(Ok(beats)) =
+            run(&backend, Command::Heartbeat(cmd::Heartbeat { receipts })).await
         else {
             panic!("heartbeat refused")
         };
@@ -318,19 +322,23 @@ async fn work(
                 _ => complete.push(job.receipt),
             }
         }
-        let Outcome::Completed(Ok(done_items)) =
-            run(&backend, Command::Complete { receipts: complete }).await
+        let Outcome::Completed(Ok(done_items)) = run(
+            &backend,
+            Command::Complete(cmd::Complete { receipts: complete }),
+        )
+        .await
         else {
             panic!("complete refused")
         };
         assert!(done_items.iter().all(Result::is_ok), "{done_items:?}");
-        let Outcome::Failed(Ok(failed)) = run(&backend, Command::Fail { failures: fail }).await
+        let Outcome::Failed(Ok(failed)) =
+            run(&backend, Command::Fail(cmd::Fail { failures: fail })).await
         else {
             panic!("fail refused")
         };
         assert!(failed.iter().all(Result::is_ok), "{failed:?}");
         let Outcome::Snoozed(Ok(snoozed)) =
-            run(&backend, Command::Snooze { snoozes: snooze }).await
+            run(&backend, Command::Snooze(cmd::Snooze { snoozes: snooze })).await
         else {
             panic!("snooze refused")
         };
@@ -342,7 +350,8 @@ async fn work(
 /// jobs back, rescues, prunes, reads and announces, until done.
 async fn maintain(backend: PgBackend, done: Arc<AtomicBool>) {
     let process = ProcessId(9);
-    let Outcome::LeaderElected(Ok(leader)) = run(&backend, Command::LeaderElect { process }).await
+    let Outcome::LeaderElected(Ok(leader)) =
+        run(&backend, Command::LeaderElect(cmd::LeaderElect { process })).await
     else {
         panic!("no leadership")
     };
@@ -354,24 +363,28 @@ async fn maintain(backend: PgBackend, done: Arc<AtomicBool>) {
         started_at: weir_core::Timestamp(0),
     };
     while !done.load(Ordering::SeqCst) {
-        let Outcome::Promoted(Ok(_)) = run(&backend, Command::Promote { leader, max: 100 }).await
+        let Outcome::Promoted(Ok(_)) = run(
+            &backend,
+            Command::Promote(cmd::Promote { leader, max: 100 }),
+        )
+        .await
         else {
             panic!("promote refused")
         };
-        let rescue = Command::Rescue {
+        let rescue = Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max: 100,
-        };
+        });
         assert!(matches!(
             run(&backend, rescue).await,
             Outcome::Rescued(Ok(_))
         ));
-        let prune = Command::Prune {
+        let prune = Command::Prune(cmd::Prune {
             leader,
             older_than: Millis::from_secs(3_600),
             max: 100,
-        };
+        });
         assert!(matches!(run(&backend, prune).await, Outcome::Pruned(Ok(_))));
         backend
             .announce(&presence, Duration::from_secs(60))
@@ -470,13 +483,13 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
         ),
     }
     // A session hold would record a borrowed server connection.
-    let session_hold = Command::SlotTry {
+    let session_hold = Command::SlotTry(cmd::SlotTry {
         semaphore: SemaphoreName::new("session.hold").unwrap(),
         permits: 1,
         slot: SlotIndex(0),
         holder: ProcessId(1),
         lease_ttl: None,
-    };
+    });
     match admin.execute(session_hold).await {
         Err(BackendError::Misconfigured(message)) => {
             assert!(message.contains("lease"), "{message}")
@@ -506,7 +519,8 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
     let total = AtomicUsize::new(0);
     for batch in 0..10 {
         let jobs: Vec<NewJob> = (batch * 10..batch * 10 + 10).map(job).collect();
-        let Outcome::Enqueued(Ok(enqueued)) = run(&producer, Command::Enqueue { jobs }).await
+        let Outcome::Enqueued(Ok(enqueued)) =
+            run(&producer, Command::Enqueue(cmd::Enqueue { jobs })).await
         else {
             panic!("enqueue refused")
         };
@@ -514,7 +528,8 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
         total.fetch_add(enqueued.len(), Ordering::SeqCst);
     }
     let again: Vec<NewJob> = (0..10).map(job).collect();
-    let Outcome::Enqueued(Ok(again)) = run(&producer, Command::Enqueue { jobs: again }).await
+    let Outcome::Enqueued(Ok(again)) =
+        run(&producer, Command::Enqueue(cmd::Enqueue { jobs: again })).await
     else {
         panic!("enqueue refused")
     };

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Row;
 use weir::{Backend, BackendError, Presence};
+use weir_core::cmd;
 use weir_core::{
     Acquired, ClaimerConfig, Command, Enqueued, InvalidJob, JobLimits, Kind, Millis, NewJob,
     Outcome, Payload, ProcessId, QueueName, Reject, SemaphoreName, StateName, Timestamp, UniqueKey,
@@ -101,14 +102,19 @@ async fn the_role_is_not_a_superuser() {
 #[tokio::test]
 async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    run(&backend, 1_000, Command::Enqueue { jobs: vec![job()] }).await;
+    run(
+        &backend,
+        1_000,
+        Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+    )
+    .await;
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = run(
         &backend,
         1_000,
-        Command::ClaimerAcquire {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(1),
-        },
+        }),
     )
     .await
     else {
@@ -117,12 +123,12 @@ async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let Outcome::Claimed(Ok(claimed)) = run(
         &backend,
         1_000,
-        Command::Claim {
+        Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        },
+        }),
     )
     .await
     else {
@@ -133,9 +139,9 @@ async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let Outcome::LeaderElected(Ok(leader)) = run(
         &backend,
         70_000,
-        Command::LeaderElect {
+        Command::LeaderElect(cmd::LeaderElect {
             process: ProcessId(9),
-        },
+        }),
     )
     .await
     else {
@@ -144,11 +150,11 @@ async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let rescued = run(
         &backend,
         70_000,
-        Command::Rescue {
+        Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max: 10,
-        },
+        }),
     )
     .await;
     assert!(
@@ -163,9 +169,9 @@ async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let answer = run(
         &backend,
         70_001,
-        Command::Complete {
+        Command::Complete(cmd::Complete {
             receipts: vec![late],
-        },
+        }),
     )
     .await;
     assert_eq!(
@@ -195,10 +201,12 @@ async fn fresh_claimer_claims_without_a_lease_write_and_a_half_stale_one_refresh
     };
     let (_db, backend) = common::backend(world).await;
     let jobs = (0..4).map(|_| job()).collect();
-    run(&backend, 0, Command::Enqueue { jobs }).await;
-    let acquire = |process| Command::ClaimerAcquire {
-        queue: queue(),
-        process: ProcessId(process),
+    run(&backend, 0, Command::Enqueue(cmd::Enqueue { jobs })).await;
+    let acquire = |process| {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(process),
+        })
     };
     let Outcome::ClaimerAcquired(Ok((claimer, Acquired::Opened))) =
         run(&backend, 0, acquire(1)).await
@@ -211,12 +219,12 @@ async fn fresh_claimer_claims_without_a_lease_write_and_a_half_stale_one_refresh
             .await
             .unwrap()
     };
-    let claim = Command::Claim {
+    let claim = Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
         max: 1,
         kinds: None,
-    };
+    });
     let opened = lease_xmin().await;
     // Fresh: claimed without touching the lease row.
     let Outcome::Claimed(Ok(fresh)) = run(&backend, 100, claim.clone()).await else {
@@ -263,9 +271,9 @@ async fn concurrent_unique_inserts_give_one_job() {
             let mut other = job();
             other.unique_key = Some(UniqueKey::new("order-43").unwrap());
             match backend
-                .execute(Command::Enqueue {
+                .execute(Command::Enqueue(cmd::Enqueue {
                     jobs: vec![j, other],
-                })
+                }))
                 .await
                 .unwrap()
             {
@@ -366,10 +374,10 @@ async fn concurrent_claimers_never_share_a_job() {
         let backend = backend.clone();
         tasks.push(tokio::spawn(async move {
             let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-                .execute(Command::ClaimerAcquire {
+                .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
                     queue: queue(),
                     process: ProcessId(process),
-                })
+                }))
                 .await
                 .unwrap()
             else {
@@ -378,12 +386,12 @@ async fn concurrent_claimers_never_share_a_job() {
             let mut mine = Vec::new();
             loop {
                 let Outcome::Claimed(Ok(claimed)) = backend
-                    .execute(Command::Claim {
+                    .execute(Command::Claim(cmd::Claim {
                         queue: queue(),
                         claimer,
                         max: 16,
                         kinds: None,
-                    })
+                    }))
                     .await
                     .unwrap()
                 else {
@@ -394,9 +402,9 @@ async fn concurrent_claimers_never_share_a_job() {
                 }
                 let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
                 let Outcome::Completed(Ok(done)) = backend
-                    .execute(Command::Complete {
+                    .execute(Command::Complete(cmd::Complete {
                         receipts: receipts.clone(),
-                    })
+                    }))
                     .await
                     .unwrap()
                 else {
@@ -546,7 +554,7 @@ async fn a_listener_whose_connection_dropped_says_so_and_listens_again() {
     // Reconnected and listening again: the next enqueue wakes it.
     let woke = loop {
         backend
-            .execute(Command::Enqueue { jobs: vec![job()] })
+            .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }))
             .await
             .unwrap();
         match listener.wait(Duration::from_millis(500)).await.unwrap() {
@@ -567,7 +575,7 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     );
     let started = std::time::Instant::now();
     backend
-        .execute(Command::Enqueue { jobs: vec![job()] })
+        .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }))
         .await
         .unwrap();
     let woke = listener.wait(Duration::from_secs(5)).await.unwrap();
@@ -578,22 +586,22 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     eprintln!("wake-up latency after enqueue: {latency:?}");
     assert!(latency < Duration::from_secs(4), "{latency:?}");
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-        .execute(Command::ClaimerAcquire {
+        .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(5),
-        })
+        }))
         .await
         .unwrap()
     else {
         panic!()
     };
     let Outcome::Claimed(Ok(claimed)) = backend
-        .execute(Command::Claim {
+        .execute(Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        })
+        }))
         .await
         .unwrap()
     else {
@@ -601,7 +609,7 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     };
     let receipt = claimed.jobs[0].receipt;
     let cancelled = backend
-        .execute(Command::Cancel { job: receipt.job })
+        .execute(Command::Cancel(cmd::Cancel { job: receipt.job }))
         .await
         .unwrap();
     assert_eq!(cancelled, Outcome::Cancelled(Ok(StateName::Running)));
@@ -616,9 +624,9 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     );
     // The fenced holder's completion is refused.
     let late = backend
-        .execute(Command::Complete {
+        .execute(Command::Complete(cmd::Complete {
             receipts: vec![receipt],
-        })
+        }))
         .await
         .unwrap();
     assert!(matches!(
@@ -637,7 +645,7 @@ async fn the_database_clock_drives_production_commands() {
     let now = backend.now().await.unwrap();
     assert!((now.0 - before).abs() < 60_000, "{now:?} vs {before}");
     let Outcome::Enqueued(Ok(done)) = backend
-        .execute(Command::Enqueue { jobs: vec![job()] })
+        .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }))
         .await
         .unwrap()
     else {
@@ -684,10 +692,10 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
     let jobs: Vec<NewJob> = (0..BATCHES * BATCH).map(|_| job()).collect();
     backend.enqueue_copy(&jobs).await.unwrap();
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-        .execute(Command::ClaimerAcquire {
+        .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(1),
-        })
+        }))
         .await
         .unwrap()
     else {
@@ -697,12 +705,12 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
     let mut heartbeats = 0;
     for _ in 0..BATCHES {
         let Outcome::Claimed(Ok(claimed)) = backend
-            .execute(Command::Claim {
+            .execute(Command::Claim(cmd::Claim {
                 queue: queue(),
                 claimer,
                 max: BATCH as u32,
                 kinds: None,
-            })
+            }))
             .await
             .unwrap()
         else {
@@ -712,14 +720,14 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
         refreshes += usize::from(claimed.lease_refreshed);
         let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
         backend
-            .execute(Command::Heartbeat {
+            .execute(Command::Heartbeat(cmd::Heartbeat {
                 receipts: receipts.clone(),
-            })
+            }))
             .await
             .unwrap();
         heartbeats += receipts.len();
         backend
-            .execute(Command::Complete { receipts })
+            .execute(Command::Complete(cmd::Complete { receipts }))
             .await
             .unwrap();
     }
@@ -779,14 +787,14 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
 async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let (_db, backend) = common::backend_with(WorldConfig::default(), 8).await;
     let jobs: Vec<NewJob> = (0..256).map(|_| job()).collect();
-    run(&backend, 1_000, Command::Enqueue { jobs }).await;
+    run(&backend, 1_000, Command::Enqueue(cmd::Enqueue { jobs })).await;
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = run(
         &backend,
         1_000,
-        Command::ClaimerAcquire {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(1),
-        },
+        }),
     )
     .await
     else {
@@ -795,12 +803,12 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let Outcome::Claimed(Ok(claimed)) = run(
         &backend,
         1_000,
-        Command::Claim {
+        Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 256,
             kinds: None,
-        },
+        }),
     )
     .await
     else {
@@ -811,9 +819,9 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let Outcome::LeaderElected(Ok(leader)) = run(
         &backend,
         late,
-        Command::LeaderElect {
+        Command::LeaderElect(cmd::LeaderElect {
             process: ProcessId(9),
-        },
+        }),
     )
     .await
     else {
@@ -828,9 +836,9 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
                 let Outcome::Completed(Ok(items)) = run(
                     &backend,
                     late,
-                    Command::Complete {
+                    Command::Complete(cmd::Complete {
                         receipts: chunk.to_vec(),
-                    },
+                    }),
                 )
                 .await
                 else {
@@ -855,11 +863,11 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
                 let Outcome::Rescued(Ok(batch)) = run(
                     &backend,
                     late,
-                    Command::Rescue {
+                    Command::Rescue(cmd::Rescue {
                         leader,
                         draw: 0,
                         max: 16,
-                    },
+                    }),
                 )
                 .await
                 else {
@@ -879,11 +887,11 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     if let Outcome::Rescued(Ok(rest)) = run(
         &backend,
         late,
-        Command::Rescue {
+        Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max: 256,
-        },
+        }),
     )
     .await
     {
@@ -919,9 +927,9 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
     // What a v1 release did: enqueue; it has no presence table.
     let Outcome::Enqueued(Ok(done)) = backend
-        .execute(Command::Enqueue {
+        .execute(Command::Enqueue(cmd::Enqueue {
             jobs: vec![job(), job()],
-        })
+        }))
         .await
         .unwrap()
     else {

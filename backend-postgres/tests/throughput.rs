@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use weir::Backend;
+use weir_core::cmd;
 use weir_core::{Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName, WorldConfig};
 
 const BULK_JOBS: usize = 100_000;
@@ -33,10 +34,10 @@ async fn enqueue_claim_complete_cycle_against_the_ceiling() {
         let queue = queue.clone();
         tasks.push(tokio::spawn(async move {
             let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-                .execute(Command::ClaimerAcquire {
+                .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
                     queue: queue.clone(),
                     process: ProcessId(process),
-                })
+                }))
                 .await
                 .unwrap()
             else {
@@ -53,14 +54,17 @@ async fn enqueue_claim_complete_cycle_against_the_ceiling() {
                         )
                     })
                     .collect();
-                backend.execute(Command::Enqueue { jobs }).await.unwrap();
+                backend
+                    .execute(Command::Enqueue(cmd::Enqueue { jobs }))
+                    .await
+                    .unwrap();
                 let Outcome::Claimed(Ok(claimed)) = backend
-                    .execute(Command::Claim {
+                    .execute(Command::Claim(cmd::Claim {
                         queue: queue.clone(),
                         claimer,
                         max: BATCH as u32,
                         kinds: None,
-                    })
+                    }))
                     .await
                     .unwrap()
                 else {
@@ -69,7 +73,7 @@ async fn enqueue_claim_complete_cycle_against_the_ceiling() {
                 let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
                 done += receipts.len();
                 backend
-                    .execute(Command::Complete { receipts })
+                    .execute(Command::Complete(cmd::Complete { receipts }))
                     .await
                     .unwrap();
             }

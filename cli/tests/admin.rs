@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use weir::core::cmd;
 use weir::core::{JobId, Kind, NewJob, Payload, QueueName};
 use weir::Backend;
 use weir_postgres::{PgBackend, PgConfig};
@@ -39,7 +40,7 @@ async fn operators_list_show_cancel_retry_and_pause() {
         job("reports", "pdf"),
     ];
     backend
-        .execute(weir::core::Command::Enqueue { jobs })
+        .execute(weir::core::Command::Enqueue(cmd::Enqueue { jobs }))
         .await
         .unwrap();
 

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use weir::core::cmd;
 use weir::core::{self, Millis, ProcessId, QueueName};
 use weir::Backend;
 use weir_postgres::harness::test_database;
@@ -62,7 +63,7 @@ async fn operator_mistakes_in_arguments_are_refused_and_change_nothing() {
     backend.migrate().await.unwrap();
     let jobs = vec![job("mail"), job("mail")];
     backend
-        .execute(core::Command::Enqueue { jobs })
+        .execute(core::Command::Enqueue(cmd::Enqueue { jobs }))
         .await
         .unwrap();
     let superuser = db.pool().await;
@@ -289,9 +290,9 @@ async fn no_schema_and_a_newer_schema_are_refused_with_what_to_do() {
         .await
         .unwrap();
     backend
-        .execute(core::Command::Enqueue {
+        .execute(core::Command::Enqueue(cmd::Enqueue {
             jobs: vec![job("mail")],
-        })
+        }))
         .await
         .unwrap();
     sqlx::query(
@@ -354,34 +355,35 @@ async fn a_job_snoozed_to_the_end_of_time_can_still_be_shown() {
         let backend = backend.clone();
         async move { backend.execute(command).await.unwrap() }
     };
-    run(core::Command::Enqueue {
+    run(core::Command::Enqueue(cmd::Enqueue {
         jobs: vec![job("mail")],
-    })
+    }))
     .await;
     let process = ProcessId(5);
     let queue = QueueName::new("mail").unwrap();
-    let core::Outcome::ClaimerAcquired(Ok((claimer, _))) = run(core::Command::ClaimerAcquire {
-        queue: queue.clone(),
-        process,
-    })
-    .await
+    let core::Outcome::ClaimerAcquired(Ok((claimer, _))) =
+        run(core::Command::ClaimerAcquire(cmd::ClaimerAcquire {
+            queue: queue.clone(),
+            process,
+        }))
+        .await
     else {
         panic!("a free claimer slot");
     };
-    let core::Outcome::Claimed(Ok(claimed)) = run(core::Command::Claim {
+    let core::Outcome::Claimed(Ok(claimed)) = run(core::Command::Claim(cmd::Claim {
         queue,
         claimer,
         max: 1,
         kinds: None,
-    })
+    }))
     .await
     else {
         panic!("claim");
     };
     let receipt = claimed.jobs[0].receipt;
-    let snoozed = run(core::Command::Snooze {
+    let snoozed = run(core::Command::Snooze(cmd::Snooze {
         snoozes: vec![(receipt, Millis(u64::MAX))],
-    })
+    }))
     .await;
     assert_eq!(snoozed, core::Outcome::Snoozed(Ok(vec![Ok(())])));
     let (ok, text, _) = weir(&["jobs", "--database-url", url, "show", "1"]);

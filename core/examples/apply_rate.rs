@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use weir_core::cmd;
 use weir_core::*;
 
 fn main() {
@@ -20,36 +21,36 @@ fn main() {
     let mut transitions = 0u64;
     for _ in 0..jobs {
         let job = NewJob::new(queue.clone(), kind.clone(), Payload::default());
-        world.apply(now, Command::Enqueue { jobs: vec![job] });
+        world.apply(now, Command::Enqueue(cmd::Enqueue { jobs: vec![job] }));
         transitions += 1;
     }
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = world.apply(
         now,
-        Command::ClaimerAcquire {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue.clone(),
             process: ProcessId(1),
-        },
+        }),
     ) else {
         panic!("no claimer slot")
     };
     for _ in 0..jobs {
         let Outcome::Claimed(Ok(claimed)) = world.apply(
             now,
-            Command::Claim {
+            Command::Claim(cmd::Claim {
                 queue: queue.clone(),
                 claimer,
                 max: 1,
                 kinds: None,
-            },
+            }),
         ) else {
             panic!("claim refused")
         };
         let receipt = claimed.jobs[0].receipt;
         world.apply(
             now,
-            Command::Complete {
+            Command::Complete(cmd::Complete {
                 receipts: vec![receipt],
-            },
+            }),
         );
         transitions += 2;
     }

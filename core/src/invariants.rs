@@ -18,15 +18,17 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::cmd;
 use crate::ids::{
     Attempt, ClaimerSlot, Epoch, JobId, LeaderTerm, LeaseEpoch, ProcessId, QueueName, Receipt,
     SemaphoreName, SlotEpoch, SlotIndex,
 };
 use crate::job::JobState;
 use crate::leader::LeaderGrant;
+use crate::protocol::{Command, Outcome};
 use crate::reject::{Reject, StateName};
 use crate::semaphore::Slot;
-use crate::world::{Command, Outcome, World};
+use crate::world::World;
 
 /// A broken invariant: always a bug.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -422,43 +424,50 @@ fn footprint(command: &Command) -> Footprint<'_> {
         grants_slot_of: None,
     };
     match command {
-        Command::Heartbeat { receipts }
-        | Command::Complete { receipts }
-        | Command::CancelAttempts { receipts } => footprint.receipts = receipts.clone(),
-        Command::Fail { failures } => {
+        Command::Heartbeat(cmd::Heartbeat { receipts })
+        | Command::Complete(cmd::Complete { receipts })
+        | Command::CancelAttempts(cmd::CancelAttempts { receipts }) => {
+            footprint.receipts = receipts.clone()
+        }
+        Command::Fail(cmd::Fail { failures }) => {
             footprint.receipts = failures.iter().map(|f| f.receipt).collect()
         }
-        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
+        Command::Snooze(cmd::Snooze { snoozes: items })
+        | Command::WaitExternal(cmd::WaitExternal { waits: items }) => {
             footprint.receipts = items.iter().map(|(r, _)| *r).collect()
         }
-        Command::ResumeExternal { receipt } => footprint.receipts = vec![*receipt],
+        Command::ResumeExternal(cmd::ResumeExternal { receipt }) => {
+            footprint.receipts = vec![*receipt]
+        }
         // An operator's cancel takes the attempt from whoever runs it.
-        Command::Cancel { .. } => footprint.takes_away = true,
-        Command::Rescue { leader, .. } => {
+        Command::Cancel(cmd::Cancel { .. }) => footprint.takes_away = true,
+        Command::Rescue(cmd::Rescue { leader, .. }) => {
             footprint.takes_away = true;
             footprint.leader = Some(leader);
         }
-        Command::Promote { leader, .. } => footprint.leader = Some(leader),
-        Command::Prune { leader, .. } => {
+        Command::Promote(cmd::Promote { leader, .. }) => footprint.leader = Some(leader),
+        Command::Prune(cmd::Prune { leader, .. }) => {
             footprint.leader = Some(leader);
             footprint.deletes_finished = true;
         }
-        Command::SlotTry { semaphore, .. } => footprint.grants_slot_of = Some(semaphore),
+        Command::SlotTry(cmd::SlotTry { semaphore, .. }) => {
+            footprint.grants_slot_of = Some(semaphore)
+        }
         // Writes guarded by their own tokens (a claimer grant, a slot
         // grant, a leader grant) or by nothing at all; the state and
         // counter checks cover them.
-        Command::Enqueue { .. }
-        | Command::Claim { .. }
-        | Command::Retry { .. }
-        | Command::PauseQueue { .. }
-        | Command::ResumeQueue { .. }
-        | Command::ClaimerAcquire { .. }
-        | Command::ClaimerRelease { .. }
-        | Command::SlotRenew { .. }
-        | Command::SlotRelease { .. }
-        | Command::ProcessCrashed { .. }
-        | Command::LeaderElect { .. }
-        | Command::LeaderResign { .. } => {}
+        Command::Enqueue(cmd::Enqueue { .. })
+        | Command::Claim(cmd::Claim { .. })
+        | Command::Retry(cmd::Retry { .. })
+        | Command::PauseQueue(cmd::PauseQueue { .. })
+        | Command::ResumeQueue(cmd::ResumeQueue { .. })
+        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
+        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
+        | Command::SlotRenew(cmd::SlotRenew { .. })
+        | Command::SlotRelease(cmd::SlotRelease { .. })
+        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
+        | Command::LeaderElect(cmd::LeaderElect { .. })
+        | Command::LeaderResign(cmd::LeaderResign { .. }) => {}
     }
     footprint
 }
@@ -592,9 +601,9 @@ fn check_slot_holds_step(
 ) -> Result<(), Violation> {
     let now = after.now;
     if let (
-        Command::SlotRenew {
+        Command::SlotRenew(cmd::SlotRenew {
             semaphore, grant, ..
-        },
+        }),
         Outcome::SlotRenewed(Ok(())),
     ) = (command, outcome)
     {
@@ -620,13 +629,13 @@ fn check_slot_holds_step(
                 continue;
             }
             let explained = match command {
-                Command::SlotRelease { semaphore, grant } => {
+                Command::SlotRelease(cmd::SlotRelease { semaphore, grant }) => {
                     semaphore == name
                         && grant.slot == index
                         && grant.epoch == old.epoch
                         && grant.holder == holder
                 }
-                Command::ProcessCrashed { process } => *process == holder,
+                Command::ProcessCrashed(cmd::ProcessCrashed { process }) => *process == holder,
                 _ => false,
             };
             if !explained {
@@ -653,7 +662,7 @@ fn check_claimer_step(
     use crate::claimer::Acquired;
     let now = after.now;
     if let (
-        Command::ClaimerAcquire { queue, process },
+        Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, process }),
         Outcome::ClaimerAcquired(Ok((grant, how))),
     ) = (command, outcome)
     {
@@ -689,7 +698,7 @@ fn check_claimer_step(
             }
             let explained = matches!(
                 command,
-                Command::ClaimerRelease { queue: q, claimer }
+                Command::ClaimerRelease(cmd::ClaimerRelease { queue: q, claimer })
                     if q == queue
                         && claimer.slot == slot
                         && claimer.process == owner
@@ -717,7 +726,7 @@ fn check_receipt_states_step(
     outcome: &Outcome,
 ) -> Result<(), Violation> {
     let expected = match command {
-        Command::ResumeExternal { .. } => StateName::WaitingExternal,
+        Command::ResumeExternal(cmd::ResumeExternal { .. }) => StateName::WaitingExternal,
         _ => StateName::Running,
     };
     let accepted = accepted_items(outcome);
@@ -738,7 +747,7 @@ fn check_receipt_states_step(
 /// Whether each item of a receipt write was accepted (empty for other
 /// outcomes and for a batch refused whole).
 fn accepted_items(outcome: &Outcome) -> Vec<bool> {
-    fn each<T>(items: &crate::world::BatchResult<T>) -> Vec<bool> {
+    fn each<T>(items: &crate::protocol::BatchResult<T>) -> Vec<bool> {
         items
             .as_ref()
             .map(|items| items.iter().map(Result::is_ok).collect())
@@ -765,7 +774,8 @@ fn check_rescue_step(
     outcome: &Outcome,
     after: &World,
 ) -> Result<(), Violation> {
-    let (Command::Rescue { .. }, Outcome::Rescued(Ok(rescued))) = (command, outcome) else {
+    let (Command::Rescue(cmd::Rescue { .. }), Outcome::Rescued(Ok(rescued))) = (command, outcome)
+    else {
         return Ok(());
     };
     let stale_after = before.config.heartbeat_stale_after;
@@ -878,7 +888,7 @@ fn is_fresh(before: &World, receipt: &Receipt) -> bool {
 
 /// Each item's answer in a batch outcome, rendered for comparison.
 fn item_answers(outcome: &Outcome) -> Vec<String> {
-    fn render<T: fmt::Debug>(items: &crate::world::BatchResult<T>) -> Vec<String> {
+    fn render<T: fmt::Debug>(items: &crate::protocol::BatchResult<T>) -> Vec<String> {
         match items {
             Ok(items) => items.iter().map(|item| format!("{item:?}")).collect(),
             Err(reject) => vec![format!("{reject:?}")],
@@ -917,32 +927,33 @@ fn without_stale_items(before: &World, command: &Command) -> Command {
     let fresh = |r: &Receipt| is_fresh(before, r);
     let mut command = command.clone();
     match &mut command {
-        Command::Heartbeat { receipts }
-        | Command::Complete { receipts }
-        | Command::CancelAttempts { receipts } => receipts.retain(fresh),
-        Command::Fail { failures } => failures.retain(|f| fresh(&f.receipt)),
-        Command::Snooze { snoozes: items } | Command::WaitExternal { waits: items } => {
+        Command::Heartbeat(cmd::Heartbeat { receipts })
+        | Command::Complete(cmd::Complete { receipts })
+        | Command::CancelAttempts(cmd::CancelAttempts { receipts }) => receipts.retain(fresh),
+        Command::Fail(cmd::Fail { failures }) => failures.retain(|f| fresh(&f.receipt)),
+        Command::Snooze(cmd::Snooze { snoozes: items })
+        | Command::WaitExternal(cmd::WaitExternal { waits: items }) => {
             items.retain(|(r, _)| fresh(r))
         }
         // One receipt: stale alone, never beside a current one.
-        Command::ResumeExternal { .. } => {}
-        Command::Enqueue { .. }
-        | Command::Claim { .. }
-        | Command::Cancel { .. }
-        | Command::Retry { .. }
-        | Command::PauseQueue { .. }
-        | Command::ResumeQueue { .. }
-        | Command::ClaimerAcquire { .. }
-        | Command::ClaimerRelease { .. }
-        | Command::SlotTry { .. }
-        | Command::SlotRenew { .. }
-        | Command::SlotRelease { .. }
-        | Command::ProcessCrashed { .. }
-        | Command::LeaderElect { .. }
-        | Command::LeaderResign { .. }
-        | Command::Promote { .. }
-        | Command::Rescue { .. }
-        | Command::Prune { .. } => {}
+        Command::ResumeExternal(cmd::ResumeExternal { .. }) => {}
+        Command::Enqueue(cmd::Enqueue { .. })
+        | Command::Claim(cmd::Claim { .. })
+        | Command::Cancel(cmd::Cancel { .. })
+        | Command::Retry(cmd::Retry { .. })
+        | Command::PauseQueue(cmd::PauseQueue { .. })
+        | Command::ResumeQueue(cmd::ResumeQueue { .. })
+        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
+        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
+        | Command::SlotTry(cmd::SlotTry { .. })
+        | Command::SlotRenew(cmd::SlotRenew { .. })
+        | Command::SlotRelease(cmd::SlotRelease { .. })
+        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
+        | Command::LeaderElect(cmd::LeaderElect { .. })
+        | Command::LeaderResign(cmd::LeaderResign { .. })
+        | Command::Promote(cmd::Promote { .. })
+        | Command::Rescue(cmd::Rescue { .. })
+        | Command::Prune(cmd::Prune { .. }) => {}
     }
     command
 }
@@ -1027,51 +1038,51 @@ mod tests {
         };
         w.apply(
             now,
-            Command::Enqueue {
+            Command::Enqueue(cmd::Enqueue {
                 jobs: vec![new(Some("u")), new(None), new(None)],
-            },
+            }),
         );
         let Outcome::ClaimerAcquired(Ok((claimer, _))) = w.apply(
             now,
-            Command::ClaimerAcquire {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire {
                 queue: queue(),
                 process: ProcessId(1),
-            },
+            }),
         ) else {
             unreachable!()
         };
         let Outcome::Claimed(Ok(claimed)) = w.apply(
             now,
-            Command::Claim {
+            Command::Claim(cmd::Claim {
                 queue: queue(),
                 claimer,
                 max: 2,
                 kinds: None,
-            },
+            }),
         ) else {
             unreachable!()
         };
         w.apply(
             now,
-            Command::Complete {
+            Command::Complete(cmd::Complete {
                 receipts: vec![claimed.jobs[1].receipt],
-            },
+            }),
         );
         w.apply(
             now,
-            Command::SlotTry {
+            Command::SlotTry(cmd::SlotTry {
                 semaphore: SemaphoreName::new("s").unwrap(),
                 permits: 2,
                 slot: SlotIndex(0),
                 holder: ProcessId(1),
                 lease_ttl: None,
-            },
+            }),
         );
         w.apply(
             now,
-            Command::LeaderElect {
+            Command::LeaderElect(cmd::LeaderElect {
                 process: ProcessId(1),
-            },
+            }),
         );
         assert_eq!(w.check_invariants(), Ok(()));
         (w, claimed.jobs[0].receipt)
@@ -1244,9 +1255,9 @@ mod tests {
     }
 
     fn noop() -> Command {
-        Command::PauseQueue {
+        Command::PauseQueue(cmd::PauseQueue {
             queue: QueueName::new("other").unwrap(),
-        }
+        })
     }
 
     #[test]
@@ -1256,9 +1267,9 @@ mod tests {
             epoch: Epoch(0),
             ..receipt
         };
-        let command = Command::Complete {
+        let command = Command::Complete(cmd::Complete {
             receipts: vec![stale, receipt],
-        };
+        });
         let r = step(&w, command.clone(), |_| {});
         assert_eq!(r, Ok(()));
         // But a world where the stale item made a *different* change is caught.
@@ -1292,9 +1303,9 @@ mod tests {
         };
         let r = step(
             &w,
-            Command::Heartbeat {
+            Command::Heartbeat(cmd::Heartbeat {
                 receipts: vec![stale],
-            },
+            }),
             |a| {
                 if let JobState::Running { heartbeat_at, .. } = &mut job_mut(a, 1).state {
                     *heartbeat_at = Timestamp(2_000);
@@ -1334,19 +1345,19 @@ mod tests {
         let before = w.clone();
         let Outcome::ClaimerAcquired(Ok((claimer, _))) = w.apply(
             Timestamp(2_000),
-            Command::ClaimerAcquire {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire {
                 queue: queue(),
                 process: ProcessId(1),
-            },
+            }),
         ) else {
             unreachable!()
         };
-        let command = Command::Claim {
+        let command = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        };
+        });
         let mut after = w.clone();
         let mut outcome = after.apply(Timestamp(2_000), command.clone());
         assert_eq!(World::check_step(&w, &command, &outcome, &after), Ok(()));
@@ -1365,7 +1376,7 @@ mod tests {
     #[test]
     fn taking_an_attempt_away_bumps_the_epoch() {
         let (w, receipt) = world();
-        let r = step(&w, Command::Cancel { job: receipt.job }, |a| {
+        let r = step(&w, Command::Cancel(cmd::Cancel { job: receipt.job }), |a| {
             job_mut(a, 1).epoch = receipt.epoch;
         });
         assert_eq!(
@@ -1380,13 +1391,13 @@ mod tests {
     #[test]
     fn a_held_slot_is_never_granted_again() {
         let (w, _) = world();
-        let command = Command::SlotTry {
+        let command = Command::SlotTry(cmd::SlotTry {
             semaphore: SemaphoreName::new("s").unwrap(),
             permits: 2,
             slot: SlotIndex(0),
             holder: ProcessId(2),
             lease_ttl: None,
-        };
+        });
         let mut after = w.clone();
         let refused = after.apply(Timestamp(2_000), command.clone());
         assert!(matches!(
@@ -1435,9 +1446,11 @@ mod tests {
             epoch: SlotEpoch(0),
             ..held_grant()
         };
-        let release = |grant| Command::SlotRelease {
-            semaphore: sem(),
-            grant,
+        let release = |grant| {
+            Command::SlotRelease(cmd::SlotRelease {
+                semaphore: sem(),
+                grant,
+            })
         };
         assert_eq!(
             step(&w, release(stale), free_slot),
@@ -1454,19 +1467,21 @@ mod tests {
         ));
         // Its own release, and its holder's session ending, may.
         assert_eq!(step(&w, release(held_grant()), |_| {}), Ok(()));
-        let crashed = Command::ProcessCrashed {
+        let crashed = Command::ProcessCrashed(cmd::ProcessCrashed {
             process: ProcessId(1),
-        };
+        });
         assert_eq!(step(&w, crashed, |_| {}), Ok(()));
     }
 
     #[test]
     fn a_slot_is_renewed_only_for_its_live_hold() {
         let (w, _) = world();
-        let renew = |grant| Command::SlotRenew {
-            semaphore: sem(),
-            grant,
-            lease_ttl: Millis(1_000),
+        let renew = |grant| {
+            Command::SlotRenew(cmd::SlotRenew {
+                semaphore: sem(),
+                grant,
+                lease_ttl: Millis(1_000),
+            })
         };
         let stale = SlotGrant {
             epoch: SlotEpoch(0),
@@ -1497,9 +1512,11 @@ mod tests {
     #[test]
     fn a_claimer_lease_is_granted_only_when_the_slot_can_give_it() {
         let (w, _) = world();
-        let acquire = |process| Command::ClaimerAcquire {
-            queue: queue(),
-            process: ProcessId(process),
+        let acquire = |process| {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire {
+                queue: queue(),
+                process: ProcessId(process),
+            })
         };
         let mut after = w.clone();
         let answer = after.apply(Timestamp(2_000), acquire(2));
@@ -1544,9 +1561,11 @@ mod tests {
             slot: ClaimerSlot(0),
             lease_epoch: LeaseEpoch(1),
         };
-        let release = |claimer| Command::ClaimerRelease {
-            queue: queue(),
-            claimer,
+        let release = |claimer| {
+            Command::ClaimerRelease(cmd::ClaimerRelease {
+                queue: queue(),
+                claimer,
+            })
         };
         let disown = |w: &mut World| {
             let table = w.claimers.get_mut(&queue()).unwrap();
@@ -1575,9 +1594,9 @@ mod tests {
             job: JobId(2),
             epoch: Epoch(1),
         };
-        let command = Command::Complete {
+        let command = Command::Complete(cmd::Complete {
             receipts: vec![running, done],
-        };
+        });
         let mut after = w.clone();
         let outcome = after.apply(Timestamp(2_000), command.clone());
         assert!(matches!(
@@ -1596,7 +1615,7 @@ mod tests {
             })
         );
         // A resume is for a waiting job: of a running one it is refused.
-        let resume = Command::ResumeExternal { receipt: running };
+        let resume = Command::ResumeExternal(cmd::ResumeExternal { receipt: running });
         let mut after = w.clone();
         let outcome = after.apply(Timestamp(2_000), resume.clone());
         assert!(matches!(outcome, Outcome::Resumed(Err(_))));
@@ -1613,11 +1632,11 @@ mod tests {
     fn a_rescue_takes_only_overdue_jobs() {
         let (w, _) = world();
         let leader = w.leader.leader_at(Timestamp(2_000)).unwrap();
-        let rescue = Command::Rescue {
+        let rescue = Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max: 10,
-        };
+        });
         // At 2 s job 1's heartbeat (at 1 s) is fresh: nothing to rescue.
         let mut after = w.clone();
         let outcome = after.apply(Timestamp(2_000), rescue.clone());
@@ -1652,10 +1671,10 @@ mod tests {
             process: ProcessId(2),
             term: LeaderTerm(1),
         };
-        let command = Command::Promote {
+        let command = Command::Promote(cmd::Promote {
             leader: deposed,
             max: 1,
-        };
+        });
         let mut after = w.clone();
         let outcome = after.apply(Timestamp(2_000), command.clone());
         assert!(matches!(
@@ -1729,10 +1748,13 @@ mod tests {
             term: LeaderTerm(1),
         };
         let mut after = w.clone();
-        after.apply(Timestamp(2_000), Command::LeaderResign { leader: grant });
-        let command = Command::LeaderElect {
+        after.apply(
+            Timestamp(2_000),
+            Command::LeaderResign(cmd::LeaderResign { leader: grant }),
+        );
+        let command = Command::LeaderElect(cmd::LeaderElect {
             process: ProcessId(2),
-        };
+        });
         let before = after.clone();
         let outcome = after.apply(Timestamp(2_001), command.clone());
         assert_eq!(

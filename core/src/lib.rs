@@ -73,25 +73,28 @@
 //! let now = Timestamp(1_000);
 //!
 //! let job = NewJob::new(queue.clone(), kind, Payload(b"{}".to_vec()));
-//! world.apply(now, Command::Enqueue { jobs: vec![job] });
+//! world.run(now, cmd::Enqueue { jobs: vec![job] }).unwrap();
 //!
-//! let Outcome::ClaimerAcquired(Ok((claimer, _))) =
-//!     world.apply(now, Command::ClaimerAcquire { queue: queue.clone(), process: ProcessId(1) })
-//! else { unreachable!() };
-//! let Outcome::Claimed(Ok(claimed)) =
-//!     world.apply(now, Command::Claim { queue, claimer, max: 10, kinds: None })
-//! else { unreachable!() };
+//! // Each command is a type of `cmd`, answered with its own type.
+//! let (claimer, _) = world
+//!     .run(now, cmd::ClaimerAcquire { queue: queue.clone(), process: ProcessId(1) })
+//!     .unwrap();
+//! let claimed = world
+//!     .run(now, cmd::Claim { queue, claimer, max: 10, kinds: None })
+//!     .unwrap();
 //! let receipt = claimed.jobs[0].receipt;
 //!
-//! let done = world.apply(now, Command::Complete { receipts: vec![receipt] });
-//! assert_eq!(done, Outcome::Completed(Ok(vec![Ok(())])));
+//! let done = world.run(now, cmd::Complete { receipts: vec![receipt] });
+//! assert_eq!(done, Ok(vec![Ok(())]));
 //!
 //! // The same receipt again is refused, and changes nothing.
-//! let again = world.apply(now, Command::Complete { receipts: vec![receipt] });
-//! assert_eq!(
-//!     again,
-//!     Outcome::Completed(Ok(vec![Err(Reject::NotRunning { state: StateName::Completed })]))
-//! );
+//! let again = world.run(now, cmd::Complete { receipts: vec![receipt] });
+//! assert_eq!(again, Ok(vec![Err(Reject::NotRunning { state: StateName::Completed })]));
+//!
+//! // `World::apply` takes the sum type, `Command`, for code that stores,
+//! // sends or replays commands; its `Outcome` says which command it answers.
+//! let outcome = world.apply(now, Command::Complete(cmd::Complete { receipts: vec![receipt] }));
+//! assert!(matches!(outcome, Outcome::Completed(Ok(_))));
 //! ```
 
 #![forbid(unsafe_code)]
@@ -99,12 +102,14 @@
 
 pub mod backoff;
 pub mod claimer;
+pub mod cmd;
 pub mod dispatcher;
 pub mod ids;
 pub mod invariants;
 pub mod job;
 pub mod leader;
 pub mod mutation;
+pub mod protocol;
 pub mod reject;
 pub mod semaphore;
 pub mod time;
@@ -136,6 +141,10 @@ pub use job::{
 };
 pub use leader::{LeaderGrant, Leadership};
 pub use mutation::Mutation;
+pub use protocol::{
+    answer_of, command_name, BatchResult, Claimed, ClaimedJob, Command, Enqueued, Failure, Outcome,
+    Request,
+};
 pub use reject::{Reject, StateName};
 pub use semaphore::{
     AcquireStep, Acquisition, Hold, InvalidWaitConfig, Semaphore, Slot, SlotGrant, SlotHolder,
@@ -147,7 +156,4 @@ pub use warmup_driver::{
     InvalidWarmup, SlotLoss, StorageAnswer, WarmupConfig, WarmupDriver, WarmupFailure, WarmupStep,
     WarmupSummary,
 };
-pub use world::{
-    command_name, BatchResult, Claimed, ClaimedJob, Command, Enqueued, Failure, Outcome, World,
-    WorldConfig,
-};
+pub use world::{World, WorldConfig};

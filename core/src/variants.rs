@@ -43,7 +43,7 @@ pub fn all<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
 }
 
 /// The name of `value`'s variant (`"CancelAttempts"` for a
-/// `Command::CancelAttempts { .. }`).
+/// `Command::CancelAttempts(cmd::CancelAttempts { .. })`).
 ///
 /// # Panics
 ///
@@ -355,7 +355,7 @@ impl Serializer for VariantOfProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Command, Outcome, ProcessId, QueueName};
+    use crate::{cmd, Command, Outcome, ProcessId, QueueName};
 
     #[test]
     fn every_command_variant_is_listed_in_declaration_order() {
@@ -370,10 +370,10 @@ mod tests {
     #[test]
     fn a_values_variant_is_named_without_serialising_its_fields() {
         let queue = QueueName::new("q").unwrap();
-        let command = Command::ClaimerAcquire {
+        let command = Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue,
             process: ProcessId(1),
-        };
+        });
         assert_eq!(of(&command), "ClaimerAcquire");
         assert_eq!(of(&Outcome::QueuePauseChanged(true)), "QueuePauseChanged");
         assert_eq!(of(&Outcome::SessionEnded(vec![])), "SessionEnded");

@@ -87,14 +87,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cmd;
 use crate::ids::{ProcessId, SemaphoreName, SlotIndex};
+use crate::protocol::{Command, Outcome};
 use crate::reject::Reject;
 use crate::semaphore::{
     AcquireStep, Acquisition, InvalidWaitConfig, SlotGrant, TryResult, WaitConfig,
 };
 use crate::time::{Millis, Timestamp};
 use crate::warmup::{PaceStep, Pacer, Warmup};
-use crate::world::{Command, Outcome};
 
 /// How one process warms up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -494,13 +495,13 @@ impl WarmupDriver {
                     .semaphore
                     .clone()
                     .expect("a scan only runs with a semaphore");
-                WarmupStep::Execute(Command::SlotTry {
+                WarmupStep::Execute(Command::SlotTry(cmd::SlotTry {
                     semaphore,
                     permits,
                     slot,
                     holder: self.config.process,
                     lease_ttl: self.config.lease_ttl,
-                })
+                }))
             }
             AcquireStep::SleepUntil(until) => WarmupStep::Wait { until: Some(until) },
             AcquireStep::TimedOut { scans, errors } => {
@@ -583,11 +584,11 @@ impl WarmupDriver {
             .semaphore
             .clone()
             .expect("a lease is only held with a semaphore");
-        WarmupStep::Execute(Command::SlotRenew {
+        WarmupStep::Execute(Command::SlotRenew(cmd::SlotRenew {
             semaphore,
             grant,
             lease_ttl: lease.ttl,
-        })
+        }))
     }
 
     /// The slot is gone: stop the batch out, if any, and end.
@@ -645,10 +646,10 @@ impl WarmupDriver {
             .semaphore
             .clone()
             .expect("a slot is only held with a semaphore");
-        WarmupStep::Execute(Command::SlotRelease {
+        WarmupStep::Execute(Command::SlotRelease(cmd::SlotRelease {
             semaphore,
             grant: *grant,
-        })
+        }))
     }
 
     fn finish(
@@ -876,8 +877,8 @@ mod tests {
                 match driver.poll(self.now, 0) {
                     WarmupStep::Execute(command) => {
                         let event = match &command {
-                            Command::SlotTry { .. } => Event::Try(self.at()),
-                            Command::SlotRenew { .. } => Event::Renew(self.at()),
+                            Command::SlotTry(cmd::SlotTry { .. }) => Event::Try(self.at()),
+                            Command::SlotRenew(cmd::SlotRenew { .. }) => Event::Renew(self.at()),
                             _ => Event::Release(self.at()),
                         };
                         self.events.push(event);
@@ -982,7 +983,7 @@ mod tests {
         // pause): the second renewal is refused.
         let mut renewals = 0;
         h.answer = Box::new(move |command, outcome| match command {
-            Command::SlotRenew { .. } => {
+            Command::SlotRenew(cmd::SlotRenew { .. }) => {
                 renewals += 1;
                 if renewals == 2 {
                     StorageAnswer::Outcome(Outcome::SlotRenewed(Err(Reject::SlotNotHeld {
@@ -1027,7 +1028,7 @@ mod tests {
     fn lost_renewals_until_the_lease_would_lapse_count_as_a_loss() {
         let mut h = Harness::new(1_000);
         h.answer = Box::new(|command, outcome| match command {
-            Command::SlotRenew { .. } => StorageAnswer::Lost,
+            Command::SlotRenew(cmd::SlotRenew { .. }) => StorageAnswer::Lost,
             _ => StorageAnswer::Outcome(outcome),
         });
         let mut d = driver(config(1), 2);
@@ -1056,7 +1057,7 @@ mod tests {
         let mut h = Harness::new(500);
         let mut lost = 0;
         h.answer = Box::new(move |command, outcome| match command {
-            Command::SlotRenew { .. } if lost < 1 => {
+            Command::SlotRenew(cmd::SlotRenew { .. }) if lost < 1 => {
                 lost += 1;
                 StorageAnswer::Lost
             }
@@ -1173,7 +1174,7 @@ mod tests {
         );
         assert!(matches!(
             d.poll(Timestamp(120), 0),
-            WarmupStep::Execute(Command::SlotTry { .. })
+            WarmupStep::Execute(Command::SlotTry(cmd::SlotTry { .. }))
         ));
     }
 
@@ -1182,13 +1183,13 @@ mod tests {
         let mut h = Harness::new(1_000);
         h.world.apply(
             h.now,
-            Command::SlotTry {
+            Command::SlotTry(cmd::SlotTry {
                 semaphore: name(),
                 permits: 1,
                 slot: SlotIndex(0),
                 holder: ProcessId(9),
                 lease_ttl: None,
-            },
+            }),
         );
         // Busy, a pause of 10 ms, busy, ... until its deadline of 200 ms.
         let mut c = config(2);
@@ -1209,13 +1210,13 @@ mod tests {
         let mut h = Harness::new(10);
         h.world.apply(
             h.now,
-            Command::SlotTry {
+            Command::SlotTry(cmd::SlotTry {
                 semaphore: name(),
                 permits: 3,
                 slot: SlotIndex(0),
                 holder: ProcessId(9),
                 lease_ttl: None,
-            },
+            }),
         );
         let mut d = driver(config(1), 1);
         let step = h.run(&mut d, None);
@@ -1232,7 +1233,7 @@ mod tests {
     fn unusable_storage_stops_the_batch_and_ends() {
         let mut h = Harness::new(1_000);
         h.answer = Box::new(|command, outcome| match command {
-            Command::SlotRenew { .. } => StorageAnswer::Unusable,
+            Command::SlotRenew(cmd::SlotRenew { .. }) => StorageAnswer::Unusable,
             _ => StorageAnswer::Outcome(outcome),
         });
         let mut d = driver(config(1), 1);

@@ -16,14 +16,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
-use crate::claimer::{Acquired, ClaimerConfig, ClaimerGrant, ClaimerTable};
+use crate::claimer::{ClaimerConfig, ClaimerGrant, ClaimerTable};
+use crate::cmd;
 use crate::ids::{
-    Attempt, Epoch, JobId, Kind, LeaderTerm, Priority, ProcessId, QueueName, Receipt,
-    SemaphoreName, SlotIndex, UniqueKey,
+    Epoch, JobId, Kind, LeaderTerm, Priority, ProcessId, QueueName, Receipt, SemaphoreName,
+    SlotIndex, UniqueKey,
 };
-use crate::job::{FailError, FailOutcome, Job, JobLimits, JobState, NewJob, Payload};
+use crate::job::{FailOutcome, Job, JobLimits, JobState, NewJob};
 use crate::leader::{LeaderGrant, Leadership};
 use crate::mutation::Mutation;
+use crate::protocol::{
+    answer_of, command_name, BatchResult, Claimed, ClaimedJob, Command, Enqueued, Outcome, Request,
+};
 use crate::reject::{Reject, StateName};
 use crate::semaphore::{Hold, Semaphore, SlotGrant};
 use crate::time::{Millis, Timestamp};
@@ -56,282 +60,6 @@ impl Default for WorldConfig {
             batch_max: 10_000,
         }
     }
-}
-
-/// One failed attempt, as a worker reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Failure {
-    /// The attempt.
-    pub receipt: Receipt,
-    /// What went wrong.
-    pub error: FailError,
-    /// A uniform draw for the backoff jitter.
-    pub draw: u64,
-}
-
-/// A storage command: the unit every backend implements.
-///
-/// The protocol is closed: `Command` and [`Outcome`] are not
-/// `#[non_exhaustive]`, and no code that executes commands has a wildcard
-/// arm, so a new command that a backend does not implement fails to
-/// compile instead of failing at run time.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Command {
-    /// Insert jobs, all or none.
-    Enqueue {
-        /// The jobs, in order.
-        jobs: Vec<NewJob>,
-    },
-    /// Claim up to `max` available jobs of `queue` under a claimer lease,
-    /// in priority, then `run_at`, then id order.
-    Claim {
-        /// The queue.
-        queue: QueueName,
-        /// The caller's claimer lease.
-        claimer: ClaimerGrant,
-        /// At most this many.
-        max: u32,
-        /// Only these kinds (`None`: any kind).
-        kinds: Option<BTreeSet<Kind>>,
-    },
-    /// Heartbeat running attempts.
-    Heartbeat {
-        /// The attempts.
-        receipts: Vec<Receipt>,
-    },
-    /// Complete running attempts.
-    Complete {
-        /// The attempts.
-        receipts: Vec<Receipt>,
-    },
-    /// Fail running attempts.
-    Fail {
-        /// The failures.
-        failures: Vec<Failure>,
-    },
-    /// Snooze running attempts for a delay each (no attempt is used).
-    Snooze {
-        /// The attempts and their delays.
-        snoozes: Vec<(Receipt, Millis)>,
-    },
-    /// Cancel running attempts at their handlers' request (receipt-guarded,
-    /// unlike the operator's [`Command::Cancel`]).
-    CancelAttempts {
-        /// The attempts.
-        receipts: Vec<Receipt>,
-    },
-    /// Park running attempts until an external callback, for at most a
-    /// timeout each.
-    WaitExternal {
-        /// The attempts and their callback timeouts.
-        waits: Vec<(Receipt, Millis)>,
-    },
-    /// The external callback arrived: make the job available again.
-    ResumeExternal {
-        /// The receipt of the attempt that started waiting.
-        receipt: Receipt,
-    },
-    /// Cancel a job in any unfinished state.
-    Cancel {
-        /// The job.
-        job: JobId,
-    },
-    /// Admin retry of a failed or cancelled job.
-    Retry {
-        /// The job.
-        job: JobId,
-    },
-    /// Stop claims from a queue.
-    PauseQueue {
-        /// The queue.
-        queue: QueueName,
-    },
-    /// Allow claims from a queue again.
-    ResumeQueue {
-        /// The queue.
-        queue: QueueName,
-    },
-    /// Get (or reuse) a claimer lease on a queue.
-    ClaimerAcquire {
-        /// The queue.
-        queue: QueueName,
-        /// The caller.
-        process: ProcessId,
-    },
-    /// Give a claimer lease up.
-    ClaimerRelease {
-        /// The queue.
-        queue: QueueName,
-        /// The lease.
-        claimer: ClaimerGrant,
-    },
-    /// Try one semaphore slot.
-    SlotTry {
-        /// The semaphore.
-        semaphore: SemaphoreName,
-        /// Its size, as the caller configured it.
-        permits: u16,
-        /// The slot.
-        slot: SlotIndex,
-        /// The caller.
-        holder: ProcessId,
-        /// `None`: hold for the session; `Some(ttl)`: a lease of `ttl`.
-        lease_ttl: Option<Millis>,
-    },
-    /// Extend a lease hold.
-    SlotRenew {
-        /// The semaphore.
-        semaphore: SemaphoreName,
-        /// The hold.
-        grant: SlotGrant,
-        /// New lease length from now.
-        lease_ttl: Millis,
-    },
-    /// Release a slot (idempotent).
-    SlotRelease {
-        /// The semaphore.
-        semaphore: SemaphoreName,
-        /// The hold.
-        grant: SlotGrant,
-    },
-    /// A process's session ended: its session-held slots are freed.
-    ProcessCrashed {
-        /// The process.
-        process: ProcessId,
-    },
-    /// Become or stay maintenance leader.
-    LeaderElect {
-        /// The candidate.
-        process: ProcessId,
-    },
-    /// Step down.
-    LeaderResign {
-        /// The lease.
-        leader: LeaderGrant,
-    },
-    /// Leader only: make due scheduled and retryable jobs available.
-    Promote {
-        /// The leader's lease.
-        leader: LeaderGrant,
-        /// At most this many.
-        max: u32,
-    },
-    /// Leader only: rescue overdue running jobs and time out callback waits.
-    Rescue {
-        /// The leader's lease.
-        leader: LeaderGrant,
-        /// A uniform draw for the backoff jitter.
-        draw: u64,
-        /// At most this many.
-        max: u32,
-    },
-    /// Leader only: delete jobs that finished more than `older_than` ago
-    /// (by storage's clock: the caller's clock never enters storage).
-    Prune {
-        /// The leader's lease.
-        leader: LeaderGrant,
-        /// Delete jobs that finished before `now - older_than`.
-        older_than: Millis,
-        /// At most this many.
-        max: u32,
-    },
-}
-
-/// What enqueueing one job did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Enqueued {
-    /// The job (the existing one for a duplicate).
-    pub id: JobId,
-    /// True when a job with the same kind and unique key already existed.
-    pub duplicate: bool,
-}
-
-/// A job handed to a worker by a claim.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ClaimedJob {
-    /// The attempt's receipt.
-    pub receipt: Receipt,
-    /// Which handler runs it.
-    pub kind: Kind,
-    /// Its argument bytes.
-    pub payload: Payload,
-    /// This attempt's number (1 for the first).
-    pub attempt: Attempt,
-    /// Attempts allowed.
-    pub max_attempts: Attempt,
-    /// When the attempt times out, by storage's clock.
-    pub deadline: Timestamp,
-    /// When it was claimed, by storage's clock: `deadline - claimed_at` is
-    /// the attempt's time budget, which a worker measures on its own
-    /// monotonic clock (never by comparing its wall clock with storage's).
-    pub claimed_at: Timestamp,
-    /// When the job became due (its `run_at` while available): the claim
-    /// time minus this is the job's pickup latency.
-    pub run_at: Timestamp,
-}
-
-/// The answer to a claim.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Claimed {
-    /// The claimed jobs, in claim order.
-    pub jobs: Vec<ClaimedJob>,
-    /// Whether the claimer lease row was rewritten.
-    pub lease_refreshed: bool,
-}
-
-/// Per-item answers of a batch, or a refusal of the whole batch.
-pub type BatchResult<T> = Result<Vec<Result<T, Reject>>, Reject>;
-
-/// The answer to a [`Command`], variant for variant.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Outcome {
-    /// For [`Command::Enqueue`].
-    Enqueued(Result<Vec<Enqueued>, Reject>),
-    /// For [`Command::Claim`].
-    Claimed(Result<Claimed, Reject>),
-    /// For [`Command::Heartbeat`].
-    Heartbeats(BatchResult<()>),
-    /// For [`Command::Complete`].
-    Completed(BatchResult<()>),
-    /// For [`Command::Fail`].
-    Failed(BatchResult<FailOutcome>),
-    /// For [`Command::Snooze`].
-    Snoozed(BatchResult<()>),
-    /// For [`Command::CancelAttempts`].
-    AttemptsCancelled(BatchResult<()>),
-    /// For [`Command::WaitExternal`].
-    Waiting(BatchResult<()>),
-    /// For [`Command::ResumeExternal`].
-    Resumed(Result<(), Reject>),
-    /// For [`Command::Cancel`]: the state the job was cancelled from.
-    Cancelled(Result<StateName, Reject>),
-    /// For [`Command::Retry`].
-    Retried(Result<(), Reject>),
-    /// For [`Command::PauseQueue`] and [`Command::ResumeQueue`]: whether
-    /// the paused flag changed.
-    QueuePauseChanged(bool),
-    /// For [`Command::ClaimerAcquire`].
-    ClaimerAcquired(Result<(ClaimerGrant, Acquired), Reject>),
-    /// For [`Command::ClaimerRelease`]: whether this call released it.
-    ClaimerReleased(bool),
-    /// For [`Command::SlotTry`].
-    SlotTried(Result<SlotGrant, Reject>),
-    /// For [`Command::SlotRenew`].
-    SlotRenewed(Result<(), Reject>),
-    /// For [`Command::SlotRelease`]: whether this call freed the slot.
-    SlotReleased(bool),
-    /// For [`Command::ProcessCrashed`]: the slots freed.
-    SessionEnded(Vec<(SemaphoreName, SlotIndex)>),
-    /// For [`Command::LeaderElect`].
-    LeaderElected(Result<LeaderGrant, Reject>),
-    /// For [`Command::LeaderResign`]: whether this call ended the lease.
-    LeaderResigned(bool),
-    /// For [`Command::Promote`].
-    Promoted(Result<Vec<JobId>, Reject>),
-    /// For [`Command::Rescue`]: each rescued job or timed-out wait.
-    Rescued(Result<Vec<(JobId, FailOutcome)>, Reject>),
-    /// For [`Command::Prune`].
-    Pruned(Result<Vec<JobId>, Reject>),
 }
 
 type ClaimKey = (Priority, Timestamp, JobId);
@@ -510,6 +238,12 @@ impl World {
         self.checked_dispatch(now, command)
     }
 
+    /// [`World::apply`] of one typed request, answered with its own type:
+    /// `world.run(now, cmd::Claim { .. })` is a `Result<Claimed, Reject>`.
+    pub fn run<R: Request>(&mut self, now: Timestamp, request: R) -> R::Output {
+        answer_of::<R>(self.apply(now, request.into()))
+    }
+
     /// Applies `command` at exactly `now`, even when an earlier call used
     /// a later time: what storage does when concurrent transactions commit
     /// in an order their own times (`transaction_timestamp()`) do not
@@ -630,18 +364,22 @@ impl World {
 
     fn dispatch(&mut self, now: Timestamp, command: Command) -> Outcome {
         match command {
-            Command::Enqueue { jobs } => Outcome::Enqueued(self.enqueue(now, jobs)),
-            Command::Claim {
+            Command::Enqueue(cmd::Enqueue { jobs }) => Outcome::Enqueued(self.enqueue(now, jobs)),
+            Command::Claim(cmd::Claim {
                 queue,
                 claimer,
                 max,
                 kinds,
-            } => Outcome::Claimed(self.claim(now, &queue, &claimer, max, kinds.as_ref())),
-            Command::Heartbeat { receipts } => Outcome::Heartbeats(self.batch(receipts, |w, r| {
-                w.update(r.job, |job| job.heartbeat(r, now))
-            })),
-            Command::Complete { receipts } => Outcome::Completed(self.complete(now, receipts)),
-            Command::Fail { failures } => {
+            }) => Outcome::Claimed(self.claim(now, &queue, &claimer, max, kinds.as_ref())),
+            Command::Heartbeat(cmd::Heartbeat { receipts }) => {
+                Outcome::Heartbeats(self.batch(receipts, |w, r| {
+                    w.update(r.job, |job| job.heartbeat(r, now))
+                }))
+            }
+            Command::Complete(cmd::Complete { receipts }) => {
+                Outcome::Completed(self.complete(now, receipts))
+            }
+            Command::Fail(cmd::Fail { failures }) => {
                 let backoff = self.config.backoff;
                 Outcome::Failed(self.batch(failures, |w, f| {
                     w.update(f.receipt.job, |job| {
@@ -649,56 +387,60 @@ impl World {
                     })
                 }))
             }
-            Command::Snooze { snoozes } => Outcome::Snoozed(self.snooze(now, snoozes)),
-            Command::CancelAttempts { receipts } => {
+            Command::Snooze(cmd::Snooze { snoozes }) => Outcome::Snoozed(self.snooze(now, snoozes)),
+            Command::CancelAttempts(cmd::CancelAttempts { receipts }) => {
                 Outcome::AttemptsCancelled(self.batch(receipts, |w, r| {
                     w.update(r.job, |job| job.cancel_attempt(r, now))
                 }))
             }
-            Command::WaitExternal { waits } => {
+            Command::WaitExternal(cmd::WaitExternal { waits }) => {
                 Outcome::Waiting(self.batch(waits, |w, (r, timeout)| {
                     w.update(r.job, |job| job.wait_external(r, now.plus(timeout), now))
                 }))
             }
-            Command::ResumeExternal { receipt } => {
+            Command::ResumeExternal(cmd::ResumeExternal { receipt }) => {
                 Outcome::Resumed(self.update(receipt.job, |job| job.resume_external(receipt, now)))
             }
-            Command::Cancel { job } => Outcome::Cancelled(self.cancel(now, job)),
-            Command::Retry { job } => {
+            Command::Cancel(cmd::Cancel { job }) => Outcome::Cancelled(self.cancel(now, job)),
+            Command::Retry(cmd::Retry { job }) => {
                 Outcome::Retried(self.update(job, |job| job.admin_retry(now)))
             }
-            Command::PauseQueue { queue } => Outcome::QueuePauseChanged(self.paused.insert(queue)),
-            Command::ResumeQueue { queue } => {
+            Command::PauseQueue(cmd::PauseQueue { queue }) => {
+                Outcome::QueuePauseChanged(self.paused.insert(queue))
+            }
+            Command::ResumeQueue(cmd::ResumeQueue { queue }) => {
                 Outcome::QueuePauseChanged(self.paused.remove(&queue))
             }
-            Command::ClaimerAcquire { queue, process } => {
+            Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, process }) => {
                 let config = self.config.claimer;
                 let table = self.claimers.entry(queue).or_default();
                 Outcome::ClaimerAcquired(table.acquire(process, now, &config))
             }
-            Command::ClaimerRelease { queue, claimer } => Outcome::ClaimerReleased(
-                self.claimers
-                    .get_mut(&queue)
-                    .is_some_and(|table| table.release(&claimer, now)),
-            ),
-            Command::SlotTry {
+            Command::ClaimerRelease(cmd::ClaimerRelease { queue, claimer }) => {
+                Outcome::ClaimerReleased(
+                    self.claimers
+                        .get_mut(&queue)
+                        .is_some_and(|table| table.release(&claimer, now)),
+                )
+            }
+            Command::SlotTry(cmd::SlotTry {
                 semaphore,
                 permits,
                 slot,
                 holder,
                 lease_ttl,
-            } => {
+            }) => {
                 Outcome::SlotTried(self.slot_try(now, semaphore, permits, slot, holder, lease_ttl))
             }
-            Command::SlotRenew {
+            Command::SlotRenew(cmd::SlotRenew {
                 semaphore,
                 grant,
                 lease_ttl,
-            } => Outcome::SlotRenewed(match self.semaphores.get_mut(&semaphore) {
+            }) => Outcome::SlotRenewed(match self.semaphores.get_mut(&semaphore) {
                 Some(sem) => sem.renew(&grant, now.plus(lease_ttl), now),
                 None => Err(Reject::SlotNotHeld { slot: grant.slot }),
             }),
-            Command::SlotRelease { semaphore, grant } => {
+            Command::SlotRelease(cmd::SlotRelease { semaphore, grant }) => {
                 let check_epoch = !self.mutant(Mutation::SlotReleaseIgnoresEpoch);
                 Outcome::SlotReleased(
                     self.semaphores
@@ -706,20 +448,26 @@ impl World {
                         .is_some_and(|sem| sem.release_checking(&grant, check_epoch)),
                 )
             }
-            Command::ProcessCrashed { process } => Outcome::SessionEnded(self.end_session(process)),
-            Command::LeaderElect { process } => Outcome::LeaderElected(self.elect(now, process)),
-            Command::LeaderResign { leader } => {
+            Command::ProcessCrashed(cmd::ProcessCrashed { process }) => {
+                Outcome::SessionEnded(self.end_session(process))
+            }
+            Command::LeaderElect(cmd::LeaderElect { process }) => {
+                Outcome::LeaderElected(self.elect(now, process))
+            }
+            Command::LeaderResign(cmd::LeaderResign { leader }) => {
                 Outcome::LeaderResigned(self.leader.resign(&leader, now))
             }
-            Command::Promote { leader, max } => Outcome::Promoted(self.promote(now, &leader, max)),
-            Command::Rescue { leader, draw, max } => {
+            Command::Promote(cmd::Promote { leader, max }) => {
+                Outcome::Promoted(self.promote(now, &leader, max))
+            }
+            Command::Rescue(cmd::Rescue { leader, draw, max }) => {
                 Outcome::Rescued(self.rescue(now, &leader, draw, max))
             }
-            Command::Prune {
+            Command::Prune(cmd::Prune {
                 leader,
                 older_than,
                 max,
-            } => Outcome::Pruned(self.prune(now, &leader, now.minus(older_than), max)),
+            }) => Outcome::Pruned(self.prune(now, &leader, now.minus(older_than), max)),
         }
     }
 
@@ -1167,35 +915,5 @@ impl World {
             pruned.push(key.1);
         }
         Ok(pruned)
-    }
-}
-
-/// A command's name, for messages.
-pub fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Enqueue { .. } => "enqueue",
-        Command::Claim { .. } => "claim",
-        Command::Heartbeat { .. } => "heartbeat",
-        Command::Complete { .. } => "complete",
-        Command::Fail { .. } => "fail",
-        Command::Snooze { .. } => "snooze",
-        Command::CancelAttempts { .. } => "cancel_attempts",
-        Command::WaitExternal { .. } => "wait_external",
-        Command::ResumeExternal { .. } => "resume_external",
-        Command::Cancel { .. } => "cancel",
-        Command::Retry { .. } => "retry",
-        Command::PauseQueue { .. } => "pause_queue",
-        Command::ResumeQueue { .. } => "resume_queue",
-        Command::ClaimerAcquire { .. } => "claimer_acquire",
-        Command::ClaimerRelease { .. } => "claimer_release",
-        Command::SlotTry { .. } => "slot_try",
-        Command::SlotRenew { .. } => "slot_renew",
-        Command::SlotRelease { .. } => "slot_release",
-        Command::ProcessCrashed { .. } => "process_crashed",
-        Command::LeaderElect { .. } => "leader_elect",
-        Command::LeaderResign { .. } => "leader_resign",
-        Command::Promote { .. } => "promote",
-        Command::Rescue { .. } => "rescue",
-        Command::Prune { .. } => "prune",
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use weir_core::cmd;
 use weir_core::*;
 
 fn queue() -> QueueName {
@@ -101,7 +102,8 @@ impl Harness {
             })
             .collect();
         assert!(matches!(
-            self.world.apply(self.now, Command::Enqueue { jobs }),
+            self.world
+                .apply(self.now, Command::Enqueue(cmd::Enqueue { jobs })),
             Outcome::Enqueued(Ok(_))
         ));
     }
@@ -114,7 +116,8 @@ impl Harness {
             })
             .collect();
         assert!(matches!(
-            self.world.apply(self.now, Command::Enqueue { jobs }),
+            self.world
+                .apply(self.now, Command::Enqueue(cmd::Enqueue { jobs })),
             Outcome::Enqueued(Ok(_))
         ));
     }
@@ -123,13 +126,15 @@ impl Harness {
         self.processes[p].handle(self.now, self.now.0 as u64, input);
         while let Some(effect) = self.processes[p].poll_effect() {
             match effect {
-                Effect::Execute(id, Command::SlotRenew { .. }) if self.lose_renewals > 0 => {
+                Effect::Execute(id, Command::SlotRenew(cmd::SlotRenew { .. }))
+                    if self.lose_renewals > 0 =>
+                {
                     // Lost on the way: never applied, and said so.
                     self.lose_renewals -= 1;
                     self.processes[p].handle(self.now, 0, Input::Lost(id));
                 }
                 Effect::Execute(id, command) => {
-                    let is_report = matches!(command, Command::Complete { .. });
+                    let is_report = matches!(command, Command::Complete(cmd::Complete { .. }));
                     if is_report && self.lose_next_report {
                         // Applied, but the answer never arrives.
                         self.lose_next_report = false;
@@ -339,7 +344,8 @@ fn a_cancelled_job_stops_its_handler_at_the_next_heartbeat() {
     let mut h = Harness::new(1, never);
     h.enqueue(1);
     h.run_until(Timestamp(1_000), |h| h.processes[0].running().count() == 1);
-    h.world.apply(h.now, Command::Cancel { job: JobId(1) });
+    h.world
+        .apply(h.now, Command::Cancel(cmd::Cancel { job: JobId(1) }));
     h.run_until(Timestamp(5_000), |h| !h.stopped.is_empty());
     assert_eq!(h.stopped[0].2, StopReason::Fenced);
     assert_eq!(h.processes[0].stats().fenced, 1);
@@ -372,9 +378,9 @@ fn a_cancel_notification_stops_the_handler_at_once_and_ignores_others() {
     assert_eq!(h.processes[0].stats().hints_refuted, 1);
     h.world.apply(
         h.now,
-        Command::Cancel {
+        Command::Cancel(cmd::Cancel {
             job: running[0].job,
-        },
+        }),
     );
     // No time passes: the stop comes from the notification (confirmed by
     // storage at once), not the next heartbeat.
@@ -477,7 +483,9 @@ fn a_notification_during_a_claim_is_not_lost() {
             panic!("the dispatcher sent no claim")
         };
         match effect {
-            Effect::Execute(id, command @ Command::Claim { .. }) => claim = Some((id, command)),
+            Effect::Execute(id, command @ Command::Claim(cmd::Claim { .. })) => {
+                claim = Some((id, command))
+            }
             Effect::Execute(id, command) => {
                 let outcome = world.apply(now, command);
                 d.handle(now, 0, Input::Outcome(id, outcome));
@@ -496,7 +504,7 @@ fn a_notification_during_a_claim_is_not_lost() {
     assert!(
         effects
             .iter()
-            .any(|e| matches!(e, Effect::Execute(_, Command::Claim { .. }))),
+            .any(|e| matches!(e, Effect::Execute(_, Command::Claim(cmd::Claim { .. })))),
         "the wake-up that came during the claim still counts: the next claim goes out at once, \
          not at {:?}; effects: {effects:?}",
         d.poll_timeout()

@@ -7,6 +7,7 @@
 mod common;
 
 use proptest::prelude::*;
+use weir_core::cmd;
 use weir_core::*;
 
 use common::{op, Coverage, Run};
@@ -106,11 +107,11 @@ proptest! {
             let stale = Receipt { job: job.id, epoch: Epoch(job.epoch.0 - 1) };
             let error = FailError { retry: Retry::Backoff, message: "late".into() };
             let command = match which {
-                0 => Command::Complete { receipts: vec![stale] },
-                1 => Command::Heartbeat { receipts: vec![stale] },
-                2 => Command::Fail { failures: vec![Failure { receipt: stale, error, draw: 1 }] },
-                3 => Command::Snooze { snoozes: vec![(stale, Millis(5))] },
-                _ => Command::ResumeExternal { receipt: stale },
+                0 => Command::Complete(cmd::Complete { receipts: vec![stale] }),
+                1 => Command::Heartbeat(cmd::Heartbeat { receipts: vec![stale] }),
+                2 => Command::Fail(cmd::Fail { failures: vec![Failure { receipt: stale, error, draw: 1 }] }),
+                3 => Command::Snooze(cmd::Snooze { snoozes: vec![(stale, Millis(5))] }),
+                _ => Command::ResumeExternal(cmd::ResumeExternal { receipt: stale }),
             };
             let mut probe = run.world.clone();
             probe.apply(run.now, command);

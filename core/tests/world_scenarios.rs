@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use weir_core::cmd;
 use weir_core::*;
 
 const P1: ProcessId = ProcessId(1);
@@ -58,7 +59,7 @@ impl Harness {
     }
 
     fn enqueue(&mut self, jobs: Vec<NewJob>) -> Vec<Enqueued> {
-        match self.apply(Command::Enqueue { jobs }) {
+        match self.apply(Command::Enqueue(cmd::Enqueue { jobs })) {
             Outcome::Enqueued(Ok(ids)) => ids,
             other => panic!("enqueue: {other:?}"),
         }
@@ -70,10 +71,10 @@ impl Harness {
     }
 
     fn acquire(&mut self, process: ProcessId) -> ClaimerGrant {
-        match self.apply(Command::ClaimerAcquire {
+        match self.apply(Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process,
-        }) {
+        })) {
             Outcome::ClaimerAcquired(Ok((grant, _))) => grant,
             other => panic!("acquire: {other:?}"),
         }
@@ -81,44 +82,44 @@ impl Harness {
 
     fn claim(&mut self, process: ProcessId, max: u32) -> Vec<ClaimedJob> {
         let claimer = self.acquire(process);
-        match self.apply(Command::Claim {
+        match self.apply(Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max,
             kinds: None,
-        }) {
+        })) {
             Outcome::Claimed(Ok(claimed)) => claimed.jobs,
             other => panic!("claim: {other:?}"),
         }
     }
 
     fn complete(&mut self, receipts: Vec<Receipt>) -> Vec<Result<(), Reject>> {
-        match self.apply(Command::Complete { receipts }) {
+        match self.apply(Command::Complete(cmd::Complete { receipts })) {
             Outcome::Completed(Ok(results)) => results,
             other => panic!("complete: {other:?}"),
         }
     }
 
     fn lead(&mut self, process: ProcessId) -> LeaderGrant {
-        match self.apply(Command::LeaderElect { process }) {
+        match self.apply(Command::LeaderElect(cmd::LeaderElect { process })) {
             Outcome::LeaderElected(Ok(grant)) => grant,
             other => panic!("elect: {other:?}"),
         }
     }
 
     fn rescue(&mut self, leader: LeaderGrant) -> Vec<(JobId, FailOutcome)> {
-        match self.apply(Command::Rescue {
+        match self.apply(Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max: 100,
-        }) {
+        })) {
             Outcome::Rescued(Ok(rescued)) => rescued,
             other => panic!("rescue: {other:?}"),
         }
     }
 
     fn promote(&mut self, leader: LeaderGrant) -> Vec<JobId> {
-        match self.apply(Command::Promote { leader, max: 100 }) {
+        match self.apply(Command::Promote(cmd::Promote { leader, max: 100 })) {
             Outcome::Promoted(Ok(ids)) => ids,
             other => panic!("promote: {other:?}"),
         }
@@ -164,12 +165,12 @@ fn cancel_of_a_running_job_fences_its_holder() {
     let id = h.enqueue_one();
     let receipt = h.claim(P1, 1)[0].receipt;
     assert_eq!(
-        h.apply(Command::Cancel { job: id }),
+        h.apply(Command::Cancel(cmd::Cancel { job: id })),
         Outcome::Cancelled(Ok(StateName::Running))
     );
-    let hb = h.apply(Command::Heartbeat {
+    let hb = h.apply(Command::Heartbeat(cmd::Heartbeat {
         receipts: vec![receipt],
-    });
+    }));
     assert!(
         matches!(hb, Outcome::Heartbeats(Ok(ref r)) if matches!(r[0], Err(Reject::StaleEpoch { .. })))
     );
@@ -179,7 +180,7 @@ fn cancel_of_a_running_job_fences_its_holder() {
     ));
     assert_eq!(h.state(id), StateName::Cancelled);
     assert_eq!(
-        h.apply(Command::Cancel { job: id }),
+        h.apply(Command::Cancel(cmd::Cancel { job: id })),
         Outcome::Cancelled(Err(Reject::AlreadyFinished {
             state: StateName::Cancelled
         }))
@@ -231,11 +232,11 @@ fn paused_queues_are_skipped_and_resume_where_they_left_off() {
     let mut h = Harness::new();
     h.enqueue_one();
     assert_eq!(
-        h.apply(Command::PauseQueue { queue: queue() }),
+        h.apply(Command::PauseQueue(cmd::PauseQueue { queue: queue() })),
         Outcome::QueuePauseChanged(true)
     );
     assert!(h.claim(P1, 10).is_empty());
-    h.apply(Command::ResumeQueue { queue: queue() });
+    h.apply(Command::ResumeQueue(cmd::ResumeQueue { queue: queue() }));
     assert_eq!(h.claim(P1, 10).len(), 1);
 }
 
@@ -247,12 +248,12 @@ fn a_worker_claims_only_kinds_it_can_run() {
     let ids = h.enqueue(vec![a, b]);
     let claimer = h.acquire(P1);
     let only_b = Some(BTreeSet::from([kind("b")]));
-    let Outcome::Claimed(Ok(claimed)) = h.apply(Command::Claim {
+    let Outcome::Claimed(Ok(claimed)) = h.apply(Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
         max: 10,
         kinds: only_b,
-    }) else {
+    })) else {
         panic!("claim failed")
     };
     assert_eq!(claimed.jobs.len(), 1);
@@ -297,9 +298,9 @@ fn an_invalid_job_rejects_the_whole_batch_and_writes_nothing() {
         max_attempts: 0,
         ..good.clone()
     };
-    let outcome = h.apply(Command::Enqueue {
+    let outcome = h.apply(Command::Enqueue(cmd::Enqueue {
         jobs: vec![good.clone(), bad],
-    });
+    }));
     assert_eq!(
         outcome,
         Outcome::Enqueued(Err(Reject::InvalidJob {
@@ -310,7 +311,7 @@ fn an_invalid_job_rejects_the_whole_batch_and_writes_nothing() {
     assert_eq!(h.world.jobs().count(), 0);
     let too_many = vec![good; 101];
     assert_eq!(
-        h.apply(Command::Enqueue { jobs: too_many }),
+        h.apply(Command::Enqueue(cmd::Enqueue { jobs: too_many })),
         Outcome::Enqueued(Err(Reject::BatchTooLarge { len: 101, max: 100 }))
     );
 }
@@ -398,9 +399,9 @@ fn a_run_at_before_the_epoch_is_refused_and_writes_nothing() {
         ..good.clone()
     };
     assert_eq!(
-        h.apply(Command::Enqueue {
+        h.apply(Command::Enqueue(cmd::Enqueue {
             jobs: vec![good, early]
-        }),
+        })),
         Outcome::Enqueued(Err(Reject::InvalidJob {
             index: 1,
             error: InvalidJob::RunAtBeforeEpoch {
@@ -417,9 +418,9 @@ fn snooze_refunds_the_attempt_and_schedules_the_job() {
     let id = h.enqueue_one();
     let receipt = h.claim(P1, 1)[0].receipt;
     assert_eq!(h.world.job(id).unwrap().attempt, Attempt(1));
-    h.apply(Command::Snooze {
+    h.apply(Command::Snooze(cmd::Snooze {
         snoozes: vec![(receipt, Millis(300))],
-    });
+    }));
     let job = h.world.job(id).unwrap();
     assert_eq!(job.attempt, Attempt(0));
     assert_eq!(
@@ -439,15 +440,17 @@ fn retryable_failures_back_off_until_attempts_are_exhausted() {
     }])[0]
         .id;
     let leader = h.lead(P2);
-    let fail = |receipt| Command::Fail {
-        failures: vec![Failure {
-            receipt,
-            error: FailError {
-                retry: Retry::Backoff,
-                message: "boom".into(),
-            },
-            draw: 0,
-        }],
+    let fail = |receipt| {
+        Command::Fail(cmd::Fail {
+            failures: vec![Failure {
+                receipt,
+                error: FailError {
+                    retry: Retry::Backoff,
+                    message: "boom".into(),
+                },
+                draw: 0,
+            }],
+        })
     };
     let r1 = h.claim(P1, 1)[0].receipt;
     let run_at = h.now.plus(Millis(500));
@@ -476,7 +479,7 @@ fn a_terminal_error_fails_at_once_and_admin_retry_reopens_it() {
     let mut h = Harness::new();
     let id = h.enqueue_one();
     let receipt = h.claim(P1, 1)[0].receipt;
-    h.apply(Command::Fail {
+    h.apply(Command::Fail(cmd::Fail {
         failures: vec![Failure {
             receipt,
             error: FailError {
@@ -485,10 +488,10 @@ fn a_terminal_error_fails_at_once_and_admin_retry_reopens_it() {
             },
             draw: 0,
         }],
-    });
+    }));
     assert_eq!(h.state(id), StateName::Failed);
     assert_eq!(
-        h.apply(Command::Retry { job: id }),
+        h.apply(Command::Retry(cmd::Retry { job: id })),
         Outcome::Retried(Ok(()))
     );
     let job = h.world.job(id).unwrap();
@@ -498,7 +501,7 @@ fn a_terminal_error_fails_at_once_and_admin_retry_reopens_it() {
     );
     assert!(job.epoch > receipt.epoch);
     assert_eq!(
-        h.apply(Command::Retry { job: id }),
+        h.apply(Command::Retry(cmd::Retry { job: id })),
         Outcome::Retried(Err(Reject::NotRetryable {
             state: StateName::Available
         }))
@@ -512,9 +515,9 @@ fn an_external_wait_resumes_or_times_out() {
     let b = h.enqueue_one();
     let claimed = h.claim(P1, 2);
     let (ra, rb) = (claimed[0].receipt, claimed[1].receipt);
-    h.apply(Command::WaitExternal {
+    h.apply(Command::WaitExternal(cmd::WaitExternal {
         waits: vec![(ra, Millis(2_000)), (rb, Millis(2_000))],
-    });
+    }));
     assert_eq!(h.state(a), StateName::WaitingExternal);
     // A completion while waiting is refused: the job is not running.
     assert_eq!(
@@ -524,7 +527,7 @@ fn an_external_wait_resumes_or_times_out() {
         })]
     );
     assert_eq!(
-        h.apply(Command::ResumeExternal { receipt: ra }),
+        h.apply(Command::ResumeExternal(cmd::ResumeExternal { receipt: ra })),
         Outcome::Resumed(Ok(()))
     );
     assert_eq!(h.state(a), StateName::Available);
@@ -537,7 +540,7 @@ fn an_external_wait_resumes_or_times_out() {
     assert_eq!(h.state(b), StateName::Retryable);
     // The late callback is fenced.
     assert!(matches!(
-        h.apply(Command::ResumeExternal { receipt: rb }),
+        h.apply(Command::ResumeExternal(cmd::ResumeExternal { receipt: rb })),
         Outcome::Resumed(Err(Reject::StaleEpoch { .. }))
     ));
 }
@@ -550,10 +553,10 @@ fn maintenance_is_refused_to_a_deposed_leader() {
     let new = h.lead(P2);
     assert!(new.term > old.term);
     assert_eq!(
-        h.apply(Command::Promote {
+        h.apply(Command::Promote(cmd::Promote {
             leader: old,
             max: 10
-        }),
+        })),
         Outcome::Promoted(Err(Reject::NotLeader {
             current: new.term,
             presented: old.term
@@ -572,11 +575,11 @@ fn prune_deletes_only_finished_jobs_past_retention() {
     let leader = h.lead(P1);
     // Finished 10 ms ago: older than 5 ms, so pruned.
     assert_eq!(
-        h.apply(Command::Prune {
+        h.apply(Command::Prune(cmd::Prune {
             leader,
             older_than: Millis(5),
             max: 10
-        }),
+        })),
         Outcome::Pruned(Ok(vec![done]))
     );
     assert!(h.world.job(done).is_none());
@@ -589,16 +592,16 @@ fn a_claim_under_a_lost_lease_is_refused() {
     let mut h = Harness::new();
     h.enqueue_one();
     let stale = h.acquire(P1);
-    h.apply(Command::ClaimerRelease {
+    h.apply(Command::ClaimerRelease(cmd::ClaimerRelease {
         queue: queue(),
         claimer: stale,
-    });
-    let outcome = h.apply(Command::Claim {
+    }));
+    let outcome = h.apply(Command::Claim(cmd::Claim {
         queue: queue(),
         claimer: stale,
         max: 1,
         kinds: None,
-    });
+    }));
     assert_eq!(
         outcome,
         Outcome::Claimed(Err(Reject::ClaimerLeaseLost {
@@ -620,12 +623,12 @@ fn a_busy_claimer_refreshes_its_lease_only_when_half_stale() {
     // every 2 s, never one per batch.
     for _ in 0..100 {
         h.advance(100);
-        let Outcome::Claimed(Ok(c)) = h.apply(Command::Claim {
+        let Outcome::Claimed(Ok(c)) = h.apply(Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        }) else {
+        })) else {
             panic!("busy claimer lost its lease")
         };
         refreshes += usize::from(c.lease_refreshed);
@@ -646,12 +649,14 @@ fn a_busy_claimer_refreshes_its_lease_only_when_half_stale() {
 fn a_crashed_session_frees_its_semaphore_slots() {
     let mut h = Harness::new();
     let name = SemaphoreName::new("warm").unwrap();
-    let try_slot = |holder, slot| Command::SlotTry {
-        semaphore: name.clone(),
-        permits: 1,
-        slot: SlotIndex(slot),
-        holder,
-        lease_ttl: None,
+    let try_slot = |holder, slot| {
+        Command::SlotTry(cmd::SlotTry {
+            semaphore: name.clone(),
+            permits: 1,
+            slot: SlotIndex(slot),
+            holder,
+            lease_ttl: None,
+        })
     };
     assert!(matches!(
         h.apply(try_slot(P1, 0)),
@@ -662,20 +667,20 @@ fn a_crashed_session_frees_its_semaphore_slots() {
         Outcome::SlotTried(Err(Reject::SlotBusy { .. }))
     ));
     assert_eq!(
-        h.apply(Command::ProcessCrashed { process: P1 }),
+        h.apply(Command::ProcessCrashed(cmd::ProcessCrashed { process: P1 })),
         Outcome::SessionEnded(vec![(name.clone(), SlotIndex(0))])
     );
     assert!(matches!(
         h.apply(try_slot(P2, 0)),
         Outcome::SlotTried(Ok(_))
     ));
-    let wrong_size = Command::SlotTry {
+    let wrong_size = Command::SlotTry(cmd::SlotTry {
         semaphore: name.clone(),
         permits: 3,
         slot: SlotIndex(0),
         holder: P1,
         lease_ttl: None,
-    };
+    });
     assert!(matches!(
         h.apply(wrong_size),
         Outcome::SlotTried(Err(Reject::PermitsMismatch { .. }))
@@ -685,8 +690,14 @@ fn a_crashed_session_frees_its_semaphore_slots() {
 #[test]
 fn time_never_goes_backwards() {
     let mut world = World::new(config());
-    world.apply(Timestamp(100), Command::PauseQueue { queue: queue() });
-    world.apply(Timestamp(50), Command::ResumeQueue { queue: queue() });
+    world.apply(
+        Timestamp(100),
+        Command::PauseQueue(cmd::PauseQueue { queue: queue() }),
+    );
+    world.apply(
+        Timestamp(50),
+        Command::ResumeQueue(cmd::ResumeQueue { queue: queue() }),
+    );
     assert_eq!(world.now(), Timestamp(100));
 }
 
@@ -702,7 +713,7 @@ fn unknown_jobs_are_typed_rejections() {
         vec![Err(Reject::UnknownJob { job: JobId(99) })]
     );
     assert_eq!(
-        h.apply(Command::Cancel { job: JobId(99) }),
+        h.apply(Command::Cancel(cmd::Cancel { job: JobId(99) })),
         Outcome::Cancelled(Err(Reject::UnknownJob { job: JobId(99) }))
     );
 }
@@ -712,8 +723,10 @@ fn a_handler_cancels_its_own_job_but_a_late_worker_cannot() {
     let mut h = Harness::new();
     let id = h.enqueue_one();
     let receipt = h.claim(P1, 1)[0].receipt;
-    let cancel = |receipt| Command::CancelAttempts {
-        receipts: vec![receipt],
+    let cancel = |receipt| {
+        Command::CancelAttempts(cmd::CancelAttempts {
+            receipts: vec![receipt],
+        })
     };
     assert_eq!(
         h.apply(cancel(receipt)),
@@ -721,7 +734,7 @@ fn a_handler_cancels_its_own_job_but_a_late_worker_cannot() {
     );
     assert_eq!(h.state(id), StateName::Cancelled);
     // An operator retries it; the old holder's cancel is now stale.
-    h.apply(Command::Retry { job: id });
+    h.apply(Command::Retry(cmd::Retry { job: id }));
     let fresh = h.claim(P2, 1)[0].receipt;
     let Outcome::AttemptsCancelled(Ok(results)) = h.apply(cancel(receipt)) else {
         panic!("batch refused")
@@ -750,7 +763,10 @@ fn an_enqueue_named_as_storage_named_it_takes_those_ids_and_no_taken_one() {
     let taken = world.enqueue_as(Timestamp(0), vec![job()], &[Some(JobId(3))]);
     assert_eq!(ids(taken), vec![9]);
     assert_eq!(
-        ids(world.apply(Timestamp(0), Command::Enqueue { jobs: vec![job()] })),
+        ids(world.apply(
+            Timestamp(0),
+            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] })
+        )),
         vec![10]
     );
 }

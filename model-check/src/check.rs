@@ -23,6 +23,7 @@ use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
+use weir_core::cmd;
 use weir_core::{command_name, Command, Outcome, Timestamp, World};
 
 /// `World::check_invariants` holds after every step, and no step panics.
@@ -145,7 +146,12 @@ pub fn apply(
 /// a clock nobody reads.
 pub fn tick(world: &mut World, now: Timestamp, faults: &mut Faults) {
     let queue = weir_core::QueueName::new("clock").expect("a valid queue name");
-    let outcome = apply(world, now, Command::ResumeQueue { queue }, faults);
+    let outcome = apply(
+        world,
+        now,
+        Command::ResumeQueue(cmd::ResumeQueue { queue }),
+        faults,
+    );
     debug_assert!(matches!(
         outcome,
         None | Some(Outcome::QueuePauseChanged(false))

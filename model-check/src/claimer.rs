@@ -77,6 +77,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use stateright::{Model, Property};
+use weir_core::cmd;
 use weir_core::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerSlot, Command, JobState, Kind, Millis, Mutation,
     NewJob, Outcome, Payload, ProcessId, QueueName, Reject, Timestamp, World, WorldConfig,
@@ -437,10 +438,10 @@ impl ClaimerState {
                 .claimers(&queue())
                 .is_some_and(|table| table.check(grant, now).is_ok())
         });
-        let command = Command::ClaimerAcquire {
+        let command = Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: pid(p),
-        };
+        });
         let Some(Outcome::ClaimerAcquired(result)) = self.apply(command) else {
             return;
         };
@@ -500,12 +501,12 @@ impl ClaimerState {
             return;
         };
         let kinds = (!wanted).then(|| BTreeSet::from([Kind::new("absent").expect("a valid kind")]));
-        let command = Command::Claim {
+        let command = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds,
-        };
+        });
         let Some(Outcome::Claimed(result)) = self.apply(command) else {
             return;
         };
@@ -541,9 +542,9 @@ impl ClaimerState {
         if !claimed.lease_refreshed {
             self.claim_without_write = true;
         }
-        let snooze = Command::Snooze {
+        let snooze = Command::Snooze(cmd::Snooze {
             snoozes: vec![(job.receipt, Millis(0))],
-        };
+        });
         let put_back = self.apply(snooze);
         assert!(
             put_back.is_none()
@@ -558,10 +559,10 @@ impl ClaimerState {
         };
         self.releases -= 1;
         self.procs[p].drop_grant();
-        self.apply(Command::ClaimerRelease {
+        self.apply(Command::ClaimerRelease(cmd::ClaimerRelease {
             queue: queue(),
             claimer,
-        });
+        }));
     }
 
     /// Forgets ghost times that can no longer matter, so they do not split
@@ -634,7 +635,10 @@ impl Model for ClaimerFreshness {
             Kind::new("work").expect("a valid kind"),
             Payload::default(),
         );
-        let enqueued = world.apply(Timestamp::ZERO, Command::Enqueue { jobs: vec![job] });
+        let enqueued = world.apply(
+            Timestamp::ZERO,
+            Command::Enqueue(cmd::Enqueue { jobs: vec![job] }),
+        );
         assert!(matches!(enqueued, Outcome::Enqueued(Ok(_))), "{enqueued:?}");
         let mut state = ClaimerState {
             world,

@@ -58,6 +58,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use stateright::{Model, Property};
+use weir_core::cmd;
 use weir_core::{
     Backoff, ClaimerConfig, Command, CommandId, Dispatcher, DispatcherConfig, DispatcherMutation,
     Effect, FailError, HandlerResult, Input, JobId, JobLimits, JobState, Kind, LeaderGrant, Millis,
@@ -415,12 +416,13 @@ fn running_receipts(world: &World) -> BTreeSet<Receipt> {
 /// The receipts a report command carries, in order.
 fn reported(command: &Command) -> Option<Vec<Receipt>> {
     match command {
-        Command::Complete { receipts } | Command::CancelAttempts { receipts } => {
-            Some(receipts.clone())
+        Command::Complete(cmd::Complete { receipts })
+        | Command::CancelAttempts(cmd::CancelAttempts { receipts }) => Some(receipts.clone()),
+        Command::Fail(cmd::Fail { failures }) => Some(failures.iter().map(|f| f.receipt).collect()),
+        Command::Snooze(cmd::Snooze { snoozes }) => Some(snoozes.iter().map(|s| s.0).collect()),
+        Command::WaitExternal(cmd::WaitExternal { waits }) => {
+            Some(waits.iter().map(|w| w.0).collect())
         }
-        Command::Fail { failures } => Some(failures.iter().map(|f| f.receipt).collect()),
-        Command::Snooze { snoozes } => Some(snoozes.iter().map(|s| s.0).collect()),
-        Command::WaitExternal { waits } => Some(waits.iter().map(|w| w.0).collect()),
         _ => None,
     }
 }
@@ -446,8 +448,8 @@ fn report_items(outcome: &Outcome) -> Vec<bool> {
 /// How many items a command carries, against the backend's limit.
 fn items(command: &Command) -> usize {
     match command {
-        Command::Claim { max, .. } => *max as usize,
-        Command::Heartbeat { receipts } => receipts.len(),
+        Command::Claim(cmd::Claim { max, .. }) => *max as usize,
+        Command::Heartbeat(cmd::Heartbeat { receipts }) => receipts.len(),
         other => reported(other).map_or(1, |r| r.len()),
     }
 }
@@ -504,7 +506,7 @@ impl DispatcherState {
                     let detail = format!("{command:?} carries {n} items, above {batch_max}");
                     self.faults.push(BATCHES_WITHIN_LIMITS, detail);
                 }
-                if let Command::Claim { max, .. } = &command {
+                if let Command::Claim(cmd::Claim { max, .. }) = &command {
                     if held + max > max_workers {
                         let detail =
                             format!("a claim of {max} with {held} of {max_workers} workers busy");
@@ -548,7 +550,7 @@ impl DispatcherState {
         };
         let receipts = reported(&command);
         let max = match &command {
-            Command::Claim { max, .. } => Some(*max),
+            Command::Claim(cmd::Claim { max, .. }) => Some(*max),
             _ => None,
         };
         let Some(outcome) = apply(&mut self.world, now, command, &mut self.faults) else {
@@ -681,7 +683,7 @@ impl Model for DispatcherModel {
             let enqueued = apply(
                 &mut world,
                 Timestamp::ZERO,
-                Command::Enqueue { jobs },
+                Command::Enqueue(cmd::Enqueue { jobs }),
                 &mut faults,
             );
             assert!(
@@ -689,9 +691,9 @@ impl Model for DispatcherModel {
                 "{enqueued:?}"
             );
         }
-        let elect = Command::LeaderElect {
+        let elect = Command::LeaderElect(cmd::LeaderElect {
             process: MAINTAINER,
-        };
+        });
         let Some(Outcome::LeaderElected(Ok(leader))) =
             apply(&mut world, Timestamp::ZERO, elect, &mut faults)
         else {
@@ -819,13 +821,13 @@ impl Model for DispatcherModel {
             Rescue => {
                 let leader = next.leader;
                 let max = self.shape.batch_max as u32;
-                next.take_away(Command::Rescue {
+                next.take_away(Command::Rescue(cmd::Rescue {
                     leader,
                     draw: 0,
                     max,
-                });
+                }));
             }
-            Cancel(job) => next.take_away(Command::Cancel { job }),
+            Cancel(job) => next.take_away(Command::Cancel(cmd::Cancel { job })),
             Tick => next.advance(),
         }
         (next != *last).then_some(next)

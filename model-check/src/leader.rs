@@ -31,6 +31,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use stateright::{Model, Property};
+use weir_core::cmd;
 use weir_core::{
     Command, LeaderGrant, LeaderTerm, Leadership, Millis, Mutation, Outcome, ProcessId, Reject,
     Timestamp, World, WorldConfig,
@@ -166,7 +167,7 @@ impl LeaderState {
     fn elect(&mut self, p: usize) {
         let until = self.now().plus(LEADER_TTL);
         let Some(Outcome::LeaderElected(result)) =
-            self.apply(Command::LeaderElect { process: pid(p) })
+            self.apply(Command::LeaderElect(cmd::LeaderElect { process: pid(p) }))
         else {
             return;
         };
@@ -216,7 +217,8 @@ impl LeaderState {
             return;
         };
         self.resigns -= 1;
-        let Some(Outcome::LeaderResigned(ended)) = self.apply(Command::LeaderResign { leader })
+        let Some(Outcome::LeaderResigned(ended)) =
+            self.apply(Command::LeaderResign(cmd::LeaderResign { leader }))
         else {
             return;
         };
@@ -233,7 +235,8 @@ impl LeaderState {
             return;
         };
         let now = self.now();
-        let Some(Outcome::Promoted(result)) = self.apply(Command::Promote { leader, max: 1 })
+        let Some(Outcome::Promoted(result)) =
+            self.apply(Command::Promote(cmd::Promote { leader, max: 1 }))
         else {
             return;
         };

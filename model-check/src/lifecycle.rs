@@ -107,6 +107,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use stateright::{Model, Property};
+use weir_core::cmd;
 use weir_core::{
     Backoff, ClaimerConfig, ClaimerGrant, Command, Epoch, FailError, Failure, JobId, JobLimits,
     JobState, Kind, LeaderGrant, LeaderTerm, Millis, Mutation, NewJob, Outcome, Payload, ProcessId,
@@ -568,8 +569,8 @@ fn items<T: Clone>(
 /// panicked (the batch's own step reports that).
 fn one_by_one(before: &World, command: &Command) -> Option<(Outcome, World)> {
     let len = match command {
-        Command::Complete { receipts } => receipts.len(),
-        Command::Fail { failures } => failures.len(),
+        Command::Complete(cmd::Complete { receipts }) => receipts.len(),
+        Command::Fail(cmd::Fail { failures }) => failures.len(),
         _ => 0,
     };
     if len < 2 {
@@ -581,12 +582,12 @@ fn one_by_one(before: &World, command: &Command) -> Option<(Outcome, World)> {
     let now = world.now();
     let mut scratch = Faults::default();
     let outcome = match command {
-        Command::Complete { receipts } => {
+        Command::Complete(cmd::Complete { receipts }) => {
             let mut answers = Vec::new();
             for &receipt in receipts {
-                let one = Command::Complete {
+                let one = Command::Complete(cmd::Complete {
                     receipts: vec![receipt],
-                };
+                });
                 match apply(&mut world, now, one, &mut scratch)? {
                     Outcome::Completed(batch) => answers.extend(items(&batch, 1)),
                     other => panic!("complete answered {other:?}"),
@@ -594,12 +595,12 @@ fn one_by_one(before: &World, command: &Command) -> Option<(Outcome, World)> {
             }
             Outcome::Completed(Ok(answers))
         }
-        Command::Fail { failures } => {
+        Command::Fail(cmd::Fail { failures }) => {
             let mut answers = Vec::new();
             for failure in failures {
-                let one = Command::Fail {
+                let one = Command::Fail(cmd::Fail {
                     failures: vec![failure.clone()],
-                };
+                });
                 match apply(&mut world, now, one, &mut scratch)? {
                     Outcome::Failed(batch) => answers.extend(items(&batch, 1)),
                     other => panic!("fail answered {other:?}"),
@@ -669,12 +670,12 @@ impl LifecycleState {
             .jobs()
             .any(|j| j.queue == queue && matches!(j.state, JobState::Available { .. }));
         let paused = self.world.is_paused(&queue);
-        let claim = Command::Claim {
+        let claim = Command::Claim(cmd::Claim {
             queue,
             claimer,
             max,
             kinds: None,
-        };
+        });
         let Some(Outcome::Claimed(Ok(claimed))) = self.apply(claim) else {
             return;
         };
@@ -698,9 +699,9 @@ impl LifecycleState {
     }
 
     fn heartbeat(&mut self, worker: usize, receipt: Receipt) {
-        let command = Command::Heartbeat {
+        let command = Command::Heartbeat(cmd::Heartbeat {
             receipts: vec![receipt],
-        };
+        });
         let Some(Outcome::Heartbeats(batch)) = self.apply(command) else {
             return;
         };
@@ -710,9 +711,9 @@ impl LifecycleState {
     }
 
     fn complete(&mut self, worker: usize, receipts: Vec<Receipt>) {
-        let command = Command::Complete {
+        let command = Command::Complete(cmd::Complete {
             receipts: receipts.clone(),
-        };
+        });
         let Some(Outcome::Completed(batch)) = self.apply_batch(command) else {
             return;
         };
@@ -744,7 +745,8 @@ impl LifecycleState {
                 draw: 0,
             })
             .collect();
-        let Some(Outcome::Failed(batch)) = self.apply_batch(Command::Fail { failures }) else {
+        let Some(Outcome::Failed(batch)) = self.apply_batch(Command::Fail(cmd::Fail { failures }))
+        else {
             return;
         };
         let answers = items(&batch, receipts.len());
@@ -764,9 +766,9 @@ impl LifecycleState {
             .job(receipt.job)
             .expect("the classic shape never prunes")
             .attempt;
-        let command = Command::Snooze {
+        let command = Command::Snooze(cmd::Snooze {
             snoozes: vec![(receipt, Millis(0))],
-        };
+        });
         let Some(Outcome::Snoozed(batch)) = self.apply(command) else {
             return;
         };
@@ -787,9 +789,9 @@ impl LifecycleState {
     }
 
     fn wait_external(&mut self, worker: usize, receipt: Receipt) {
-        let command = Command::WaitExternal {
+        let command = Command::WaitExternal(cmd::WaitExternal {
             waits: vec![(receipt, CALLBACK_TIMEOUT)],
-        };
+        });
         let Some(Outcome::Waiting(batch)) = self.apply(command) else {
             return;
         };
@@ -806,7 +808,9 @@ impl LifecycleState {
 
     fn callback(&mut self, receipt: Receipt) {
         self.ghosts.callbacks.remove(&receipt);
-        let Some(Outcome::Resumed(answer)) = self.apply(Command::ResumeExternal { receipt }) else {
+        let Some(Outcome::Resumed(answer)) =
+            self.apply(Command::ResumeExternal(cmd::ResumeExternal { receipt }))
+        else {
             return;
         };
         match answer {
@@ -823,22 +827,22 @@ impl LifecycleState {
     }
 
     fn cancel(&mut self, job: JobId) {
-        if let Some(Outcome::Cancelled(Ok(_))) = self.apply(Command::Cancel { job }) {
+        if let Some(Outcome::Cancelled(Ok(_))) = self.apply(Command::Cancel(cmd::Cancel { job })) {
             self.budget.cancels -= 1;
         }
     }
 
     fn retry(&mut self, job: JobId) {
-        if let Some(Outcome::Retried(Ok(()))) = self.apply(Command::Retry { job }) {
+        if let Some(Outcome::Retried(Ok(()))) = self.apply(Command::Retry(cmd::Retry { job })) {
             self.budget.retries -= 1;
         }
     }
 
     fn pause(&mut self, queue: QueueName, pause: bool) {
         let command = if pause {
-            Command::PauseQueue { queue }
+            Command::PauseQueue(cmd::PauseQueue { queue })
         } else {
-            Command::ResumeQueue { queue }
+            Command::ResumeQueue(cmd::ResumeQueue { queue })
         };
         if let Some(Outcome::QueuePauseChanged(true)) = self.apply(command) {
             if pause {
@@ -849,9 +853,9 @@ impl LifecycleState {
 
     fn elect(&mut self, m: usize) {
         let until = self.now().plus(self.world.config().leader_ttl);
-        let command = Command::LeaderElect {
+        let command = Command::LeaderElect(cmd::LeaderElect {
             process: MAINTAINERS[m],
-        };
+        });
         let Some(Outcome::LeaderElected(Ok(grant))) = self.apply(command) else {
             return;
         };
@@ -888,7 +892,7 @@ impl LifecycleState {
         let Some(leader) = self.maintainers[m] else {
             return;
         };
-        let command = Command::Promote { leader, max: 16 };
+        let command = Command::Promote(cmd::Promote { leader, max: 16 });
         let Some(Outcome::Promoted(result)) = self.apply(command) else {
             return;
         };
@@ -899,11 +903,11 @@ impl LifecycleState {
         let Some(leader) = self.maintainers[m] else {
             return;
         };
-        let command = Command::Prune {
+        let command = Command::Prune(cmd::Prune {
             leader,
             older_than: Millis(0),
             max: 16,
-        };
+        });
         let Some(Outcome::Pruned(result)) = self.apply(command) else {
             return;
         };
@@ -931,11 +935,11 @@ impl LifecycleState {
             .filter(|job| matches!(job.state, JobState::WaitingExternal { .. }))
             .map(|job| job.id)
             .collect();
-        let command = Command::Rescue {
+        let command = Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max,
-        };
+        });
         let Some(Outcome::Rescued(result)) = self.apply(command) else {
             return;
         };
@@ -973,9 +977,9 @@ impl LifecycleState {
         self.budget.lost_answers -= 1;
         self.workers[worker].receipts.remove(&receipt);
         self.workers[worker].unheard = Some(receipt);
-        self.apply(Command::Complete {
+        self.apply(Command::Complete(cmd::Complete {
             receipts: vec![receipt],
-        });
+        }));
     }
 
     /// The resent completion: the first send applied or was refused, so
@@ -985,9 +989,9 @@ impl LifecycleState {
         let Some(receipt) = self.workers[worker].unheard.take() else {
             return;
         };
-        let command = Command::Complete {
+        let command = Command::Complete(cmd::Complete {
             receipts: vec![receipt],
-        };
+        });
         if let Some(Outcome::Completed(batch)) = self.apply(command) {
             let done = self
                 .job(receipt.job)
@@ -1003,9 +1007,9 @@ impl LifecycleState {
         self.workers[worker].status = Status::Crashed;
         self.workers[worker].receipts.clear();
         self.workers[worker].unheard = None;
-        self.apply(Command::ProcessCrashed {
+        self.apply(Command::ProcessCrashed(cmd::ProcessCrashed {
             process: pid(worker),
-        });
+        }));
     }
 
     /// Ghost bookkeeping after every step.
@@ -1159,13 +1163,13 @@ impl Model for Lifecycle {
         }
         let now = Timestamp::ZERO;
         let jobs = shape.job_queues().into_iter().map(new_job).collect();
-        let enqueued = world.apply(now, Command::Enqueue { jobs });
+        let enqueued = world.apply(now, Command::Enqueue(cmd::Enqueue { jobs }));
         assert!(matches!(enqueued, Outcome::Enqueued(Ok(_))), "{enqueued:?}");
         let elected = world.apply(
             now,
-            Command::LeaderElect {
+            Command::LeaderElect(cmd::LeaderElect {
                 process: MAINTAINERS[0],
-            },
+            }),
         );
         let Outcome::LeaderElected(Ok(leader)) = elected else {
             panic!("the first election wins: {elected:?}");
@@ -1175,10 +1179,10 @@ impl Model for Lifecycle {
                 .queues()
                 .into_iter()
                 .map(|queue| {
-                    let acquire = Command::ClaimerAcquire {
+                    let acquire = Command::ClaimerAcquire(cmd::ClaimerAcquire {
                         queue: queue.clone(),
                         process: pid(w),
-                    };
+                    });
                     let acquired = world.apply(now, acquire);
                     let Outcome::ClaimerAcquired(Ok((claimer, _))) = acquired else {
                         panic!("K = WORKERS slots, so every worker gets one: {acquired:?}");

@@ -50,6 +50,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use stateright::{Model, Property};
+use weir_core::cmd;
 use weir_core::{
     AcquireStep, Acquisition, Command, Hold, Millis, Mutation, Outcome, ProcessId, Reject,
     SemaphoreName, SlotGrant, SlotHolder, SlotIndex, Timestamp, TryResult, WaitConfig, World,
@@ -311,13 +312,13 @@ impl SemaphoreState {
                 .semaphore(&name())
                 .and_then(|sem| sem.slots().nth(usize::from(slot.0)))
                 .and_then(|(_, s)| s.held);
-            let command = Command::SlotTry {
+            let command = Command::SlotTry(cmd::SlotTry {
                 semaphore: name(),
                 permits: PERMITS,
                 slot,
                 holder: pid(p),
                 lease_ttl: lease(p),
-            };
+            });
             match self.apply(command) {
                 None => return,
                 Some(Outcome::SlotTried(Ok(grant))) => {
@@ -395,11 +396,11 @@ impl SemaphoreState {
         let (Phase::Holding { grant, .. }, Some(ttl)) = (self.procs[p].clone(), lease(p)) else {
             return;
         };
-        let command = Command::SlotRenew {
+        let command = Command::SlotRenew(cmd::SlotRenew {
             semaphore: name(),
             grant,
             lease_ttl: ttl,
-        };
+        });
         let until = self.now().plus(ttl);
         self.procs[p] = match self.apply(command) {
             None => return,
@@ -418,10 +419,10 @@ impl SemaphoreState {
             return;
         };
         self.procs[p] = Phase::Released;
-        self.apply(Command::SlotRelease {
+        self.apply(Command::SlotRelease(cmd::SlotRelease {
             semaphore: name(),
             grant,
-        });
+        }));
     }
 
     /// Releases `p`'s slot, at once tries the same slot again, as the
@@ -436,20 +437,20 @@ impl SemaphoreState {
         };
         self.again -= 1;
         self.procs[p] = Phase::Released;
-        let release = Command::SlotRelease {
+        let release = Command::SlotRelease(cmd::SlotRelease {
             semaphore: name(),
             grant,
-        };
+        });
         if self.apply(release.clone()).is_none() {
             return;
         }
-        let command = Command::SlotTry {
+        let command = Command::SlotTry(cmd::SlotTry {
             semaphore: name(),
             permits: PERMITS,
             slot: grant.slot,
             holder: pid(p),
             lease_ttl: lease(p),
-        };
+        });
         let now = self.now();
         match self.apply(command) {
             Some(Outcome::SlotTried(Ok(again))) => {
@@ -476,7 +477,9 @@ impl SemaphoreState {
             until,
         };
         if until.is_none() {
-            self.apply(Command::ProcessCrashed { process: pid(p) });
+            self.apply(Command::ProcessCrashed(cmd::ProcessCrashed {
+                process: pid(p),
+            }));
         }
     }
 

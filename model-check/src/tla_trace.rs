@@ -40,6 +40,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use weir_core::cmd;
 use weir_core::{
     Command, Epoch, Failure, JobId, Millis, Outcome, ProcessId, Receipt, Reject, Retry, StateName,
     Timestamp, World,
@@ -425,46 +426,66 @@ impl Builder {
             return Ok(());
         }
         match command {
-            Command::Heartbeat { receipts } => self.writes(step, at, recorded, receipts, |r| {
-                (r, "heartbeat", Command::Heartbeat { receipts: vec![r] })
-            }),
-            Command::Complete { receipts } => self.writes(step, at, recorded, receipts, |r| {
-                (r, "complete", Command::Complete { receipts: vec![r] })
-            }),
-            Command::CancelAttempts { receipts } => {
+            Command::Heartbeat(cmd::Heartbeat { receipts }) => {
+                self.writes(step, at, recorded, receipts, |r| {
+                    (
+                        r,
+                        "heartbeat",
+                        Command::Heartbeat(cmd::Heartbeat { receipts: vec![r] }),
+                    )
+                })
+            }
+            Command::Complete(cmd::Complete { receipts }) => {
+                self.writes(step, at, recorded, receipts, |r| {
+                    (
+                        r,
+                        "complete",
+                        Command::Complete(cmd::Complete { receipts: vec![r] }),
+                    )
+                })
+            }
+            Command::CancelAttempts(cmd::CancelAttempts { receipts }) => {
                 self.writes(step, at, recorded, receipts, |r| {
                     (
                         r,
                         "cancel_attempt",
-                        Command::CancelAttempts { receipts: vec![r] },
+                        Command::CancelAttempts(cmd::CancelAttempts { receipts: vec![r] }),
                     )
                 })
             }
-            Command::Snooze { snoozes } => {
+            Command::Snooze(cmd::Snooze { snoozes }) => {
                 self.writes(step, at, recorded, snoozes, |s: (Receipt, Millis)| {
-                    (s.0, "snooze", Command::Snooze { snoozes: vec![s] })
+                    (
+                        s.0,
+                        "snooze",
+                        Command::Snooze(cmd::Snooze { snoozes: vec![s] }),
+                    )
                 })
             }
-            Command::WaitExternal { waits } => {
+            Command::WaitExternal(cmd::WaitExternal { waits }) => {
                 self.writes(step, at, recorded, waits, |w: (Receipt, Millis)| {
                     (
                         w.0,
                         "wait_external",
-                        Command::WaitExternal { waits: vec![w] },
+                        Command::WaitExternal(cmd::WaitExternal { waits: vec![w] }),
                     )
                 })
             }
-            Command::Fail { failures } => {
+            Command::Fail(cmd::Fail { failures }) => {
                 self.writes(step, at, recorded, failures, |f: Failure| {
                     let kind = if f.error.retry == Retry::Never {
                         "fail_terminal"
                     } else {
                         "fail_retryable"
                     };
-                    (f.receipt, kind, Command::Fail { failures: vec![f] })
+                    (
+                        f.receipt,
+                        kind,
+                        Command::Fail(cmd::Fail { failures: vec![f] }),
+                    )
                 })
             }
-            Command::Enqueue { .. } => {
+            Command::Enqueue(cmd::Enqueue { .. }) => {
                 let outcome = self.apply(step, at, command, recorded)?;
                 if let Outcome::Enqueued(Ok(enqueued)) = outcome {
                     for e in enqueued.into_iter().filter(|e| !e.duplicate) {
@@ -480,7 +501,7 @@ impl Builder {
                 *self.skipped.entry(name).or_default() += 1;
                 Ok(())
             }
-            Command::Claim { ref claimer, .. } => {
+            Command::Claim(cmd::Claim { ref claimer, .. }) => {
                 let process = claimer.process;
                 let outcome = self.apply(step, at, command, recorded)?;
                 match outcome {
@@ -508,7 +529,7 @@ impl Builder {
                 }
                 Ok(())
             }
-            Command::ResumeExternal { receipt } => {
+            Command::ResumeExternal(cmd::ResumeExternal { receipt }) => {
                 let outcome = self.apply(step, at, command, recorded)?;
                 let Outcome::Resumed(answer) = outcome else {
                     unreachable!("resume answers Resumed")
@@ -528,8 +549,8 @@ impl Builder {
                 });
                 Ok(())
             }
-            Command::Cancel { job: id } | Command::Retry { job: id } => {
-                let kind = if matches!(command, Command::Cancel { .. }) {
+            Command::Cancel(cmd::Cancel { job: id }) | Command::Retry(cmd::Retry { job: id }) => {
+                let kind = if matches!(command, Command::Cancel(cmd::Cancel { .. })) {
                     EventKind::Cancel
                 } else {
                     EventKind::Retry
@@ -549,7 +570,9 @@ impl Builder {
                 self.push(Event::on_job(step, kind, job, ok, post));
                 Ok(())
             }
-            Command::Promote { .. } | Command::Rescue { .. } | Command::Prune { .. } => {
+            Command::Promote(cmd::Promote { .. })
+            | Command::Rescue(cmd::Rescue { .. })
+            | Command::Prune(cmd::Prune { .. }) => {
                 let outcome = self.apply(step, at, command, recorded)?;
                 let (kind, ids): (EventKind, Vec<JobId>) = match outcome {
                     Outcome::Promoted(Ok(ids)) => (EventKind::Promote, ids),
@@ -570,20 +593,20 @@ impl Builder {
                 }
                 Ok(())
             }
-            Command::ProcessCrashed { process } => {
+            Command::ProcessCrashed(cmd::ProcessCrashed { process }) => {
                 self.apply(step, at, command, recorded)?;
                 self.events.push(RawEvent::Crashed { step, process });
                 Ok(())
             }
-            Command::PauseQueue { .. }
-            | Command::ResumeQueue { .. }
-            | Command::ClaimerAcquire { .. }
-            | Command::ClaimerRelease { .. }
-            | Command::SlotTry { .. }
-            | Command::SlotRenew { .. }
-            | Command::SlotRelease { .. }
-            | Command::LeaderElect { .. }
-            | Command::LeaderResign { .. } => {
+            Command::PauseQueue(cmd::PauseQueue { .. })
+            | Command::ResumeQueue(cmd::ResumeQueue { .. })
+            | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
+            | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
+            | Command::SlotTry(cmd::SlotTry { .. })
+            | Command::SlotRenew(cmd::SlotRenew { .. })
+            | Command::SlotRelease(cmd::SlotRelease { .. })
+            | Command::LeaderElect(cmd::LeaderElect { .. })
+            | Command::LeaderResign(cmd::LeaderResign { .. }) => {
                 self.apply(step, at, command, recorded)?;
                 *self.skipped.entry(name).or_default() += 1;
                 Ok(())

@@ -68,6 +68,7 @@
 //! as `runtime/src/limit.rs` documents for concurrency limits.
 
 use stateright::{Model, Property};
+use weir_core::cmd;
 use weir_core::{
     Command, Hold, Millis, Mutation, Outcome, ProcessId, SemaphoreName, SlotLoss, StorageAnswer,
     Timestamp, WaitConfig, Warmup, WarmupConfig, WarmupDriver, WarmupFailure, WarmupStep, World,
@@ -425,7 +426,7 @@ impl WarmupState {
             return;
         };
         let previous = match &command {
-            Command::SlotTry { slot, .. } => self
+            Command::SlotTry(cmd::SlotTry { slot, .. }) => self
                 .world
                 .semaphore(&name())
                 .and_then(|sem| sem.slots().nth(usize::from(slot.0)))

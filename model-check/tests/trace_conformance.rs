@@ -10,6 +10,7 @@
 //! answer is the one the simulator saw; the run conforms when every step
 //! does.
 
+use weir_core::cmd;
 use weir_core::World;
 use weir_memory::sim::{simulate_traced, SimOptions};
 use weir_memory::FaultProfile;
@@ -71,7 +72,12 @@ fn a_tampered_trace_is_refused() {
     // notice that its answer differs.
     let i = steps
         .iter()
-        .position(|s| matches!(s.command, weir_core::Command::Complete { .. }))
+        .position(|s| {
+            matches!(
+                s.command,
+                weir_core::Command::Complete(cmd::Complete { .. })
+            )
+        })
         .expect("the run completes something");
     steps[i].outcome = weir_core::Outcome::Completed(Ok(Vec::new()));
     let mut world = World::new(options.world_config());

@@ -20,13 +20,14 @@
 //! * **wake-ups** ([`Backend::subscribe`]): hints that work arrived or an
 //!   attempt was taken away. Optional: without them workers poll.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use weir_core::{
-    Command, Enqueued, Epoch, Job, JobId, Kind, NewJob, Outcome, ProcessId, QueueName, Reject,
-    StateName, Timestamp,
+    answer_of, Command, Enqueued, Epoch, Job, JobId, Kind, NewJob, Outcome, ProcessId, QueueName,
+    Reject, Request, StateName, Timestamp,
 };
 
 /// Why a command has no outcome.
@@ -237,3 +238,23 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// Typed requests on any [`Backend`]: `backend.run(cmd::Claim { .. })`
+/// answers with the claim's own `Result<Claimed, Reject>`, so no caller
+/// unpacks an [`Outcome`] by hand. Implemented for every backend.
+pub trait BackendExt: Backend {
+    /// [`Backend::execute`] of one request of [`weir_core::cmd`].
+    ///
+    /// # Panics
+    ///
+    /// When the backend answers with the outcome of another command: it
+    /// broke the protocol, which is a bug in the backend.
+    fn run<R>(&self, request: R) -> impl Future<Output = Result<R::Output, BackendError>> + Send
+    where
+        R: Request + Send,
+    {
+        async move { Ok(answer_of::<R>(self.execute(request.into()).await?)) }
+    }
+}
+
+impl<B: Backend + ?Sized> BackendExt for B {}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_core::cmd;
 use weir_core::{
     Command, Enqueued, InvalidJob, InvalidName, Job, JobId, Kind, Millis, NewJob, Outcome, Payload,
     Priority, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
@@ -266,7 +267,10 @@ impl<B: Backend> Client<B> {
     /// Inserts already built jobs ([`new_job`], [`new_raw_job`]) in one
     /// command, all or none.
     pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, ClientError> {
-        match self.execute(Command::Enqueue { jobs }).await? {
+        match self
+            .execute(Command::Enqueue(cmd::Enqueue { jobs }))
+            .await?
+        {
             Outcome::Enqueued(result) => result.map_err(rejected),
             other => unreachable!("enqueue answered {other:?}"),
         }
@@ -302,7 +306,7 @@ impl<B: Backend> Client<B> {
     /// Cancels a job in any unfinished state; a running one's handler is
     /// fenced. Returns the state it was cancelled from.
     pub async fn cancel(&self, job: JobId) -> Result<StateName, ClientError> {
-        match self.execute(Command::Cancel { job }).await? {
+        match self.execute(Command::Cancel(cmd::Cancel { job })).await? {
             Outcome::Cancelled(result) => result.map_err(ClientError::Rejected),
             other => unreachable!("cancel answered {other:?}"),
         }
@@ -310,7 +314,7 @@ impl<B: Backend> Client<B> {
 
     /// Retries a failed or cancelled job with fresh attempts.
     pub async fn retry(&self, job: JobId) -> Result<(), ClientError> {
-        match self.execute(Command::Retry { job }).await? {
+        match self.execute(Command::Retry(cmd::Retry { job })).await? {
             Outcome::Retried(result) => result.map_err(ClientError::Rejected),
             other => unreachable!("retry answered {other:?}"),
         }
@@ -319,7 +323,10 @@ impl<B: Backend> Client<B> {
     /// Resumes a job parked by [`crate::JobOutcome::WaitExternal`]: the
     /// external system presents the receipt its handler handed out.
     pub async fn resume_external(&self, receipt: Receipt) -> Result<(), ClientError> {
-        match self.execute(Command::ResumeExternal { receipt }).await? {
+        match self
+            .execute(Command::ResumeExternal(cmd::ResumeExternal { receipt }))
+            .await?
+        {
             Outcome::Resumed(result) => result.map_err(ClientError::Rejected),
             other => unreachable!("resume answered {other:?}"),
         }
@@ -329,7 +336,10 @@ impl<B: Backend> Client<B> {
     /// this call changed anything.
     pub async fn pause(&self, queue: &str) -> Result<bool, ClientError> {
         let queue = QueueName::new(queue)?;
-        match self.execute(Command::PauseQueue { queue }).await? {
+        match self
+            .execute(Command::PauseQueue(cmd::PauseQueue { queue }))
+            .await?
+        {
             Outcome::QueuePauseChanged(changed) => Ok(changed),
             other => unreachable!("pause answered {other:?}"),
         }
@@ -338,7 +348,10 @@ impl<B: Backend> Client<B> {
     /// Allows claims from a queue again.
     pub async fn resume(&self, queue: &str) -> Result<bool, ClientError> {
         let queue = QueueName::new(queue)?;
-        match self.execute(Command::ResumeQueue { queue }).await? {
+        match self
+            .execute(Command::ResumeQueue(cmd::ResumeQueue { queue }))
+            .await?
+        {
             Outcome::QueuePauseChanged(changed) => Ok(changed),
             other => unreachable!("resume answered {other:?}"),
         }

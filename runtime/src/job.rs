@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use weir_core::cmd;
 use weir_core::{Attempt, Command, Outcome, Receipt, Reject};
 
 use crate::backend::{Backend, BackendError};
@@ -167,9 +168,9 @@ impl JobContext {
     /// learns it before acting. When the attempt was taken away, the
     /// cancellation token fires and the pool stops tracking the attempt.
     pub async fn heartbeat(&self) -> Result<(), HeartbeatError> {
-        let command = Command::Heartbeat {
+        let command = Command::Heartbeat(cmd::Heartbeat {
             receipts: vec![self.receipt],
-        };
+        });
         match self.backend.execute(command).await? {
             Outcome::Heartbeats(Ok(mut results)) => match results.pop() {
                 Some(Ok(())) => Ok(()),

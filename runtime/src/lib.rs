@@ -30,7 +30,8 @@ pub mod warmup;
 pub mod worker;
 
 pub use backend::{
-    Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, Wakeup, WorkerInfo,
+    Backend, BackendError, BackendExt, JobFilter, Presence, QueueInfo, Subscription, Wakeup,
+    WorkerInfo,
 };
 pub use client::{
     new_job, new_raw_job, stranded, Client, ClientError, InsertOptions, Inserted, Stranded,

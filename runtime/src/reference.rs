@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use weir_core::cmd;
 use weir_core::{Command, Outcome};
 use weir_core::{
     Enqueued, Job, JobId, Kind, NewJob, QueueName, Reject, StateName, Timestamp, World,
@@ -89,7 +90,7 @@ pub fn enqueue_bulk(
     let mut jobs = jobs.into_iter().peekable();
     while jobs.peek().is_some() {
         let chunk: Vec<NewJob> = jobs.by_ref().take(batch_max.max(1)).collect();
-        match apply(Command::Enqueue { jobs: chunk }) {
+        match apply(Command::Enqueue(cmd::Enqueue { jobs: chunk })) {
             Outcome::Enqueued(Ok(ids)) => out.extend(ids),
             // Validated above, and each chunk is within batch_max: the
             // world refuses neither, so a refusal here is a bug.

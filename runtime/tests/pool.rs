@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weir::core::cmd;
 use weir::core::{
     Command, DispatcherConfig, Enqueued, Job, JobId, Millis, NewJob, Outcome, ProcessId, QueueName,
     Reject, StateName, Timestamp, World, WorldConfig,
@@ -210,7 +211,7 @@ async fn errors_retry_panics_are_contained_and_bad_payloads_fail_for_good() {
         weir::core::Payload(b"{\"nope\":1}".to_vec()),
     );
     backend
-        .execute(Command::Enqueue { jobs: vec![bad] })
+        .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![bad] }))
         .await
         .unwrap();
 

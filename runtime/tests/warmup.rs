@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use weir::core::cmd;
 use weir::core::{
     Command, Enqueued, Job, JobId, Millis, NewJob, Outcome, ProcessId, Reject, SemaphoreName,
     SlotIndex, SlotLoss, Timestamp, WaitConfig, Warmup, WorldConfig,
@@ -167,7 +168,7 @@ struct Faulty {
 impl Backend for Faulty {
     async fn execute(&self, command: Command) -> Result<Outcome, BackendError> {
         match &command {
-            Command::SlotRenew { grant, .. } if grant.holder == self.process => {
+            Command::SlotRenew(cmd::SlotRenew { grant, .. }) if grant.holder == self.process => {
                 self.renewals.lock().unwrap().push(self.inner.clock().now());
                 match self.fault {
                     RenewFault::Lose => Err(BackendError::Lost("connection reset".into())),
@@ -308,13 +309,13 @@ async fn a_misconfigured_backend_ends_the_warmup_with_its_error() {
 #[tokio::test(start_paused = true)]
 async fn a_semaphore_size_that_disagrees_is_refused() {
     let backend = backend();
-    backend.apply(Command::SlotTry {
+    backend.apply(Command::SlotTry(cmd::SlotTry {
         semaphore: SemaphoreName::new("warm:cache").unwrap(),
         permits: 2,
         slot: SlotIndex(0),
         holder: ProcessId(9),
         lease_ttl: None,
-    });
+    }));
     let result = warmup(&*backend, &config(1, 0), 1, |_| async {}).await;
     assert!(
         matches!(

@@ -68,6 +68,7 @@ use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
+use weir_core::cmd;
 use weir_core::{
     Attempt, Command, Epoch, JobId, Outcome, StateName, Timestamp, World, WorldConfig,
 };
@@ -277,7 +278,7 @@ fn skippable(history: &History, i: usize) -> BTreeSet<JobId> {
             // A claim locks every row its snapshot showed available before
             // it re-checks it, and keeps the lock of a row the re-check
             // drops (taken meanwhile): any job of its queue.
-            Command::Claim { queue, .. } if other.outcome.is_some() => {
+            Command::Claim(cmd::Claim { queue, .. }) if other.outcome.is_some() => {
                 named.extend(jobs_of(history, queue));
             }
             // Likewise promote, rescue and prune (any job their scans may
@@ -318,10 +319,10 @@ fn skippable(history: &History, i: usize) -> BTreeSet<JobId> {
 pub fn sweeps_jobs(command: &Command) -> bool {
     matches!(
         command,
-        Command::Claim { .. }
-            | Command::Promote { .. }
-            | Command::Rescue { .. }
-            | Command::Prune { .. }
+        Command::Claim(cmd::Claim { .. })
+            | Command::Promote(cmd::Promote { .. })
+            | Command::Rescue(cmd::Rescue { .. })
+            | Command::Prune(cmd::Prune { .. })
     )
 }
 
@@ -331,7 +332,7 @@ fn jobs_of(history: &History, queue: &weir_core::QueueName) -> Vec<JobId> {
         .ops
         .iter()
         .filter_map(|op| match &op.command {
-            Command::Enqueue { jobs } => Some(
+            Command::Enqueue(cmd::Enqueue { jobs }) => Some(
                 jobs.iter()
                     .zip(op.created())
                     .filter(|(job, _)| &job.queue == queue)
@@ -355,14 +356,18 @@ fn every_job(history: &History) -> Vec<JobId> {
 /// The jobs an operation names, so may hold locked while it runs.
 pub fn jobs_named(op: &Op) -> Vec<JobId> {
     let mut jobs: Vec<JobId> = match &op.command {
-        Command::Heartbeat { receipts }
-        | Command::Complete { receipts }
-        | Command::CancelAttempts { receipts } => receipts.iter().map(|r| r.job).collect(),
-        Command::Fail { failures } => failures.iter().map(|f| f.receipt.job).collect(),
-        Command::Snooze { snoozes } => snoozes.iter().map(|(r, _)| r.job).collect(),
-        Command::WaitExternal { waits } => waits.iter().map(|(r, _)| r.job).collect(),
-        Command::ResumeExternal { receipt } => vec![receipt.job],
-        Command::Cancel { job } | Command::Retry { job } => vec![*job],
+        Command::Heartbeat(cmd::Heartbeat { receipts })
+        | Command::Complete(cmd::Complete { receipts })
+        | Command::CancelAttempts(cmd::CancelAttempts { receipts }) => {
+            receipts.iter().map(|r| r.job).collect()
+        }
+        Command::Fail(cmd::Fail { failures }) => failures.iter().map(|f| f.receipt.job).collect(),
+        Command::Snooze(cmd::Snooze { snoozes }) => snoozes.iter().map(|(r, _)| r.job).collect(),
+        Command::WaitExternal(cmd::WaitExternal { waits }) => {
+            waits.iter().map(|(r, _)| r.job).collect()
+        }
+        Command::ResumeExternal(cmd::ResumeExternal { receipt }) => vec![receipt.job],
+        Command::Cancel(cmd::Cancel { job }) | Command::Retry(cmd::Retry { job }) => vec![*job],
         _ => Vec::new(),
     };
     if let Some(Outcome::Claimed(Ok(claimed))) = &op.outcome {
@@ -381,7 +386,7 @@ pub fn jobs_named(op: &Op) -> Vec<JobId> {
 /// its keys.
 pub fn jobs_locked(history: &History, op: &Op) -> Vec<JobId> {
     let mut jobs = jobs_named(op);
-    let Command::Enqueue { jobs: new } = &op.command else {
+    let Command::Enqueue(cmd::Enqueue { jobs: new }) = &op.command else {
         return jobs;
     };
     match &op.outcome {
@@ -395,7 +400,7 @@ pub fn jobs_locked(history: &History, op: &Op) -> Vec<JobId> {
                 .filter_map(|job| Some((&job.kind, job.unique_key.as_ref()?)))
                 .collect();
             for other in &history.ops {
-                let Command::Enqueue { jobs: made } = &other.command else {
+                let Command::Enqueue(cmd::Enqueue { jobs: made }) = &other.command else {
                     continue;
                 };
                 for (job, id) in made.iter().zip(other.created()) {
@@ -416,7 +421,7 @@ pub fn jobs_locked(history: &History, op: &Op) -> Vec<JobId> {
 /// its own time, an enqueue naming its jobs as storage did, a sweep
 /// passing over `skip`.
 fn apply(world: &mut World, op: &Op, skip: &BTreeSet<JobId>) -> Outcome {
-    if let Command::Enqueue { jobs } = &op.command {
+    if let Command::Enqueue(cmd::Enqueue { jobs }) = &op.command {
         world.enqueue_as(op.at, jobs.clone(), &op.created())
     } else if skip.is_empty() {
         world.apply_at_own_time(op.at, op.command.clone())
@@ -694,10 +699,10 @@ mod tests {
     }
 
     fn acquire(process: u64) -> Command {
-        Command::ClaimerAcquire {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(process),
-        }
+        })
     }
 
     /// What the world answers to `commands` applied one after another.
@@ -776,7 +781,7 @@ mod tests {
     #[test]
     fn a_lost_answer_is_placed_or_dropped_and_shrinking_keeps_the_refutation() {
         let job = NewJob::new(queue(), Kind::new("k").unwrap(), Payload(vec![]));
-        let enqueue = Command::Enqueue { jobs: vec![job] };
+        let enqueue = Command::Enqueue(cmd::Enqueue { jobs: vec![job] });
         let answers = serial(&[(Timestamp(1), enqueue.clone()), (Timestamp(2), acquire(1))]);
         let lost = Op {
             ret: None,
@@ -818,9 +823,9 @@ mod tests {
             unique_key: Some(weir_core::UniqueKey::new("u").unwrap()),
             ..NewJob::new(queue(), Kind::new("k").unwrap(), Payload(vec![]))
         };
-        let enqueue = Command::Enqueue {
+        let enqueue = Command::Enqueue(cmd::Enqueue {
             jobs: vec![keyed.clone()],
-        };
+        });
         let answers = serial(&[
             (Timestamp(1), enqueue.clone()),
             (Timestamp(2), acquire(1)),
@@ -829,12 +834,12 @@ mod tests {
         let Outcome::ClaimerAcquired(Ok((claimer, _))) = answers[1].clone() else {
             panic!("acquired: {:?}", answers[1])
         };
-        let claim = Command::Claim {
+        let claim = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        };
+        });
         let empty = Outcome::Claimed(Ok(weir_core::Claimed::default()));
         let history = |dedup: (u64, u64)| History {
             holds: Vec::new(),

@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use weir::BackendError;
+use weir_core::cmd;
 use weir_core::{
     Backoff, ClaimerConfig, ClaimerGrant, Command, FailError, Failure, JobId, Kind, LeaderGrant,
     Millis, NewJob, Outcome, Payload, ProcessId, QueueName, Receipt, Reject, Retry, SemaphoreName,
@@ -240,12 +241,12 @@ impl Client {
             // under a newer epoch.
             if let Some(leader) = self.leader {
                 return match roll < 15 {
-                    true => Command::Rescue {
+                    true => Command::Rescue(cmd::Rescue {
                         leader,
                         draw: self.rng.random(),
                         max: 4,
-                    },
-                    false => Command::Promote { leader, max: 4 },
+                    }),
+                    false => Command::Promote(cmd::Promote { leader, max: 4 }),
                 };
             }
         }
@@ -260,27 +261,27 @@ impl Client {
             // ... and report on them: the oldest first, which is the
             // likeliest to have been rescued and to run again under a
             // newer epoch while this client still holds the old one.
-            return Command::Complete {
+            return Command::Complete(cmd::Complete {
                 receipts: self.some_receipts(),
-            };
+            });
         }
         match self.rng.random_range(0..100) {
             0..=3 => {
                 let queue = queue(&mut self.rng, self.mix);
                 match self.claimers.get(&queue) {
-                    Some(claimer) => Command::ClaimerRelease {
+                    Some(claimer) => Command::ClaimerRelease(cmd::ClaimerRelease {
                         queue,
                         claimer: *claimer,
-                    },
+                    }),
                     None => self.claim(queue),
                 }
             }
-            4..=9 if have_receipts => Command::Heartbeat {
+            4..=9 if have_receipts => Command::Heartbeat(cmd::Heartbeat {
                 receipts: self.some_receipts(),
-            },
-            10..=21 if have_receipts => Command::Complete {
+            }),
+            10..=21 if have_receipts => Command::Complete(cmd::Complete {
                 receipts: self.some_receipts(),
-            },
+            }),
             22..=29 if have_receipts => {
                 let failures = self
                     .some_receipts()
@@ -298,71 +299,73 @@ impl Client {
                         draw: self.rng.random(),
                     })
                     .collect();
-                Command::Fail { failures }
+                Command::Fail(cmd::Fail { failures })
             }
-            30..=31 if have_receipts => Command::Snooze {
+            30..=31 if have_receipts => Command::Snooze(cmd::Snooze {
                 snoozes: self
                     .some_receipts()
                     .into_iter()
                     .map(|r| (r, Millis(200)))
                     .collect(),
-            },
-            32 if have_receipts => Command::CancelAttempts {
+            }),
+            32 if have_receipts => Command::CancelAttempts(cmd::CancelAttempts {
                 receipts: self.some_receipts(),
-            },
-            33 if have_receipts => Command::WaitExternal {
+            }),
+            33 if have_receipts => Command::WaitExternal(cmd::WaitExternal {
                 waits: self
                     .some_receipts()
                     .into_iter()
                     .map(|r| (r, Millis(800)))
                     .collect(),
-            },
-            34 if !self.waiting.is_empty() => Command::ResumeExternal {
+            }),
+            34 if !self.waiting.is_empty() => Command::ResumeExternal(cmd::ResumeExternal {
                 receipt: self.waiting[self.rng.random_range(0..self.waiting.len())],
-            },
+            }),
             35..=37 => {
                 let jobs = shared.jobs.lock().unwrap();
                 match jobs.get(self.rng.random_range(0..jobs.len().max(1))) {
-                    Some(&job) if self.rng.random_bool(0.5) => Command::Cancel { job },
-                    Some(&job) => Command::Retry { job },
-                    None => Command::ResumeQueue {
+                    Some(&job) if self.rng.random_bool(0.5) => Command::Cancel(cmd::Cancel { job }),
+                    Some(&job) => Command::Retry(cmd::Retry { job }),
+                    None => Command::ResumeQueue(cmd::ResumeQueue {
                         queue: queue(&mut self.rng, self.mix),
-                    },
+                    }),
                 }
             }
-            38 => Command::PauseQueue {
+            38 => Command::PauseQueue(cmd::PauseQueue {
                 queue: queue(&mut self.rng, self.mix),
-            },
-            39..=40 => Command::ResumeQueue {
+            }),
+            39..=40 => Command::ResumeQueue(cmd::ResumeQueue {
                 queue: queue(&mut self.rng, self.mix),
-            },
+            }),
             41..=47 => self.slot(),
             48..=51 => match self.leader {
-                Some(leader) if self.rng.random_bool(0.4) => Command::LeaderResign { leader },
-                _ => Command::LeaderElect {
+                Some(leader) if self.rng.random_bool(0.4) => {
+                    Command::LeaderResign(cmd::LeaderResign { leader })
+                }
+                _ => Command::LeaderElect(cmd::LeaderElect {
                     process: self.process,
-                },
+                }),
             },
             52..=65 => match self.leader {
                 // A process that does not lead mostly tries to; sometimes
                 // it sweeps with a term it guesses, which must be fenced.
-                None if self.rng.random_bool(0.9) => Command::LeaderElect {
+                None if self.rng.random_bool(0.9) => Command::LeaderElect(cmd::LeaderElect {
                     process: self.process,
-                },
+                }),
                 _ => {
                     let leader = self.leader_grant();
                     match self.rng.random_range(0..10) {
-                        0..=5 => Command::Rescue {
+                        0..=5 => Command::Rescue(cmd::Rescue {
                             leader,
                             draw: self.rng.random(),
                             max: 4,
-                        },
-                        6..=7 => Command::Promote { leader, max: 4 },
-                        _ => Command::Prune {
+                        }),
+                        6..=7 => Command::Promote(cmd::Promote { leader, max: 4 }),
+                        _ => Command::Prune(cmd::Prune {
                             leader,
                             older_than: Millis(500),
                             max: 4,
-                        },
+                        }),
                     }
                 }
             },
@@ -407,23 +410,23 @@ impl Client {
                 job
             })
             .collect();
-        Command::Enqueue { jobs }
+        Command::Enqueue(cmd::Enqueue { jobs })
     }
 
     /// A claim of `queue` when this client holds a claimer lease there,
     /// else an acquisition of one.
     fn claim(&mut self, queue: QueueName) -> Command {
         match self.claimers.get(&queue) {
-            Some(claimer) => Command::Claim {
+            Some(claimer) => Command::Claim(cmd::Claim {
                 queue,
                 claimer: *claimer,
                 max: self.rng.random_range(1..=4),
                 kinds: None,
-            },
-            None => Command::ClaimerAcquire {
+            }),
+            None => Command::ClaimerAcquire(cmd::ClaimerAcquire {
                 queue,
                 process: self.process,
-            },
+            }),
         }
     }
 
@@ -432,44 +435,50 @@ impl Client {
         match self.slots.first() {
             Some(&grant) if self.rng.random_bool(0.6) => {
                 if self.rng.random_bool(0.5) {
-                    Command::SlotRenew {
+                    Command::SlotRenew(cmd::SlotRenew {
                         semaphore,
                         grant,
                         lease_ttl: Millis(1_000),
-                    }
+                    })
                 } else {
-                    Command::SlotRelease { semaphore, grant }
+                    Command::SlotRelease(cmd::SlotRelease { semaphore, grant })
                 }
             }
-            _ => Command::SlotTry {
+            _ => Command::SlotTry(cmd::SlotTry {
                 semaphore,
                 permits: PERMITS,
                 slot: SlotIndex(self.rng.random_range(0..PERMITS)),
                 holder: self.process,
                 lease_ttl: Some(Millis(1_000)),
-            },
+            }),
         }
     }
 
     /// Keeps what an answer granted, and forgets what it took away.
     pub fn learn(&mut self, shared: &Shared, command: &Command, outcome: &Outcome) {
         match (command, outcome) {
-            (Command::Enqueue { .. }, Outcome::Enqueued(Ok(enqueued))) => {
+            (Command::Enqueue(cmd::Enqueue { .. }), Outcome::Enqueued(Ok(enqueued))) => {
                 shared
                     .jobs
                     .lock()
                     .unwrap()
                     .extend(enqueued.iter().map(|e| e.id));
             }
-            (Command::ClaimerAcquire { queue, .. }, Outcome::ClaimerAcquired(Ok((grant, _)))) => {
+            (
+                Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, .. }),
+                Outcome::ClaimerAcquired(Ok((grant, _))),
+            ) => {
                 self.claimers.insert(queue.clone(), *grant);
             }
-            (Command::ClaimerAcquire { queue, .. }, Outcome::ClaimerAcquired(Err(_)))
-            | (Command::ClaimerRelease { queue, .. }, _)
-            | (Command::Claim { queue, .. }, Outcome::Claimed(Err(_))) => {
+            (
+                Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, .. }),
+                Outcome::ClaimerAcquired(Err(_)),
+            )
+            | (Command::ClaimerRelease(cmd::ClaimerRelease { queue, .. }), _)
+            | (Command::Claim(cmd::Claim { queue, .. }), Outcome::Claimed(Err(_))) => {
                 self.claimers.remove(queue);
             }
-            (Command::Claim { .. }, Outcome::Claimed(Ok(claimed))) => {
+            (Command::Claim(cmd::Claim { .. }), Outcome::Claimed(Ok(claimed))) => {
                 self.receipts
                     .extend(claimed.jobs.iter().map(|job| job.receipt));
             }
@@ -477,7 +486,7 @@ impl Client {
             // stale keeps it and reports again, as a confused worker
             // would: a newer attempt of the job may be running by then,
             // which the receipt must not touch.
-            (Command::Complete { receipts }, Outcome::Completed(Ok(answers)))
+            (Command::Complete(cmd::Complete { receipts }), Outcome::Completed(Ok(answers)))
                 if self.mix == Mix::Rescues =>
             {
                 for (receipt, answer) in receipts.iter().zip(answers) {
@@ -486,28 +495,36 @@ impl Client {
                     }
                 }
             }
-            (Command::Complete { receipts } | Command::CancelAttempts { receipts }, _) => {
-                self.receipts.retain(|r| !receipts.contains(r))
-            }
-            (Command::Fail { failures }, _) => self
+            (
+                Command::Complete(cmd::Complete { receipts })
+                | Command::CancelAttempts(cmd::CancelAttempts { receipts }),
+                _,
+            ) => self.receipts.retain(|r| !receipts.contains(r)),
+            (Command::Fail(cmd::Fail { failures }), _) => self
                 .receipts
                 .retain(|r| !failures.iter().any(|f| f.receipt == *r)),
-            (Command::Snooze { snoozes }, _) => self
+            (Command::Snooze(cmd::Snooze { snoozes }), _) => self
                 .receipts
                 .retain(|r| !snoozes.iter().any(|(s, _)| s == r)),
-            (Command::WaitExternal { waits }, _) => {
+            (Command::WaitExternal(cmd::WaitExternal { waits }), _) => {
                 self.receipts.retain(|r| !waits.iter().any(|(w, _)| w == r));
                 self.waiting.extend(waits.iter().map(|(w, _)| *w));
             }
-            (Command::ResumeExternal { receipt }, _) => self.waiting.retain(|r| r != receipt),
-            (Command::SlotTry { .. }, Outcome::SlotTried(Ok(grant))) => self.slots.push(*grant),
-            (Command::SlotRenew { grant, .. }, Outcome::SlotRenewed(Err(_)))
-            | (Command::SlotRelease { grant, .. }, _) => self.slots.retain(|g| g != grant),
-            (Command::LeaderElect { .. }, Outcome::LeaderElected(Ok(grant))) => {
+            (Command::ResumeExternal(cmd::ResumeExternal { receipt }), _) => {
+                self.waiting.retain(|r| r != receipt)
+            }
+            (Command::SlotTry(cmd::SlotTry { .. }), Outcome::SlotTried(Ok(grant))) => {
+                self.slots.push(*grant)
+            }
+            (Command::SlotRenew(cmd::SlotRenew { grant, .. }), Outcome::SlotRenewed(Err(_)))
+            | (Command::SlotRelease(cmd::SlotRelease { grant, .. }), _) => {
+                self.slots.retain(|g| g != grant)
+            }
+            (Command::LeaderElect(cmd::LeaderElect { .. }), Outcome::LeaderElected(Ok(grant))) => {
                 self.leader = Some(*grant)
             }
-            (Command::LeaderElect { .. }, Outcome::LeaderElected(Err(_)))
-            | (Command::LeaderResign { .. }, _) => self.leader = None,
+            (Command::LeaderElect(cmd::LeaderElect { .. }), Outcome::LeaderElected(Err(_)))
+            | (Command::LeaderResign(cmd::LeaderResign { .. }), _) => self.leader = None,
             _ => {}
         }
     }

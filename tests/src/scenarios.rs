@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use weir::{Backend, JobFilter, Presence, QueueInfo, Wakeup};
+use weir_core::cmd;
 use weir_core::{
     Acquired, Claimed, ClaimerGrant, Command, Enqueued, Epoch, FailError, FailOutcome, FailReason,
     Failure, InvalidJob, Job, JobId, JobLimits, JobState, Kind, LeaderGrant, Millis, NewJob,
@@ -63,7 +64,7 @@ fn job(kind: &str) -> NewJob {
 }
 
 async fn enqueue(b: &dyn Backend, jobs: Vec<NewJob>) -> Vec<Enqueued> {
-    match exec(b, Command::Enqueue { jobs }).await {
+    match exec(b, Command::Enqueue(cmd::Enqueue { jobs })).await {
         Outcome::Enqueued(Ok(done)) => done,
         other => panic!("enqueue: {other:?}"),
     }
@@ -72,10 +73,10 @@ async fn enqueue(b: &dyn Backend, jobs: Vec<NewJob>) -> Vec<Enqueued> {
 async fn acquire(b: &dyn Backend, process: u64) -> Result<(ClaimerGrant, Acquired), Reject> {
     match exec(
         b,
-        Command::ClaimerAcquire {
+        Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(process),
-        },
+        }),
     )
     .await
     {
@@ -87,12 +88,12 @@ async fn acquire(b: &dyn Backend, process: u64) -> Result<(ClaimerGrant, Acquire
 async fn claim_with(b: &dyn Backend, claimer: ClaimerGrant, max: u32) -> Result<Claimed, Reject> {
     match exec(
         b,
-        Command::Claim {
+        Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
             max,
             kinds: None,
-        },
+        }),
     )
     .await
     {
@@ -108,7 +109,7 @@ async fn claim(b: &dyn Backend, process: u64, max: u32) -> Claimed {
 }
 
 async fn complete(b: &dyn Backend, receipts: Vec<Receipt>) -> Vec<Result<(), Reject>> {
-    match exec(b, Command::Complete { receipts }).await {
+    match exec(b, Command::Complete(cmd::Complete { receipts })).await {
         Outcome::Completed(Ok(items)) => items,
         other => panic!("complete: {other:?}"),
     }
@@ -117,9 +118,9 @@ async fn complete(b: &dyn Backend, receipts: Vec<Receipt>) -> Vec<Result<(), Rej
 async fn elect(b: &dyn Backend, process: u64) -> Result<LeaderGrant, Reject> {
     match exec(
         b,
-        Command::LeaderElect {
+        Command::LeaderElect(cmd::LeaderElect {
             process: ProcessId(process),
-        },
+        }),
     )
     .await
     {
@@ -175,11 +176,11 @@ pub async fn late_worker_is_fenced_after_rescue(b: &dyn Backend) {
     let leader = elect(b, 9).await.expect("no other leader");
     let rescued = exec(
         b,
-        Command::Rescue {
+        Command::Rescue(cmd::Rescue {
             leader,
             draw: 0,
             max: 10,
-        },
+        }),
     )
     .await;
     assert!(
@@ -195,9 +196,9 @@ pub async fn late_worker_is_fenced_after_rescue(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::Heartbeat {
+            Command::Heartbeat(cmd::Heartbeat {
                 receipts: vec![late]
-            }
+            })
         )
         .await,
         Outcome::Heartbeats(Ok(vec![stale]))
@@ -226,17 +227,17 @@ pub async fn duplicate_unique_key_returns_the_existing_job(b: &dyn Backend) {
 pub async fn paused_queue_claims_nothing_until_resumed(b: &dyn Backend) {
     enqueue(b, vec![job("k")]).await;
     assert_eq!(
-        exec(b, Command::PauseQueue { queue: queue() }).await,
+        exec(b, Command::PauseQueue(cmd::PauseQueue { queue: queue() })).await,
         Outcome::QueuePauseChanged(true)
     );
     assert_eq!(
-        exec(b, Command::PauseQueue { queue: queue() }).await,
+        exec(b, Command::PauseQueue(cmd::PauseQueue { queue: queue() })).await,
         Outcome::QueuePauseChanged(false)
     );
     let (grant, _) = acquire(b, 1).await.expect("a slot");
     assert!(claim_with(b, grant, 5).await.expect("live").jobs.is_empty());
     assert_eq!(
-        exec(b, Command::ResumeQueue { queue: queue() }).await,
+        exec(b, Command::ResumeQueue(cmd::ResumeQueue { queue: queue() })).await,
         Outcome::QueuePauseChanged(true)
     );
     assert_eq!(claim_with(b, grant, 5).await.expect("live").jobs.len(), 1);
@@ -270,15 +271,17 @@ pub async fn failure_retries_after_backoff_then_exhausts(b: &dyn Backend) {
     let mut j = job("k");
     j.max_attempts = 2;
     let id = enqueue(b, vec![j]).await[0].id;
-    let fail = |receipt| Command::Fail {
-        failures: vec![Failure {
-            receipt,
-            error: FailError {
-                retry: Retry::Backoff,
-                message: "nope".to_string(),
-            },
-            draw: 0,
-        }],
+    let fail = |receipt| {
+        Command::Fail(cmd::Fail {
+            failures: vec![Failure {
+                receipt,
+                error: FailError {
+                    retry: Retry::Backoff,
+                    message: "nope".to_string(),
+                },
+                draw: 0,
+            }],
+        })
     };
     let first = claim(b, 1, 1).await.jobs[0].receipt;
     let answer = exec(b, fail(first)).await;
@@ -288,13 +291,13 @@ pub async fn failure_retries_after_backoff_then_exhausts(b: &dyn Backend) {
     );
     let leader = elect(b, 9).await.expect("leader");
     assert_eq!(
-        exec(b, Command::Promote { leader, max: 10 }).await,
+        exec(b, Command::Promote(cmd::Promote { leader, max: 10 })).await,
         Outcome::Promoted(Ok(vec![])),
         "not due before its backoff"
     );
     sleep_ms(1_200).await;
     assert_eq!(
-        exec(b, Command::Promote { leader, max: 10 }).await,
+        exec(b, Command::Promote(cmd::Promote { leader, max: 10 })).await,
         Outcome::Promoted(Ok(vec![id]))
     );
     let second = claim(b, 1, 1).await.jobs[0].clone();
@@ -306,7 +309,7 @@ pub async fn failure_retries_after_backoff_then_exhausts(b: &dyn Backend) {
         ))]))
     );
     assert_eq!(
-        exec(b, Command::Retry { job: id }).await,
+        exec(b, Command::Retry(cmd::Retry { job: id })).await,
         Outcome::Retried(Ok(()))
     );
     let third = claim(b, 1, 1).await.jobs[0].clone();
@@ -322,9 +325,9 @@ pub async fn snooze_does_not_use_an_attempt(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::Snooze {
+            Command::Snooze(cmd::Snooze {
                 snoozes: vec![(first, Millis(0))]
-            }
+            })
         )
         .await,
         Outcome::Snoozed(Ok(vec![Ok(())]))
@@ -339,7 +342,7 @@ pub async fn cancel_fences_a_running_holder(b: &dyn Backend) {
     enqueue(b, vec![job("k")]).await;
     let receipt = claim(b, 1, 1).await.jobs[0].receipt;
     assert_eq!(
-        exec(b, Command::Cancel { job: receipt.job }).await,
+        exec(b, Command::Cancel(cmd::Cancel { job: receipt.job })).await,
         Outcome::Cancelled(Ok(StateName::Running))
     );
     assert_eq!(
@@ -350,7 +353,7 @@ pub async fn cancel_fences_a_running_holder(b: &dyn Backend) {
         })]
     );
     assert_eq!(
-        exec(b, Command::Cancel { job: receipt.job }).await,
+        exec(b, Command::Cancel(cmd::Cancel { job: receipt.job })).await,
         Outcome::Cancelled(Err(Reject::AlreadyFinished {
             state: StateName::Cancelled
         }))
@@ -365,9 +368,9 @@ pub async fn external_wait_resumes_with_the_same_receipt(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::WaitExternal {
+            Command::WaitExternal(cmd::WaitExternal {
                 waits: vec![(receipt, Millis(60_000))]
-            }
+            })
         )
         .await,
         Outcome::Waiting(Ok(vec![Ok(())]))
@@ -379,11 +382,11 @@ pub async fn external_wait_resumes_with_the_same_receipt(b: &dyn Backend) {
         })]
     );
     assert_eq!(
-        exec(b, Command::ResumeExternal { receipt }).await,
+        exec(b, Command::ResumeExternal(cmd::ResumeExternal { receipt })).await,
         Outcome::Resumed(Ok(()))
     );
     assert_eq!(
-        exec(b, Command::ResumeExternal { receipt }).await,
+        exec(b, Command::ResumeExternal(cmd::ResumeExternal { receipt })).await,
         Outcome::Resumed(Err(Reject::NotWaiting {
             state: StateName::Available
         }))
@@ -396,12 +399,14 @@ pub async fn external_wait_resumes_with_the_same_receipt(b: &dyn Backend) {
 /// session frees its slots, and a stale grant frees nothing.
 pub async fn semaphore_slots_are_exclusive_and_a_crashed_session_frees_them(b: &dyn Backend) {
     let name = SemaphoreName::new("reports").expect("valid");
-    let try_slot = |slot: u16, holder: u64, permits: u16, lease: Option<Millis>| Command::SlotTry {
-        semaphore: name.clone(),
-        permits,
-        slot: SlotIndex(slot),
-        holder: ProcessId(holder),
-        lease_ttl: lease,
+    let try_slot = |slot: u16, holder: u64, permits: u16, lease: Option<Millis>| {
+        Command::SlotTry(cmd::SlotTry {
+            semaphore: name.clone(),
+            permits,
+            slot: SlotIndex(slot),
+            holder: ProcessId(holder),
+            lease_ttl: lease,
+        })
     };
     let Outcome::SlotTried(Ok(g1)) = exec(b, try_slot(0, 1, 2, None)).await else {
         panic!("slot 0 is free")
@@ -435,9 +440,9 @@ pub async fn semaphore_slots_are_exclusive_and_a_crashed_session_frees_them(b: &
     assert_eq!(
         exec(
             b,
-            Command::ProcessCrashed {
+            Command::ProcessCrashed(cmd::ProcessCrashed {
                 process: ProcessId(1)
-            }
+            })
         )
         .await,
         Outcome::SessionEnded(vec![(name.clone(), SlotIndex(0))])
@@ -446,15 +451,15 @@ pub async fn semaphore_slots_are_exclusive_and_a_crashed_session_frees_them(b: &
         panic!("the crashed holder's slot is free")
     };
     assert!(g3.epoch > g1.epoch);
-    let stale = Command::SlotRelease {
+    let stale = Command::SlotRelease(cmd::SlotRelease {
         semaphore: name.clone(),
         grant: g1,
-    };
+    });
     assert_eq!(exec(b, stale).await, Outcome::SlotReleased(false));
-    let mine = Command::SlotRelease {
+    let mine = Command::SlotRelease(cmd::SlotRelease {
         semaphore: name,
         grant: g3,
-    };
+    });
     assert_eq!(exec(b, mine.clone()).await, Outcome::SlotReleased(true));
     assert_eq!(exec(b, mine).await, Outcome::SlotReleased(false));
 }
@@ -472,7 +477,7 @@ pub async fn a_deposed_leaders_writes_are_refused(b: &dyn Backend) {
     ));
     assert_eq!(elect(b, 1).await, Ok(g1), "renewal keeps the term");
     assert_eq!(
-        exec(b, Command::LeaderResign { leader: g1 }).await,
+        exec(b, Command::LeaderResign(cmd::LeaderResign { leader: g1 })).await,
         Outcome::LeaderResigned(true)
     );
     let g2 = elect(b, 2).await.expect("second leader");
@@ -480,10 +485,10 @@ pub async fn a_deposed_leaders_writes_are_refused(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::Promote {
+            Command::Promote(cmd::Promote {
                 leader: g1,
                 max: 10
-            }
+            })
         )
         .await,
         Outcome::Promoted(Err(Reject::NotLeader {
@@ -497,7 +502,7 @@ pub async fn a_deposed_leaders_writes_are_refused(b: &dyn Backend) {
 pub async fn oversized_batches_are_refused(b: &dyn Backend) {
     let jobs: Vec<NewJob> = (0..17).map(|_| job("k")).collect();
     assert_eq!(
-        exec(b, Command::Enqueue { jobs }).await,
+        exec(b, Command::Enqueue(cmd::Enqueue { jobs })).await,
         Outcome::Enqueued(Err(Reject::BatchTooLarge { len: 17, max: 16 }))
     );
     let (grant, _) = acquire(b, 1).await.expect("a slot");
@@ -933,7 +938,7 @@ pub async fn queues_show_depths_paused_state_and_unfinished_kinds(b: &dyn Backen
     for name in ["za", "z_a", "z-a"] {
         let queue = queue_named(name);
         assert_eq!(
-            exec(b, Command::PauseQueue { queue }).await,
+            exec(b, Command::PauseQueue(cmd::PauseQueue { queue })).await,
             Outcome::QueuePauseChanged(true)
         );
     }
@@ -957,7 +962,7 @@ pub async fn queues_show_depths_paused_state_and_unfinished_kinds(b: &dyn Backen
         vec![Ok(())]
     );
     assert_eq!(
-        exec(b, Command::PauseQueue { queue: queue() }).await,
+        exec(b, Command::PauseQueue(cmd::PauseQueue { queue: queue() })).await,
         Outcome::QueuePauseChanged(true)
     );
     let kind = |k: &str, n: u64| (Kind::new(k).expect("valid"), n);
@@ -992,7 +997,7 @@ pub async fn queues_show_depths_paused_state_and_unfinished_kinds(b: &dyn Backen
     // A running job is unfinished; resuming clears the flag.
     let running = claim(b, 2, 1).await;
     assert!(running.jobs.is_empty(), "the queue is paused");
-    exec(b, Command::ResumeQueue { queue: queue() }).await;
+    exec(b, Command::ResumeQueue(cmd::ResumeQueue { queue: queue() })).await;
     let (grant, _) = acquire(b, 1).await.expect("a slot");
     let running = claim_with(b, grant, 1).await.expect("live");
     assert_eq!(running.jobs.len(), 1);
@@ -1110,7 +1115,7 @@ pub async fn enqueue_and_cancel_wake_subscribers(b: &dyn Backend) {
     assert_eq!(sub.next(quiet).await.expect("subscribed"), None);
     let receipt = claim(b, 7, 1).await.jobs[0].receipt;
     assert_eq!(
-        exec(b, Command::Cancel { job: receipt.job }).await,
+        exec(b, Command::Cancel(cmd::Cancel { job: receipt.job })).await,
         Outcome::Cancelled(Ok(StateName::Running))
     );
     assert_eq!(
@@ -1138,7 +1143,7 @@ pub async fn a_cancelled_attempt_is_fenced_and_final(b: &dyn Backend) {
     let claimed = claim(b, 1, 2).await;
     let (mine, other) = (claimed.jobs[0].receipt, claimed.jobs[1].receipt);
     assert_eq!((mine.job, other.job), (ids[0], ids[1]));
-    let cancel = |receipts| Command::CancelAttempts { receipts };
+    let cancel = |receipts| Command::CancelAttempts(cmd::CancelAttempts { receipts });
     assert_eq!(
         exec(b, cancel(vec![mine; 17])).await,
         Outcome::AttemptsCancelled(Err(Reject::BatchTooLarge { len: 17, max: 16 }))
@@ -1181,7 +1186,7 @@ pub async fn a_cancelled_attempt_is_fenced_and_final(b: &dyn Backend) {
         (StateName::Cancelled, Epoch(2), 1)
     );
     assert_eq!(
-        exec(b, Command::Cancel { job: mine.job }).await,
+        exec(b, Command::Cancel(cmd::Cancel { job: mine.job })).await,
         Outcome::Cancelled(Err(Reject::AlreadyFinished {
             state: StateName::Cancelled
         }))
@@ -1191,7 +1196,7 @@ pub async fn a_cancelled_attempt_is_fenced_and_final(b: &dyn Backend) {
         "nothing is left to run"
     );
     assert_eq!(
-        exec(b, Command::Retry { job: mine.job }).await,
+        exec(b, Command::Retry(cmd::Retry { job: mine.job })).await,
         Outcome::Retried(Ok(()))
     );
     let again = claim(b, 1, 2).await.jobs;
@@ -1210,7 +1215,7 @@ pub async fn a_cancelled_attempt_is_fenced_and_final(b: &dyn Backend) {
 }
 
 fn release_claimer(queue: QueueName, claimer: ClaimerGrant) -> Command {
-    Command::ClaimerRelease { queue, claimer }
+    Command::ClaimerRelease(cmd::ClaimerRelease { queue, claimer })
 }
 
 /// Releasing a claimer lease frees its slot at once: another process takes
@@ -1258,17 +1263,21 @@ pub async fn a_released_claimer_slot_is_taken_over_at_once(b: &dyn Backend) {
 /// renews nothing, and neither does a grant of an unknown semaphore.
 pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
     let name = SemaphoreName::new("exports").expect("valid");
-    let try_slot = |slot: u16, holder: u64, ttl_ms: u64| Command::SlotTry {
-        semaphore: name.clone(),
-        permits: 2,
-        slot: SlotIndex(slot),
-        holder: ProcessId(holder),
-        lease_ttl: Some(Millis(ttl_ms)),
+    let try_slot = |slot: u16, holder: u64, ttl_ms: u64| {
+        Command::SlotTry(cmd::SlotTry {
+            semaphore: name.clone(),
+            permits: 2,
+            slot: SlotIndex(slot),
+            holder: ProcessId(holder),
+            lease_ttl: Some(Millis(ttl_ms)),
+        })
     };
-    let renew = |grant: SlotGrant, ttl_ms: u64| Command::SlotRenew {
-        semaphore: name.clone(),
-        grant,
-        lease_ttl: Millis(ttl_ms),
+    let renew = |grant: SlotGrant, ttl_ms: u64| {
+        Command::SlotRenew(cmd::SlotRenew {
+            semaphore: name.clone(),
+            grant,
+            lease_ttl: Millis(ttl_ms),
+        })
     };
     let Outcome::SlotTried(Ok(kept)) = exec(b, try_slot(0, 1, 1_000)).await else {
         panic!("slot 0 is free")
@@ -1307,10 +1316,10 @@ pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::SlotRelease {
+            Command::SlotRelease(cmd::SlotRelease {
                 semaphore: name.clone(),
                 grant: lapsed
-            }
+            })
         )
         .await,
         Outcome::SlotReleased(false)
@@ -1318,29 +1327,29 @@ pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::SlotRelease {
+            Command::SlotRelease(cmd::SlotRelease {
                 semaphore: name.clone(),
                 grant: kept
-            }
+            })
         )
         .await,
         Outcome::SlotReleased(true)
     );
     assert_eq!(exec(b, renew(kept, 60_000)).await, not_held(0));
-    let unknown = Command::SlotRenew {
+    let unknown = Command::SlotRenew(cmd::SlotRenew {
         semaphore: SemaphoreName::new("never-tried").expect("valid"),
         grant: taken,
         lease_ttl: Millis(60_000),
-    };
+    });
     assert_eq!(exec(b, unknown).await, not_held(1));
 }
 
 async fn prune(b: &dyn Backend, leader: LeaderGrant, older_than_ms: u64, max: u32) -> Outcome {
-    let command = Command::Prune {
+    let command = Command::Prune(cmd::Prune {
         leader,
         older_than: Millis(older_than_ms),
         max,
-    };
+    });
     exec(b, command).await
 }
 
@@ -1358,7 +1367,7 @@ pub async fn prune_deletes_only_jobs_finished_long_enough_ago(b: &dyn Backend) {
     let (done, failing) = (claimed.jobs[0].receipt, claimed.jobs[1].receipt);
     assert_eq!((done.job, failing.job), (ids[0], ids[1]));
     assert_eq!(complete(b, vec![done]).await, vec![Ok(())]);
-    let fail = Command::Fail {
+    let fail = Command::Fail(cmd::Fail {
         failures: vec![Failure {
             receipt: failing,
             error: FailError {
@@ -1367,13 +1376,13 @@ pub async fn prune_deletes_only_jobs_finished_long_enough_ago(b: &dyn Backend) {
             },
             draw: 0,
         }],
-    };
+    });
     assert_eq!(
         exec(b, fail).await,
         Outcome::Failed(Ok(vec![Ok(FailOutcome::Failed(FailReason::Terminal))]))
     );
     assert_eq!(
-        exec(b, Command::Cancel { job: ids[2] }).await,
+        exec(b, Command::Cancel(cmd::Cancel { job: ids[2] })).await,
         Outcome::Cancelled(Ok(StateName::Available))
     );
     let leader = elect(b, 9).await.expect("no other leader");
@@ -1399,11 +1408,11 @@ pub async fn prune_deletes_only_jobs_finished_long_enough_ago(b: &dyn Backend) {
     let again = enqueue(b, vec![keyed("k", "once")]).await[0];
     assert!(!again.duplicate && again.id > ids[3], "{again:?}");
     assert_eq!(
-        exec(b, Command::LeaderResign { leader }).await,
+        exec(b, Command::LeaderResign(cmd::LeaderResign { leader })).await,
         Outcome::LeaderResigned(true)
     );
     assert_eq!(
-        exec(b, Command::LeaderResign { leader }).await,
+        exec(b, Command::LeaderResign(cmd::LeaderResign { leader })).await,
         Outcome::LeaderResigned(false)
     );
     assert_eq!(
@@ -1435,15 +1444,15 @@ pub async fn an_expired_external_wait_is_retried_and_its_late_callback_fenced(b:
     assert_eq!(receipts.iter().map(|r| r.job).collect::<Vec<_>>(), ids);
     let waits = receipts.iter().map(|&r| (r, Millis(1_000))).collect();
     assert_eq!(
-        exec(b, Command::WaitExternal { waits }).await,
+        exec(b, Command::WaitExternal(cmd::WaitExternal { waits })).await,
         Outcome::Waiting(Ok(vec![Ok(()), Ok(())]))
     );
     let leader = elect(b, 9).await.expect("no other leader");
-    let rescue = Command::Rescue {
+    let rescue = Command::Rescue(cmd::Rescue {
         leader,
         draw: 0,
         max: 10,
-    };
+    });
     assert_eq!(
         exec(b, rescue.clone()).await,
         Outcome::Rescued(Ok(vec![])),
@@ -1472,9 +1481,9 @@ pub async fn an_expired_external_wait_is_retried_and_its_late_callback_fenced(b:
     assert_eq!(
         exec(
             b,
-            Command::ResumeExternal {
+            Command::ResumeExternal(cmd::ResumeExternal {
                 receipt: receipts[0]
-            }
+            })
         )
         .await,
         Outcome::Resumed(Err(Reject::StaleEpoch {
@@ -1505,9 +1514,9 @@ pub async fn a_snoozed_job_waits_out_its_delay(b: &dyn Backend) {
     assert_eq!(
         exec(
             b,
-            Command::Snooze {
+            Command::Snooze(cmd::Snooze {
                 snoozes: vec![(first, delay)]
-            }
+            })
         )
         .await,
         Outcome::Snoozed(Ok(vec![Ok(())]))
@@ -1524,7 +1533,7 @@ pub async fn a_snoozed_job_waits_out_its_delay(b: &dyn Backend) {
     assert_eq!(snoozed.attempt.0, 0, "the attempt was handed back");
     assert!(claim(b, 1, 1).await.jobs.is_empty());
     let leader = elect(b, 9).await.expect("no other leader");
-    let promote = Command::Promote { leader, max: 10 };
+    let promote = Command::Promote(cmd::Promote { leader, max: 10 });
     assert_eq!(
         exec(b, promote.clone()).await,
         Outcome::Promoted(Ok(vec![]))

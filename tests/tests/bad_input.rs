@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
+use weir::core::cmd;
 use weir::core::{
     Command, DispatcherConfig, FailReason, InvalidDispatcherConfig, InvalidJob, InvalidName,
     InvalidWarmup, Job, JobId, JobLimits, JobState, Millis, NameKind, NewJob, Outcome, ProcessId,
@@ -825,12 +826,14 @@ async fn past_run_ats_run_now_and_the_limits_themselves_are_accepted<B: Store>(b
 /// semaphore exists, 0 is a size mismatch and changes nothing.
 async fn a_slot_try_with_zero_permits_is_refused_and_stores_nothing<B: Store>(backend: Arc<B>) {
     let name = SemaphoreName::new("bad-input:zero").unwrap();
-    let slot_try = |permits| Command::SlotTry {
-        semaphore: name.clone(),
-        permits,
-        slot: SlotIndex(0),
-        holder: ProcessId(7),
-        lease_ttl: Some(Millis(60_000)),
+    let slot_try = |permits| {
+        Command::SlotTry(cmd::SlotTry {
+            semaphore: name.clone(),
+            permits,
+            slot: SlotIndex(0),
+            holder: ProcessId(7),
+            lease_ttl: Some(Millis(60_000)),
+        })
     };
     let before = backend.counts().await;
     let refused = backend.execute(slot_try(0)).await.unwrap();
@@ -859,10 +862,10 @@ async fn a_slot_try_with_zero_permits_is_refused_and_stores_nothing<B: Store>(ba
         }))
     );
     assert_eq!(backend.counts().await, held);
-    let release = Command::SlotRelease {
+    let release = Command::SlotRelease(cmd::SlotRelease {
         semaphore: name.clone(),
         grant,
-    };
+    });
     assert_eq!(
         backend.execute(release).await.unwrap(),
         Outcome::SlotReleased(true)
@@ -1391,7 +1394,9 @@ async fn a_database_url_that_does_not_answer_is_a_typed_error() {
             matches!(check, Err(BackendError::Unavailable(_))),
             "{what}: {check:?}"
         );
-        let command = backend.execute(Command::Enqueue { jobs: vec![] }).await;
+        let command = backend
+            .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![] }))
+            .await;
         assert!(
             matches!(command, Err(BackendError::Unavailable(_))),
             "{what}: {command:?}"
@@ -1684,7 +1689,10 @@ async fn enqueue_by(
     jobs: Vec<NewJob>,
 ) -> Result<usize, BackendError> {
     let result = match path {
-        Path::Statement => match backend.execute(Command::Enqueue { jobs }).await? {
+        Path::Statement => match backend
+            .execute(Command::Enqueue(cmd::Enqueue { jobs }))
+            .await?
+        {
             Outcome::Enqueued(result) => result,
             other => panic!("{other:?}"),
         },

@@ -19,6 +19,7 @@ use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weir::core::cmd;
 use weir::core::{Command, JobId, Outcome, ProcessId, StateName};
 use weir::{Backend, Client, InsertOptions};
 use weir_postgres::harness::{test_database, TestDatabase};
@@ -119,17 +120,20 @@ fn lead(backend: &Arc<PgBackend>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let process = ProcessId(1_000);
-            if let Ok(Outcome::LeaderElected(Ok(leader))) =
-                backend.execute(Command::LeaderElect { process }).await
+            if let Ok(Outcome::LeaderElected(Ok(leader))) = backend
+                .execute(Command::LeaderElect(cmd::LeaderElect { process }))
+                .await
             {
                 let _ = backend
-                    .execute(Command::Rescue {
+                    .execute(Command::Rescue(cmd::Rescue {
                         leader,
                         draw: 0,
                         max: 100,
-                    })
+                    }))
                     .await;
-                let _ = backend.execute(Command::Promote { leader, max: 100 }).await;
+                let _ = backend
+                    .execute(Command::Promote(cmd::Promote { leader, max: 100 }))
+                    .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

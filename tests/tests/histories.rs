@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sqlx::postgres::PgPool;
+use weir_core::cmd;
 use weir_core::{Command, JobId, Outcome, StateName, Timestamp};
 use weir_core::{Mutation, World};
 use weir_memory::{MemoryBackend, VirtualClock};
@@ -513,7 +514,7 @@ fn find_lost_jobs(ops: &mut [Op], stored: Vec<(Vec<u8>, JobId)>) {
         }
     }
     for op in ops.iter_mut() {
-        if let (Command::Enqueue { jobs }, None) = (&op.command, &op.outcome) {
+        if let (Command::Enqueue(cmd::Enqueue { jobs }), None) = (&op.command, &op.outcome) {
             op.found = jobs
                 .iter()
                 .map(|job| ids.get(&job.payload.0).copied())
@@ -1350,7 +1351,7 @@ fn the_checker_catches_a_simulator_history_that_hands_a_job_out_twice() {
     let twice = |history: &mut History| {
         let claims: Vec<usize> = (0..history.ops.len())
             .filter(|&i| {
-                matches!(history.ops[i].command, Command::Claim { .. })
+                matches!(history.ops[i].command, Command::Claim(cmd::Claim { .. }))
                     && history.ops[i].outcome.is_some()
             })
             .collect();

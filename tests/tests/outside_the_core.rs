@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use weir::core::cmd;
 use weir::core::{
     Backoff, Command, DispatcherConfig, InvalidDispatcherConfig, JobId, JobState, Millis, Outcome,
     ProcessId, QueueName, StateName, Timestamp, WorldConfig,
@@ -593,16 +594,17 @@ async fn heartbeats_are_cut_to_the_backends_batch_limit() {
         async move {
             loop {
                 let process = ProcessId(99);
-                if let Ok(Outcome::LeaderElected(Ok(leader))) =
-                    backend.execute(Command::LeaderElect { process }).await
+                if let Ok(Outcome::LeaderElected(Ok(leader))) = backend
+                    .execute(Command::LeaderElect(cmd::LeaderElect { process }))
+                    .await
                 {
-                    let rescue = Command::Rescue {
+                    let rescue = Command::Rescue(cmd::Rescue {
                         leader,
                         draw: 0,
                         max: 4,
-                    };
+                    });
                     backend.execute(rescue).await.unwrap();
-                    let promote = Command::Promote { leader, max: 4 };
+                    let promote = Command::Promote(cmd::Promote { leader, max: 4 });
                     backend.execute(promote).await.unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;

@@ -40,6 +40,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use weir::core::cmd;
 use weir::core::{
     command_name, Backoff, ClaimerConfig, Command, DispatcherConfig, Enqueued, Job, JobId,
     JobState, LimitConfig, Millis, NewJob, Outcome, ProcessId, QueueName, Receipt, Reject,
@@ -444,7 +445,7 @@ async fn operator(sim: Arc<Sim>, until: Instant) {
         }
         let (receipt, holder) = running[rng.random_range(0..running.len())];
         if rng.random_bool(0.5) {
-            let cancel = Command::Cancel { job: receipt.job };
+            let cancel = Command::Cancel(cmd::Cancel { job: receipt.job });
             let _ = sim.backend.inner.execute_checked(cancel);
             sim.backend.faults.count("cancelled");
         } else {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use weir_core::cmd;
 use weir_core::{
     Acquired, ClaimerSlot, Command, CommandId, Dispatcher, DispatcherConfig, HandlerResult, Input,
     JobId, LeaderTerm, Millis, Outcome, ProcessId, QueueName, Receipt, Reject, SlotIndex,
@@ -371,7 +372,7 @@ impl Engine {
     fn arrive(&mut self, route: Route, command: Command, sent: Timestamp) -> Result<(), String> {
         let from = route.from();
         let sender = from.id.0;
-        let duplicate = matches!(command, Command::Complete { .. })
+        let duplicate = matches!(command, Command::Complete(cmd::Complete { .. }))
             && matches!(route, Route::Dispatcher(..))
             && self.faults_on()
             && self
@@ -389,10 +390,10 @@ impl Engine {
         let report = is_report(&command);
         let lossable = !matches!(
             command,
-            Command::SlotTry {
+            Command::SlotTry(cmd::SlotTry {
                 lease_ttl: None,
                 ..
-            }
+            })
         );
         let outcome = self.apply_sent(sender, command, sent)?;
         if matches!(route, Route::Duplicate(_)) {
@@ -437,7 +438,7 @@ impl Engine {
     fn observe(&mut self, command: &Command, outcome: &Outcome) -> Result<(), String> {
         let now = self.now();
         match (command, outcome) {
-            (Command::Claim { queue, claimer, .. }, Outcome::Claimed(Ok(claimed)))
+            (Command::Claim(cmd::Claim { queue, claimer, .. }), Outcome::Claimed(Ok(claimed)))
                 if !claimed.jobs.is_empty() =>
             {
                 let config = self.backend.inspect(|w| w.config().claimer);
@@ -449,19 +450,25 @@ impl Engine {
                 self.protected
                     .insert((queue.clone(), claimer.slot), protection);
             }
-            (Command::ClaimerAcquire { queue, .. }, Outcome::ClaimerAcquired(Ok((grant, how)))) => {
+            (
+                Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, .. }),
+                Outcome::ClaimerAcquired(Ok((grant, how))),
+            ) => {
                 if *how == Acquired::TakenOver {
                     self.coverage.path("claimer_taken_over");
                     self.check_takeover(queue, grant.slot, grant.process)?;
                 }
             }
-            (Command::ClaimerRelease { queue, claimer }, Outcome::ClaimerReleased(true)) => {
+            (
+                Command::ClaimerRelease(cmd::ClaimerRelease { queue, claimer }),
+                Outcome::ClaimerReleased(true),
+            ) => {
                 self.protected.remove(&(queue.clone(), claimer.slot));
             }
-            (Command::WaitExternal { waits }, Outcome::Waiting(Ok(items))) => {
+            (Command::WaitExternal(cmd::WaitExternal { waits }), Outcome::Waiting(Ok(items))) => {
                 self.schedule_callbacks(waits, items);
             }
-            (Command::Enqueue { .. }, Outcome::Enqueued(Ok(enqueued))) => {
+            (Command::Enqueue(cmd::Enqueue { .. }), Outcome::Enqueued(Ok(enqueued))) => {
                 let duplicates = enqueued.iter().filter(|e| e.duplicate).count() as u64;
                 self.coverage.paths_add("duplicate_enqueue", duplicates);
                 let top = enqueued.iter().map(|e| e.id.0).max().unwrap_or(0);
@@ -545,7 +552,10 @@ impl Engine {
     }
 
     fn callback(&mut self, receipt: Receipt) -> Result<(), String> {
-        self.apply(CLIENT, Command::ResumeExternal { receipt })?;
+        self.apply(
+            CLIENT,
+            Command::ResumeExternal(cmd::ResumeExternal { receipt }),
+        )?;
         Ok(())
     }
 
@@ -583,7 +593,7 @@ impl Engine {
             .map(|_| workload::new_job(&mut self.rng, &self.names, now))
             .collect();
         let queues: BTreeSet<QueueName> = jobs.iter().map(|j| j.queue.clone()).collect();
-        let outcome = self.apply(CLIENT, Command::Enqueue { jobs })?;
+        let outcome = self.apply(CLIENT, Command::Enqueue(cmd::Enqueue { jobs }))?;
         if !matches!(outcome, Outcome::Enqueued(Ok(_))) {
             return Err(format!("a valid enqueue was refused: {outcome:?}"));
         }
@@ -627,7 +637,7 @@ impl Engine {
                 _ => None,
             })
         });
-        let outcome = self.apply(CLIENT, Command::Cancel { job })?;
+        let outcome = self.apply(CLIENT, Command::Cancel(cmd::Cancel { job }))?;
         // The cancel notification to the holder (NOTIFY `c:...`), best
         // effort like every notification: the epoch bump fences the
         // attempt whether or not it arrives.
@@ -676,7 +686,7 @@ impl Engine {
 
     fn retry_one(&mut self) -> Result<(), String> {
         let job = self.pick_job(&[StateName::Failed, StateName::Cancelled]);
-        self.apply(CLIENT, Command::Retry { job })?;
+        self.apply(CLIENT, Command::Retry(cmd::Retry { job }))?;
         Ok(())
     }
 
@@ -684,9 +694,9 @@ impl Engine {
         let queue = self.names.queues[self.rng.random_range(0..self.names.queues.len())].clone();
         self.apply(
             CLIENT,
-            Command::PauseQueue {
+            Command::PauseQueue(cmd::PauseQueue {
                 queue: queue.clone(),
-            },
+            }),
         )?;
         self.paused_queues.insert(queue.clone());
         let until = self.now().plus(Millis(self.rng.random_range(100..1_500)));
@@ -696,7 +706,7 @@ impl Engine {
 
     fn resume_queue(&mut self, queue: QueueName) -> Result<(), String> {
         if self.paused_queues.remove(&queue) {
-            self.apply(CLIENT, Command::ResumeQueue { queue })?;
+            self.apply(CLIENT, Command::ResumeQueue(cmd::ResumeQueue { queue }))?;
         }
         Ok(())
     }
@@ -760,7 +770,10 @@ impl Engine {
                 self.answered(None, now);
             }
         }
-        self.apply(STORAGE, Command::ProcessCrashed { process: of.id })?;
+        self.apply(
+            STORAGE,
+            Command::ProcessCrashed(cmd::ProcessCrashed { process: of.id }),
+        )?;
         Ok(())
     }
 
@@ -803,7 +816,7 @@ impl Engine {
         };
         self.liveness_started = now;
         for queue in std::mem::take(&mut self.paused_queues) {
-            self.apply(CLIENT, Command::ResumeQueue { queue })?;
+            self.apply(CLIENT, Command::ResumeQueue(cmd::ResumeQueue { queue }))?;
         }
         for p in &mut self.procs {
             p.semaphore.cycles_left = 2;
@@ -926,29 +939,29 @@ impl Engine {
 /// command is named, so a new one must say whether it is a result.
 fn is_report(command: &Command) -> bool {
     match command {
-        Command::Complete { .. }
-        | Command::Fail { .. }
-        | Command::Snooze { .. }
-        | Command::WaitExternal { .. }
-        | Command::CancelAttempts { .. } => true,
-        Command::Enqueue { .. }
-        | Command::Claim { .. }
-        | Command::Heartbeat { .. }
-        | Command::ResumeExternal { .. }
-        | Command::Cancel { .. }
-        | Command::Retry { .. }
-        | Command::PauseQueue { .. }
-        | Command::ResumeQueue { .. }
-        | Command::ClaimerAcquire { .. }
-        | Command::ClaimerRelease { .. }
-        | Command::SlotTry { .. }
-        | Command::SlotRenew { .. }
-        | Command::SlotRelease { .. }
-        | Command::ProcessCrashed { .. }
-        | Command::LeaderElect { .. }
-        | Command::LeaderResign { .. }
-        | Command::Promote { .. }
-        | Command::Rescue { .. }
-        | Command::Prune { .. } => false,
+        Command::Complete(cmd::Complete { .. })
+        | Command::Fail(cmd::Fail { .. })
+        | Command::Snooze(cmd::Snooze { .. })
+        | Command::WaitExternal(cmd::WaitExternal { .. })
+        | Command::CancelAttempts(cmd::CancelAttempts { .. }) => true,
+        Command::Enqueue(cmd::Enqueue { .. })
+        | Command::Claim(cmd::Claim { .. })
+        | Command::Heartbeat(cmd::Heartbeat { .. })
+        | Command::ResumeExternal(cmd::ResumeExternal { .. })
+        | Command::Cancel(cmd::Cancel { .. })
+        | Command::Retry(cmd::Retry { .. })
+        | Command::PauseQueue(cmd::PauseQueue { .. })
+        | Command::ResumeQueue(cmd::ResumeQueue { .. })
+        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
+        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
+        | Command::SlotTry(cmd::SlotTry { .. })
+        | Command::SlotRenew(cmd::SlotRenew { .. })
+        | Command::SlotRelease(cmd::SlotRelease { .. })
+        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
+        | Command::LeaderElect(cmd::LeaderElect { .. })
+        | Command::LeaderResign(cmd::LeaderResign { .. })
+        | Command::Promote(cmd::Promote { .. })
+        | Command::Rescue(cmd::Rescue { .. })
+        | Command::Prune(cmd::Prune { .. }) => false,
     }
 }

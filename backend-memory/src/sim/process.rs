@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use rand::{Rng, RngCore};
+use weir_core::cmd;
 use weir_core::{
     Abandoned, AcquireStep, Acquisition, Command, Dispatcher, DispatcherConfig, Effect,
     HandlerResult, Input, Millis, Outcome, ProcessId, Receipt, Reject, SlotGrant, StopReason,
@@ -554,10 +555,10 @@ impl Engine {
         }
         let session_try = matches!(
             command,
-            Command::SlotTry {
+            Command::SlotTry(cmd::SlotTry {
                 lease_ttl: None,
                 ..
-            }
+            })
         );
         if let (Route::Semaphore(to, op), true) = (&route, session_try) {
             if self.faults_on() && self.plan.roll(FaultKind::SlotError, &mut self.rng) {
@@ -594,8 +595,12 @@ impl Engine {
     /// the job was rescued and claimed again).
     fn roll_pause(&mut self, command: &Command) -> Option<(FaultKind, Millis)> {
         let factor = match command {
-            Command::Promote { .. } | Command::Rescue { .. } | Command::Prune { .. } => 10,
-            Command::Complete { .. } | Command::Fail { .. } | Command::Snooze { .. } => 3,
+            Command::Promote(cmd::Promote { .. })
+            | Command::Rescue(cmd::Rescue { .. })
+            | Command::Prune(cmd::Prune { .. }) => 10,
+            Command::Complete(cmd::Complete { .. })
+            | Command::Fail(cmd::Fail { .. })
+            | Command::Snooze(cmd::Snooze { .. }) => 3,
             _ => 1,
         };
         if self
@@ -692,13 +697,13 @@ impl Engine {
         match acquisition.poll(local, draw) {
             AcquireStep::Try(slot) => {
                 p.semaphore.in_flight = true;
-                let command = Command::SlotTry {
+                let command = Command::SlotTry(cmd::SlotTry {
                     semaphore: self.names.semaphore.clone(),
                     permits: self.semaphore.permits,
                     slot,
                     holder: p.me.id,
                     lease_ttl: plan.lease_ttl,
-                };
+                });
                 let route = Route::Semaphore(p.me, SemOp::Try(slot));
                 self.send(index, route, command)
             }
@@ -772,17 +777,17 @@ impl Engine {
         if now >= release_at {
             p.semaphore.state = SemState::Releasing;
             p.semaphore.in_flight = true;
-            let command = Command::SlotRelease { semaphore, grant };
+            let command = Command::SlotRelease(cmd::SlotRelease { semaphore, grant });
             return self.send(index, Route::Semaphore(me, SemOp::Release), command);
         }
         match (renew_at, plan.lease_ttl) {
             (Some(at), Some(lease_ttl)) if at <= now => {
                 p.semaphore.in_flight = true;
-                let command = Command::SlotRenew {
+                let command = Command::SlotRenew(cmd::SlotRenew {
                     semaphore,
                     grant,
                     lease_ttl,
-                };
+                });
                 self.send(index, Route::Semaphore(me, SemOp::Renew), command)
             }
             _ => {

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use serde_json::json;
+use weir::core::cmd;
 use weir::core::{
     Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName, Timestamp, World, WorldConfig,
 };
@@ -25,28 +26,28 @@ fn apply_rate(jobs: u64) -> (u64, f64) {
     let mut transitions = 0u64;
     for _ in 0..jobs {
         let job = NewJob::new(queue.clone(), kind.clone(), Payload::default());
-        world.apply(now, Command::Enqueue { jobs: vec![job] });
+        world.apply(now, Command::Enqueue(cmd::Enqueue { jobs: vec![job] }));
         transitions += 1;
     }
-    let acquire = Command::ClaimerAcquire {
+    let acquire = Command::ClaimerAcquire(cmd::ClaimerAcquire {
         queue: queue.clone(),
         process: ProcessId(1),
-    };
+    });
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = world.apply(now, acquire) else {
         unreachable!("a fresh world has a free claimer slot")
     };
     for _ in 0..jobs {
-        let claim = Command::Claim {
+        let claim = Command::Claim(cmd::Claim {
             queue: queue.clone(),
             claimer,
             max: 1,
             kinds: None,
-        };
+        });
         let Outcome::Claimed(Ok(claimed)) = world.apply(now, claim) else {
             unreachable!("an available job under a held lease is claimed")
         };
         let receipts = vec![claimed.jobs[0].receipt];
-        world.apply(now, Command::Complete { receipts });
+        world.apply(now, Command::Complete(cmd::Complete { receipts }));
         transitions += 2;
     }
     (transitions, started.elapsed().as_secs_f64())

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use sqlx::Row;
+use weir::core::cmd;
 use weir::core::{Command, Outcome};
 use weir::Backend;
 
@@ -61,7 +62,10 @@ async fn produce(
         while sent < due {
             let n = (due - sent).min(BATCH_MAX);
             let jobs = noop_jobs(sent, n);
-            match backend.execute(Command::Enqueue { jobs }).await {
+            match backend
+                .execute(Command::Enqueue(cmd::Enqueue { jobs }))
+                .await
+            {
                 Ok(Outcome::Enqueued(Ok(done))) => {
                     sent += done.len() as u64;
                     enqueued.store(sent, Ordering::Relaxed);

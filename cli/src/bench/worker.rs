@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use weir::core::cmd;
 use weir::core::{Command, DispatcherConfig, NewJob, Outcome, Timestamp};
 use weir::{Backend, Client, InsertOptions, JobArgs, JobOutcome, PoolConfig, Registry, WorkerPool};
 
@@ -212,7 +213,10 @@ async fn enqueue(
         "batch" => {
             while Instant::now() < stop {
                 let jobs = noop_jobs(inserted, 128);
-                match backend.execute(Command::Enqueue { jobs }).await {
+                match backend
+                    .execute(Command::Enqueue(cmd::Enqueue { jobs }))
+                    .await
+                {
                     Ok(Outcome::Enqueued(Ok(done))) => inserted += done.len() as u64,
                     other => return Err(format!("a batch enqueue answered {other:?}")),
                 }

@@ -4,12 +4,13 @@
 
 use std::collections::VecDeque;
 
+use crate::cmd;
 use crate::ids::{Receipt, SlotIndex};
 use crate::job::{FailError, Retry};
+use crate::protocol::{ClaimedJob, Command};
 use crate::reject::Reject;
 use crate::semaphore::{AcquireStep, Acquisition, SlotGrant, TryResult, WaitConfig};
 use crate::time::{Millis, Timestamp};
-use crate::world::{ClaimedJob, Command};
 
 use super::{Abandoned, Dispatcher, Effect, HandlerResult, Limit, Phase, StopReason, Unrunnable};
 
@@ -396,13 +397,13 @@ impl Dispatcher {
                     *trying = true;
                     *sent_at = now;
                     let limit = needs.front().expect("a scan has its limit");
-                    let command = Command::SlotTry {
+                    let command = Command::SlotTry(cmd::SlotTry {
                         semaphore: limit.semaphore.clone(),
                         permits: limit.permits,
                         slot,
                         holder: process,
                         lease_ttl: Some(lease_ttl),
-                    };
+                    });
                     let lane = Lane::SlotTry {
                         receipt,
                         slot,
@@ -650,10 +651,10 @@ impl Dispatcher {
         }
         self.queues[attempt.queue].running -= 1;
         for slot in attempt.slots {
-            let command = Command::SlotRelease {
+            let command = Command::SlotRelease(cmd::SlotRelease {
                 semaphore: slot.limit.semaphore,
                 grant: slot.grant,
-            };
+            });
             self.execute(Lane::SlotRelease, command);
         }
         if let Some(result) = report {
@@ -742,11 +743,11 @@ impl Dispatcher {
                 continue;
             }
             slot.renewing = true;
-            let command = Command::SlotRenew {
+            let command = Command::SlotRenew(cmd::SlotRenew {
                 semaphore: slot.limit.semaphore.clone(),
                 grant: slot.grant,
                 lease_ttl: ttl,
-            };
+            });
             commands.push((
                 Lane::SlotRenew {
                     receipt,

@@ -62,12 +62,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::claimer::ClaimerGrant;
+use crate::cmd;
 use crate::ids::{Attempt, QueueName, Receipt};
 use crate::job::{FailError, Retry};
 use crate::leader::LeaderGrant;
+use crate::protocol::{ClaimedJob, Command, Failure, Outcome};
 use crate::reject::{Reject, StateName};
 use crate::time::{Millis, Timestamp};
-use crate::world::{ClaimedJob, Command, Failure, Outcome};
 
 use attempt::{AttemptState, Lane};
 pub use config::{
@@ -759,7 +760,7 @@ impl Dispatcher {
         if let Some(receipts) = self.heartbeat_chunks.pop_front() {
             self.execute(
                 Lane::Heartbeat(receipts.clone()),
-                Command::Heartbeat { receipts },
+                Command::Heartbeat(cmd::Heartbeat { receipts }),
             );
         }
     }
@@ -812,7 +813,10 @@ impl Dispatcher {
         match q.grant {
             None => {
                 let process = self.config.process;
-                self.execute(Lane::Acquire(i), Command::ClaimerAcquire { queue, process });
+                self.execute(
+                    Lane::Acquire(i),
+                    Command::ClaimerAcquire(cmd::ClaimerAcquire { queue, process }),
+                );
             }
             Some(claimer) => {
                 let batch_max = u32::try_from(self.config.batch_max).unwrap_or(u32::MAX);
@@ -833,12 +837,12 @@ impl Dispatcher {
                         max,
                         sent_at: now,
                     },
-                    Command::Claim {
+                    Command::Claim(cmd::Claim {
                         queue,
                         claimer,
                         max,
                         kinds,
-                    },
+                    }),
                 );
             }
         }
@@ -852,22 +856,31 @@ impl Dispatcher {
         if let (true, Some(leader)) = (self.maintenance_due, self.leader) {
             self.maintenance_due = false;
             let max = self.config.maintenance_batch();
-            self.execute(Lane::Maintenance, Command::Promote { leader, max });
-            self.execute(Lane::Maintenance, Command::Rescue { leader, draw, max });
             self.execute(
                 Lane::Maintenance,
-                Command::Prune {
+                Command::Promote(cmd::Promote { leader, max }),
+            );
+            self.execute(
+                Lane::Maintenance,
+                Command::Rescue(cmd::Rescue { leader, draw, max }),
+            );
+            self.execute(
+                Lane::Maintenance,
+                Command::Prune(cmd::Prune {
                     leader,
                     older_than: self.config.retention,
                     max,
-                },
+                }),
             );
             return;
         }
         if now >= self.next_maintenance {
             self.next_maintenance = now.plus(self.config.maintenance_interval);
             let process = self.config.process;
-            self.execute(Lane::Leader, Command::LeaderElect { process });
+            self.execute(
+                Lane::Leader,
+                Command::LeaderElect(cmd::LeaderElect { process }),
+            );
         }
     }
 
@@ -917,28 +930,37 @@ impl Dispatcher {
             }
         }
         if !cancels.is_empty() {
-            let command = Command::CancelAttempts {
+            let command = Command::CancelAttempts(cmd::CancelAttempts {
                 receipts: cancels.clone(),
-            };
+            });
             self.execute(Lane::Report(cancels), command);
         }
         if !completes.is_empty() {
-            let command = Command::Complete {
+            let command = Command::Complete(cmd::Complete {
                 receipts: completes.clone(),
-            };
+            });
             self.execute(Lane::Report(completes), command);
         }
         if !failures.is_empty() {
             let receipts = failures.iter().map(|f| f.receipt).collect();
-            self.execute(Lane::Report(receipts), Command::Fail { failures });
+            self.execute(
+                Lane::Report(receipts),
+                Command::Fail(cmd::Fail { failures }),
+            );
         }
         if !snoozes.is_empty() {
             let receipts = snoozes.iter().map(|s| s.0).collect();
-            self.execute(Lane::Report(receipts), Command::Snooze { snoozes });
+            self.execute(
+                Lane::Report(receipts),
+                Command::Snooze(cmd::Snooze { snoozes }),
+            );
         }
         if !waits.is_empty() {
             let receipts = waits.iter().map(|w| w.0).collect();
-            self.execute(Lane::Report(receipts), Command::WaitExternal { waits });
+            self.execute(
+                Lane::Report(receipts),
+                Command::WaitExternal(cmd::WaitExternal { waits }),
+            );
         }
         self.reporting.extend(
             batch
@@ -979,11 +1001,17 @@ impl Dispatcher {
         for i in 0..self.queues.len() {
             if let Some(claimer) = self.queues[i].grant.take() {
                 let queue = self.config.queues[i].queue.clone();
-                self.execute(Lane::Release, Command::ClaimerRelease { queue, claimer });
+                self.execute(
+                    Lane::Release,
+                    Command::ClaimerRelease(cmd::ClaimerRelease { queue, claimer }),
+                );
             }
         }
         if let Some(leader) = self.leader.take() {
-            self.execute(Lane::Release, Command::LeaderResign { leader });
+            self.execute(
+                Lane::Release,
+                Command::LeaderResign(cmd::LeaderResign { leader }),
+            );
         }
         self.finish_release();
     }
@@ -1176,7 +1204,7 @@ impl Dispatcher {
         i: usize,
         max: u32,
         sent_at: Timestamp,
-        result: Result<crate::world::Claimed, Reject>,
+        result: Result<crate::protocol::Claimed, Reject>,
     ) {
         let notified = std::mem::take(&mut self.queues[i].notified);
         let claimed = match result {
@@ -1267,7 +1295,10 @@ impl Dispatcher {
         attempt.probing = true;
         self.stats.hints += 1;
         let receipts = vec![receipt];
-        self.execute(Lane::Probe(receipt), Command::Heartbeat { receipts });
+        self.execute(
+            Lane::Probe(receipt),
+            Command::Heartbeat(cmd::Heartbeat { receipts }),
+        );
     }
 
     fn on_probed(&mut self, now: Timestamp, receipt: Receipt, result: crate::BatchResult<()>) {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cmd;
 use crate::ids::ProcessId;
 
 fn dispatcher() -> Dispatcher {
@@ -13,11 +14,11 @@ fn a_fresh_dispatcher_acquires_a_lease_and_seeks_leadership_first() {
     let effects: Vec<Effect> = std::iter::from_fn(|| d.poll_effect()).collect();
     assert!(matches!(
         effects[0],
-        Effect::Execute(_, Command::LeaderElect { .. })
+        Effect::Execute(_, Command::LeaderElect(cmd::LeaderElect { .. }))
     ));
     assert!(matches!(
         effects[1],
-        Effect::Execute(_, Command::ClaimerAcquire { .. })
+        Effect::Execute(_, Command::ClaimerAcquire(cmd::ClaimerAcquire { .. }))
     ));
     assert_eq!(effects.len(), 2);
     assert_eq!(d.check_invariants(), Ok(()));

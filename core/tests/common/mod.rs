@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
+use weir_core::cmd;
 use weir_core::*;
 
 pub const PROCESSES: u64 = 3;
@@ -309,7 +310,7 @@ impl Run {
         match (command, outcome) {
             // Snooze never changes the attempt count: the attempt the claim
             // took is given back.
-            (Command::Snooze { snoozes }, Outcome::Snoozed(Ok(results))) => {
+            (Command::Snooze(cmd::Snooze { snoozes }), Outcome::Snoozed(Ok(results))) => {
                 for ((receipt, _), result) in snoozes.iter().zip(results) {
                     if result.is_ok() {
                         let was = before.job(receipt.job).unwrap().attempt.0;
@@ -323,14 +324,14 @@ impl Run {
                 }
             }
             // Cancel of a running job: the holder's completion is refused.
-            (Command::Cancel { job }, Outcome::Cancelled(Ok(StateName::Running))) => {
+            (Command::Cancel(cmd::Cancel { job }), Outcome::Cancelled(Ok(StateName::Running))) => {
                 let receipt = before.job(*job).unwrap().receipt().unwrap();
                 let mut probe = self.world.clone();
                 let late = probe.apply(
                     self.now,
-                    Command::Complete {
+                    Command::Complete(cmd::Complete {
                         receipts: vec![receipt],
-                    },
+                    }),
                 );
                 assert!(
                     matches!(&late, Outcome::Completed(Ok(r)) if matches!(r[0], Err(Reject::StaleEpoch { .. }))),
@@ -340,7 +341,7 @@ impl Run {
             }
             // A busy claimer keeps its slot: a grant that claimed jobs
             // within min(idle, ttl)/2 is still valid now.
-            (Command::Claim { queue, claimer, .. }, Outcome::Claimed(Ok(c)))
+            (Command::Claim(cmd::Claim { queue, claimer, .. }), Outcome::Claimed(Ok(c)))
                 if !c.jobs.is_empty() =>
             {
                 let lease = self
@@ -383,7 +384,7 @@ impl Run {
                         )
                     })
                     .collect();
-                Command::Enqueue { jobs }
+                Command::Enqueue(cmd::Enqueue { jobs })
             }
             Op::Claim {
                 p,
@@ -392,44 +393,44 @@ impl Run {
                 only_kind,
             } => {
                 let process = ProcessId(u64::from(p));
-                let acquired = self.apply(Command::ClaimerAcquire {
+                let acquired = self.apply(Command::ClaimerAcquire(cmd::ClaimerAcquire {
                     queue: q(queue),
                     process,
-                });
+                }));
                 let Outcome::ClaimerAcquired(Ok((claimer, _))) = acquired else {
                     return;
                 };
                 let kinds =
                     only_kind.map(|k| BTreeSet::from([Kind::new(name(&KINDS, k)).unwrap()]));
-                Command::Claim {
+                Command::Claim(cmd::Claim {
                     queue: q(queue),
                     claimer,
                     max: u32::from(max),
                     kinds,
-                }
+                })
             }
             Op::ClaimWithOldGrant { g, queue, max } => match pick(&self.claimers, g) {
-                Some(claimer) => Command::Claim {
+                Some(claimer) => Command::Claim(cmd::Claim {
                     queue: q(queue),
                     claimer,
                     max: u32::from(max),
                     kinds: None,
-                },
+                }),
                 None => return,
             },
             Op::Heartbeat { r } => match pick(&self.receipts, r) {
-                Some(receipt) => Command::Heartbeat {
+                Some(receipt) => Command::Heartbeat(cmd::Heartbeat {
                     receipts: vec![receipt],
-                },
+                }),
                 None => return,
             },
             Op::Complete { r, twice } => match pick(&self.receipts, r) {
-                Some(receipt) if twice => Command::Complete {
+                Some(receipt) if twice => Command::Complete(cmd::Complete {
                     receipts: vec![receipt, receipt],
-                },
-                Some(receipt) => Command::Complete {
+                }),
+                Some(receipt) => Command::Complete(cmd::Complete {
                     receipts: vec![receipt],
-                },
+                }),
                 None => return,
             },
             Op::Fail { r, retry, draw } => {
@@ -445,52 +446,52 @@ impl Run {
                     retry,
                     message: "e".into(),
                 };
-                Command::Fail {
+                Command::Fail(cmd::Fail {
                     failures: vec![Failure {
                         receipt,
                         error,
                         draw,
                     }],
-                }
+                })
             }
             Op::Snooze { r, delay_ms } => match pick(&self.receipts, r) {
-                Some(receipt) => Command::Snooze {
+                Some(receipt) => Command::Snooze(cmd::Snooze {
                     snoozes: vec![(receipt, Millis(u64::from(delay_ms)))],
-                },
+                }),
                 None => return,
             },
             Op::WaitExternal { r, timeout_ms } => match pick(&self.receipts, r) {
-                Some(receipt) => Command::WaitExternal {
+                Some(receipt) => Command::WaitExternal(cmd::WaitExternal {
                     waits: vec![(receipt, Millis(u64::from(timeout_ms)))],
-                },
+                }),
                 None => return,
             },
             Op::CancelAttempt { r } => match pick(&self.receipts, r) {
-                Some(receipt) => Command::CancelAttempts {
+                Some(receipt) => Command::CancelAttempts(cmd::CancelAttempts {
                     receipts: vec![receipt],
-                },
+                }),
                 None => return,
             },
             Op::Resume { r } => match pick(&self.receipts, r) {
-                Some(receipt) => Command::ResumeExternal { receipt },
+                Some(receipt) => Command::ResumeExternal(cmd::ResumeExternal { receipt }),
                 None => return,
             },
             Op::Cancel { job } => match pick(&self.job_ids(), job) {
-                Some(job) => Command::Cancel { job },
+                Some(job) => Command::Cancel(cmd::Cancel { job }),
                 None => return,
             },
             Op::Retry { job } => match pick(&self.job_ids(), job) {
-                Some(job) => Command::Retry { job },
+                Some(job) => Command::Retry(cmd::Retry { job }),
                 None => return,
             },
             Op::Pause {
                 queue,
                 paused: true,
-            } => Command::PauseQueue { queue: q(queue) },
+            } => Command::PauseQueue(cmd::PauseQueue { queue: q(queue) }),
             Op::Pause {
                 queue,
                 paused: false,
-            } => Command::ResumeQueue { queue: q(queue) },
+            } => Command::ResumeQueue(cmd::ResumeQueue { queue: q(queue) }),
             Op::ClaimerRelease { p, queue } => {
                 let mine = self
                     .claimers
@@ -498,50 +499,50 @@ impl Run {
                     .rev()
                     .find(|g| g.process == ProcessId(u64::from(p)));
                 match mine {
-                    Some(&claimer) => Command::ClaimerRelease {
+                    Some(&claimer) => Command::ClaimerRelease(cmd::ClaimerRelease {
                         queue: q(queue),
                         claimer,
-                    },
+                    }),
                     None => return,
                 }
             }
-            Op::Elect { p } => Command::LeaderElect {
+            Op::Elect { p } => Command::LeaderElect(cmd::LeaderElect {
                 process: ProcessId(u64::from(p)),
-            },
-            Op::Resign { p } => Command::LeaderResign {
+            }),
+            Op::Resign { p } => Command::LeaderResign(cmd::LeaderResign {
                 leader: self.leader_of(p),
-            },
-            Op::Promote { p } => Command::Promote {
+            }),
+            Op::Promote { p } => Command::Promote(cmd::Promote {
                 leader: self.leader_of(p),
                 max: 8,
-            },
-            Op::Rescue { p, draw } => Command::Rescue {
+            }),
+            Op::Rescue { p, draw } => Command::Rescue(cmd::Rescue {
                 leader: self.leader_of(p),
                 draw,
                 max: 8,
-            },
-            Op::Prune { p } => Command::Prune {
+            }),
+            Op::Prune { p } => Command::Prune(cmd::Prune {
                 leader: self.leader_of(p),
                 older_than: Millis(100),
                 max: 8,
-            },
-            Op::SlotTry { p, slot, lease } => Command::SlotTry {
+            }),
+            Op::SlotTry { p, slot, lease } => Command::SlotTry(cmd::SlotTry {
                 semaphore: SemaphoreName::new("s").unwrap(),
                 permits: 2,
                 slot: SlotIndex(u16::from(slot)),
                 holder: ProcessId(u64::from(p)),
                 lease_ttl: lease.then_some(Millis(250)),
-            },
+            }),
             Op::SlotRelease { g } => match pick(&self.slots, g) {
-                Some(grant) => Command::SlotRelease {
+                Some(grant) => Command::SlotRelease(cmd::SlotRelease {
                     semaphore: SemaphoreName::new("s").unwrap(),
                     grant,
-                },
+                }),
                 None => return,
             },
-            Op::Crash { p } => Command::ProcessCrashed {
+            Op::Crash { p } => Command::ProcessCrashed(cmd::ProcessCrashed {
                 process: ProcessId(u64::from(p)),
-            },
+            }),
             Op::Advance { ms } => {
                 self.now = self.now.plus(Millis(u64::from(ms)));
                 return;
