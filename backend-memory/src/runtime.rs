@@ -55,32 +55,32 @@ fn holders(world: &World, command: &Command) -> Holders {
         Command::Cancel(cmd::Cancel { job }) => {
             world.job(*job).and_then(running).into_iter().collect()
         }
-        Command::Rescue(cmd::Rescue { .. }) => world.jobs().filter_map(running).collect(),
+        Command::Rescue(_) => world.jobs().filter_map(running).collect(),
         // No other command takes an attempt from its holder: a handler's
         // own `CancelAttempts` ends the attempt that asked, so there is
         // no one else to tell.
-        Command::Enqueue(cmd::Enqueue { .. })
-        | Command::Claim(cmd::Claim { .. })
-        | Command::Heartbeat(cmd::Heartbeat { .. })
-        | Command::Complete(cmd::Complete { .. })
-        | Command::Fail(cmd::Fail { .. })
-        | Command::Snooze(cmd::Snooze { .. })
-        | Command::CancelAttempts(cmd::CancelAttempts { .. })
-        | Command::WaitExternal(cmd::WaitExternal { .. })
-        | Command::ResumeExternal(cmd::ResumeExternal { .. })
-        | Command::Retry(cmd::Retry { .. })
-        | Command::PauseQueue(cmd::PauseQueue { .. })
-        | Command::ResumeQueue(cmd::ResumeQueue { .. })
-        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
-        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
-        | Command::SlotTry(cmd::SlotTry { .. })
-        | Command::SlotRenew(cmd::SlotRenew { .. })
-        | Command::SlotRelease(cmd::SlotRelease { .. })
-        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
-        | Command::LeaderElect(cmd::LeaderElect { .. })
-        | Command::LeaderResign(cmd::LeaderResign { .. })
-        | Command::Promote(cmd::Promote { .. })
-        | Command::Prune(cmd::Prune { .. }) => Holders::new(),
+        Command::Enqueue(_)
+        | Command::Claim(_)
+        | Command::Heartbeat(_)
+        | Command::Complete(_)
+        | Command::Fail(_)
+        | Command::Snooze(_)
+        | Command::CancelAttempts(_)
+        | Command::WaitExternal(_)
+        | Command::ResumeExternal(_)
+        | Command::Retry(_)
+        | Command::PauseQueue(_)
+        | Command::ResumeQueue(_)
+        | Command::ClaimerAcquire(_)
+        | Command::ClaimerRelease(_)
+        | Command::SlotTry(_)
+        | Command::SlotRenew(_)
+        | Command::SlotRelease(_)
+        | Command::ProcessCrashed(_)
+        | Command::LeaderElect(_)
+        | Command::LeaderResign(_)
+        | Command::Promote(_)
+        | Command::Prune(_) => Holders::new(),
     }
 }
 
@@ -93,12 +93,12 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
     let mut taken: Vec<JobId> = Vec::new();
     // Every command is named, so a new one must say what it wakes.
     match command {
-        Command::Enqueue(cmd::Enqueue { .. }) => {
+        Command::Enqueue(_) => {
             if let Outcome::Enqueued(Ok(ids)) = outcome {
                 touched.extend(ids.iter().filter(|e| !e.duplicate).map(|e| e.id))
             }
         }
-        Command::Promote(cmd::Promote { .. }) => {
+        Command::Promote(_) => {
             if let Outcome::Promoted(Ok(ids)) = outcome {
                 touched.extend(ids)
             }
@@ -134,7 +134,7 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
                 taken.push(*job)
             }
         }
-        Command::Rescue(cmd::Rescue { .. }) => {
+        Command::Rescue(_) => {
             if let Outcome::Rescued(Ok(rescued)) = outcome {
                 taken.extend(rescued.iter().map(|(id, _)| *id));
                 // A rescued job may be available again at once.
@@ -143,22 +143,22 @@ fn wakeups(world: &World, before: &Holders, command: &Command, outcome: &Outcome
         }
         // Nothing becomes available, and no attempt is taken from another
         // holder (a failure's retry waits for a promote).
-        Command::Claim(cmd::Claim { .. })
-        | Command::Heartbeat(cmd::Heartbeat { .. })
-        | Command::Complete(cmd::Complete { .. })
-        | Command::Fail(cmd::Fail { .. })
-        | Command::CancelAttempts(cmd::CancelAttempts { .. })
-        | Command::WaitExternal(cmd::WaitExternal { .. })
-        | Command::PauseQueue(cmd::PauseQueue { .. })
-        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
-        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
-        | Command::SlotTry(cmd::SlotTry { .. })
-        | Command::SlotRenew(cmd::SlotRenew { .. })
-        | Command::SlotRelease(cmd::SlotRelease { .. })
-        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
-        | Command::LeaderElect(cmd::LeaderElect { .. })
-        | Command::LeaderResign(cmd::LeaderResign { .. })
-        | Command::Prune(cmd::Prune { .. }) => {}
+        Command::Claim(_)
+        | Command::Heartbeat(_)
+        | Command::Complete(_)
+        | Command::Fail(_)
+        | Command::CancelAttempts(_)
+        | Command::WaitExternal(_)
+        | Command::PauseQueue(_)
+        | Command::ClaimerAcquire(_)
+        | Command::ClaimerRelease(_)
+        | Command::SlotTry(_)
+        | Command::SlotRenew(_)
+        | Command::SlotRelease(_)
+        | Command::ProcessCrashed(_)
+        | Command::LeaderElect(_)
+        | Command::LeaderResign(_)
+        | Command::Prune(_) => {}
     }
     for id in touched {
         if let Some(job) = world.job(id) {

@@ -256,13 +256,13 @@ impl PgBackend {
     ) -> Result<Outcome, BackendError> {
         let previous = self.inner.explicit_now.fetch_max(now.0, Ordering::SeqCst);
         let now = Timestamp(now.0.max(previous));
-        self.run(Some(now), command).await
+        self.dispatch(Some(now), command).await
     }
 
     /// Every command, one arm each: the match is exhaustive (the protocol
     /// is closed), so a command this backend does not implement fails to
     /// compile rather than answering at run time.
-    pub(crate) async fn run(
+    pub(crate) async fn dispatch(
         &self,
         now: Option<Timestamp>,
         command: Command,
@@ -403,7 +403,7 @@ impl PgBackend {
 #[async_trait]
 impl Backend for PgBackend {
     async fn execute(&self, command: Command) -> Result<Outcome, BackendError> {
-        self.run(None, command).await
+        self.dispatch(None, command).await
     }
 
     async fn now(&self) -> Result<Timestamp, BackendError> {

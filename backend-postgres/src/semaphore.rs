@@ -72,11 +72,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
-use weir::BackendError;
+use weir::{BackendError, BackendExt};
 use weir_core::cmd;
 use weir_core::{
-    AcquireStep, Acquisition, Command, Millis, Outcome, ProcessId, Reject, SemaphoreName,
-    SlotEpoch, SlotGrant, SlotIndex, Timestamp, TryResult, WaitConfig,
+    AcquireStep, Acquisition, Millis, ProcessId, Reject, SemaphoreName, SlotEpoch, SlotGrant,
+    SlotIndex, Timestamp, TryResult, WaitConfig,
 };
 
 use crate::backend::{db, PgBackend, Pooler};
@@ -709,15 +709,12 @@ impl LeaseSemaphore {
 
     /// Extends a hold by the lease length from now.
     pub async fn renew(&self, grant: &SlotGrant) -> Result<Result<(), Reject>, BackendError> {
-        let command = Command::SlotRenew(cmd::SlotRenew {
+        let renew = cmd::SlotRenew {
             semaphore: self.name.clone(),
             grant: *grant,
             lease_ttl: self.lease_ttl,
-        });
-        match self.backend.run(None, command).await? {
-            Outcome::SlotRenewed(result) => Ok(result),
-            other => unreachable!("SlotRenew answers SlotRenewed, got {other:?}"),
-        }
+        };
+        self.backend.run(renew).await
     }
 }
 
@@ -728,17 +725,17 @@ impl SlotStore for LeaseSemaphore {
     }
 
     async fn try_slot(&mut self, slot: SlotIndex) -> TryResult {
-        let command = Command::SlotTry(cmd::SlotTry {
+        let request = cmd::SlotTry {
             semaphore: self.name.clone(),
             permits: self.permits,
             slot,
             holder: self.holder,
             lease_ttl: Some(self.lease_ttl),
-        });
-        let tried = tokio::time::timeout(self.try_timeout, self.backend.run(None, command));
+        };
+        let tried = tokio::time::timeout(self.try_timeout, self.backend.run(request));
         match tried.await {
-            Ok(Ok(Outcome::SlotTried(Ok(grant)))) => TryResult::Acquired(grant),
-            Ok(Ok(Outcome::SlotTried(Err(Reject::SlotBusy { .. })))) => TryResult::Busy,
+            Ok(Ok(Ok(grant))) => TryResult::Acquired(grant),
+            Ok(Ok(Err(Reject::SlotBusy { .. }))) => TryResult::Busy,
             // Refused, failed (a lock wait past its bound among them) or
             // past the try's timeout.
             _ => TryResult::Error,
@@ -746,14 +743,11 @@ impl SlotStore for LeaseSemaphore {
     }
 
     async fn release(&mut self, grant: &SlotGrant) -> Result<bool, BackendError> {
-        let command = Command::SlotRelease(cmd::SlotRelease {
+        let release = cmd::SlotRelease {
             semaphore: self.name.clone(),
             grant: *grant,
-        });
-        match self.backend.run(None, command).await? {
-            Outcome::SlotReleased(released) => Ok(released),
-            other => unreachable!("SlotRelease answers SlotReleased, got {other:?}"),
-        }
+        };
+        self.backend.run(release).await
     }
 }
 

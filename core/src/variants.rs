@@ -43,7 +43,7 @@ pub fn all<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
 }
 
 /// The name of `value`'s variant (`"CancelAttempts"` for a
-/// `Command::CancelAttempts(cmd::CancelAttempts { .. })`).
+/// `Command::CancelAttempts(_)`).
 ///
 /// # Panics
 ///

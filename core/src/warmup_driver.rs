@@ -877,8 +877,8 @@ mod tests {
                 match driver.poll(self.now, 0) {
                     WarmupStep::Execute(command) => {
                         let event = match &command {
-                            Command::SlotTry(cmd::SlotTry { .. }) => Event::Try(self.at()),
-                            Command::SlotRenew(cmd::SlotRenew { .. }) => Event::Renew(self.at()),
+                            Command::SlotTry(_) => Event::Try(self.at()),
+                            Command::SlotRenew(_) => Event::Renew(self.at()),
                             _ => Event::Release(self.at()),
                         };
                         self.events.push(event);
@@ -983,7 +983,7 @@ mod tests {
         // pause): the second renewal is refused.
         let mut renewals = 0;
         h.answer = Box::new(move |command, outcome| match command {
-            Command::SlotRenew(cmd::SlotRenew { .. }) => {
+            Command::SlotRenew(_) => {
                 renewals += 1;
                 if renewals == 2 {
                     StorageAnswer::Outcome(Outcome::SlotRenewed(Err(Reject::SlotNotHeld {
@@ -1028,7 +1028,7 @@ mod tests {
     fn lost_renewals_until_the_lease_would_lapse_count_as_a_loss() {
         let mut h = Harness::new(1_000);
         h.answer = Box::new(|command, outcome| match command {
-            Command::SlotRenew(cmd::SlotRenew { .. }) => StorageAnswer::Lost,
+            Command::SlotRenew(_) => StorageAnswer::Lost,
             _ => StorageAnswer::Outcome(outcome),
         });
         let mut d = driver(config(1), 2);
@@ -1057,7 +1057,7 @@ mod tests {
         let mut h = Harness::new(500);
         let mut lost = 0;
         h.answer = Box::new(move |command, outcome| match command {
-            Command::SlotRenew(cmd::SlotRenew { .. }) if lost < 1 => {
+            Command::SlotRenew(_) if lost < 1 => {
                 lost += 1;
                 StorageAnswer::Lost
             }
@@ -1174,7 +1174,7 @@ mod tests {
         );
         assert!(matches!(
             d.poll(Timestamp(120), 0),
-            WarmupStep::Execute(Command::SlotTry(cmd::SlotTry { .. }))
+            WarmupStep::Execute(Command::SlotTry(_))
         ));
     }
 
@@ -1233,7 +1233,7 @@ mod tests {
     fn unusable_storage_stops_the_batch_and_ends() {
         let mut h = Harness::new(1_000);
         h.answer = Box::new(|command, outcome| match command {
-            Command::SlotRenew(cmd::SlotRenew { .. }) => StorageAnswer::Unusable,
+            Command::SlotRenew(_) => StorageAnswer::Unusable,
             _ => StorageAnswer::Outcome(outcome),
         });
         let mut d = driver(config(1), 1);

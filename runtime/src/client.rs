@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use weir_core::cmd;
 use weir_core::{
-    Command, Enqueued, InvalidJob, InvalidName, Job, JobId, Kind, Millis, NewJob, Outcome, Payload,
-    Priority, QueueName, Receipt, Reject, StateName, Timestamp, UniqueKey,
+    Enqueued, InvalidJob, InvalidName, Job, JobId, Kind, Millis, NewJob, Payload, Priority,
+    QueueName, Receipt, Reject, Request, StateName, Timestamp, UniqueKey,
 };
 
-use crate::backend::{Backend, BackendError, JobFilter, QueueInfo, WorkerInfo};
+use crate::backend::{Backend, BackendError, BackendExt, JobFilter, QueueInfo, WorkerInfo};
 use crate::job::JobArgs;
 
 /// Everything that can go wrong with a client call, each with what to do.
@@ -198,8 +198,8 @@ impl<B: Backend> Client<B> {
         &self.backend
     }
 
-    async fn execute(&self, command: Command) -> Result<Outcome, ClientError> {
-        Ok(self.backend.execute(command).await?)
+    async fn run<R: Request + Send>(&self, request: R) -> Result<R::Output, ClientError> {
+        Ok(self.backend.run(request).await?)
     }
 
     /// Inserts one job with the type's defaults.
@@ -267,13 +267,7 @@ impl<B: Backend> Client<B> {
     /// Inserts already built jobs ([`new_job`], [`new_raw_job`]) in one
     /// command, all or none.
     pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, ClientError> {
-        match self
-            .execute(Command::Enqueue(cmd::Enqueue { jobs }))
-            .await?
-        {
-            Outcome::Enqueued(result) => result.map_err(rejected),
-            other => unreachable!("enqueue answered {other:?}"),
-        }
+        self.run(cmd::Enqueue { jobs }).await?.map_err(rejected)
     }
 
     /// One job, as stored now; `None` if it never existed or was pruned.
@@ -306,55 +300,37 @@ impl<B: Backend> Client<B> {
     /// Cancels a job in any unfinished state; a running one's handler is
     /// fenced. Returns the state it was cancelled from.
     pub async fn cancel(&self, job: JobId) -> Result<StateName, ClientError> {
-        match self.execute(Command::Cancel(cmd::Cancel { job })).await? {
-            Outcome::Cancelled(result) => result.map_err(ClientError::Rejected),
-            other => unreachable!("cancel answered {other:?}"),
-        }
+        self.run(cmd::Cancel { job })
+            .await?
+            .map_err(ClientError::Rejected)
     }
 
     /// Retries a failed or cancelled job with fresh attempts.
     pub async fn retry(&self, job: JobId) -> Result<(), ClientError> {
-        match self.execute(Command::Retry(cmd::Retry { job })).await? {
-            Outcome::Retried(result) => result.map_err(ClientError::Rejected),
-            other => unreachable!("retry answered {other:?}"),
-        }
+        self.run(cmd::Retry { job })
+            .await?
+            .map_err(ClientError::Rejected)
     }
 
     /// Resumes a job parked by [`crate::JobOutcome::WaitExternal`]: the
     /// external system presents the receipt its handler handed out.
     pub async fn resume_external(&self, receipt: Receipt) -> Result<(), ClientError> {
-        match self
-            .execute(Command::ResumeExternal(cmd::ResumeExternal { receipt }))
+        self.run(cmd::ResumeExternal { receipt })
             .await?
-        {
-            Outcome::Resumed(result) => result.map_err(ClientError::Rejected),
-            other => unreachable!("resume answered {other:?}"),
-        }
+            .map_err(ClientError::Rejected)
     }
 
     /// Stops claims from a queue (jobs stay where they are). Returns whether
     /// this call changed anything.
     pub async fn pause(&self, queue: &str) -> Result<bool, ClientError> {
         let queue = QueueName::new(queue)?;
-        match self
-            .execute(Command::PauseQueue(cmd::PauseQueue { queue }))
-            .await?
-        {
-            Outcome::QueuePauseChanged(changed) => Ok(changed),
-            other => unreachable!("pause answered {other:?}"),
-        }
+        self.run(cmd::PauseQueue { queue }).await
     }
 
     /// Allows claims from a queue again.
     pub async fn resume(&self, queue: &str) -> Result<bool, ClientError> {
         let queue = QueueName::new(queue)?;
-        match self
-            .execute(Command::ResumeQueue(cmd::ResumeQueue { queue }))
-            .await?
-        {
-            Outcome::QueuePauseChanged(changed) => Ok(changed),
-            other => unreachable!("resume answered {other:?}"),
-        }
+        self.run(cmd::ResumeQueue { queue }).await
     }
 }
 

@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use weir_core::cmd;
-use weir_core::{Attempt, Command, Outcome, Receipt, Reject};
+use weir_core::{Attempt, Receipt, Reject};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, BackendExt};
 use crate::metrics::PoolMetrics;
 
 /// A job's arguments, with the kind its handler is registered under and
@@ -168,22 +168,20 @@ impl JobContext {
     /// learns it before acting. When the attempt was taken away, the
     /// cancellation token fires and the pool stops tracking the attempt.
     pub async fn heartbeat(&self) -> Result<(), HeartbeatError> {
-        let command = Command::Heartbeat(cmd::Heartbeat {
+        let heartbeat = cmd::Heartbeat {
             receipts: vec![self.receipt],
-        });
-        match self.backend.execute(command).await? {
-            Outcome::Heartbeats(Ok(mut results)) => match results.pop() {
-                Some(Ok(())) => Ok(()),
-                Some(Err(reject)) => {
-                    self.cancelled.cancel();
-                    (self.on_fenced)(self.receipt);
-                    Err(HeartbeatError::Fenced(reject))
-                }
-                None => unreachable!("one receipt, one answer"),
-            },
-            Outcome::Heartbeats(Err(reject)) => Err(HeartbeatError::Fenced(reject)),
-            other => unreachable!("a heartbeat answered {other:?}"),
-        }
+        };
+        let mut answers = self
+            .backend
+            .run(heartbeat)
+            .await?
+            .map_err(HeartbeatError::Fenced)?;
+        let answer = answers.pop().expect("one receipt, one answer");
+        answer.map_err(|reject| {
+            self.cancelled.cancel();
+            (self.on_fenced)(self.receipt);
+            HeartbeatError::Fenced(reject)
+        })
     }
 
     /// Records this attempt's progress (any JSON value, for example

@@ -372,7 +372,7 @@ impl Engine {
     fn arrive(&mut self, route: Route, command: Command, sent: Timestamp) -> Result<(), String> {
         let from = route.from();
         let sender = from.id.0;
-        let duplicate = matches!(command, Command::Complete(cmd::Complete { .. }))
+        let duplicate = matches!(command, Command::Complete(_))
             && matches!(route, Route::Dispatcher(..))
             && self.faults_on()
             && self
@@ -468,7 +468,7 @@ impl Engine {
             (Command::WaitExternal(cmd::WaitExternal { waits }), Outcome::Waiting(Ok(items))) => {
                 self.schedule_callbacks(waits, items);
             }
-            (Command::Enqueue(cmd::Enqueue { .. }), Outcome::Enqueued(Ok(enqueued))) => {
+            (Command::Enqueue(_), Outcome::Enqueued(Ok(enqueued))) => {
                 let duplicates = enqueued.iter().filter(|e| e.duplicate).count() as u64;
                 self.coverage.paths_add("duplicate_enqueue", duplicates);
                 let top = enqueued.iter().map(|e| e.id.0).max().unwrap_or(0);
@@ -939,29 +939,29 @@ impl Engine {
 /// command is named, so a new one must say whether it is a result.
 fn is_report(command: &Command) -> bool {
     match command {
-        Command::Complete(cmd::Complete { .. })
-        | Command::Fail(cmd::Fail { .. })
-        | Command::Snooze(cmd::Snooze { .. })
-        | Command::WaitExternal(cmd::WaitExternal { .. })
-        | Command::CancelAttempts(cmd::CancelAttempts { .. }) => true,
-        Command::Enqueue(cmd::Enqueue { .. })
-        | Command::Claim(cmd::Claim { .. })
-        | Command::Heartbeat(cmd::Heartbeat { .. })
-        | Command::ResumeExternal(cmd::ResumeExternal { .. })
-        | Command::Cancel(cmd::Cancel { .. })
-        | Command::Retry(cmd::Retry { .. })
-        | Command::PauseQueue(cmd::PauseQueue { .. })
-        | Command::ResumeQueue(cmd::ResumeQueue { .. })
-        | Command::ClaimerAcquire(cmd::ClaimerAcquire { .. })
-        | Command::ClaimerRelease(cmd::ClaimerRelease { .. })
-        | Command::SlotTry(cmd::SlotTry { .. })
-        | Command::SlotRenew(cmd::SlotRenew { .. })
-        | Command::SlotRelease(cmd::SlotRelease { .. })
-        | Command::ProcessCrashed(cmd::ProcessCrashed { .. })
-        | Command::LeaderElect(cmd::LeaderElect { .. })
-        | Command::LeaderResign(cmd::LeaderResign { .. })
-        | Command::Promote(cmd::Promote { .. })
-        | Command::Rescue(cmd::Rescue { .. })
-        | Command::Prune(cmd::Prune { .. }) => false,
+        Command::Complete(_)
+        | Command::Fail(_)
+        | Command::Snooze(_)
+        | Command::WaitExternal(_)
+        | Command::CancelAttempts(_) => true,
+        Command::Enqueue(_)
+        | Command::Claim(_)
+        | Command::Heartbeat(_)
+        | Command::ResumeExternal(_)
+        | Command::Cancel(_)
+        | Command::Retry(_)
+        | Command::PauseQueue(_)
+        | Command::ResumeQueue(_)
+        | Command::ClaimerAcquire(_)
+        | Command::ClaimerRelease(_)
+        | Command::SlotTry(_)
+        | Command::SlotRenew(_)
+        | Command::SlotRelease(_)
+        | Command::ProcessCrashed(_)
+        | Command::LeaderElect(_)
+        | Command::LeaderResign(_)
+        | Command::Promote(_)
+        | Command::Rescue(_)
+        | Command::Prune(_) => false,
     }
 }

@@ -595,12 +595,8 @@ impl Engine {
     /// the job was rescued and claimed again).
     fn roll_pause(&mut self, command: &Command) -> Option<(FaultKind, Millis)> {
         let factor = match command {
-            Command::Promote(cmd::Promote { .. })
-            | Command::Rescue(cmd::Rescue { .. })
-            | Command::Prune(cmd::Prune { .. }) => 10,
-            Command::Complete(cmd::Complete { .. })
-            | Command::Fail(cmd::Fail { .. })
-            | Command::Snooze(cmd::Snooze { .. }) => 3,
+            Command::Promote(_) | Command::Rescue(_) | Command::Prune(_) => 10,
+            Command::Complete(_) | Command::Fail(_) | Command::Snooze(_) => 3,
             _ => 1,
         };
         if self

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use weir::core::cmd;
-use weir::core::{
-    Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName, Timestamp, World, WorldConfig,
-};
+use weir::core::{Kind, NewJob, Payload, ProcessId, QueueName, Timestamp, World, WorldConfig};
 use weir_memory::sim::{simulate_range, SimOptions};
 
 use super::report::{thousands, Shape, Verdict};
@@ -26,28 +24,30 @@ fn apply_rate(jobs: u64) -> (u64, f64) {
     let mut transitions = 0u64;
     for _ in 0..jobs {
         let job = NewJob::new(queue.clone(), kind.clone(), Payload::default());
-        world.apply(now, Command::Enqueue(cmd::Enqueue { jobs: vec![job] }));
+        let enqueued = world.run(now, cmd::Enqueue { jobs: vec![job] });
+        enqueued.expect("a valid job is enqueued");
         transitions += 1;
     }
-    let acquire = Command::ClaimerAcquire(cmd::ClaimerAcquire {
+    let acquire = cmd::ClaimerAcquire {
         queue: queue.clone(),
         process: ProcessId(1),
-    });
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = world.apply(now, acquire) else {
-        unreachable!("a fresh world has a free claimer slot")
     };
+    let (claimer, _) = world
+        .run(now, acquire)
+        .expect("a fresh world has a free claimer slot");
     for _ in 0..jobs {
-        let claim = Command::Claim(cmd::Claim {
+        let claim = cmd::Claim {
             queue: queue.clone(),
             claimer,
             max: 1,
             kinds: None,
-        });
-        let Outcome::Claimed(Ok(claimed)) = world.apply(now, claim) else {
-            unreachable!("an available job under a held lease is claimed")
         };
+        let claimed = world
+            .run(now, claim)
+            .expect("an available job under a held lease is claimed");
         let receipts = vec![claimed.jobs[0].receipt];
-        world.apply(now, Command::Complete(cmd::Complete { receipts }));
+        let done = world.run(now, cmd::Complete { receipts });
+        done.expect("a claimed job's receipt completes");
         transitions += 2;
     }
     (transitions, started.elapsed().as_secs_f64())

@@ -19,8 +19,8 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use sqlx::Row;
 use weir::core::cmd;
-use weir::core::{Command, Outcome};
-use weir::Backend;
+
+use weir::BackendExt;
 
 use super::burn::{db_now, split, wait_completed};
 use super::child::{Children, Message, WorkerSpec};
@@ -62,11 +62,8 @@ async fn produce(
         while sent < due {
             let n = (due - sent).min(BATCH_MAX);
             let jobs = noop_jobs(sent, n);
-            match backend
-                .execute(Command::Enqueue(cmd::Enqueue { jobs }))
-                .await
-            {
-                Ok(Outcome::Enqueued(Ok(done))) => {
+            match backend.run(cmd::Enqueue { jobs }).await {
+                Ok(Ok(done)) => {
                     sent += done.len() as u64;
                     enqueued.store(sent, Ordering::Relaxed);
                 }

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use weir::core::cmd;
-use weir::core::{Command, DispatcherConfig, NewJob, Outcome, Timestamp};
-use weir::{Backend, Client, InsertOptions, JobArgs, JobOutcome, PoolConfig, Registry, WorkerPool};
+use weir::core::{DispatcherConfig, NewJob, Timestamp};
+use weir::{
+    Backend, BackendExt, Client, InsertOptions, JobArgs, JobOutcome, PoolConfig, Registry,
+    WorkerPool,
+};
 
 use super::child::{send, Message, Orders, WorkerSpec};
 use super::db::backend_at;
@@ -213,11 +216,8 @@ async fn enqueue(
         "batch" => {
             while Instant::now() < stop {
                 let jobs = noop_jobs(inserted, 128);
-                match backend
-                    .execute(Command::Enqueue(cmd::Enqueue { jobs }))
-                    .await
-                {
-                    Ok(Outcome::Enqueued(Ok(done))) => inserted += done.len() as u64,
+                match backend.run(cmd::Enqueue { jobs }).await {
+                    Ok(Ok(done)) => inserted += done.len() as u64,
                     other => return Err(format!("a batch enqueue answered {other:?}")),
                 }
             }
