@@ -22,7 +22,7 @@ use weir::BackendError;
 use weir_core::{Enqueued, JobId, NewJob, Reject, Timestamp};
 
 use crate::backend::{db, PgBackend};
-use crate::jobs::{clock_free_invalid, first_invalid};
+use crate::enqueue::{clock_free_invalid, first_invalid};
 use crate::rows::span;
 
 /// Rows sent per `COPY` data message, so memory stays bounded.

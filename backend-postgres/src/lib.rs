@@ -38,8 +38,10 @@
 
 mod backend;
 mod bulk;
-mod jobs;
+mod claim;
+mod enqueue;
 mod leases;
+mod locked;
 mod maintenance;
 pub mod migrate;
 #[cfg(feature = "mutants")]

@@ -15,7 +15,7 @@ use weir_core::{
 };
 
 use crate::backend::{db, PgBackend};
-use crate::jobs::LockedJobs;
+use crate::locked::LockedJobs;
 use crate::rows::{i64_to_u64, job_from_row, span, u64_to_i64, JOB_COLUMNS};
 
 const LEADER_SQL: &str = "

@@ -151,7 +151,7 @@ mod tests {
     fn every_mutation_rewrites_a_statement() {
         let statements = [
             crate::receipts::mutated_statements(),
-            crate::jobs::mutated_statements(),
+            crate::claim::mutated_statements(),
         ]
         .concat();
         for mutation in SqlMutation::ALL {
