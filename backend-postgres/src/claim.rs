@@ -40,17 +40,26 @@ macro_rules! lease_needs_refresh {
     };
 }
 
-const CLAIM_SQL: &str = concat!("
+const CLAIM_SQL: &str = concat!(
+    "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now, {s}.claim_gate($2) AS open),
 lease AS (
-    SELECT ", lease_needs_refresh!(), " AS stale
+    SELECT ",
+    lease_needs_refresh!(),
+    " AS stale
     FROM {s}.claimer_leases l, clock c
-    WHERE ", lease_checked!(), "
+    WHERE ",
+    lease_checked!(),
+    "
 ),
 lease_lock AS (
     SELECT 1 FROM {s}.claimer_leases l, clock c
-    WHERE ", lease_checked!(), "
-      AND ", lease_needs_refresh!(), "
+    WHERE ",
+    lease_checked!(),
+    "
+      AND ",
+    lease_needs_refresh!(),
+    "
     FOR NO KEY UPDATE OF l
 ),
 ok AS (
@@ -90,7 +99,8 @@ SELECT (SELECT ok FROM ok) AS ok, EXISTS (SELECT 1 FROM refreshed) AS refreshed,
        p.run_at
 FROM (SELECT 1) one
 LEFT JOIN (claimed cl JOIN picked p ON p.id = cl.id) ON true
-ORDER BY p.priority, p.run_at, p.id");
+ORDER BY p.priority, p.run_at, p.id"
+);
 
 /// The statement templates of this module, for the check that every SQL
 /// mutation still finds its fragment.
@@ -113,7 +123,8 @@ const LITERAL_LIMIT_MAX: u32 = 128;
 /// third of its planning time (its parameters make every plan a custom
 /// one) and no final join. The old `priority` and `run_at` come back from
 /// `picked` so the jobs can be put in claim order and carry their due time.
-const CLAIM_FRESH_SQL: &str = concat!("
+const CLAIM_FRESH_SQL: &str = concat!(
+    "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now, {s}.claim_gate($2) AS open),
 picked AS (
     SELECT j.id, j.priority, j.run_at FROM {s}.jobs j
@@ -121,8 +132,12 @@ picked AS (
       AND ($8::text[] IS NULL OR j.kind = ANY ($8::text[]))
       AND EXISTS (
           SELECT 1 FROM {s}.claimer_leases l, clock c
-          WHERE ", lease_checked!(), "
-            AND NOT ", lease_needs_refresh!(), ")
+          WHERE ",
+    lease_checked!(),
+    "
+            AND NOT ",
+    lease_needs_refresh!(),
+    ")
       AND (SELECT open FROM clock)
     ORDER BY j.priority, j.run_at, j.id
     LIMIT $9
@@ -135,7 +150,8 @@ SET state = 'running', epoch = j.epoch + 1, attempt = j.attempt + 1, holder = $5
 FROM picked p, clock c
 WHERE j.id = p.id
 RETURNING j.id, j.epoch, j.kind, j.payload, j.attempt, j.max_attempts, j.deadline,
-          j.claimed_at, p.priority, p.run_at");
+          j.claimed_at, p.priority, p.run_at"
+);
 
 impl PgBackend {
     pub(crate) async fn claim(

@@ -23,12 +23,12 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 use weir::BackendError;
 use weir_core::{
-    Attempt, Backoff, BatchResult, Epoch, ErrorRecord, FailOutcome, FailReason, Failure, Millis,
-    Receipt, Reject, Retry, StateName, Timestamp,
+    Attempt, Backoff, BatchResult, Epoch, ErrorRecord, FailOutcome, Failure, Millis, Receipt,
+    Reject, StateName, Timestamp,
 };
 
 use crate::backend::{db, PgBackend};
-use crate::rows::{i64_to_u64, span, u64_to_i64};
+use crate::rows::{corrupt, fail_reason, i64_to_u64, span, u64_to_i64, RetryKind};
 
 /// `$1` now; `$2` job ids, `$3` epochs, `$4` a span per item (delay,
 /// timeout), `$5` a retry kind per item, `$6` a message per item; `$7` the
@@ -215,13 +215,6 @@ struct Args {
     levels: i32,
 }
 
-/// What the winners became, as the command reports it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Report {
-    Unit,
-    Fail,
-}
-
 impl PgBackend {
     pub(crate) async fn heartbeat(
         &self,
@@ -230,7 +223,6 @@ impl PgBackend {
     ) -> Result<BatchResult<()>, BackendError> {
         self.receipt_batch(now, receipts, Args::default(), &heartbeat_sql())
             .await
-            .map(units)
     }
 
     /// Two steps, each one statement: the guarded `UPDATE` of
@@ -293,7 +285,6 @@ impl PgBackend {
             let full = self
                 .receipt_batch(now, leftover, Args::default(), &complete_sql())
                 .await
-                .map(units)
                 .map_err(|error| match error {
                     BackendError::Unavailable(why) | BackendError::Refused(why) if partial => {
                         BackendError::Lost(format!(
@@ -327,9 +318,7 @@ impl PgBackend {
             span_ms: spans,
             ..Args::default()
         };
-        self.receipt_batch(now, receipts, args, &snooze_sql())
-            .await
-            .map(units)
+        self.receipt_batch(now, receipts, args, &snooze_sql()).await
     }
 
     pub(crate) async fn wait_external(
@@ -343,9 +332,7 @@ impl PgBackend {
             span_ms: spans,
             ..Args::default()
         };
-        self.receipt_batch(now, receipts, args, &wait_sql())
-            .await
-            .map(units)
+        self.receipt_batch(now, receipts, args, &wait_sql()).await
     }
 
     pub(crate) async fn fail(
@@ -363,16 +350,9 @@ impl PgBackend {
         let mut receipts = Vec::with_capacity(n);
         for f in failures {
             receipts.push(f.receipt);
-            let (retry, span_ms) = match f.error.retry {
-                Retry::Never => ("never", None),
-                Retry::After(delay) => ("after", Some(span(delay))),
-                Retry::Backoff => ("backoff", None),
-                // `Retry` is exhaustive today; anything new fails safe.
-                #[allow(unreachable_patterns)]
-                _ => ("never", None),
-            };
-            args.retry.push(Some(retry));
-            args.span_ms.push(span_ms);
+            let (retry, delay) = RetryKind::of(f.error.retry);
+            args.retry.push(Some(retry.as_sql()));
+            args.span_ms.push(delay.map(span));
             args.message
                 .push(Some(ErrorRecord::clean(&f.error.message)));
             args.delays
@@ -387,7 +367,14 @@ impl PgBackend {
         };
         let mut out = Vec::with_capacity(n);
         for (row, receipt) in rows.iter().zip(&receipts) {
-            out.push(item(row, receipt, Report::Fail).map_err(db)?);
+            let accepted = accepted(row, receipt).map_err(db)?;
+            out.push(match accepted {
+                Ok(Accepted::Won(after)) => Ok(fail_outcome(row, after).map_err(db)?),
+                Ok(Accepted::Repeated) => {
+                    return Err(db(corrupt("a failed job was left running")));
+                }
+                Err(reject) => Err(reject),
+            });
         }
         Ok(Ok(out))
     }
@@ -398,14 +385,14 @@ impl PgBackend {
         receipts: Vec<Receipt>,
         args: Args,
         body: &str,
-    ) -> Result<BatchResult<FailOutcome>, BackendError> {
+    ) -> Result<BatchResult<()>, BackendError> {
         let rows = match self.receipt_batch_rows(now, &receipts, args, body).await? {
             Ok(rows) => rows,
             Err(reject) => return Ok(Err(reject)),
         };
         let mut out = Vec::with_capacity(receipts.len());
         for (row, receipt) in rows.iter().zip(&receipts) {
-            out.push(item(row, receipt, Report::Unit).map_err(db)?);
+            out.push(accepted(row, receipt).map_err(db)?.map(|_| ()));
         }
         Ok(Ok(out))
     }
@@ -452,22 +439,21 @@ impl PgBackend {
     }
 }
 
-/// Drops the (always unit) payload of a unit batch's answers.
-fn units(batch: BatchResult<FailOutcome>) -> BatchResult<()> {
-    batch.map(|items| items.into_iter().map(|r| r.map(|_| ())).collect())
-}
-
 fn state(name: &str) -> Result<StateName, sqlx::Error> {
     StateName::parse(name).ok_or_else(|| sqlx::Error::Decode(format!("state {name:?}").into()))
 }
 
-/// The world's answer for one item; see the module docs. Unit commands
-/// carry a placeholder `FailOutcome` that [`units`] drops.
-fn item(
-    row: &PgRow,
-    receipt: &Receipt,
-    report: Report,
-) -> Result<Result<FailOutcome, Reject>, sqlx::Error> {
+/// An item the world accepts.
+enum Accepted {
+    /// The item's batch winner: the job was left in this state.
+    Won(StateName),
+    /// A later item of the same job, after a winner that left the job
+    /// running (a heartbeat): accepted too.
+    Repeated,
+}
+
+/// Whether the world accepts one item, or its refusal; see the module docs.
+fn accepted(row: &PgRow, receipt: &Receipt) -> Result<Result<Accepted, Reject>, sqlx::Error> {
     let ord: i64 = row.try_get("ord")?;
     let Some(current) = row.try_get::<Option<i64>, _>("current_epoch")? else {
         return Ok(Err(Reject::UnknownJob { job: receipt.job }));
@@ -491,25 +477,25 @@ fn item(
         // An earlier item of this batch already moved the job; a
         // heartbeat leaves it running, so a second one succeeds too.
         if after == StateName::Running {
-            return Ok(Ok(FailOutcome::Failed(FailReason::Terminal)));
+            return Ok(Ok(Accepted::Repeated));
         }
         return Ok(Err(Reject::NotRunning { state: after }));
     }
-    if report == Report::Unit {
-        return Ok(Ok(FailOutcome::Failed(FailReason::Terminal)));
-    }
-    Ok(Ok(match after {
+    Ok(Ok(Accepted::Won(after)))
+}
+
+/// What a winning failure did: a retry at its new `run_at`, or a failure
+/// for good with its stored reason.
+fn fail_outcome(row: &PgRow, after: StateName) -> Result<FailOutcome, sqlx::Error> {
+    Ok(match after {
         StateName::Retryable => FailOutcome::Retrying {
             run_at: Timestamp(row.try_get("new_run_at")?),
         },
         _ => {
             let reason: String = row.try_get("new_reason")?;
-            FailOutcome::Failed(match reason.as_str() {
-                "attempts_exhausted" => FailReason::AttemptsExhausted,
-                _ => FailReason::Terminal,
-            })
+            FailOutcome::Failed(fail_reason(&reason)?)
         }
-    }))
+    })
 }
 
 #[cfg(test)]

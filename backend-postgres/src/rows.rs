@@ -12,8 +12,8 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 use weir_core::{
     Attempt, ClaimerLease, ClaimerSlot, ClaimerTable, Epoch, ErrorRecord, FailReason, Hold, Job,
-    JobId, JobState, Kind, LeaseEpoch, Millis, Payload, Priority, ProcessId, QueueName, Semaphore,
-    Slot, SlotEpoch, SlotHolder, Timestamp, UniqueKey,
+    JobId, JobState, Kind, LeaseEpoch, Millis, Payload, Priority, ProcessId, QueueName, Retry,
+    Semaphore, Slot, SlotEpoch, SlotHolder, Timestamp, UniqueKey,
 };
 
 /// The columns [`job_from_row`] reads, in `SELECT` form (table alias `j`).
@@ -35,7 +35,7 @@ pub(crate) fn span(m: Millis) -> i64 {
     i64::try_from(m.0).unwrap_or(i64::MAX)
 }
 
-fn corrupt(what: impl Into<String>) -> sqlx::Error {
+pub(crate) fn corrupt(what: impl Into<String>) -> sqlx::Error {
     sqlx::Error::Decode(what.into().into())
 }
 
@@ -77,11 +77,7 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
             let reason: String = need(row.try_get("fail_reason")?, s, "fail_reason")?;
             JobState::Failed {
                 at: need(ts("finished_at")?, s, "finished_at")?,
-                reason: match reason.as_str() {
-                    "attempts_exhausted" => FailReason::AttemptsExhausted,
-                    "terminal" => FailReason::Terminal,
-                    other => return Err(corrupt(format!("unknown fail_reason {other:?}"))),
-                },
+                reason: fail_reason(&reason)?,
             }
         }
         "cancelled" => JobState::Cancelled {
@@ -235,6 +231,48 @@ impl JobWrites {
             .bind(self.error_attempt)
             .bind(self.error_at)
             .bind(self.error_message)
+    }
+}
+
+/// A stored `fail_reason`, the inverse of [`fail_reason_str`].
+pub(crate) fn fail_reason(stored: &str) -> Result<FailReason, sqlx::Error> {
+    match stored {
+        "attempts_exhausted" => Ok(FailReason::AttemptsExhausted),
+        "terminal" => Ok(FailReason::Terminal),
+        other => Err(corrupt(format!("unknown fail_reason {other:?}"))),
+    }
+}
+
+/// How a failure asks to be retried, as the fail statement reads it (its
+/// `retry` column, beside the delay in `arg_ms`): the core's [`Retry`]
+/// without its delay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetryKind {
+    /// [`Retry::Never`]: fail for good at once.
+    Never,
+    /// [`Retry::After`]: retry after the failure's own delay.
+    After,
+    /// [`Retry::Backoff`]: retry after the backoff policy's delay.
+    Backoff,
+}
+
+impl RetryKind {
+    /// The kind of `retry`, and the delay it carries, if any.
+    pub(crate) fn of(retry: Retry) -> (RetryKind, Option<Millis>) {
+        match retry {
+            Retry::Never => (RetryKind::Never, None),
+            Retry::After(delay) => (RetryKind::After, Some(delay)),
+            Retry::Backoff => (RetryKind::Backoff, None),
+        }
+    }
+
+    /// The value the fail statement compares (`i.retry = 'never'`).
+    pub(crate) fn as_sql(self) -> &'static str {
+        match self {
+            RetryKind::Never => "never",
+            RetryKind::After => "after",
+            RetryKind::Backoff => "backoff",
+        }
     }
 }
 
