@@ -165,8 +165,29 @@ impl PgBackend {
         if let Err(reject) = self.check_batch_len(usize::try_from(max).unwrap_or(usize::MAX)) {
             return Ok(Err(reject));
         }
-        let config = self.inner.config.world.claimer;
         let kinds: Option<Vec<&str>> = kinds.map(|k| k.iter().map(Kind::as_str).collect());
+        if let Some(claimed) = self
+            .claim_fresh(now, queue, claimer, max, kinds.clone())
+            .await?
+        {
+            return Ok(Ok(claimed));
+        }
+        // Nothing claimed: the queue is empty, or the lease is half-stale
+        // (refresh it), lost, or expired. The full statement tells which.
+        self.claim_full(now, queue, claimer, max, kinds).await
+    }
+
+    /// [`CLAIM_FRESH_SQL`]: the jobs claimed under a fresh lease, or
+    /// `None` when it claimed nothing.
+    async fn claim_fresh(
+        &self,
+        now: Option<Timestamp>,
+        queue: &QueueName,
+        claimer: &ClaimerGrant,
+        max: u32,
+        kinds: Option<Vec<&str>>,
+    ) -> Result<Option<Claimed>, BackendError> {
+        let config = self.inner.config.world.claimer;
         // A batch size the statement cache can hold as a literal: with the
         // limit known, the generic plan is as good as a custom one, so the
         // server stops planning the claim each time (see CLAIM_FRESH_SQL).
@@ -184,7 +205,7 @@ impl PgBackend {
             .bind(u64_to_i64(claimer.process.0))
             .bind(span(config.idle_threshold.half()))
             .bind(span(config.lease_ttl.half()))
-            .bind(kinds.clone());
+            .bind(kinds);
         if !literal {
             fresh = fresh.bind(i64::from(max));
         }
@@ -192,22 +213,34 @@ impl PgBackend {
             .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;
-        if !fresh.is_empty() {
-            let mut jobs = Vec::with_capacity(fresh.len());
-            for row in &fresh {
-                let priority: i16 = row.try_get("priority").map_err(db)?;
-                let id: i64 = row.try_get("id").map_err(db)?;
-                jobs.push((priority, claimed_job(id, row).map_err(db)?));
-            }
-            // The world hands jobs out in claim order.
-            jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.receipt.job));
-            return Ok(Ok(Claimed {
-                jobs: jobs.into_iter().map(|(_, job)| job).collect(),
-                lease_refreshed: false,
-            }));
+        if fresh.is_empty() {
+            return Ok(None);
         }
-        // Nothing claimed: the queue is empty, or the lease is half-stale
-        // (refresh it), lost, or expired. The full statement tells which.
+        let mut jobs = Vec::with_capacity(fresh.len());
+        for row in &fresh {
+            let priority: i16 = row.try_get("priority").map_err(db)?;
+            let id: i64 = row.try_get("id").map_err(db)?;
+            jobs.push((priority, claimed_job(id, row).map_err(db)?));
+        }
+        // The world hands jobs out in claim order.
+        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.receipt.job));
+        Ok(Some(Claimed {
+            jobs: jobs.into_iter().map(|(_, job)| job).collect(),
+            lease_refreshed: false,
+        }))
+    }
+
+    /// [`CLAIM_SQL`]: the claim that checks the lease, refreshes it when
+    /// due, and says whether it was lost.
+    async fn claim_full(
+        &self,
+        now: Option<Timestamp>,
+        queue: &QueueName,
+        claimer: &ClaimerGrant,
+        max: u32,
+        kinds: Option<Vec<&str>>,
+    ) -> Result<Result<Claimed, Reject>, BackendError> {
+        let config = self.inner.config.world.claimer;
         let rows = sqlx::query(&self.sql(CLAIM_SQL))
             .bind(now.map(|t| t.0))
             .bind(queue.as_str())

@@ -134,40 +134,8 @@ pub async fn migrate_to(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
-    // schema exists, so look first: a DBA may have created it for us.
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .persistent(false)
-            .bind(schema.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
+    let from = prepare(&mut tx, schema).await.map_err(db)?;
     let q = schema.quoted();
-    if !exists {
-        sqlx::raw_sql(&format!("CREATE SCHEMA {q}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE IF NOT EXISTS {q}.schema_migrations (
-             version    integer PRIMARY KEY,
-             name       text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         )"
-    ))
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    let row = sqlx::query(&format!(
-        "SELECT coalesce(max(version), 0) AS v FROM {q}.schema_migrations"
-    ))
-    .persistent(false)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
-    let from: i32 = row.try_get("v").map_err(db)?;
     if from > LATEST_VERSION {
         return Err(MigrateError::NewerThanCode {
             schema: schema.to_string(),
@@ -201,6 +169,44 @@ pub async fn migrate_to(
         to: from.max(target),
         applied,
     })
+}
+
+/// Creates the schema (if missing) and its `schema_migrations` table, and
+/// returns the schema's version (0 when it has never been migrated).
+async fn prepare(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    schema: &SchemaName,
+) -> Result<i32, sqlx::Error> {
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+    // schema exists, so look first: a DBA may have created it for us.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .persistent(false)
+            .bind(schema.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+    let q = schema.quoted();
+    if !exists {
+        sqlx::raw_sql(&format!("CREATE SCHEMA {q}"))
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE IF NOT EXISTS {q}.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query(&format!(
+        "SELECT coalesce(max(version), 0) AS v FROM {q}.schema_migrations"
+    ))
+    .persistent(false)
+    .fetch_one(&mut **tx)
+    .await?;
+    row.try_get("v")
 }
 
 /// The schema's version (0 when it has never been migrated). One

@@ -711,48 +711,69 @@ impl World {
                 .collect(),
         };
         let mut claimed = Claimed::default();
-        let no_bump = self.mutant(Mutation::ClaimWithoutEpochBump);
         for (run_at, id) in picked {
-            let receipt = self
-                .update(id, |job| {
-                    let epoch = job.epoch;
-                    let mut receipt = job.claim(claimer.process, now)?;
-                    if no_bump && epoch > Epoch(0) {
-                        job.epoch = epoch;
-                        receipt.epoch = epoch;
-                    }
-                    Ok(receipt)
-                })
-                .expect("picked from the available index, so the job is available");
-            let job = &self.jobs[&id];
-            let JobState::Running { deadline, .. } = job.state else {
-                unreachable!("a successful claim leaves the job running")
-            };
-            claimed.jobs.push(ClaimedJob {
-                receipt,
-                kind: job.kind.clone(),
-                payload: job.payload.clone(),
-                attempt: job.attempt,
-                max_attempts: job.max_attempts,
-                deadline,
-                claimed_at: now,
-                run_at,
-            });
+            claimed.jobs.push(self.claim_one(now, claimer, run_at, id));
         }
         if !claimed.jobs.is_empty() && !self.mutant(Mutation::ClaimerNeverRefreshes) {
-            let config = self.config.claimer;
-            let lax = self.mutant(Mutation::RefreshPredicateTooLax);
-            let table = self.claimers.get_mut(queue).expect("checked above");
-            claimed.lease_refreshed = if lax {
-                table.refresh_if(claimer, now, &config, |lease| {
-                    lease.last_claimed_at <= now.minus(config.idle_threshold)
-                        || lease.expires_at <= now
-                })
-            } else {
-                table.refresh_after_claim(claimer, now, &config)
-            };
+            claimed.lease_refreshed = self.refresh_after_claim(now, queue, claimer);
         }
         Ok(claimed)
+    }
+
+    /// Claims available job `id` (due at `run_at`) for `claimer`.
+    fn claim_one(
+        &mut self,
+        now: Timestamp,
+        claimer: &ClaimerGrant,
+        run_at: Timestamp,
+        id: JobId,
+    ) -> ClaimedJob {
+        let no_bump = self.mutant(Mutation::ClaimWithoutEpochBump);
+        let receipt = self
+            .update(id, |job| {
+                let epoch = job.epoch;
+                let mut receipt = job.claim(claimer.process, now)?;
+                if no_bump && epoch > Epoch(0) {
+                    job.epoch = epoch;
+                    receipt.epoch = epoch;
+                }
+                Ok(receipt)
+            })
+            .expect("picked from the available index, so the job is available");
+        let job = &self.jobs[&id];
+        let JobState::Running { deadline, .. } = job.state else {
+            unreachable!("a successful claim leaves the job running")
+        };
+        ClaimedJob {
+            receipt,
+            kind: job.kind.clone(),
+            payload: job.payload.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            deadline,
+            claimed_at: now,
+            run_at,
+        }
+    }
+
+    /// After a non-empty claim under a checked grant: whether the lease
+    /// row was rewritten.
+    fn refresh_after_claim(
+        &mut self,
+        now: Timestamp,
+        queue: &QueueName,
+        claimer: &ClaimerGrant,
+    ) -> bool {
+        let config = self.config.claimer;
+        let lax = self.mutant(Mutation::RefreshPredicateTooLax);
+        let table = self.claimers.get_mut(queue).expect("checked by the claim");
+        if lax {
+            table.refresh_if(claimer, now, &config, |lease| {
+                lease.last_claimed_at <= now.minus(config.idle_threshold) || lease.expires_at <= now
+            })
+        } else {
+            table.refresh_after_claim(claimer, now, &config)
+        }
     }
 
     fn slot_try(
