@@ -198,10 +198,6 @@ impl Subscription for MemorySubscription {
     }
 }
 
-fn millis(d: Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[async_trait::async_trait]
 impl<C: Clock> Backend for MemoryBackend<C> {
     /// Never fails: an in-memory world has no connection to lose. Use the
@@ -274,7 +270,7 @@ impl<C: Clock> Backend for MemoryBackend<C> {
         let info = WorkerInfo {
             presence: presence.clone(),
             seen_at: now,
-            expires_at: now.plus(millis(ttl)),
+            expires_at: now.plus(Millis::from_duration(ttl)),
         };
         self.presence_map().insert(presence.process, info);
         Ok(())

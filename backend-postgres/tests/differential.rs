@@ -52,7 +52,7 @@ fn config() -> WorldConfig {
         leader_ttl: Millis(700),
         limits: JobLimits {
             payload_bytes_max: 8,
-            attempts_max: 4,
+            max_attempts_max: 4,
             timeout_max: Millis(2000),
             delay_max: Millis(5000),
         },

@@ -175,7 +175,7 @@ pub struct JobLimits {
     /// Largest payload, in bytes.
     pub payload_bytes_max: usize,
     /// Largest `max_attempts`.
-    pub attempts_max: u32,
+    pub max_attempts_max: u32,
     /// Longest per-attempt timeout.
     pub timeout_max: Millis,
     /// Furthest a job may be scheduled into the future.
@@ -186,7 +186,7 @@ impl Default for JobLimits {
     fn default() -> JobLimits {
         JobLimits {
             payload_bytes_max: 1 << 20,
-            attempts_max: 1000,
+            max_attempts_max: 1000,
             timeout_max: Millis::from_secs(7 * 24 * 3600),
             delay_max: Millis::from_secs(366 * 24 * 3600),
         }
@@ -290,10 +290,10 @@ impl NewJob {
         if self.max_attempts == 0 {
             return Err(InvalidJob::MaxAttemptsZero);
         }
-        if self.max_attempts > limits.attempts_max {
+        if self.max_attempts > limits.max_attempts_max {
             return Err(InvalidJob::MaxAttemptsTooLarge {
                 requested: self.max_attempts,
-                max: limits.attempts_max,
+                max: limits.max_attempts_max,
             });
         }
         if self.timeout == Millis::ZERO {

@@ -62,6 +62,18 @@ impl Millis {
         self.0
     }
 
+    /// A [`Duration`](std::time::Duration) in whole milliseconds
+    /// (truncated; saturating at `u64::MAX`): the one conversion every
+    /// crate uses at the boundary between configuration and the core.
+    pub fn from_duration(d: std::time::Duration) -> Millis {
+        Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The span as a [`Duration`](std::time::Duration).
+    pub fn to_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0)
+    }
+
     /// Half the span, rounded down: the freshness margins are half a TTL.
     pub fn half(self) -> Millis {
         Millis(self.0 / 2)

@@ -81,10 +81,6 @@ impl<B> Clone for Client<B> {
     }
 }
 
-fn millis(d: Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Builds the core's [`NewJob`] for `args` with `options` over the type's
 /// defaults, at `now`.
 pub fn new_job<J: JobArgs>(
@@ -121,13 +117,13 @@ fn build(
     let kind = Kind::new(defaults.kind)?;
     let run_at = match (options.delay, options.run_at) {
         (Some(_), Some(_)) => return Err(ClientError::Options("set delay or run_at, not both")),
-        (Some(delay), None) => Some(now.plus(millis(delay))),
+        (Some(delay), None) => Some(now.plus(Millis::from_duration(delay))),
         (None, run_at) => run_at,
     };
     Ok(NewJob {
         priority: Priority(options.priority.unwrap_or(defaults.priority)),
         max_attempts: options.max_attempts.unwrap_or(defaults.max_attempts),
-        timeout: millis(options.timeout.unwrap_or(defaults.timeout)),
+        timeout: Millis::from_duration(options.timeout.unwrap_or(defaults.timeout)),
         run_at,
         unique_key: options.unique_key.clone().map(UniqueKey::new).transpose()?,
         ..NewJob::new(queue, kind, payload)

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use weir_core::{Millis, Timestamp};
+use weir_core::Timestamp;
 
 /// A monotonic clock in the core's milliseconds since its origin.
 #[derive(Clone, Copy, Debug)]
@@ -52,16 +52,6 @@ impl MonotonicClock {
     pub async fn sleep_until(&self, at: Timestamp) {
         tokio::time::sleep_until(self.instant(at)).await;
     }
-}
-
-/// A duration in the core's milliseconds (saturating).
-pub fn to_millis(d: Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The core's milliseconds as a duration.
-pub fn to_duration(ms: Millis) -> Duration {
-    Duration::from_millis(ms.0)
 }
 
 #[cfg(test)]

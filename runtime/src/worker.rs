@@ -38,7 +38,7 @@ use weir_core::{
 };
 
 use crate::backend::{Backend, BackendError, Presence, Wakeup};
-use crate::clock::{to_duration, to_millis, MonotonicClock};
+use crate::clock::MonotonicClock;
 use crate::job::{JobContext, JobOutcome};
 use crate::metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
 use crate::registry::{Args, Registry};
@@ -425,8 +425,8 @@ impl<B: Backend> Run<'_, B> {
             self.tx.clone(),
             config.dispatcher.process,
             self.queues(),
-            to_duration(config.dispatcher.poll_interval),
-            to_duration(config.dispatcher.retry_after.max(Millis(100))),
+            config.dispatcher.poll_interval.to_duration(),
+            config.dispatcher.retry_after.max(Millis(100)).to_duration(),
         );
         self.background.spawn(listen);
     }
@@ -692,7 +692,7 @@ impl<B: Backend> Run<'_, B> {
             progress: None,
         };
         // Due → claimed, on storage's clock: the wait the queue caused.
-        let pickup = to_duration(job.claimed_at.since(job.run_at));
+        let pickup = job.claimed_at.since(job.run_at).to_duration();
         let metrics = &self.pool.metrics;
         metrics.started(running, prepared.queue.as_str(), pickup);
         let span = tracing::info_span!("weir.job", kind = %job.kind, job = %receipt.job, epoch = %receipt.epoch, attempt = job.attempt.0);
@@ -858,15 +858,15 @@ fn to_result(outcome: JobOutcome) -> HandlerResult {
     match outcome {
         JobOutcome::Complete => HandlerResult::Complete,
         JobOutcome::Retry { after, error } => HandlerResult::Fail(FailError {
-            retry: after.map_or(Retry::Backoff, |d| Retry::After(to_millis(d))),
+            retry: after.map_or(Retry::Backoff, |d| Retry::After(Millis::from_duration(d))),
             message: error,
         }),
         JobOutcome::Fail(message) => HandlerResult::Fail(FailError {
             retry: Retry::Never,
             message,
         }),
-        JobOutcome::Snooze(d) => HandlerResult::Snooze(to_millis(d)),
-        JobOutcome::WaitExternal(d) => HandlerResult::WaitExternal(to_millis(d)),
+        JobOutcome::Snooze(d) => HandlerResult::Snooze(Millis::from_duration(d)),
+        JobOutcome::WaitExternal(d) => HandlerResult::WaitExternal(Millis::from_duration(d)),
         JobOutcome::Cancel => HandlerResult::Cancel,
     }
 }

@@ -615,11 +615,14 @@ async fn max_attempts_of_zero_or_above_the_limit_are_refused<B: Store>(backend: 
     };
     let too_many = |requested| InvalidJob::MaxAttemptsTooLarge {
         requested,
-        max: limits.attempts_max,
+        max: limits.max_attempts_max,
     };
     let table = [
         (0, InvalidJob::MaxAttemptsZero),
-        (limits.attempts_max + 1, too_many(limits.attempts_max + 1)),
+        (
+            limits.max_attempts_max + 1,
+            too_many(limits.max_attempts_max + 1),
+        ),
         (u32::MAX, too_many(u32::MAX)),
     ];
     for (n, expected) in table {
@@ -641,7 +644,7 @@ async fn max_attempts_of_zero_or_above_the_limit_are_refused<B: Store>(backend: 
     let m = InvalidJob::MaxAttemptsZero.to_string();
     assert!(m.contains("max_attempts must be at least 1"), "{m}");
     assert_eq!(backend.counts().await, before);
-    for n in [1, limits.attempts_max] {
+    for n in [1, limits.max_attempts_max] {
         client
             .insert_with(&Email::default(), attempts(n))
             .await
