@@ -8,7 +8,7 @@
 (* the scan goes on, an error is not fatal. A scan that finds nothing is a *)
 (* miss: the process sleeps a jittered pause, never past its deadline      *)
 (* (wait_max), and scans again; once the deadline has come it gives up     *)
-(* holding nothing. The sans-IO Acquisition (poll / on_try) makes these    *)
+(* holding nothing. The sans-IO Acquisition (poll / handle_try) makes these    *)
 (* decisions; this spec lets TLC interleave them with other processes,     *)
 (* renewals, releases (idempotent, possibly delivered twice) and crashes.  *)
 (*                                                                         *)
@@ -163,7 +163,7 @@ TimeOut(p) ==
     /\ UNCHANGED <<slot, budget, sleep, mine, held, late, returns>>
 
 \* One try of slot idx[p]: poll yields Try(i), Semaphore::try_slot runs it
-\* (or the try fails with an error), Acquisition::on_try takes the result.
+\* (or the try fails with an error), Acquisition::handle_try takes the result.
 Try(p) ==
     /\ phase[p] = "scanning"
     /\ idx[p] < N

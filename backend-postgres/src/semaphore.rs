@@ -243,7 +243,7 @@ pub async fn acquire<S: SlotStore + ?Sized>(
                     store.on_timeout().await;
                     return Err(AcquireError::SessionNotPinned(refusal));
                 }
-                acquisition.on_try(slot, result);
+                acquisition.handle_try(slot, result);
             }
             AcquireStep::SleepUntil(until) => {
                 tokio::time::sleep_until(local_instant(until)).await;

@@ -35,10 +35,12 @@
 //! errored, wait a jittered pause on a miss, time out at a deadline),
 //! [`Pacer`] (warm-up work in paced batches), and [`WarmupDriver`], which
 //! drives both for a whole warm-up and renews the slot's lease while a
-//! batch runs. The caller drives them: call `poll(now, …)`, do what the
+//! batch runs. Every sans-IO loop here has the dispatcher's shape (quinn's
+//! vocabulary): what happened goes in through `handle*`, what to do next
+//! comes out of `poll*`. The caller calls `poll(now, …)`, does what the
 //! returned step says (try a slot, send a command, sleep until a time, run
-//! or stop a batch), and report the result back (`on_try`, `batch_done`,
-//! `on_answer`, `on_batch_done`), until a final step.
+//! or stop a batch), and reports the result back (`handle_try`,
+//! `handle_batch_done`, `handle_answer`), until a final step.
 //!
 //! ## Order and time
 //!

@@ -307,7 +307,7 @@ pub enum TryResult {
 /// What the caller should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AcquireStep {
-    /// Try this slot and report with [`Acquisition::on_try`].
+    /// Try this slot and report with [`Acquisition::handle_try`].
     Try(SlotIndex),
     /// Nothing free: poll again at this time (never past the deadline).
     SleepUntil(Timestamp),
@@ -334,10 +334,10 @@ enum Phase {
 }
 
 /// One caller's acquisition of a slot: a sans-IO loop driven by [`poll`]
-/// and [`on_try`].
+/// and [`handle_try`].
 ///
 /// [`poll`]: Acquisition::poll
-/// [`on_try`]: Acquisition::on_try
+/// [`handle_try`]: Acquisition::handle_try
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Acquisition {
     permits: u16,
@@ -422,11 +422,11 @@ impl Acquisition {
     }
 
     /// Reports the result of the last [`AcquireStep::Try`].
-    pub fn on_try(&mut self, slot: SlotIndex, result: TryResult) {
+    pub fn handle_try(&mut self, slot: SlotIndex, result: TryResult) {
         assert_eq!(
             self.phase,
             Phase::AwaitingTry { slot: slot.0 },
-            "on_try without a matching Try"
+            "handle_try without a matching Try"
         );
         self.phase = match result {
             TryResult::Acquired(grant) => Phase::Done(AcquireStep::Acquired(grant)),
@@ -552,16 +552,16 @@ mod tests {
     fn the_scan_continues_past_a_slot_whose_try_errors() {
         let mut acq = Acquisition::new(Some(3), Timestamp(0), wait());
         assert_eq!(acq.poll(Timestamp(0), 0), AcquireStep::Try(SlotIndex(0)));
-        acq.on_try(SlotIndex(0), TryResult::Error);
+        acq.handle_try(SlotIndex(0), TryResult::Error);
         assert_eq!(acq.poll(Timestamp(0), 0), AcquireStep::Try(SlotIndex(1)));
-        acq.on_try(SlotIndex(1), TryResult::Busy);
+        acq.handle_try(SlotIndex(1), TryResult::Busy);
         assert_eq!(acq.poll(Timestamp(0), 0), AcquireStep::Try(SlotIndex(2)));
         let grant = SlotGrant {
             slot: SlotIndex(2),
             epoch: SlotEpoch(1),
             holder: P1,
         };
-        acq.on_try(SlotIndex(2), TryResult::Acquired(grant));
+        acq.handle_try(SlotIndex(2), TryResult::Acquired(grant));
         assert_eq!(acq.poll(Timestamp(1), 0), AcquireStep::Acquired(grant));
     }
 
@@ -572,7 +572,7 @@ mod tests {
         let mut sleeps = Vec::new();
         loop {
             match acq.poll(now, 7) {
-                AcquireStep::Try(slot) => acq.on_try(slot, TryResult::Busy),
+                AcquireStep::Try(slot) => acq.handle_try(slot, TryResult::Busy),
                 AcquireStep::SleepUntil(until) => {
                     assert!(until <= acq.deadline());
                     sleeps.push(until.0 - now.0);
@@ -598,14 +598,16 @@ mod tests {
         let mut now = Timestamp(0);
         loop {
             match acq.poll(now, 7) {
-                AcquireStep::Try(slot) if now < Timestamp(50) => acq.on_try(slot, TryResult::Busy),
+                AcquireStep::Try(slot) if now < Timestamp(50) => {
+                    acq.handle_try(slot, TryResult::Busy)
+                }
                 AcquireStep::Try(slot) => {
                     let grant = SlotGrant {
                         slot,
                         epoch: SlotEpoch(2),
                         holder: P1,
                     };
-                    acq.on_try(slot, TryResult::Acquired(grant));
+                    acq.handle_try(slot, TryResult::Acquired(grant));
                 }
                 AcquireStep::SleepUntil(until) => now = until,
                 AcquireStep::Acquired(grant) => {

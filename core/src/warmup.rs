@@ -61,14 +61,14 @@ impl Warmup {
 pub enum PaceStep {
     /// Nothing yet: poll again at this time.
     WaitUntil(Timestamp),
-    /// Run items `[from, to)` and call [`Pacer::batch_done`].
+    /// Run items `[from, to)` and call [`Pacer::handle_batch_done`].
     Run {
         /// First item index.
         from: u64,
         /// One past the last item index.
         to: u64,
     },
-    /// A batch is out; waiting for [`Pacer::batch_done`].
+    /// A batch is out; waiting for [`Pacer::handle_batch_done`].
     Busy,
     /// Every item is done.
     Done,
@@ -105,8 +105,8 @@ impl Pacer {
     }
 
     /// The batch handed out by the last [`PaceStep::Run`] finished at `now`.
-    pub fn batch_done(&mut self, now: Timestamp) {
-        assert!(self.running, "batch_done without a batch out");
+    pub fn handle_batch_done(&mut self, now: Timestamp) {
+        assert!(self.running, "handle_batch_done without a batch out");
         self.running = false;
         self.done = (self.done + self.batch_size).min(self.items);
         // Pause only between batches: none after the last.
@@ -175,11 +175,11 @@ mod tests {
                 PaceStep::Run { from, to } => {
                     runs.push((now.0, from, to));
                     now = now.plus(Millis(10));
-                    p.batch_done(now);
+                    p.handle_batch_done(now);
                 }
                 PaceStep::WaitUntil(t) => now = t,
                 PaceStep::Done => break,
-                PaceStep::Busy => unreachable!("batch_done is called before polling again"),
+                PaceStep::Busy => unreachable!("handle_batch_done is called before polling again"),
             }
         }
         assert_eq!(runs, vec![(0, 0, 4), (110, 4, 8), (220, 8, 10)]);

@@ -15,9 +15,9 @@
 //! 2. Call [`WarmupDriver::poll`]`(now, draw)` and do what the
 //!    [`WarmupStep`] says, then poll again:
 //!    - [`WarmupStep::Execute`]: send the command; report its answer with
-//!      [`WarmupDriver::on_answer`]. At most one command is out at a time.
+//!      [`WarmupDriver::handle_answer`]. At most one command is out at a time.
 //!    - [`WarmupStep::RunBatch`]: start the batch; report its end with
-//!      [`WarmupDriver::on_batch_done`]. At most one batch is out.
+//!      [`WarmupDriver::handle_batch_done`]. At most one batch is out.
 //!    - [`WarmupStep::StopBatch`]: the slot is lost. Stop the batch at once
 //!      (drop it): it must do no more work, and it is not reported.
 //!    - [`WarmupStep::Wait`]: nothing to start. Wait until `until`, or
@@ -273,9 +273,9 @@ pub enum WarmupStep {
         /// The next deadline.
         until: Option<Timestamp>,
     },
-    /// Send this storage command; report with [`WarmupDriver::on_answer`].
+    /// Send this storage command; report with [`WarmupDriver::handle_answer`].
     Execute(Command),
-    /// Run items `[from, to)`; report with [`WarmupDriver::on_batch_done`].
+    /// Run items `[from, to)`; report with [`WarmupDriver::handle_batch_done`].
     RunBatch {
         /// First item index.
         from: u64,
@@ -512,7 +512,7 @@ impl WarmupDriver {
                 self.poll(now, draw)
             }
             AcquireStep::Acquired(grant) => {
-                unreachable!("an acquired try moves on in on_answer: {grant:?}")
+                unreachable!("an acquired try moves on in handle_answer: {grant:?}")
             }
         }
     }
@@ -666,20 +666,20 @@ impl WarmupDriver {
     }
 
     /// The batch from the last [`WarmupStep::RunBatch`] ended at `now`.
-    pub fn on_batch_done(&mut self, now: Timestamp) {
+    pub fn handle_batch_done(&mut self, now: Timestamp) {
         let mutant = self.renews_between_batches();
         let Phase::Working(h) = &mut self.phase else {
-            panic!("on_batch_done without a batch out");
+            panic!("handle_batch_done without a batch out");
         };
-        assert!(h.batch_out, "on_batch_done without a batch out");
+        assert!(h.batch_out, "handle_batch_done without a batch out");
         h.batch_out = false;
-        h.pacer.batch_done(now);
+        h.pacer.handle_batch_done(now);
         h.renew_after_batch = mutant;
         self.batches += 1;
     }
 
     /// The command from the last [`WarmupStep::Execute`] answered at `now`.
-    pub fn on_answer(&mut self, now: Timestamp, answer: StorageAnswer) {
+    pub fn handle_answer(&mut self, now: Timestamp, answer: StorageAnswer) {
         match &mut self.phase {
             Phase::Acquiring { .. } => self.on_try_answer(now, answer),
             Phase::Working(_) => self.on_renew_answer(now, answer),
@@ -733,7 +733,7 @@ impl WarmupDriver {
                 return;
             }
         };
-        acquisition.on_try(slot, result);
+        acquisition.handle_try(slot, result);
     }
 
     fn on_renew_answer(&mut self, now: Timestamp, answer: StorageAnswer) {
@@ -915,11 +915,11 @@ mod tests {
                             // the latest a real round trip could.
                             let outcome = self.world.apply(self.now, command.clone());
                             let answer = (self.answer)(&command, outcome);
-                            driver.on_answer(self.now, answer);
+                            driver.handle_answer(self.now, answer);
                         } else if self.batch_end == Some(self.now) {
                             self.batch_end = None;
                             self.events.push(Event::BatchDone(self.at()));
-                            driver.on_batch_done(self.now);
+                            driver.handle_batch_done(self.now);
                         }
                     }
                 }

@@ -179,7 +179,7 @@ proptest! {
                                         Err(_) => TryResult::Busy,
                                     }
                                 };
-                                acq.on_try(slot, result);
+                                acq.handle_try(slot, result);
                             }
                             AcquireStep::Acquired(g) => {
                                 held[i] = Some(g);

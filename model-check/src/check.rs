@@ -101,7 +101,7 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// Runs a pure helper of the core (for example [`weir_core::Acquisition`]'s
-/// `poll`/`on_try`) and turns its panic, if any, into a
+/// `poll`/`handle_try`) and turns its panic, if any, into a
 /// [`WORLD_INVARIANTS`] fault. Returns `None` after a panic.
 pub fn guard<T>(faults: &mut Faults, what: &str, f: impl FnOnce() -> T) -> Option<T> {
     match guarded(f) {

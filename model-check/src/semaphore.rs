@@ -3,15 +3,15 @@
 //!
 //! Four processes want one of N = 2 slots. Each runs the core's own sans-IO
 //! [`Acquisition`]: the model calls `poll`, does what the returned step
-//! says, and reports back with `on_try`. A `Try` is executed against the
+//! says, and reports back with `handle_try`. A `Try` is executed against the
 //! world with `Command::SlotTry`; it may instead fail with
 //! `TryResult::Error` (a connection error) without reaching the world.
 //!
 //! | action | what runs |
 //! |---|---|
 //! | `Arrive(p)` | `Acquisition::new` at the current time (at `t = 0` or `1`: the herd) |
-//! | `Try { p, error: false }` | `poll` → `Try(slot)`, `SlotTry`, `on_try(Acquired/Busy)` |
-//! | `Try { p, error: true }` | `poll` → `Try(slot)`, `on_try(Error)` (at most one error in a run) |
+//! | `Try { p, error: false }` | `poll` → `Try(slot)`, `SlotTry`, `handle_try(Acquired/Busy)` |
+//! | `Try { p, error: true }` | `poll` → `Try(slot)`, `handle_try(Error)` (at most one error in a run) |
 //! | `Sleep { p, draw }` | `poll(now, draw)` → a new `SleepUntil`; every draw of the jitter range is a branch |
 //! | `GiveUp(p)` | `poll` → `TimedOut` |
 //! | `Renew(p)`, `Release(p)` | `SlotRenew`, `SlotRelease` |
@@ -333,7 +333,11 @@ impl SemaphoreState {
                 Some(other) => panic!("slot try answered {other:?}"),
             }
         };
-        if guard(&mut self.faults, "on_try", || acq.on_try(slot, result)).is_none() {
+        if guard(&mut self.faults, "handle_try", || {
+            acq.handle_try(slot, result)
+        })
+        .is_none()
+        {
             return;
         }
         self.procs[p] = match result {

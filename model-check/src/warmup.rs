@@ -11,11 +11,11 @@
 //!
 //! | action | what runs |
 //! |---|---|
-//! | `Deliver { p, reply: Now }` | the command in flight reaches storage (`World::apply` now) and `on_answer(Outcome)` comes back at once |
+//! | `Deliver { p, reply: Now }` | the command in flight reaches storage (`World::apply` now) and `handle_answer(Outcome)` comes back at once |
 //! | `Deliver { p, reply: Later }` | it reaches storage now; the answer comes back after the next tick (`Return(p)`) |
-//! | `Deliver { p, reply: Lost }` | it reaches storage, but the answer is lost: `on_answer(Lost)` |
-//! | `Drop(p)` | it never reaches storage: `on_answer(Lost)` |
-//! | `FinishBatch(p)` | the batch's work ends: `on_batch_done` |
+//! | `Deliver { p, reply: Lost }` | it reaches storage, but the answer is lost: `handle_answer(Lost)` |
+//! | `Drop(p)` | it never reaches storage: `handle_answer(Lost)` |
+//! | `FinishBatch(p)` | the batch's work ends: `handle_batch_done` |
 //! | `Tick` | the clock advances by one unit |
 //!
 //! After every action the affected drivers are polled until they wait
@@ -465,8 +465,8 @@ impl WarmupState {
         }
         let renewed = matches!(answer, StorageAnswer::Outcome(Outcome::SlotRenewed(Ok(()))));
         self.seen.renewed_while_working |= renewed && w.batch_since.is_some();
-        guard(&mut self.faults, "on_answer", || {
-            w.driver.on_answer(now, answer)
+        guard(&mut self.faults, "handle_answer", || {
+            w.driver.handle_answer(now, answer)
         });
     }
 
@@ -494,8 +494,8 @@ impl WarmupState {
         if now.since(since) > LEASE_TTL && w.driver.holds(now).is_some() {
             self.seen.outlasted = true;
         }
-        guard(&mut self.faults, "on_batch_done", || {
-            w.driver.on_batch_done(now)
+        guard(&mut self.faults, "handle_batch_done", || {
+            w.driver.handle_batch_done(now)
         });
     }
 }

@@ -183,11 +183,11 @@ where
                 match woke {
                     Woke::Answer(result) => {
                         command = None;
-                        driver.on_answer(clock.now(), answer(result, &mut unusable));
+                        driver.handle_answer(clock.now(), answer(result, &mut unusable));
                     }
                     Woke::BatchDone => {
                         batch = None;
-                        driver.on_batch_done(clock.now());
+                        driver.handle_batch_done(clock.now());
                     }
                     Woke::Timer => {}
                 }

@@ -814,7 +814,7 @@ impl Engine {
                         TryResult::Error
                     }
                 };
-                acquisition.on_try(slot, result);
+                acquisition.handle_try(slot, result);
                 self.semaphore_poll(index)
             }
             (

@@ -495,7 +495,7 @@ impl Dispatcher {
                 return self.abandon(now, receipt, Some(fail), Abandoned::LimitRefused);
             }
         };
-        scan.on_try(slot, result);
+        scan.handle_try(slot, result);
         self.continue_acquiring(now, draw, receipt);
         self.rearm(receipt);
     }
