@@ -113,7 +113,7 @@ pub struct MemoryBackend<C = SystemClock> {
     clock: C,
     /// Presence and wake-ups for the runtime's `Backend` trait.
     #[cfg(feature = "runtime")]
-    pub(crate) extras: crate::runtime::Extras,
+    pub(crate) extras: crate::extras::Extras,
 }
 
 impl MemoryBackend<SystemClock> {
@@ -141,7 +141,7 @@ impl<C: Clock> MemoryBackend<C> {
             }),
             clock,
             #[cfg(feature = "runtime")]
-            extras: crate::runtime::Extras::default(),
+            extras: crate::extras::Extras::default(),
         }
     }
 

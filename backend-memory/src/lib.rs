@@ -24,6 +24,8 @@
 
 mod backend;
 mod clock;
+#[cfg(feature = "runtime")]
+mod extras;
 mod fault;
 #[cfg(feature = "runtime")]
 mod runtime;

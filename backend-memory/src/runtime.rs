@@ -9,7 +9,6 @@
 //! someone listens.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -24,24 +23,6 @@ use weir_core::{
 
 use crate::backend::MemoryBackend;
 use crate::clock::Clock;
-
-/// Wake-ups buffered per subscriber before it counts as lagging (and is
-/// told [`Wakeup::Missed`]).
-const WAKEUP_BUFFER: usize = 1024;
-
-pub(crate) struct Extras {
-    workers: Mutex<BTreeMap<ProcessId, WorkerInfo>>,
-    wakeups: broadcast::Sender<Wakeup>,
-}
-
-impl Default for Extras {
-    fn default() -> Extras {
-        Extras {
-            workers: Mutex::new(BTreeMap::new()),
-            wakeups: broadcast::channel(WAKEUP_BUFFER).0,
-        }
-    }
-}
 
 /// Who ran the attempts a command may take away, read before it runs.
 type Holders = BTreeMap<JobId, (Epoch, ProcessId)>;

@@ -28,92 +28,15 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use weir::{Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, WorkerInfo};
 use weir_core::cmd;
 use weir_core::{
-    Command, Enqueued, InvalidClaimerConfig, Job, JobId, NewJob, Outcome, ProcessId, Reject,
-    Timestamp, WorldConfig,
+    Command, Enqueued, Job, JobId, NewJob, Outcome, ProcessId, Reject,
+    Timestamp,
 };
 
+use crate::config::{ConfigError, PgConfig, Pooler};
+use crate::error::db;
 use crate::migrate::{self, MigrateError, MigrateReport, LATEST_VERSION};
 use crate::notify::Listener;
 use crate::schema::SchemaName;
-
-/// How a [`PgBackend`] is set up.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PgConfig {
-    /// The schema holding Weir's tables.
-    pub schema: SchemaName,
-    /// The decision settings; the same as the reference world's.
-    pub world: WorldConfig,
-    /// Send NOTIFY wake-ups when jobs become available and when a running
-    /// job is cancelled. Off, workers find work by polling only.
-    pub notify: bool,
-    /// What the pool's connections go through: straight to Postgres (or a
-    /// session-pooling PgBouncer), or a transaction-pooling PgBouncer.
-    pub pooler: Pooler,
-    /// Where the LISTEN connection of [`Backend::subscribe`] goes, when not
-    /// where the pool goes: a URL of the Postgres server itself. Needed
-    /// with [`Pooler::Transaction`] and `notify` on, since LISTEN needs a
-    /// session of its own. `None`: the pool's connect options.
-    pub listen_url: Option<String>,
-}
-
-impl Default for PgConfig {
-    fn default() -> PgConfig {
-        PgConfig {
-            schema: SchemaName::default(),
-            world: WorldConfig::default(),
-            notify: true,
-            pooler: Pooler::Direct,
-            listen_url: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for PgConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The listen URL may carry a password.
-        let listen = self.listen_url.as_ref().map(|_| "<set>");
-        f.debug_struct("PgConfig")
-            .field("schema", &self.schema)
-            .field("world", &self.world)
-            .field("notify", &self.notify)
-            .field("pooler", &self.pooler)
-            .field("listen_url", &listen)
-            .finish()
-    }
-}
-
-/// What a [`PgBackend`]'s pool connects through, which decides how
-/// statements are sent (see the crate README's deployment notes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Pooler {
-    /// Straight to Postgres, or through PgBouncer in session pooling: each
-    /// connection is one server session. Statements are prepared once per
-    /// connection (sqlx's statement cache) and reused.
-    #[default]
-    Direct,
-    /// Through PgBouncer in transaction pooling (tested with Debian's
-    /// 1.18): between transactions a connection's statements may run on
-    /// any server connection. Every statement with parameters is sent
-    /// unnamed (never prepared by name) and inside a transaction, its own
-    /// when the command has none. Session features are refused: the
-    /// `AdvisorySemaphore` (use `LeaseSemaphore`), and LISTEN through the
-    /// pool (set [`PgConfig::listen_url`] to the server itself, or
-    /// `notify: false`).
-    Transaction,
-}
-
-/// A configuration that cannot work.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The claimer settings are invalid.
-    #[error(transparent)]
-    Claimer(#[from] InvalidClaimerConfig),
-    /// The connection failed.
-    #[error("connecting: {0}")]
-    Connect(#[from] sqlx::Error),
-}
 
 /// The Postgres backend. Cheap to clone: clones share one pool.
 #[derive(Clone, Debug)]
@@ -227,6 +150,12 @@ impl PgBackend {
     /// The configuration.
     pub fn config(&self) -> &PgConfig {
         &self.inner.config
+    }
+
+    /// A [`Listener`] for this backend's wake-ups, on a connection of its
+    /// own (see [`Listener::connect`]).
+    pub async fn listener(&self) -> Result<Listener, BackendError> {
+        Listener::connect(self.pool(), self.config()).await
     }
 
     /// The schema.
@@ -463,54 +392,6 @@ impl Backend for PgBackend {
         if !self.inner.config.notify {
             return Ok(None);
         }
-        Ok(Some(Box::new(Listener::connect(self).await?)))
-    }
-}
-
-/// Maps a driver error to what the caller may assume about the command.
-pub(crate) fn db(error: sqlx::Error) -> BackendError {
-    match &error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            BackendError::Unavailable(error.to_string())
-        }
-        sqlx::Error::Database(e) => match e.code().as_deref() {
-            // insufficient_privilege, undefined_table, undefined_function,
-            // invalid_schema_name, undefined_column: the schema is missing,
-            // old, or the role lacks a grant. Retrying will not help.
-            Some("42501" | "42P01" | "42883" | "3F000" | "42703") => {
-                BackendError::Misconfigured(error.to_string())
-            }
-            // duplicate_prepared_statement, invalid_sql_statement_name: a
-            // statement sqlx prepared by name on this connection's session
-            // collides with another client's, or is gone. A session of our
-            // own never does that: the connection goes through a pooler
-            // that shares server sessions.
-            Some("42P05" | "26000") => BackendError::Misconfigured(format!(
-                "{error}: this connection's server session is shared with other clients (a \
-                 transaction-pooling PgBouncer?): set PgConfig::pooler to Pooler::Transaction \
-                 (see weir-postgres's deployment notes)"
-            )),
-            // A data exception (class 22: a NUL in text, a value out of
-            // range): the statement was rolled back and the same data
-            // would be refused again.
-            Some(code) if code.starts_with("22") => BackendError::Refused(error.to_string()),
-            // An interrupt ended the statement: query_canceled (a statement
-            // timeout, a cancel request) or operator intervention (the
-            // session terminated, the server shutting down). The server
-            // acts on an interrupt wherever it next checks for one, which
-            // can be after the transaction committed and before it
-            // answered: the command may have been applied. The history
-            // checker found exactly that (a cancelled claim whose effect
-            // the rest of the history needs).
-            Some("57014" | "57P01" | "57P02" | "57P03" | "57P05") => {
-                BackendError::Lost(error.to_string())
-            }
-            // The server answered with an error: the statement (and its
-            // transaction) was rolled back, so nothing was applied.
-            _ => BackendError::Unavailable(error.to_string()),
-        },
-        // The connection broke or the answer was garbled: the command may
-        // have been applied.
-        _ => BackendError::Lost(error.to_string()),
+        Ok(Some(Box::new(self.listener().await?)))
     }
 }

@@ -21,8 +21,9 @@ use sqlx::{PgConnection, Row};
 use weir::BackendError;
 use weir_core::{Enqueued, JobId, NewJob, Reject, Timestamp};
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
 use crate::enqueue::{clock_free_invalid, first_invalid};
+use crate::error::db;
 use crate::rows::span;
 
 /// Rows sent per `COPY` data message, so memory stays bounded.

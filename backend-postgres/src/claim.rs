@@ -13,7 +13,8 @@ use weir_core::{
     Timestamp,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::rows::{i64_to_u64, span, u64_to_i64};
 
 /// The claim's restatements of the core's claimer rules, one fragment

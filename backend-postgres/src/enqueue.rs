@@ -13,7 +13,8 @@ use weir_core::{
     Enqueued, InvalidJob, JobId, JobLimits, Kind, NewJob, Reject, Timestamp, UniqueKey,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::rows::span;
 
 /// The batch enqueue, one statement, so all of it commits or none (a

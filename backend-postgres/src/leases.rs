@@ -32,7 +32,9 @@ use weir_core::{
     Semaphore, SemaphoreName, SlotGrant, SlotIndex, Timestamp,
 };
 
-use crate::backend::{db, PgBackend, Pooler};
+use crate::backend::PgBackend;
+use crate::config::Pooler;
+use crate::error::db;
 use crate::rows::{claimer_table, lease_from_row, semaphore, slot_from_row, u64_to_i64};
 
 const MY_LEASE_SQL: &str = "

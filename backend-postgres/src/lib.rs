@@ -39,7 +39,9 @@
 mod backend;
 mod bulk;
 mod claim;
+mod config;
 mod enqueue;
+mod error;
 mod leases;
 mod locked;
 mod maintenance;
@@ -59,8 +61,9 @@ mod snapshot;
 #[cfg(feature = "harness")]
 pub mod harness;
 
-pub use backend::{ConfigError, PgBackend, PgConfig, Pooler};
+pub use backend::PgBackend;
 pub use bulk::CopyError;
+pub use config::{ConfigError, PgConfig, Pooler};
 pub use migrate::{migrate, MigrateError, MigrateReport, LATEST_VERSION};
 #[cfg(feature = "mutants")]
 pub use mutants::SqlMutation;

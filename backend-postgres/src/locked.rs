@@ -15,7 +15,8 @@ use weir_core::{
     BatchResult, Job, JobId, JobState, QueueName, Receipt, Reject, StateName, Timestamp,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::rows::{job_from_row, JobWrites, JOB_COLUMNS, JOB_WRITE_SQL};
 
 const LOCK_JOBS_SQL: &str = "

@@ -14,7 +14,8 @@ use weir_core::{
     FailOutcome, JobId, LeaderGrant, LeaderTerm, Leadership, Millis, ProcessId, Reject, Timestamp,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::locked::LockedJobs;
 use crate::rows::{i64_to_u64, job_from_row, span, u64_to_i64, JOB_COLUMNS};
 

@@ -21,11 +21,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPool};
 use weir::{BackendError, Subscription};
 use weir_core::{Epoch, JobId, ProcessId, QueueName};
 
-use crate::backend::{db, PgBackend, Pooler};
+use crate::config::{PgConfig, Pooler};
+use crate::error::db;
 
 /// What a notification says: the runtime's own wake-up type, so a
 /// [`Listener`] is a [`weir::Subscription`] as it stands.
@@ -65,16 +66,17 @@ impl std::fmt::Debug for Listener {
 impl Listener {
     /// Opens a connection and listens: to
     /// [`PgConfig::listen_url`](crate::PgConfig::listen_url) when it is
-    /// set, else with the backend's pool options. Behind a transaction
+    /// set, else with `pool`'s options. Behind a transaction
     /// pooler ([`Pooler::Transaction`]) without a `listen_url` it is
     /// refused ([`BackendError::Misconfigured`]): the LISTEN would be
     /// registered on a server connection that other clients share and that
     /// this one does not keep, so wake-ups would be lost or go to others.
-    pub async fn connect(backend: &PgBackend) -> Result<Listener, BackendError> {
-        let config = backend.config();
+    /// [`PgBackend::listener`](crate::PgBackend::listener) opens one for a
+    /// backend.
+    pub async fn connect(pool: &PgPool, config: &PgConfig) -> Result<Listener, BackendError> {
         let listener = match (&config.listen_url, config.pooler) {
             (Some(url), _) => PgListener::connect(url).await,
-            (None, Pooler::Direct) => PgListener::connect_with(backend.pool()).await,
+            (None, Pooler::Direct) => PgListener::connect_with(pool).await,
             (None, Pooler::Transaction) => {
                 return Err(BackendError::Misconfigured(
                     "LISTEN needs a session of its own, which a transaction-pooling PgBouncer \
@@ -86,7 +88,7 @@ impl Listener {
         };
         let mut listener = listener.map_err(db)?;
         listener
-            .listen(&backend.schema().channel())
+            .listen(&config.schema.channel())
             .await
             .map_err(db)?;
         Ok(Listener { listener })
@@ -113,7 +115,7 @@ impl Listener {
     }
 }
 
-/// What [`PgBackend`]'s [`weir::Backend::subscribe`] hands out.
+/// What [`PgBackend`](crate::PgBackend)'s [`weir::Backend::subscribe`] hands out.
 #[async_trait]
 impl Subscription for Listener {
     async fn next(&mut self, within: Duration) -> Result<Option<Wakeup>, BackendError> {

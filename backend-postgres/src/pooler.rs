@@ -42,7 +42,8 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgQueryResult, PgRow, PgStatement};
 use sqlx::{Connection, Describe, Either, Execute, Executor, Postgres};
 
-use crate::backend::{PgBackend, Pooler};
+use crate::backend::PgBackend;
+use crate::config::Pooler;
 
 /// A statement sent unnamed: prepared as the unnamed statement, never
 /// cached, whatever the query asked for.

@@ -12,7 +12,8 @@ use sqlx::Row;
 use weir::{BackendError, Presence, WorkerInfo};
 use weir_core::{Kind, ProcessId, QueueName, Timestamp};
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::rows::{i64_to_u64, u64_to_i64};
 
 /// Upserts the caller's row, and deletes rows of other processes that

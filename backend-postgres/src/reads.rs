@@ -12,7 +12,8 @@ use sqlx::Row;
 use weir::{BackendError, JobFilter, QueueInfo};
 use weir_core::{Job, JobId, Kind, QueueName, StateName};
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::rows::{job_from_row, JOB_COLUMNS};
 
 /// Queue depths by state, unfinished jobs by kind, and paused queues, as

@@ -27,7 +27,8 @@ use weir_core::{
     Reject, StateName, Timestamp,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::rows::{corrupt, fail_reason, i64_to_u64, span, u64_to_i64, RetryKind};
 
 /// `$1` now; `$2` job ids, `$3` epochs, `$4` a span per item (delay,

@@ -79,7 +79,9 @@ use weir_core::{
     SlotIndex, Timestamp, TryResult, WaitConfig,
 };
 
-use crate::backend::{db, PgBackend, Pooler};
+use crate::backend::PgBackend;
+use crate::config::Pooler;
+use crate::error::db;
 
 /// One semaphore's slots, as [`acquire`] drives them.
 #[async_trait]

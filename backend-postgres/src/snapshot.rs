@@ -10,7 +10,8 @@ use weir_core::{
     Slot, Timestamp,
 };
 
-use crate::backend::{db, PgBackend};
+use crate::backend::PgBackend;
+use crate::error::db;
 use crate::leases::SESSION_ENDED;
 use crate::rows::{i64_to_u64, job_from_row, lease_from_row, slot_from_row, JOB_COLUMNS};
 

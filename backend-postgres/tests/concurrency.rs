@@ -21,7 +21,6 @@ use weir_core::{
     UniqueKey, World, WorldConfig,
 };
 use weir_postgres::harness::{test_database, TestDatabase};
-use weir_postgres::notify::Listener;
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
 
 /// How long a test waits for a party to reach the point a race needs.
@@ -214,7 +213,7 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     };
     let r: Vec<Receipt> = claimed.jobs.iter().map(|j| j.receipt).collect();
     assert_eq!(r.len(), 3);
-    let mut listener = Listener::connect(&backend).await.unwrap();
+    let mut listener = backend.listener().await.unwrap();
     let answers = step(
         2,
         Command::CancelAttempts(cmd::CancelAttempts {

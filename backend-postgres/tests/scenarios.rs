@@ -17,7 +17,7 @@ use weir_core::{
     WaitConfig, WorldConfig,
 };
 use weir_postgres::migrate::migrate_to;
-use weir_postgres::notify::{Listener, Wakeup};
+use weir_postgres::notify::Wakeup;
 use weir_postgres::semaphore::{
     acquire, AcquireError, AdvisorySemaphore, LeaseSemaphore, SlotStore,
 };
@@ -536,7 +536,7 @@ async fn a_lease_slot_is_freed_when_its_lease_lapses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_whose_connection_dropped_says_so_and_listens_again() {
     let (db, backend) = common::backend(WorldConfig::default()).await;
-    let mut listener = Listener::connect(&backend).await.unwrap();
+    let mut listener = backend.listener().await.unwrap();
     let superuser = db.pool().await;
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -568,7 +568,7 @@ async fn a_listener_whose_connection_dropped_says_so_and_listens_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    let mut listener = Listener::connect(&backend).await.unwrap();
+    let mut listener = backend.listener().await.unwrap();
     assert_eq!(
         listener.wait(Duration::from_millis(50)).await.unwrap(),
         None
@@ -1007,7 +1007,7 @@ async fn a_bulk_with_unique_keys_is_all_or_none_when_a_later_chunk_is_invalid() 
         .unwrap()[0];
     let before = backend.snapshot().await.unwrap();
     let seq_before = last_id(&backend).await;
-    let mut listener = Listener::connect(&backend).await.unwrap();
+    let mut listener = backend.listener().await.unwrap();
     let too_far = backend
         .now()
         .await
@@ -1142,7 +1142,7 @@ async fn a_connection_dropped_mid_copy_leaves_nothing() {
     .execute(&superuser)
     .await
     .unwrap();
-    let mut listener = Listener::connect(&backend).await.unwrap();
+    let mut listener = backend.listener().await.unwrap();
     let mut jobs: Vec<NewJob> = (0..20_000).map(|_| job()).collect();
     jobs[10_000].priority = weir_core::Priority(77);
     let bulk = {

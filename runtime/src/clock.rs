@@ -13,7 +13,7 @@
 //! (`#[tokio::test(start_paused = true)]`) it moves only when the test
 //! advances it, which is what lets a whole worker pool run on virtual time.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 use weir_core::Timestamp;
@@ -52,6 +52,15 @@ impl MonotonicClock {
     pub async fn sleep_until(&self, at: Timestamp) {
         tokio::time::sleep_until(self.instant(at)).await;
     }
+}
+
+/// The wall clock, in the core's milliseconds. For labels and reports
+/// only: no decision of Weir's reads it.
+pub fn wall_clock() -> Timestamp {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub use backend::{
 pub use client::{
     new_job, new_raw_job, stranded, Client, ClientError, InsertOptions, Inserted, Stranded,
 };
-pub use clock::MonotonicClock;
+pub use clock::{wall_clock, MonotonicClock};
 pub use job::{HandlerError, HeartbeatError, JobArgs, JobContext, JobOutcome};
 pub use limit::{InvalidLimit, Limit, LimitConfig};
 pub use metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
@@ -46,5 +46,5 @@ pub use weir_core as core;
 #[cfg(feature = "mutants")]
 pub use worker::PoolMutation;
 pub use worker::{
-    new_process_id, wall_clock, InvalidPoolConfig, PoolConfig, PoolError, PoolReport, WorkerPool,
+    new_process_id, InvalidPoolConfig, PoolConfig, PoolError, PoolReport, WorkerPool,
 };

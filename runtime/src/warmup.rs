@@ -31,8 +31,7 @@ use weir_core::{
 };
 
 use crate::backend::{Backend, BackendError};
-use crate::clock::MonotonicClock;
-use crate::worker::wall_clock;
+use crate::clock::{wall_clock, MonotonicClock};
 
 pub use weir_core::WarmupConfig;
 

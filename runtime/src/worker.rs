@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,24 +33,14 @@ use tracing::{debug, info, warn, Instrument};
 use weir_core::{
     command_name, Abandoned, ClaimedJob, CommandId, Dispatcher, DispatcherConfig, Effect,
     FailError, HandlerResult, Input, InvalidDispatcherConfig, InvalidName, Kind, Millis, ProcessId,
-    QueueConfig, QueueName, Receipt, Refusal, Retry, Settled, Stats, StopReason, Timestamp,
-    Unrunnable,
+    QueueConfig, QueueName, Receipt, Refusal, Retry, Settled, Stats, StopReason, Unrunnable,
 };
 
 use crate::backend::{Backend, BackendError, Presence, Wakeup};
-use crate::clock::MonotonicClock;
+use crate::clock::{wall_clock, MonotonicClock};
 use crate::job::{JobContext, JobOutcome};
 use crate::metrics::{PoolMetrics, PoolSnapshot, ResultKind, RunningJob};
 use crate::registry::{Args, Registry};
-
-/// The wall clock, in the core's milliseconds. For labels and reports
-/// only: no decision of Weir's reads it.
-pub fn wall_clock() -> Timestamp {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// A fresh, random process id. Every running pool needs its own: claims,
 /// claimer leases and semaphore slots are held in its name.
