@@ -27,10 +27,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use weir::{Backend, BackendError, JobFilter, Presence, QueueInfo, Subscription, WorkerInfo};
 use weir_core::cmd;
-use weir_core::{
-    Command, Enqueued, Job, JobId, NewJob, Outcome, ProcessId, Reject,
-    Timestamp,
-};
+use weir_core::{Command, Enqueued, Job, JobId, NewJob, Outcome, ProcessId, Reject, Timestamp};
 
 use crate::config::{ConfigError, PgConfig, Pooler};
 use crate::error::db;

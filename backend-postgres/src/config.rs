@@ -2,7 +2,6 @@
 //! pool connects through ([`Pooler`]), and the configurations that cannot
 //! work ([`ConfigError`]).
 
-
 use weir_core::{InvalidClaimerConfig, WorldConfig};
 
 use crate::schema::SchemaName;

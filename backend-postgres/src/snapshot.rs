@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use weir::BackendError;
 use weir_core::{
@@ -55,22 +56,40 @@ impl PgBackend {
             .execute(self.via(&mut *tx))
             .await
             .map_err(db)?;
-        let jobs = sqlx::query(&self.sql(&format!(
+        let snapshot = Snapshot {
+            jobs: self.stored_jobs(&mut tx).await?,
+            claimers: self.stored_claimers(&mut tx).await?,
+            semaphores: self.stored_semaphores(&mut tx).await?,
+            leadership: self.stored_leadership(&mut tx).await?,
+            paused: self.stored_paused(&mut tx).await?,
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(snapshot)
+    }
+
+    async fn stored_jobs(&self, conn: &mut PgConnection) -> Result<Vec<Job>, BackendError> {
+        sqlx::query(&self.sql(&format!(
             "SELECT {JOB_COLUMNS} FROM {{s}}.jobs j ORDER BY j.id"
         )))
-        .fetch_all(self.via(&mut *tx))
+        .fetch_all(self.via(&mut *conn))
         .await
         .map_err(db)?
         .iter()
         .map(job_from_row)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(db)?;
+        .map_err(db)
+    }
+
+    async fn stored_claimers(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<BTreeMap<QueueName, Vec<(ClaimerSlot, ClaimerLease)>>, BackendError> {
         let mut claimers: BTreeMap<QueueName, Vec<(ClaimerSlot, ClaimerLease)>> = BTreeMap::new();
         for row in sqlx::query(&self.sql(
             "SELECT queue, slot, owner, lease_epoch, last_claimed_at, expires_at
              FROM {s}.claimer_leases ORDER BY queue, slot",
         ))
-        .fetch_all(self.via(&mut *tx))
+        .fetch_all(self.via(&mut *conn))
         .await
         .map_err(db)?
         {
@@ -82,9 +101,16 @@ impl PgBackend {
                 .or_default()
                 .push(lease_from_row(&row).map_err(db)?);
         }
+        Ok(claimers)
+    }
+
+    async fn stored_semaphores(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<BTreeMap<SemaphoreName, (u16, Vec<Slot>)>, BackendError> {
         let mut semaphores: BTreeMap<SemaphoreName, (u16, Vec<Slot>)> = BTreeMap::new();
         for row in sqlx::query(&self.sql("SELECT name, permits FROM {s}.semaphores"))
-            .fetch_all(self.via(&mut *tx))
+            .fetch_all(self.via(&mut *conn))
             .await
             .map_err(db)?
         {
@@ -97,7 +123,7 @@ impl PgBackend {
         }
         let slots = self.sql(&SLOTS_SQL.replace("{ended}", SESSION_ENDED));
         for row in sqlx::query(&slots)
-            .fetch_all(self.via(&mut *tx))
+            .fetch_all(self.via(&mut *conn))
             .await
             .map_err(db)?
         {
@@ -111,33 +137,34 @@ impl PgBackend {
                 }
             }
         }
+        Ok(semaphores)
+    }
+
+    async fn stored_leadership(&self, conn: &mut PgConnection) -> Result<Leadership, BackendError> {
         let row = sqlx::query(&self.sql("SELECT term, holder, expires_at FROM {s}.leader"))
-            .fetch_one(self.via(&mut *tx))
+            .fetch_one(self.via(&mut *conn))
             .await
             .map_err(db)?;
-        let leadership = Leadership {
+        Ok(Leadership {
             term: LeaderTerm(i64_to_u64(row.try_get("term").map_err(db)?)),
             holder: row
                 .try_get::<Option<i64>, _>("holder")
                 .map_err(db)?
                 .map(|p| ProcessId(i64_to_u64(p))),
             expires_at: Timestamp(row.try_get("expires_at").map_err(db)?),
-        };
-        let paused =
-            sqlx::query_scalar::<_, String>(&self.sql("SELECT queue FROM {s}.paused_queues"))
-                .fetch_all(self.via(&mut *tx))
-                .await
-                .map_err(db)?
-                .into_iter()
-                .map(|q| decode(QueueName::new(q)))
-                .collect::<Result<BTreeSet<_>, _>>()?;
-        tx.commit().await.map_err(db)?;
-        Ok(Snapshot {
-            jobs,
-            claimers,
-            semaphores,
-            leadership,
-            paused,
         })
+    }
+
+    async fn stored_paused(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<BTreeSet<QueueName>, BackendError> {
+        sqlx::query_scalar::<_, String>(&self.sql("SELECT queue FROM {s}.paused_queues"))
+            .fetch_all(self.via(&mut *conn))
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|q| decode(QueueName::new(q)))
+            .collect()
     }
 }

@@ -146,21 +146,7 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
                 after,
                 limit,
             } => {
-                let filter = JobFilter {
-                    queue: queue
-                        .as_deref()
-                        .map(QueueName::new)
-                        .transpose()
-                        .map_err(|e| format!("--queue: {e}"))?,
-                    state: state.as_deref().map(parse_state).transpose()?,
-                    kind: kind
-                        .as_deref()
-                        .map(Kind::new)
-                        .transpose()
-                        .map_err(|e| format!("--kind: {e}"))?,
-                    after: after.map(JobId),
-                    limit: *limit,
-                };
+                let filter = job_filter(queue, state, kind, *after, *limit)?;
                 let jobs = client.jobs(&filter).await.map_err(|e| e.to_string())?;
                 if args.target.json {
                     return json(&jobs);
@@ -168,29 +154,7 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
                 print_jobs(&jobs);
                 Ok(())
             }
-            JobsAction::Show { id } => {
-                let Some(job) = client.job(JobId(*id)).await.map_err(|e| e.to_string())? else {
-                    return Err(format!("no job {id} (never enqueued, or pruned)"));
-                };
-                if args.target.json {
-                    return json(&job);
-                }
-                print_job(&job);
-                if !job.state_name().is_terminal() {
-                    let workers = client.workers().await.map_err(|e| e.to_string())?;
-                    let runnable = workers.iter().any(|w| {
-                        w.presence.queues.contains(&job.queue)
-                            && w.presence.kinds.contains(&job.kind)
-                    });
-                    if !runnable {
-                        println!(
-                            "  note          no live worker on queue {} runs kind {}: it waits until one starts",
-                            job.queue, job.kind
-                        );
-                    }
-                }
-                Ok(())
-            }
+            JobsAction::Show { id } => show_job(&client, *id, args.target.json).await,
             JobsAction::Retry { id } => {
                 client
                     .retry(JobId(*id))
@@ -211,6 +175,59 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
     })
 }
 
+/// The `weir jobs list` filter, each flag checked.
+fn job_filter(
+    queue: &Option<String>,
+    state: &Option<String>,
+    kind: &Option<String>,
+    after: Option<i64>,
+    limit: u32,
+) -> Result<JobFilter, String> {
+    Ok(JobFilter {
+        queue: queue
+            .as_deref()
+            .map(QueueName::new)
+            .transpose()
+            .map_err(|e| format!("--queue: {e}"))?,
+        state: state.as_deref().map(parse_state).transpose()?,
+        kind: kind
+            .as_deref()
+            .map(Kind::new)
+            .transpose()
+            .map_err(|e| format!("--kind: {e}"))?,
+        after: after.map(JobId),
+        limit,
+    })
+}
+
+/// `weir jobs show ID`, with a note when no live worker can run it.
+async fn show_job<B: weir::Backend>(
+    client: &weir::Client<B>,
+    id: i64,
+    as_json: bool,
+) -> Result<(), String> {
+    let Some(job) = client.job(JobId(id)).await.map_err(|e| e.to_string())? else {
+        return Err(format!("no job {id} (never enqueued, or pruned)"));
+    };
+    if as_json {
+        return json(&job);
+    }
+    print_job(&job);
+    if !job.state_name().is_terminal() {
+        let workers = client.workers().await.map_err(|e| e.to_string())?;
+        let runnable = workers.iter().any(|w| {
+            w.presence.queues.contains(&job.queue) && w.presence.kinds.contains(&job.kind)
+        });
+        if !runnable {
+            println!(
+                "  note          no live worker on queue {} runs kind {}: it waits until one starts",
+                job.queue, job.kind
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parse_state(s: &str) -> Result<StateName, String> {
     StateName::parse(s).ok_or_else(|| {
         let all: Vec<_> = StateName::ALL.iter().map(|s| s.as_str()).collect();
@@ -222,74 +239,20 @@ fn parse_state(s: &str) -> Result<StateName, String> {
 pub fn queues(args: &QueuesArgs) -> Result<(), String> {
     block_on(async {
         let client = client(&args.target).await?;
-        match &args.action {
-            Some(QueuesAction::Pause { queue }) => {
-                let changed = client.pause(queue).await.map_err(|e| e.to_string())?;
-                println!(
-                    "queue {queue} {}",
-                    if changed {
-                        "paused"
-                    } else {
-                        "was already paused"
-                    }
-                );
-                return Ok(());
-            }
-            Some(QueuesAction::Resume { queue }) => {
-                let changed = client.resume(queue).await.map_err(|e| e.to_string())?;
-                println!(
-                    "queue {queue} {}",
-                    if changed { "resumed" } else { "was not paused" }
-                );
-                return Ok(());
-            }
-            None => {}
+        if let Some(action) = &args.action {
+            return pause_or_resume(&client, action).await;
         }
         let queues = client.queues().await.map_err(|e| e.to_string())?;
         let workers = client.workers().await.map_err(|e| e.to_string())?;
         let stranded = weir::stranded(&queues, &workers);
         if args.target.json {
-            let rows: Vec<_> = queues
-                .iter()
-                .map(|q| {
-                    let depths: serde_json::Map<String, serde_json::Value> = q
-                        .depths
-                        .iter()
-                        .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
-                        .collect();
-                    let stranded: Vec<_> = stranded
-                        .iter()
-                        .filter(|s| s.queue == q.queue)
-                        .map(|s| serde_json::json!({"kind": s.kind, "jobs": s.jobs}))
-                        .collect();
-                    serde_json::json!({
-                        "queue": q.queue, "paused": q.paused, "depths": depths,
-                        "no_live_worker_for": stranded,
-                    })
-                })
-                .collect();
-            return json(&rows);
+            return json(&queues_json(&queues, &stranded));
         }
         if queues.is_empty() {
             println!("no queues (no jobs, nothing paused)");
             return Ok(());
         }
-        print!("{:<24} {:<7}", "queue", "paused");
-        for state in StateName::ALL {
-            print!(" {:>10}", short(state));
-        }
-        println!();
-        for q in &queues {
-            print!(
-                "{:<24} {:<7}",
-                q.queue.as_str(),
-                if q.paused { "yes" } else { "no" }
-            );
-            for state in StateName::ALL {
-                print!(" {:>10}", q.depth(state));
-            }
-            println!();
-        }
+        print_queues(&queues);
         println!("{} live worker process(es)", workers.len());
         for s in &stranded {
             println!(
@@ -299,6 +262,73 @@ pub fn queues(args: &QueuesArgs) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// `weir queues pause|resume QUEUE`.
+async fn pause_or_resume<B: weir::Backend>(
+    client: &weir::Client<B>,
+    action: &QueuesAction,
+) -> Result<(), String> {
+    match action {
+        QueuesAction::Pause { queue } => {
+            let changed = client.pause(queue).await.map_err(|e| e.to_string())?;
+            let what = if changed {
+                "paused"
+            } else {
+                "was already paused"
+            };
+            println!("queue {queue} {what}");
+        }
+        QueuesAction::Resume { queue } => {
+            let changed = client.resume(queue).await.map_err(|e| e.to_string())?;
+            let what = if changed { "resumed" } else { "was not paused" };
+            println!("queue {queue} {what}");
+        }
+    }
+    Ok(())
+}
+
+/// `weir queues --json`: one object per queue.
+fn queues_json(queues: &[weir::QueueInfo], stranded: &[weir::Stranded]) -> Vec<serde_json::Value> {
+    queues
+        .iter()
+        .map(|q| {
+            let depths: serde_json::Map<String, serde_json::Value> = q
+                .depths
+                .iter()
+                .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
+                .collect();
+            let stranded: Vec<_> = stranded
+                .iter()
+                .filter(|s| s.queue == q.queue)
+                .map(|s| serde_json::json!({"kind": s.kind, "jobs": s.jobs}))
+                .collect();
+            serde_json::json!({
+                "queue": q.queue, "paused": q.paused, "depths": depths,
+                "no_live_worker_for": stranded,
+            })
+        })
+        .collect()
+}
+
+/// `weir queues`: depth per state, one row per queue.
+fn print_queues(queues: &[weir::QueueInfo]) {
+    print!("{:<24} {:<7}", "queue", "paused");
+    for state in StateName::ALL {
+        print!(" {:>10}", short(state));
+    }
+    println!();
+    for q in queues {
+        print!(
+            "{:<24} {:<7}",
+            q.queue.as_str(),
+            if q.paused { "yes" } else { "no" }
+        );
+        for state in StateName::ALL {
+            print!(" {:>10}", q.depth(state));
+        }
+        println!();
+    }
 }
 
 /// `weir workers`.
