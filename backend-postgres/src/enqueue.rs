@@ -3,14 +3,12 @@
 //! path in `bulk.rs`. Unique keys are decided by the `jobs_unique` index,
 //! not by a read before the write.
 
-use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
 
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use weir::{BackendError, ClientError, InsertOptions, Inserted, JobArgs};
 use weir_core::{
-    Enqueued, InvalidJob, JobId, JobLimits, Kind, NewJob, Reject, Timestamp, UniqueKey,
+    Enqueued, InvalidJob, JobId, JobLimits, NewJob, Reject, Timestamp, UniqueKey,
 };
 
 use crate::backend::PgBackend;
@@ -322,23 +320,8 @@ struct EnqueuePlan {
 
 impl EnqueuePlan {
     fn new(jobs: &[NewJob]) -> EnqueuePlan {
-        let mut first: BTreeMap<(&Kind, &UniqueKey), usize> = BTreeMap::new();
-        let mut send = Vec::with_capacity(jobs.len());
-        let mut dup_of = vec![None; jobs.len()];
-        for (i, job) in jobs.iter().enumerate() {
-            if let Some(key) = &job.unique_key {
-                match first.entry((&job.kind, key)) {
-                    Entry::Occupied(e) => {
-                        dup_of[i] = Some(*e.get());
-                        continue;
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(i);
-                    }
-                }
-            }
-            send.push(i);
-        }
+        let dup_of = NewJob::batch_duplicates(jobs);
+        let send = (0..jobs.len()).filter(|&i| dup_of[i].is_none()).collect();
         EnqueuePlan { send, dup_of }
     }
 }

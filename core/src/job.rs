@@ -285,6 +285,24 @@ impl NewJob {
         }
     }
 
+    /// For each job of a batch, the earlier job of the same batch with the
+    /// same kind and unique key, if any: that job's answer is this one's
+    /// too (an enqueue inserts the first of each key at most once). The
+    /// one home of the in-batch rule, for the world and for the backends
+    /// that plan a batch before they send it.
+    pub fn batch_duplicates(jobs: &[NewJob]) -> Vec<Option<usize>> {
+        let mut first: std::collections::BTreeMap<(&Kind, &UniqueKey), usize> =
+            std::collections::BTreeMap::new();
+        jobs.iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let key = job.unique_key.as_ref()?;
+                let earlier = *first.entry((&job.kind, key)).or_insert(i);
+                (earlier != i).then_some(earlier)
+            })
+            .collect()
+    }
+
     /// Checks the job against `limits` at time `now`.
     pub fn validate(&self, now: Timestamp, limits: &JobLimits) -> Result<(), InvalidJob> {
         if self.max_attempts == 0 {

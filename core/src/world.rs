@@ -649,8 +649,16 @@ impl World {
             job.validate(now, &self.config.limits)
                 .map_err(|error| Reject::InvalidJob { index, error })?;
         }
-        let mut out = Vec::with_capacity(jobs.len());
+        let batch_duplicates = NewJob::batch_duplicates(&jobs);
+        let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
         for (index, new) in jobs.into_iter().enumerate() {
+            if let Some(earlier) = batch_duplicates[index] {
+                out.push(Enqueued {
+                    id: out[earlier].id,
+                    duplicate: true,
+                });
+                continue;
+            }
             if let Some(key) = &new.unique_key {
                 if let Some(&existing) = self.unique.get(&(new.kind.clone(), key.clone())) {
                     out.push(Enqueued {
