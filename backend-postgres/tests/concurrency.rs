@@ -1099,7 +1099,9 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
         .fetch_one(&superuser)
         .await
         .unwrap();
-    let enqueued = answer.as_ref().map(|a| answer_of::<cmd::Enqueue>(a.clone()));
+    let enqueued = answer
+        .as_ref()
+        .map(|a| answer_of::<cmd::Enqueue>(a.clone()));
     let Ok(Ok(enqueued)) = enqueued else {
         panic!("the enqueue answered {answer:?}")
     };

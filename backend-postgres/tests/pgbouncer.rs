@@ -14,9 +14,8 @@ use sqlx::{ConnectOptions, Connection};
 use weir::{Backend, BackendError, BackendExt, JobFilter, Presence, Wakeup};
 use weir_core::cmd;
 use weir_core::{
-    Command, FailError, Failure, JobState, Kind, Millis, NewJob, Payload, ProcessId,
-    QueueName, Receipt, Request, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig,
-    WorldConfig,
+    Command, FailError, Failure, JobState, Kind, Millis, NewJob, Payload, ProcessId, QueueName,
+    Receipt, Request, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
 };
 use weir_postgres::harness::{pgbouncer, test_database, PoolMode, TestDatabase};
 use weir_postgres::semaphore::{

@@ -150,10 +150,7 @@ async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
         },
     )
     .await;
-    assert!(
-        matches!(rescued, Ok(ref r) if r.len() == 1),
-        "{rescued:?}"
-    );
+    assert!(matches!(rescued, Ok(ref r) if r.len() == 1), "{rescued:?}");
     let before = backend.snapshot().await.unwrap();
     let xmin_before: String = sqlx::query_scalar("SELECT xmin::text FROM weir.jobs")
         .fetch_one(backend.pool())

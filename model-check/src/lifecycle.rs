@@ -109,9 +109,9 @@ use std::sync::OnceLock;
 use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
-    answer_of, Backoff, ClaimerConfig, ClaimerGrant, Command, Epoch, FailError, Failure, JobId, JobLimits,
-    JobState, Kind, LeaderGrant, LeaderTerm, Millis, Mutation, NewJob, Outcome, Payload, ProcessId,
-    QueueName, Receipt, Reject, Request, Retry, Timestamp, World, WorldConfig,
+    answer_of, Backoff, ClaimerConfig, ClaimerGrant, Command, Epoch, FailError, Failure, JobId,
+    JobLimits, JobState, Kind, LeaderGrant, LeaderTerm, Millis, Mutation, NewJob, Outcome, Payload,
+    ProcessId, QueueName, Receipt, Reject, Request, Retry, Timestamp, World, WorldConfig,
 };
 
 use crate::check::{apply, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};

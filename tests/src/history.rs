@@ -833,8 +833,7 @@ mod tests {
             (Timestamp(2), acquire(1)),
             (Timestamp(3), enqueue.clone()),
         ]);
-        let (claimer, _) =
-            answer_of::<cmd::ClaimerAcquire>(answers[1].clone()).expect("acquired");
+        let (claimer, _) = answer_of::<cmd::ClaimerAcquire>(answers[1].clone()).expect("acquired");
         let claim = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,

@@ -22,8 +22,8 @@ use weir::core::{
     ProcessId, QueueName, StateName, Timestamp, WorldConfig,
 };
 use weir::{
-    Backend, BackendError, BackendExt, Client, InsertOptions, InvalidPoolConfig, JobArgs, JobFilter,
-    JobOutcome, PoolConfig, PoolError, Registry, WorkerPool,
+    Backend, BackendError, BackendExt, Client, InsertOptions, InvalidPoolConfig, JobArgs,
+    JobFilter, JobOutcome, PoolConfig, PoolError, Registry, WorkerPool,
 };
 use weir_memory::{Clock, MemoryBackend, SystemClock};
 use weir_postgres::harness::{test_database, TestDatabase};
