@@ -271,10 +271,11 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use weir_core::{
-        ClaimerGrant, Kind, NewJob, Payload, ProcessId, QueueName, Receipt, Reject, StateName,
+        answer_of, ClaimerGrant, Kind, NewJob, Payload, ProcessId, QueueName, Receipt, Reject,
+        StateName,
     };
 
-    use weir::Backend;
+    use weir::{Backend, BackendExt};
 
     use super::*;
     use crate::clock::VirtualClock;
@@ -294,13 +295,13 @@ mod tests {
     }
 
     fn claimer(backend: &dyn Backend, process: u64) -> ClaimerGrant {
-        let acquire = Command::ClaimerAcquire(cmd::ClaimerAcquire {
+        let acquire = cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(process),
-        });
-        let Ok(Outcome::ClaimerAcquired(Ok((grant, _)))) = ready(backend.execute(acquire)) else {
-            panic!("a fresh queue has a free claimer slot")
         };
+        let (grant, _) = ready(backend.run(acquire))
+            .unwrap()
+            .expect("a fresh queue has a free claimer slot");
         grant
     }
 
@@ -318,15 +319,15 @@ mod tests {
         let grant = claimer(&backend, 1);
         clock.advance_to(Timestamp(6_000));
         assert_eq!(ready(backend.now()).unwrap(), Timestamp(6_000));
-        let claim = Command::Claim(cmd::Claim {
+        let claim = cmd::Claim {
             queue: queue(),
             claimer: grant,
             max: 1,
             kinds: None,
-        });
-        let Ok(Outcome::Claimed(Ok(claimed))) = ready(backend.execute(claim)) else {
-            panic!("the job is available")
         };
+        let claimed = ready(backend.run(claim))
+            .unwrap()
+            .expect("the job is available");
         let receipt = claimed.jobs[0].receipt;
         let complete = Command::Complete(cmd::Complete {
             receipts: vec![receipt],
@@ -361,9 +362,8 @@ mod tests {
                 max: 1,
                 kinds: None,
             }));
-            let Ok(Outcome::Claimed(Ok(claimed))) = outcome else {
-                panic!("the job is available: {outcome:?}")
-            };
+            let outcome = outcome.expect("the job is available");
+            let claimed = answer_of::<cmd::Claim>(outcome).expect("the job is available");
             claimed.jobs[0].receipt
         };
         let old = claim();

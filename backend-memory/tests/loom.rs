@@ -14,8 +14,8 @@ use loom::sync::Arc;
 use loom::thread;
 use weir_core::cmd;
 use weir_core::{
-    ClaimerConfig, ClaimerGrant, Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName,
-    Receipt, SemaphoreName, SlotGrant, SlotIndex, Timestamp, WorldConfig,
+    answer_of, ClaimerConfig, ClaimerGrant, Command, Kind, NewJob, Outcome, Payload, ProcessId,
+    QueueName, Receipt, Request, SemaphoreName, SlotGrant, SlotIndex, Timestamp, WorldConfig,
 };
 use weir_memory::{Clock, MemoryBackend, VirtualClock};
 
@@ -45,29 +45,36 @@ fn backend(jobs: usize) -> Backend {
     Arc::new(backend)
 }
 
+/// `backend.apply` of one request, answered with its own type.
+fn run<R: Request>(backend: &Backend, request: R) -> R::Output {
+    answer_of::<R>(backend.apply(request.into()))
+}
+
 fn acquire_claimer(backend: &Backend, process: u64) -> ClaimerGrant {
-    let outcome = backend.apply(Command::ClaimerAcquire(cmd::ClaimerAcquire {
-        queue: queue(),
-        process: ProcessId(process),
-    }));
-    let Outcome::ClaimerAcquired(Ok((grant, _))) = outcome else {
-        panic!("three slots for three processes: {outcome:?}")
-    };
+    let acquired = run(
+        backend,
+        cmd::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(process),
+        },
+    );
+    let (grant, _) = acquired.expect("three slots for three processes");
     grant
 }
 
 /// Claims at most one job and completes it; returns the receipt.
 fn claim_and_complete(backend: &Backend, process: u64) -> Option<Receipt> {
     let claimer = acquire_claimer(backend, process);
-    let outcome = backend.apply(Command::Claim(cmd::Claim {
-        queue: queue(),
-        claimer,
-        max: 1,
-        kinds: None,
-    }));
-    let Outcome::Claimed(Ok(claimed)) = outcome else {
-        panic!("a live claimer lease claims: {outcome:?}")
-    };
+    let claimed = run(
+        backend,
+        cmd::Claim {
+            queue: queue(),
+            claimer,
+            max: 1,
+            kinds: None,
+        },
+    )
+    .expect("a live claimer lease claims");
     let receipt = claimed.jobs.first()?.receipt;
     let done = backend.apply(Command::Complete(cmd::Complete {
         receipts: vec![receipt],
@@ -105,18 +112,17 @@ fn three_threads_claiming_and_completing_never_claim_a_job_twice() {
 }
 
 fn try_slot(backend: &Backend, process: u64, slot: u16) -> Option<SlotGrant> {
-    let outcome = backend.apply(Command::SlotTry(cmd::SlotTry {
-        semaphore: semaphore(),
-        permits: 2,
-        slot: SlotIndex(slot),
-        holder: ProcessId(process),
-        lease_ttl: None,
-    }));
-    match outcome {
-        Outcome::SlotTried(Ok(grant)) => Some(grant),
-        Outcome::SlotTried(Err(_)) => None,
-        other => panic!("unexpected {other:?}"),
-    }
+    let tried = run(
+        backend,
+        cmd::SlotTry {
+            semaphore: semaphore(),
+            permits: 2,
+            slot: SlotIndex(slot),
+            holder: ProcessId(process),
+            lease_ttl: None,
+        },
+    );
+    tried.ok()
 }
 
 fn holders(backend: &Backend) -> usize {
@@ -170,13 +176,10 @@ fn a_crash_release_racing_a_normal_release_frees_the_slot_exactly_once() {
         let session_end = {
             let backend = backend.clone();
             thread::spawn(move || {
-                let crashed = Command::ProcessCrashed(cmd::ProcessCrashed {
+                let crashed = cmd::ProcessCrashed {
                     process: ProcessId(1),
-                });
-                match backend.apply(crashed) {
-                    Outcome::SessionEnded(freed) => freed.len(),
-                    other => panic!("unexpected {other:?}"),
-                }
+                };
+                run(&backend, crashed).len()
             })
         };
         let newcomer = {

@@ -16,15 +16,25 @@ use sqlx::{Connection, PgConnection};
 use weir::{Backend, BackendError};
 use weir_core::cmd;
 use weir_core::{
-    Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob, Outcome,
-    Payload, ProcessId, QueueName, Receipt, Reject, SemaphoreName, SlotIndex, StateName, Timestamp,
-    UniqueKey, World, WorldConfig,
+    answer_of, Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob,
+    Outcome, Payload, ProcessId, QueueName, Receipt, Reject, Request, SemaphoreName, SlotIndex,
+    StateName, Timestamp, UniqueKey, World, WorldConfig,
 };
 use weir_postgres::harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
 
 /// How long a test waits for a party to reach the point a race needs.
 const REACH_WITHIN: Duration = Duration::from_secs(10);
+
+/// [`PgBackend::execute_at`] of one request, answered with its own type.
+async fn run_at<R: Request>(
+    backend: &PgBackend,
+    now: Timestamp,
+    request: R,
+) -> Result<R::Output, BackendError> {
+    let outcome = backend.execute_at(now, request.into()).await?;
+    Ok(answer_of::<R>(outcome))
+}
 
 fn queue() -> QueueName {
     QueueName::new("default").unwrap()
@@ -187,18 +197,16 @@ async fn cancel_attempts_gives_the_worlds_answers() {
         }),
     )
     .await;
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = step(
+    let acquired = step(
         0,
         Command::ClaimerAcquire(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(7),
         }),
     )
-    .await
-    else {
-        panic!("no claimer lease")
-    };
-    let Outcome::Claimed(Ok(claimed)) = step(
+    .await;
+    let (claimer, _) = answer_of::<cmd::ClaimerAcquire>(acquired).expect("no claimer lease");
+    let claimed = step(
         1,
         Command::Claim(cmd::Claim {
             queue: queue(),
@@ -207,10 +215,8 @@ async fn cancel_attempts_gives_the_worlds_answers() {
             kinds: None,
         }),
     )
-    .await
-    else {
-        panic!("no claim")
-    };
+    .await;
+    let claimed = answer_of::<cmd::Claim>(claimed).expect("no claim");
     let r: Vec<Receipt> = claimed.jobs.iter().map(|j| j.receipt).collect();
     assert_eq!(r.len(), 3);
     let mut listener = backend.listener().await.unwrap();
@@ -456,9 +462,8 @@ async fn a_takeover_never_overwrites_a_concurrent_claim_and_refresh() {
         owner.execute_at(Timestamp(0), acquire(1)).await.unwrap(),
         opened
     );
-    let Outcome::ClaimerAcquired(Ok((claimer, Acquired::Opened))) = opened else {
-        panic!("no lease: {opened:?}")
-    };
+    let (claimer, how) = answer_of::<cmd::ClaimerAcquire>(opened.clone()).expect("no lease");
+    assert_eq!(how, Acquired::Opened, "no lease: {opened:?}");
     let claim = Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
@@ -673,9 +678,8 @@ async fn a_session_hold_ends_when_its_holders_session_ends() {
     let superuser = db.pool().await;
     let holder = process(&db, "weir-holder", WorldConfig::default()).await;
     let other = process(&db, "weir-other", WorldConfig::default()).await;
-    let Outcome::SlotTried(Ok(first)) = holder.execute(session_try(1)).await.unwrap() else {
-        panic!("the slot is free")
-    };
+    let first = answer_of::<cmd::SlotTry>(holder.execute(session_try(1)).await.unwrap())
+        .expect("the slot is free");
     for _ in 0..3 {
         assert_eq!(other.execute(session_try(2)).await.unwrap(), busy(1));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -753,9 +757,8 @@ async fn a_reused_process_id_is_not_mistaken_for_the_holder() {
     .unwrap()
     .rows_affected();
     assert_eq!(rewritten, 1, "the hold records its session");
-    let Outcome::SlotTried(Ok(grant)) = other.execute(session_try(2)).await.unwrap() else {
-        panic!("a hold recorded for another session's start time is free")
-    };
+    let grant = answer_of::<cmd::SlotTry>(other.execute(session_try(2)).await.unwrap())
+        .expect("a hold recorded for another session's start time is free");
     assert_eq!(grant.holder, ProcessId(2));
     drop(stranger);
 }
@@ -816,9 +819,8 @@ async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
             holder: ProcessId(5)
         }))
     );
-    let Outcome::SlotTried(Ok(_)) = backend.execute(try_old(2, 7)).await.unwrap() else {
-        panic!("slot 2 is free")
-    };
+    answer_of::<cmd::SlotTry>(backend.execute(try_old(2, 7)).await.unwrap())
+        .expect("slot 2 is free");
     let recorded: (Option<i32>, bool) = sqlx::query_as(
         "SELECT holder_pid, holder_session_start IS NOT NULL FROM weir.semaphore_slots
          WHERE name = 'old' AND slot = 2",
@@ -866,34 +868,30 @@ async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
         )
         .await
         .unwrap();
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-        .execute_at(
-            Timestamp(0),
-            Command::ClaimerAcquire(cmd::ClaimerAcquire {
-                queue: queue(),
-                process: ProcessId(1),
-            }),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("no claimer lease")
-    };
-    let Outcome::Claimed(Ok(claimed)) = backend
-        .execute_at(
-            Timestamp(1),
-            Command::Claim(cmd::Claim {
-                queue: queue(),
-                claimer,
-                max: 1,
-                kinds: None,
-            }),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("no claim")
-    };
+    let (claimer, _) = run_at(
+        &backend,
+        Timestamp(0),
+        cmd::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(1),
+        },
+    )
+    .await
+    .unwrap()
+    .expect("no claimer lease");
+    let claimed = run_at(
+        &backend,
+        Timestamp(1),
+        cmd::Claim {
+            queue: queue(),
+            claimer,
+            max: 1,
+            kinds: None,
+        },
+    )
+    .await
+    .unwrap()
+    .expect("no claim");
     let current = claimed.jobs[0].receipt;
     let stale = Receipt {
         job: current.job,
@@ -1009,13 +1007,12 @@ async fn enqueues_taking_the_same_keys_in_opposite_orders_do_not_deadlock() {
         );
     }
     // One of them created both jobs; the other found them as duplicates.
-    let ids = |answer: &Result<Outcome, BackendError>| match answer {
-        Ok(Outcome::Enqueued(Ok(e))) => {
-            let mut ids: Vec<i64> = e.iter().map(|e| e.id.0).collect();
-            ids.sort();
-            ids
-        }
-        _ => unreachable!("checked above"),
+    let ids = |answer: &Result<Outcome, BackendError>| {
+        let outcome = answer.as_ref().expect("checked above").clone();
+        let e = answer_of::<cmd::Enqueue>(outcome).expect("checked above");
+        let mut ids: Vec<i64> = e.iter().map(|e| e.id.0).collect();
+        ids.sort();
+        ids
     };
     assert_eq!(ids(&first), ids(&second));
 }
@@ -1036,17 +1033,16 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
     let superuser = db.pool().await;
     let client = process(&db, "weir-dedup", WorldConfig::default()).await;
     let leader = process(&db, "weir-pruner", WorldConfig::default()).await;
-    let Ok(Outcome::Enqueued(Ok(made))) = client
-        .execute_at(
-            Timestamp(1_000),
-            Command::Enqueue(cmd::Enqueue {
-                jobs: vec![keyed("k")],
-            }),
-        )
-        .await
-    else {
-        panic!("the first enqueue failed")
-    };
+    let made = run_at(
+        &client,
+        Timestamp(1_000),
+        cmd::Enqueue {
+            jobs: vec![keyed("k")],
+        },
+    )
+    .await
+    .expect("the first enqueue failed")
+    .expect("the first enqueue failed");
     let held = made[0].id;
     let cancelled = client
         .execute_at(Timestamp(1_000), Command::Cancel(cmd::Cancel { job: held }))
@@ -1055,17 +1051,16 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
         matches!(cancelled, Ok(Outcome::Cancelled(Ok(_)))),
         "{cancelled:?}"
     );
-    let Ok(Outcome::LeaderElected(Ok(grant))) = leader
-        .execute_at(
-            Timestamp(2_000),
-            Command::LeaderElect(cmd::LeaderElect {
-                process: weir_core::ProcessId(7),
-            }),
-        )
-        .await
-    else {
-        panic!("no leadership")
-    };
+    let grant = run_at(
+        &leader,
+        Timestamp(2_000),
+        cmd::LeaderElect {
+            process: weir_core::ProcessId(7),
+        },
+    )
+    .await
+    .expect("no leadership")
+    .expect("no leadership");
     // The enqueue parks on inserting its new job, after it has read the
     // key's holder.
     park_on(&superuser, "jobs", "BEFORE INSERT", "true").await;
@@ -1103,7 +1098,10 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
         .fetch_one(&superuser)
         .await
         .unwrap();
-    let Ok(Outcome::Enqueued(Ok(enqueued))) = &answer else {
+    let enqueued = answer
+        .as_ref()
+        .map(|a| answer_of::<cmd::Enqueue>(a.clone()));
+    let Ok(Ok(enqueued)) = enqueued else {
         panic!("the enqueue answered {answer:?}")
     };
     // A duplicate of a job still stored, or a new job because the holder
@@ -1135,18 +1133,17 @@ async fn worker_and_operator(db: &TestDatabase) -> (PgBackend, PgBackend, Comman
         )
         .await
         .unwrap();
-    let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker
-        .execute_at(
-            Timestamp(0),
-            Command::ClaimerAcquire(cmd::ClaimerAcquire {
-                queue: queue(),
-                process: ProcessId(1),
-            }),
-        )
-        .await
-    else {
-        panic!("no claimer lease")
-    };
+    let (claimer, _) = run_at(
+        &worker,
+        Timestamp(0),
+        cmd::ClaimerAcquire {
+            queue: queue(),
+            process: ProcessId(1),
+        },
+    )
+    .await
+    .expect("no claimer lease")
+    .expect("no claimer lease");
     let claim = Command::Claim(cmd::Claim {
         queue: queue(),
         claimer,
@@ -1185,7 +1182,8 @@ async fn answered_or_waiting<T>(
 
 /// The jobs a claim handed out.
 fn claimed_jobs(claimed: &Result<Outcome, BackendError>) -> Vec<JobId> {
-    let Ok(Outcome::Claimed(Ok(claim))) = claimed else {
+    let answer = claimed.as_ref().map(|c| answer_of::<cmd::Claim>(c.clone()));
+    let Ok(Ok(claim)) = answer else {
         panic!("the claim answered {claimed:?}")
     };
     claim.jobs.iter().map(|j| j.receipt.job).collect()

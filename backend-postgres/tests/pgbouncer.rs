@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
-use weir::{Backend, BackendError, JobFilter, Presence, Wakeup};
+use weir::{Backend, BackendError, BackendExt, JobFilter, Presence, Wakeup};
 use weir_core::cmd;
 use weir_core::{
-    Command, FailError, Failure, JobState, Kind, Millis, NewJob, Outcome, Payload, ProcessId,
-    QueueName, Receipt, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
+    Command, FailError, Failure, JobState, Kind, Millis, NewJob, Payload, ProcessId, QueueName,
+    Receipt, Request, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
 };
 use weir_postgres::harness::{pgbouncer, test_database, PoolMode, TestDatabase};
 use weir_postgres::semaphore::{
@@ -151,10 +151,8 @@ async fn an_advisory_semaphore_works_through_session_pooling() {
     let bouncer = pgbouncer(&db, PoolMode::Session, 5).await;
     let through = client(bouncer.app_url(), true, &PgConfig::default()).await;
     let mut wakeups = through.subscribe().await.unwrap().expect("notify is on");
-    let enqueue = Command::Enqueue(cmd::Enqueue { jobs: vec![job(1)] });
-    let Outcome::Enqueued(Ok(_)) = run(&through, enqueue).await else {
-        panic!("enqueue refused")
-    };
+    let enqueue = cmd::Enqueue { jobs: vec![job(1)] };
+    run(&through, enqueue).await.expect("enqueue refused");
     let woke = wakeups.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         woke,
@@ -228,8 +226,9 @@ async fn client(url: &str, cache: bool, config: &PgConfig) -> PgBackend {
     PgBackend::new(pool, config.clone()).unwrap()
 }
 
-async fn run(backend: &PgBackend, command: Command) -> Outcome {
-    backend.execute(command).await.unwrap()
+/// One request, answered with its own type.
+async fn run<R: Request + Send>(backend: &PgBackend, request: R) -> R::Output {
+    backend.run(request).await.unwrap()
 }
 
 /// One worker process: claims batches, heartbeats them, and ends each job
@@ -242,16 +241,13 @@ async fn work(
     seen: Arc<Mutex<BTreeSet<i64>>>,
 ) {
     let process = ProcessId(process);
-    let acquire_lease = || {
-        Command::ClaimerAcquire(cmd::ClaimerAcquire {
-            queue: queue(),
-            process,
-        })
+    let acquire_lease = || cmd::ClaimerAcquire {
+        queue: queue(),
+        process,
     };
-    let Outcome::ClaimerAcquired(Ok((mut claimer, _))) = run(&backend, acquire_lease()).await
-    else {
-        panic!("no claimer lease")
-    };
+    let (mut claimer, _) = run(&backend, acquire_lease())
+        .await
+        .expect("no claimer lease");
     let mut gate = LeaseSemaphore::new(
         backend.clone(),
         SemaphoreName::new("gate").unwrap(),
@@ -261,23 +257,21 @@ async fn work(
     );
     let mut batches = 0u32;
     while !done.load(Ordering::SeqCst) {
-        let claim = Command::Claim(cmd::Claim {
+        let claim = cmd::Claim {
             queue: queue(),
             claimer,
             max: 8,
             kinds: None,
-        });
+        };
         let jobs = match run(&backend, claim).await {
-            Outcome::Claimed(Ok(claimed)) => claimed.jobs,
-            Outcome::Claimed(Err(_lost)) => {
-                let Outcome::ClaimerAcquired(Ok((again, _))) = run(&backend, acquire_lease()).await
-                else {
-                    panic!("no claimer lease")
-                };
+            Ok(claimed) => claimed.jobs,
+            Err(_lost) => {
+                let (again, _) = run(&backend, acquire_lease())
+                    .await
+                    .expect("no claimer lease");
                 claimer = again;
                 continue;
             }
-            other => panic!("{other:?}"),
         };
         if jobs.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -285,11 +279,9 @@ async fn work(
         }
         batches += 1;
         let receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt).collect();
-        let Outcome::Heartbeats(Ok(beats)) =
-            run(&backend, Command::Heartbeat(cmd::Heartbeat { receipts })).await
-        else {
-            panic!("heartbeat refused")
-        };
+        let beats = run(&backend, cmd::Heartbeat { receipts })
+            .await
+            .expect("heartbeat refused");
         assert!(beats.iter().all(Result::is_ok), "{beats:?}");
         if batches.is_multiple_of(4) {
             let grant = acquire(
@@ -322,26 +314,17 @@ async fn work(
                 _ => complete.push(job.receipt),
             }
         }
-        let Outcome::Completed(Ok(done_items)) = run(
-            &backend,
-            Command::Complete(cmd::Complete { receipts: complete }),
-        )
-        .await
-        else {
-            panic!("complete refused")
-        };
+        let done_items = run(&backend, cmd::Complete { receipts: complete })
+            .await
+            .expect("complete refused");
         assert!(done_items.iter().all(Result::is_ok), "{done_items:?}");
-        let Outcome::Failed(Ok(failed)) =
-            run(&backend, Command::Fail(cmd::Fail { failures: fail })).await
-        else {
-            panic!("fail refused")
-        };
+        let failed = run(&backend, cmd::Fail { failures: fail })
+            .await
+            .expect("fail refused");
         assert!(failed.iter().all(Result::is_ok), "{failed:?}");
-        let Outcome::Snoozed(Ok(snoozed)) =
-            run(&backend, Command::Snooze(cmd::Snooze { snoozes: snooze })).await
-        else {
-            panic!("snooze refused")
-        };
+        let snoozed = run(&backend, cmd::Snooze { snoozes: snooze })
+            .await
+            .expect("snooze refused");
         assert!(snoozed.iter().all(Result::is_ok), "{snoozed:?}");
     }
 }
@@ -350,11 +333,9 @@ async fn work(
 /// jobs back, rescues, prunes, reads and announces, until done.
 async fn maintain(backend: PgBackend, done: Arc<AtomicBool>) {
     let process = ProcessId(9);
-    let Outcome::LeaderElected(Ok(leader)) =
-        run(&backend, Command::LeaderElect(cmd::LeaderElect { process })).await
-    else {
-        panic!("no leadership")
-    };
+    let leader = run(&backend, cmd::LeaderElect { process })
+        .await
+        .expect("no leadership");
     let presence = Presence {
         process,
         label: "maintainer".into(),
@@ -363,29 +344,21 @@ async fn maintain(backend: PgBackend, done: Arc<AtomicBool>) {
         started_at: weir_core::Timestamp(0),
     };
     while !done.load(Ordering::SeqCst) {
-        let Outcome::Promoted(Ok(_)) = run(
-            &backend,
-            Command::Promote(cmd::Promote { leader, max: 100 }),
-        )
-        .await
-        else {
-            panic!("promote refused")
-        };
-        let rescue = Command::Rescue(cmd::Rescue {
+        run(&backend, cmd::Promote { leader, max: 100 })
+            .await
+            .expect("promote refused");
+        let rescue = cmd::Rescue {
             leader,
             draw: 0,
             max: 100,
-        });
-        assert!(matches!(
-            run(&backend, rescue).await,
-            Outcome::Rescued(Ok(_))
-        ));
-        let prune = Command::Prune(cmd::Prune {
+        };
+        assert!(run(&backend, rescue).await.is_ok());
+        let prune = cmd::Prune {
             leader,
             older_than: Millis::from_secs(3_600),
             max: 100,
-        });
-        assert!(matches!(run(&backend, prune).await, Outcome::Pruned(Ok(_))));
+        };
+        assert!(run(&backend, prune).await.is_ok());
         backend
             .announce(&presence, Duration::from_secs(60))
             .await
@@ -519,20 +492,16 @@ async fn weir_works_through_a_transaction_pooling_pgbouncer_in_pooler_mode() {
     let total = AtomicUsize::new(0);
     for batch in 0..10 {
         let jobs: Vec<NewJob> = (batch * 10..batch * 10 + 10).map(job).collect();
-        let Outcome::Enqueued(Ok(enqueued)) =
-            run(&producer, Command::Enqueue(cmd::Enqueue { jobs })).await
-        else {
-            panic!("enqueue refused")
-        };
+        let enqueued = run(&producer, cmd::Enqueue { jobs })
+            .await
+            .expect("enqueue refused");
         assert!(enqueued.iter().all(|e| !e.duplicate));
         total.fetch_add(enqueued.len(), Ordering::SeqCst);
     }
     let again: Vec<NewJob> = (0..10).map(job).collect();
-    let Outcome::Enqueued(Ok(again)) =
-        run(&producer, Command::Enqueue(cmd::Enqueue { jobs: again })).await
-    else {
-        panic!("enqueue refused")
-    };
+    let again = run(&producer, cmd::Enqueue { jobs: again })
+        .await
+        .expect("enqueue refused");
     assert_eq!(
         again.iter().filter(|e| e.duplicate).count(),
         2,

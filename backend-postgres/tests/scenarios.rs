@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Row;
-use weir::{Backend, BackendError, Presence};
+use weir::{Backend, BackendError, BackendExt, Presence};
 use weir_core::cmd;
 use weir_core::{
-    Acquired, ClaimerConfig, Command, Enqueued, InvalidJob, JobLimits, Kind, Millis, NewJob,
-    Outcome, Payload, ProcessId, QueueName, Reject, SemaphoreName, StateName, Timestamp, UniqueKey,
-    WaitConfig, WorldConfig,
+    answer_of, Acquired, ClaimerConfig, Command, Enqueued, InvalidJob, JobLimits, Kind, Millis,
+    NewJob, Outcome, Payload, ProcessId, QueueName, Reject, Request, SemaphoreName, StateName,
+    Timestamp, UniqueKey, WaitConfig, WorldConfig,
 };
 use weir_postgres::migrate::migrate_to;
 use weir_postgres::notify::Wakeup;
@@ -31,8 +31,10 @@ fn job() -> NewJob {
     NewJob::new(queue(), Kind::new("k").unwrap(), Payload(b"{}".to_vec()))
 }
 
-async fn run(backend: &PgBackend, now: i64, command: Command) -> Outcome {
-    backend.execute_at(Timestamp(now), command).await.unwrap()
+/// One request at storage time `now`, answered with its own type.
+async fn run<R: Request>(backend: &PgBackend, now: i64, request: R) -> R::Output {
+    let outcome = backend.execute_at(Timestamp(now), request.into());
+    answer_of::<R>(outcome.await.unwrap())
 }
 
 fn wait(wait_max: u64) -> WaitConfig {
@@ -102,65 +104,53 @@ async fn the_role_is_not_a_superuser() {
 #[tokio::test]
 async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    run(
+    run(&backend, 1_000, cmd::Enqueue { jobs: vec![job()] })
+        .await
+        .unwrap();
+    let (claimer, _) = run(
         &backend,
         1_000,
-        Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
-    )
-    .await;
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = run(
-        &backend,
-        1_000,
-        Command::ClaimerAcquire(cmd::ClaimerAcquire {
+        cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(1),
-        }),
+        },
     )
     .await
-    else {
-        panic!("no claimer lease")
-    };
-    let Outcome::Claimed(Ok(claimed)) = run(
+    .expect("no claimer lease");
+    let claimed = run(
         &backend,
         1_000,
-        Command::Claim(cmd::Claim {
+        cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        }),
+        },
     )
     .await
-    else {
-        panic!("no claim")
-    };
+    .expect("no claim");
     let late = claimed.jobs[0].receipt;
     // The worker stalls past the heartbeat staleness; the leader rescues.
-    let Outcome::LeaderElected(Ok(leader)) = run(
+    let leader = run(
         &backend,
         70_000,
-        Command::LeaderElect(cmd::LeaderElect {
+        cmd::LeaderElect {
             process: ProcessId(9),
-        }),
+        },
     )
     .await
-    else {
-        panic!("no leader")
-    };
+    .expect("no leader");
     let rescued = run(
         &backend,
         70_000,
-        Command::Rescue(cmd::Rescue {
+        cmd::Rescue {
             leader,
             draw: 0,
             max: 10,
-        }),
+        },
     )
     .await;
-    assert!(
-        matches!(rescued, Outcome::Rescued(Ok(ref r)) if r.len() == 1),
-        "{rescued:?}"
-    );
+    assert!(matches!(rescued, Ok(ref r) if r.len() == 1), "{rescued:?}");
     let before = backend.snapshot().await.unwrap();
     let xmin_before: String = sqlx::query_scalar("SELECT xmin::text FROM weir.jobs")
         .fetch_one(backend.pool())
@@ -169,17 +159,17 @@ async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let answer = run(
         &backend,
         70_001,
-        Command::Complete(cmd::Complete {
+        cmd::Complete {
             receipts: vec![late],
-        }),
+        },
     )
     .await;
     assert_eq!(
         answer,
-        Outcome::Completed(Ok(vec![Err(Reject::StaleEpoch {
+        Ok(vec![Err(Reject::StaleEpoch {
             current: weir_core::Epoch(2),
             presented: late.epoch,
-        })]))
+        })])
     );
     assert_eq!(backend.snapshot().await.unwrap(), before);
     let xmin_after: String = sqlx::query_scalar("SELECT xmin::text FROM weir.jobs")
@@ -201,61 +191,51 @@ async fn fresh_claimer_claims_without_a_lease_write_and_a_half_stale_one_refresh
     };
     let (_db, backend) = common::backend(world).await;
     let jobs = (0..4).map(|_| job()).collect();
-    run(&backend, 0, Command::Enqueue(cmd::Enqueue { jobs })).await;
-    let acquire = |process| {
-        Command::ClaimerAcquire(cmd::ClaimerAcquire {
-            queue: queue(),
-            process: ProcessId(process),
-        })
+    run(&backend, 0, cmd::Enqueue { jobs }).await.unwrap();
+    let acquire = |process| cmd::ClaimerAcquire {
+        queue: queue(),
+        process: ProcessId(process),
     };
-    let Outcome::ClaimerAcquired(Ok((claimer, Acquired::Opened))) =
-        run(&backend, 0, acquire(1)).await
-    else {
-        panic!("no lease")
-    };
+    let (claimer, how) = run(&backend, 0, acquire(1)).await.expect("no lease");
+    assert_eq!(how, Acquired::Opened, "no lease");
     let lease_xmin = || async {
         sqlx::query_scalar::<_, String>("SELECT xmin::text FROM weir.claimer_leases")
             .fetch_one(backend.pool())
             .await
             .unwrap()
     };
-    let claim = Command::Claim(cmd::Claim {
+    let claim = cmd::Claim {
         queue: queue(),
         claimer,
         max: 1,
         kinds: None,
-    });
+    };
     let opened = lease_xmin().await;
     // Fresh: claimed without touching the lease row.
-    let Outcome::Claimed(Ok(fresh)) = run(&backend, 100, claim.clone()).await else {
-        panic!()
-    };
+    let fresh = run(&backend, 100, claim.clone()).await.unwrap();
     assert_eq!((fresh.jobs.len(), fresh.lease_refreshed), (1, false));
     assert_eq!(lease_xmin().await, opened);
     // Half-stale (last claim recorded at 0, idle 400/2 passed): refreshed.
-    let Outcome::Claimed(Ok(stale)) = run(&backend, 200, claim.clone()).await else {
-        panic!()
-    };
+    let stale = run(&backend, 200, claim.clone()).await.unwrap();
     assert_eq!((stale.jobs.len(), stale.lease_refreshed), (1, true));
     assert_ne!(lease_xmin().await, opened);
     // At 400 the slot would have been idle without the refresh; it is not.
     assert_eq!(
         run(&backend, 400, acquire(2)).await,
-        Outcome::ClaimerAcquired(Err(Reject::NoClaimerSlot { slots: 1 }))
+        Err(Reject::NoClaimerSlot { slots: 1 })
     );
     // Idle past the threshold since the refresh: taken over, epoch bumped.
-    let Outcome::ClaimerAcquired(Ok((taken, Acquired::TakenOver))) =
-        run(&backend, 600, acquire(2)).await
-    else {
-        panic!("not taken over")
-    };
+    let (taken, how) = run(&backend, 600, acquire(2))
+        .await
+        .expect("not taken over");
+    assert_eq!(how, Acquired::TakenOver, "not taken over");
     assert!(taken.lease_epoch > claimer.lease_epoch);
     assert_eq!(
         run(&backend, 601, claim).await,
-        Outcome::Claimed(Err(Reject::ClaimerLeaseLost {
+        Err(Reject::ClaimerLeaseLost {
             slot: claimer.slot,
             presented: claimer.lease_epoch
-        }))
+        })
     );
 }
 
@@ -270,16 +250,13 @@ async fn concurrent_unique_inserts_give_one_job() {
             j.unique_key = Some(UniqueKey::new("order-42").unwrap());
             let mut other = job();
             other.unique_key = Some(UniqueKey::new("order-43").unwrap());
-            match backend
-                .execute(Command::Enqueue(cmd::Enqueue {
+            backend
+                .run(cmd::Enqueue {
                     jobs: vec![j, other],
-                }))
+                })
                 .await
                 .unwrap()
-            {
-                Outcome::Enqueued(Ok(done)) => done,
-                other => panic!("{other:?}"),
-            }
+                .unwrap()
         }));
     }
     let mut results = Vec::new();
@@ -373,43 +350,37 @@ async fn concurrent_claimers_never_share_a_job() {
     for process in 1..=4u64 {
         let backend = backend.clone();
         tasks.push(tokio::spawn(async move {
-            let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-                .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
+            let (claimer, _) = backend
+                .run(cmd::ClaimerAcquire {
                     queue: queue(),
                     process: ProcessId(process),
-                }))
+                })
                 .await
                 .unwrap()
-            else {
-                panic!("no lease")
-            };
+                .expect("no lease");
             let mut mine = Vec::new();
             loop {
-                let Outcome::Claimed(Ok(claimed)) = backend
-                    .execute(Command::Claim(cmd::Claim {
+                let claimed = backend
+                    .run(cmd::Claim {
                         queue: queue(),
                         claimer,
                         max: 16,
                         kinds: None,
-                    }))
+                    })
                     .await
                     .unwrap()
-                else {
-                    panic!("claim refused")
-                };
+                    .expect("claim refused");
                 if claimed.jobs.is_empty() {
                     return mine;
                 }
                 let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
-                let Outcome::Completed(Ok(done)) = backend
-                    .execute(Command::Complete(cmd::Complete {
+                let done = backend
+                    .run(cmd::Complete {
                         receipts: receipts.clone(),
-                    }))
+                    })
                     .await
                     .unwrap()
-                else {
-                    panic!()
-                };
+                    .unwrap();
                 assert!(done.iter().all(Result::is_ok));
                 mine.extend(receipts.into_iter().map(|r| r.job));
             }
@@ -585,28 +556,24 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     let latency = started.elapsed();
     eprintln!("wake-up latency after enqueue: {latency:?}");
     assert!(latency < Duration::from_secs(4), "{latency:?}");
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-        .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
+    let (claimer, _) = backend
+        .run(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(5),
-        }))
+        })
         .await
         .unwrap()
-    else {
-        panic!()
-    };
-    let Outcome::Claimed(Ok(claimed)) = backend
-        .execute(Command::Claim(cmd::Claim {
+        .unwrap();
+    let claimed = backend
+        .run(cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds: None,
-        }))
+        })
         .await
         .unwrap()
-    else {
-        panic!()
-    };
+        .unwrap();
     let receipt = claimed.jobs[0].receipt;
     let cancelled = backend
         .execute(Command::Cancel(cmd::Cancel { job: receipt.job }))
@@ -644,13 +611,11 @@ async fn the_database_clock_drives_production_commands() {
         .as_millis() as i64;
     let now = backend.now().await.unwrap();
     assert!((now.0 - before).abs() < 60_000, "{now:?} vs {before}");
-    let Outcome::Enqueued(Ok(done)) = backend
-        .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }))
+    let done = backend
+        .run(cmd::Enqueue { jobs: vec![job()] })
         .await
         .unwrap()
-    else {
-        panic!()
-    };
+        .unwrap();
     let stored = backend.snapshot().await.unwrap().jobs;
     assert_eq!(stored[0].id, done[0].id);
     assert!((stored[0].created_at.0 - now.0).abs() < 60_000);
@@ -691,31 +656,27 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
     const BATCH: usize = 128;
     let jobs: Vec<NewJob> = (0..BATCHES * BATCH).map(|_| job()).collect();
     backend.enqueue_copy(&jobs).await.unwrap();
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-        .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
+    let (claimer, _) = backend
+        .run(cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(1),
-        }))
+        })
         .await
         .unwrap()
-    else {
-        panic!()
-    };
+        .unwrap();
     let mut refreshes = 0;
     let mut heartbeats = 0;
     for _ in 0..BATCHES {
-        let Outcome::Claimed(Ok(claimed)) = backend
-            .execute(Command::Claim(cmd::Claim {
+        let claimed = backend
+            .run(cmd::Claim {
                 queue: queue(),
                 claimer,
                 max: BATCH as u32,
                 kinds: None,
-            }))
+            })
             .await
             .unwrap()
-        else {
-            panic!()
-        };
+            .unwrap();
         assert_eq!(claimed.jobs.len(), BATCH);
         refreshes += usize::from(claimed.lease_refreshed);
         let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
@@ -787,63 +748,55 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
 async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let (_db, backend) = common::backend_with(WorldConfig::default(), 8).await;
     let jobs: Vec<NewJob> = (0..256).map(|_| job()).collect();
-    run(&backend, 1_000, Command::Enqueue(cmd::Enqueue { jobs })).await;
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = run(
+    run(&backend, 1_000, cmd::Enqueue { jobs }).await.unwrap();
+    let (claimer, _) = run(
         &backend,
         1_000,
-        Command::ClaimerAcquire(cmd::ClaimerAcquire {
+        cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(1),
-        }),
+        },
     )
     .await
-    else {
-        panic!()
-    };
-    let Outcome::Claimed(Ok(claimed)) = run(
+    .unwrap();
+    let claimed = run(
         &backend,
         1_000,
-        Command::Claim(cmd::Claim {
+        cmd::Claim {
             queue: queue(),
             claimer,
             max: 256,
             kinds: None,
-        }),
+        },
     )
     .await
-    else {
-        panic!()
-    };
+    .unwrap();
     let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
     let late = 10_000_000;
-    let Outcome::LeaderElected(Ok(leader)) = run(
+    let leader = run(
         &backend,
         late,
-        Command::LeaderElect(cmd::LeaderElect {
+        cmd::LeaderElect {
             process: ProcessId(9),
-        }),
+        },
     )
     .await
-    else {
-        panic!()
-    };
+    .unwrap();
     let worker = {
         let backend = backend.clone();
         let receipts = receipts.clone();
         tokio::spawn(async move {
             let mut done = Vec::new();
             for chunk in receipts.chunks(16) {
-                let Outcome::Completed(Ok(items)) = run(
+                let items = run(
                     &backend,
                     late,
-                    Command::Complete(cmd::Complete {
+                    cmd::Complete {
                         receipts: chunk.to_vec(),
-                    }),
+                    },
                 )
                 .await
-                else {
-                    panic!()
-                };
+                .unwrap();
                 for (receipt, item) in chunk.iter().zip(items) {
                     match item {
                         Ok(()) => done.push(receipt.job),
@@ -860,19 +813,17 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
         tokio::spawn(async move {
             let mut rescued = Vec::new();
             loop {
-                let Outcome::Rescued(Ok(batch)) = run(
+                let batch = run(
                     &backend,
                     late,
-                    Command::Rescue(cmd::Rescue {
+                    cmd::Rescue {
                         leader,
                         draw: 0,
                         max: 16,
-                    }),
+                    },
                 )
                 .await
-                else {
-                    panic!()
-                };
+                .unwrap();
                 if batch.is_empty() {
                     return rescued;
                 }
@@ -884,14 +835,14 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let mut rescued = sweeper.await.unwrap();
     // The sweep may have stopped while a batch of completions held rows it
     // skipped; one more sweep picks up whatever is still running.
-    if let Outcome::Rescued(Ok(rest)) = run(
+    if let Ok(rest) = run(
         &backend,
         late,
-        Command::Rescue(cmd::Rescue {
+        cmd::Rescue {
             leader,
             draw: 0,
             max: 256,
-        }),
+        },
     )
     .await
     {
@@ -926,15 +877,13 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     assert_eq!((v1.from, v1.to, v1.applied), (0, 1, vec![1]));
     let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
     // What a v1 release did: enqueue; it has no presence table.
-    let Outcome::Enqueued(Ok(done)) = backend
-        .execute(Command::Enqueue(cmd::Enqueue {
+    let done = backend
+        .run(cmd::Enqueue {
             jobs: vec![job(), job()],
-        }))
+        })
         .await
         .unwrap()
-    else {
-        panic!()
-    };
+        .unwrap();
     let before = backend.snapshot().await.unwrap();
     let behind = backend.check_schema().await.unwrap_err();
     assert!(

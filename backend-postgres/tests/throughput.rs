@@ -11,9 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use weir::Backend;
+use weir::{Backend, BackendExt};
 use weir_core::cmd;
-use weir_core::{Command, Kind, NewJob, Outcome, Payload, ProcessId, QueueName, WorldConfig};
+use weir_core::{Command, Kind, NewJob, Payload, ProcessId, QueueName, WorldConfig};
 
 const BULK_JOBS: usize = 100_000;
 const BULK_ROUNDS: usize = 3;
@@ -33,16 +33,14 @@ async fn enqueue_claim_complete_cycle_against_the_ceiling() {
         let backend = backend.clone();
         let queue = queue.clone();
         tasks.push(tokio::spawn(async move {
-            let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
-                .execute(Command::ClaimerAcquire(cmd::ClaimerAcquire {
+            let (claimer, _) = backend
+                .run(cmd::ClaimerAcquire {
                     queue: queue.clone(),
                     process: ProcessId(process),
-                }))
+                })
                 .await
                 .unwrap()
-            else {
-                panic!()
-            };
+                .unwrap();
             let mut done = 0usize;
             while Instant::now() < stop {
                 let jobs = (0..BATCH)
@@ -58,18 +56,16 @@ async fn enqueue_claim_complete_cycle_against_the_ceiling() {
                     .execute(Command::Enqueue(cmd::Enqueue { jobs }))
                     .await
                     .unwrap();
-                let Outcome::Claimed(Ok(claimed)) = backend
-                    .execute(Command::Claim(cmd::Claim {
+                let claimed = backend
+                    .run(cmd::Claim {
                         queue: queue.clone(),
                         claimer,
                         max: BATCH as u32,
                         kinds: None,
-                    }))
+                    })
                     .await
                     .unwrap()
-                else {
-                    panic!()
-                };
+                    .unwrap();
                 let receipts: Vec<_> = claimed.jobs.iter().map(|j| j.receipt).collect();
                 done += receipts.len();
                 backend

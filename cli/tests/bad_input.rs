@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use weir::core::cmd;
 use weir::core::{self, Millis, ProcessId, QueueName};
-use weir::Backend;
+use weir::{Backend, BackendExt};
 use weir_postgres::harness::test_database;
 use weir_postgres::{PgBackend, PgConfig, LATEST_VERSION};
 
@@ -351,41 +351,41 @@ async fn a_job_snoozed_to_the_end_of_time_can_still_be_shown() {
         .await
         .unwrap();
     backend.migrate().await.unwrap();
-    let run = |command| {
-        let backend = backend.clone();
-        async move { backend.execute(command).await.unwrap() }
-    };
-    run(core::Command::Enqueue(cmd::Enqueue {
-        jobs: vec![job("mail")],
-    }))
-    .await;
+    backend
+        .run(cmd::Enqueue {
+            jobs: vec![job("mail")],
+        })
+        .await
+        .unwrap()
+        .unwrap();
     let process = ProcessId(5);
     let queue = QueueName::new("mail").unwrap();
-    let core::Outcome::ClaimerAcquired(Ok((claimer, _))) =
-        run(core::Command::ClaimerAcquire(cmd::ClaimerAcquire {
+    let (claimer, _) = backend
+        .run(cmd::ClaimerAcquire {
             queue: queue.clone(),
             process,
-        }))
+        })
         .await
-    else {
-        panic!("a free claimer slot");
-    };
-    let core::Outcome::Claimed(Ok(claimed)) = run(core::Command::Claim(cmd::Claim {
-        queue,
-        claimer,
-        max: 1,
-        kinds: None,
-    }))
-    .await
-    else {
-        panic!("claim");
-    };
+        .unwrap()
+        .expect("a free claimer slot");
+    let claimed = backend
+        .run(cmd::Claim {
+            queue,
+            claimer,
+            max: 1,
+            kinds: None,
+        })
+        .await
+        .unwrap()
+        .expect("claim");
     let receipt = claimed.jobs[0].receipt;
-    let snoozed = run(core::Command::Snooze(cmd::Snooze {
-        snoozes: vec![(receipt, Millis(u64::MAX))],
-    }))
-    .await;
-    assert_eq!(snoozed, core::Outcome::Snoozed(Ok(vec![Ok(())])));
+    let snoozed = backend
+        .run(cmd::Snooze {
+            snoozes: vec![(receipt, Millis(u64::MAX))],
+        })
+        .await
+        .unwrap();
+    assert_eq!(snoozed, Ok(vec![Ok(())]));
     let (ok, text, _) = weir(&["jobs", "--database-url", url, "show", "1"]);
     assert!(ok, "{text}");
     assert!(

@@ -24,27 +24,27 @@ fn main() {
         world.apply(now, Command::Enqueue(cmd::Enqueue { jobs: vec![job] }));
         transitions += 1;
     }
-    let Outcome::ClaimerAcquired(Ok((claimer, _))) = world.apply(
-        now,
-        Command::ClaimerAcquire(cmd::ClaimerAcquire {
-            queue: queue.clone(),
-            process: ProcessId(1),
-        }),
-    ) else {
-        panic!("no claimer slot")
-    };
-    for _ in 0..jobs {
-        let Outcome::Claimed(Ok(claimed)) = world.apply(
+    let (claimer, _) = world
+        .run(
             now,
-            Command::Claim(cmd::Claim {
+            cmd::ClaimerAcquire {
                 queue: queue.clone(),
-                claimer,
-                max: 1,
-                kinds: None,
-            }),
-        ) else {
-            panic!("claim refused")
-        };
+                process: ProcessId(1),
+            },
+        )
+        .expect("no claimer slot");
+    for _ in 0..jobs {
+        let claimed = world
+            .run(
+                now,
+                cmd::Claim {
+                    queue: queue.clone(),
+                    claimer,
+                    max: 1,
+                    kinds: None,
+                },
+            )
+            .expect("claim refused");
         let receipt = claimed.jobs[0].receipt;
         world.apply(
             now,

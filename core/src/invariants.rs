@@ -1042,26 +1042,26 @@ mod tests {
                 jobs: vec![new(Some("u")), new(None), new(None)],
             }),
         );
-        let Outcome::ClaimerAcquired(Ok((claimer, _))) = w.apply(
-            now,
-            Command::ClaimerAcquire(cmd::ClaimerAcquire {
-                queue: queue(),
-                process: ProcessId(1),
-            }),
-        ) else {
-            unreachable!()
-        };
-        let Outcome::Claimed(Ok(claimed)) = w.apply(
-            now,
-            Command::Claim(cmd::Claim {
-                queue: queue(),
-                claimer,
-                max: 2,
-                kinds: None,
-            }),
-        ) else {
-            unreachable!()
-        };
+        let (claimer, _) = w
+            .run(
+                now,
+                cmd::ClaimerAcquire {
+                    queue: queue(),
+                    process: ProcessId(1),
+                },
+            )
+            .unwrap();
+        let claimed = w
+            .run(
+                now,
+                cmd::Claim {
+                    queue: queue(),
+                    claimer,
+                    max: 2,
+                    kinds: None,
+                },
+            )
+            .unwrap();
         w.apply(
             now,
             Command::Complete(cmd::Complete {
@@ -1343,15 +1343,15 @@ mod tests {
     fn a_claim_issues_each_receipt_once() {
         let (mut w, _) = world();
         let before = w.clone();
-        let Outcome::ClaimerAcquired(Ok((claimer, _))) = w.apply(
-            Timestamp(2_000),
-            Command::ClaimerAcquire(cmd::ClaimerAcquire {
-                queue: queue(),
-                process: ProcessId(1),
-            }),
-        ) else {
-            unreachable!()
-        };
+        let (claimer, _) = w
+            .run(
+                Timestamp(2_000),
+                cmd::ClaimerAcquire {
+                    queue: queue(),
+                    process: ProcessId(1),
+                },
+            )
+            .unwrap();
         let command = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,
@@ -1359,14 +1359,13 @@ mod tests {
             kinds: None,
         });
         let mut after = w.clone();
-        let mut outcome = after.apply(Timestamp(2_000), command.clone());
+        let outcome = after.apply(Timestamp(2_000), command.clone());
         assert_eq!(World::check_step(&w, &command, &outcome, &after), Ok(()));
         // The same claim answering with the job's old epoch.
-        let Outcome::Claimed(Ok(claimed)) = &mut outcome else {
-            unreachable!()
-        };
+        let mut claimed = crate::answer_of::<cmd::Claim>(outcome).unwrap();
         let id = claimed.jobs[0].receipt.job;
         claimed.jobs[0].receipt.epoch = before.jobs[&id].epoch;
+        let outcome = Outcome::Claimed(Ok(claimed));
         assert!(matches!(
             World::check_step(&w, &command, &outcome, &after),
             Err(Violation::ReceiptIssuedOnce { .. })
@@ -1520,9 +1519,8 @@ mod tests {
         };
         let mut after = w.clone();
         let answer = after.apply(Timestamp(2_000), acquire(2));
-        let Outcome::ClaimerAcquired(Ok((grant, Acquired::Opened))) = answer else {
-            panic!("{answer:?}")
-        };
+        let (grant, how) = crate::answer_of::<cmd::ClaimerAcquire>(answer.clone()).unwrap();
+        assert_eq!(how, Acquired::Opened, "{answer:?}");
         assert_eq!(World::check_step(&w, &acquire(2), &answer, &after), Ok(()));
         // Process 1's slot 0 is fresh: a take-over of it is two claimers
         // believing they own one slot.

@@ -54,15 +54,17 @@ impl Harness {
         outcome
     }
 
+    /// [`Harness::apply`] of one request, answered with its own type.
+    fn run<R: Request>(&mut self, request: R) -> R::Output {
+        answer_of::<R>(self.apply(request.into()))
+    }
+
     fn advance(&mut self, ms: u64) {
         self.now = self.now.plus(Millis(ms));
     }
 
     fn enqueue(&mut self, jobs: Vec<NewJob>) -> Vec<Enqueued> {
-        match self.apply(Command::Enqueue(cmd::Enqueue { jobs })) {
-            Outcome::Enqueued(Ok(ids)) => ids,
-            other => panic!("enqueue: {other:?}"),
-        }
+        self.run(cmd::Enqueue { jobs }).expect("enqueue")
     }
 
     fn enqueue_one(&mut self) -> JobId {
@@ -71,58 +73,47 @@ impl Harness {
     }
 
     fn acquire(&mut self, process: ProcessId) -> ClaimerGrant {
-        match self.apply(Command::ClaimerAcquire(cmd::ClaimerAcquire {
-            queue: queue(),
-            process,
-        })) {
-            Outcome::ClaimerAcquired(Ok((grant, _))) => grant,
-            other => panic!("acquire: {other:?}"),
-        }
+        let (grant, _) = self
+            .run(cmd::ClaimerAcquire {
+                queue: queue(),
+                process,
+            })
+            .expect("acquire");
+        grant
     }
 
     fn claim(&mut self, process: ProcessId, max: u32) -> Vec<ClaimedJob> {
         let claimer = self.acquire(process);
-        match self.apply(Command::Claim(cmd::Claim {
+        self.run(cmd::Claim {
             queue: queue(),
             claimer,
             max,
             kinds: None,
-        })) {
-            Outcome::Claimed(Ok(claimed)) => claimed.jobs,
-            other => panic!("claim: {other:?}"),
-        }
+        })
+        .expect("claim")
+        .jobs
     }
 
     fn complete(&mut self, receipts: Vec<Receipt>) -> Vec<Result<(), Reject>> {
-        match self.apply(Command::Complete(cmd::Complete { receipts })) {
-            Outcome::Completed(Ok(results)) => results,
-            other => panic!("complete: {other:?}"),
-        }
+        self.run(cmd::Complete { receipts }).expect("complete")
     }
 
     fn lead(&mut self, process: ProcessId) -> LeaderGrant {
-        match self.apply(Command::LeaderElect(cmd::LeaderElect { process })) {
-            Outcome::LeaderElected(Ok(grant)) => grant,
-            other => panic!("elect: {other:?}"),
-        }
+        self.run(cmd::LeaderElect { process }).expect("elect")
     }
 
     fn rescue(&mut self, leader: LeaderGrant) -> Vec<(JobId, FailOutcome)> {
-        match self.apply(Command::Rescue(cmd::Rescue {
+        self.run(cmd::Rescue {
             leader,
             draw: 0,
             max: 100,
-        })) {
-            Outcome::Rescued(Ok(rescued)) => rescued,
-            other => panic!("rescue: {other:?}"),
-        }
+        })
+        .expect("rescue")
     }
 
     fn promote(&mut self, leader: LeaderGrant) -> Vec<JobId> {
-        match self.apply(Command::Promote(cmd::Promote { leader, max: 100 })) {
-            Outcome::Promoted(Ok(ids)) => ids,
-            other => panic!("promote: {other:?}"),
-        }
+        self.run(cmd::Promote { leader, max: 100 })
+            .expect("promote")
     }
 
     fn state(&self, id: JobId) -> StateName {
@@ -248,14 +239,14 @@ fn a_worker_claims_only_kinds_it_can_run() {
     let ids = h.enqueue(vec![a, b]);
     let claimer = h.acquire(P1);
     let only_b = Some(BTreeSet::from([kind("b")]));
-    let Outcome::Claimed(Ok(claimed)) = h.apply(Command::Claim(cmd::Claim {
-        queue: queue(),
-        claimer,
-        max: 10,
-        kinds: only_b,
-    })) else {
-        panic!("claim failed")
-    };
+    let claimed = h
+        .run(cmd::Claim {
+            queue: queue(),
+            claimer,
+            max: 10,
+            kinds: only_b,
+        })
+        .expect("claim failed");
     assert_eq!(claimed.jobs.len(), 1);
     assert_eq!(claimed.jobs[0].receipt.job, ids[1].id);
     assert_eq!(
@@ -623,14 +614,14 @@ fn a_busy_claimer_refreshes_its_lease_only_when_half_stale() {
     // every 2 s, never one per batch.
     for _ in 0..100 {
         h.advance(100);
-        let Outcome::Claimed(Ok(c)) = h.apply(Command::Claim(cmd::Claim {
-            queue: queue(),
-            claimer,
-            max: 1,
-            kinds: None,
-        })) else {
-            panic!("busy claimer lost its lease")
-        };
+        let c = h
+            .run(cmd::Claim {
+                queue: queue(),
+                claimer,
+                max: 1,
+                kinds: None,
+            })
+            .expect("busy claimer lost its lease");
         refreshes += usize::from(c.lease_refreshed);
     }
     assert_eq!(refreshes, 5);
@@ -723,22 +714,18 @@ fn a_handler_cancels_its_own_job_but_a_late_worker_cannot() {
     let mut h = Harness::new();
     let id = h.enqueue_one();
     let receipt = h.claim(P1, 1)[0].receipt;
-    let cancel = |receipt| {
-        Command::CancelAttempts(cmd::CancelAttempts {
-            receipts: vec![receipt],
-        })
+    let cancel = |receipt| cmd::CancelAttempts {
+        receipts: vec![receipt],
     };
     assert_eq!(
-        h.apply(cancel(receipt)),
+        h.apply(cancel(receipt).into()),
         Outcome::AttemptsCancelled(Ok(vec![Ok(())]))
     );
     assert_eq!(h.state(id), StateName::Cancelled);
     // An operator retries it; the old holder's cancel is now stale.
     h.apply(Command::Retry(cmd::Retry { job: id }));
     let fresh = h.claim(P2, 1)[0].receipt;
-    let Outcome::AttemptsCancelled(Ok(results)) = h.apply(cancel(receipt)) else {
-        panic!("batch refused")
-    };
+    let results = h.run(cancel(receipt)).expect("batch refused");
     assert!(matches!(results[0], Err(Reject::StaleEpoch { .. })));
     assert_eq!(h.world.job(id).unwrap().receipt(), Some(fresh));
 }
@@ -747,9 +734,9 @@ fn a_handler_cancels_its_own_job_but_a_late_worker_cannot() {
 fn an_enqueue_named_as_storage_named_it_takes_those_ids_and_no_taken_one() {
     let mut world = World::new(config());
     let job = || NewJob::new(queue(), kind("noop"), Payload::default());
-    let ids = |outcome: Outcome| match outcome {
-        Outcome::Enqueued(Ok(enqueued)) => enqueued.iter().map(|e| e.id.0).collect::<Vec<_>>(),
-        other => panic!("not enqueued: {other:?}"),
+    let ids = |outcome: Outcome| {
+        let enqueued = answer_of::<cmd::Enqueue>(outcome).expect("not enqueued");
+        enqueued.iter().map(|e| e.id.0).collect::<Vec<_>>()
     };
     // Storage's sequence gave 7 and 3 (another insert drew 4..=6 between
     // them); the job with no id named takes the next after the highest.

@@ -24,7 +24,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
 use weir_core::cmd;
-use weir_core::{command_name, Command, Outcome, Timestamp, World};
+use weir_core::{answer_of, command_name, Command, Outcome, Request, Timestamp, World};
 
 /// `World::check_invariants` holds after every step, and no step panics.
 pub const WORLD_INVARIANTS: &str = "world invariants hold (check_invariants, no panic)";
@@ -138,6 +138,17 @@ pub fn apply(
         faults.push(STEP_INVARIANTS, format!("{name}: {violation}"));
     }
     Some(outcome)
+}
+
+/// [`apply`] of one request, answered with its own type; `None` when the
+/// apply panicked.
+pub fn run<R: Request>(
+    world: &mut World,
+    now: Timestamp,
+    request: R,
+    faults: &mut Faults,
+) -> Option<R::Output> {
+    apply(world, now, request.into(), faults).map(answer_of::<R>)
 }
 
 /// Advances the storage clock to `now` by applying a command that changes

@@ -80,10 +80,10 @@ use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerSlot, Command, JobState, Kind, Millis, Mutation,
-    NewJob, Outcome, Payload, ProcessId, QueueName, Reject, Timestamp, World, WorldConfig,
+    NewJob, Outcome, Payload, ProcessId, QueueName, Reject, Request, Timestamp, World, WorldConfig,
 };
 
-use crate::check::{apply, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use crate::check::{run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permutations, permute};
 
 /// Competing processes.
@@ -406,9 +406,9 @@ impl ClaimerState {
         self.world.now()
     }
 
-    fn apply(&mut self, command: Command) -> Option<Outcome> {
+    fn run<R: Request>(&mut self, request: R) -> Option<R::Output> {
         let now = self.now();
-        apply(&mut self.world, now, command, &mut self.faults)
+        run(&mut self.world, now, request, &mut self.faults)
     }
 
     fn owners(&self) -> BTreeMap<ClaimerSlot, Option<ProcessId>> {
@@ -438,11 +438,11 @@ impl ClaimerState {
                 .claimers(&queue())
                 .is_some_and(|table| table.check(grant, now).is_ok())
         });
-        let command = Command::ClaimerAcquire(cmd::ClaimerAcquire {
+        let command = cmd::ClaimerAcquire {
             queue: queue(),
             process: pid(p),
-        });
-        let Some(Outcome::ClaimerAcquired(result)) = self.apply(command) else {
+        };
+        let Some(result) = self.run(command) else {
             return;
         };
         if let Some(live) = live {
@@ -501,13 +501,13 @@ impl ClaimerState {
             return;
         };
         let kinds = (!wanted).then(|| BTreeSet::from([Kind::new("absent").expect("a valid kind")]));
-        let command = Command::Claim(cmd::Claim {
+        let command = cmd::Claim {
             queue: queue(),
             claimer,
             max: 1,
             kinds,
-        });
-        let Some(Outcome::Claimed(result)) = self.apply(command) else {
+        };
+        let Some(result) = self.run(command) else {
             return;
         };
         let claimed = match result {
@@ -542,13 +542,12 @@ impl ClaimerState {
         if !claimed.lease_refreshed {
             self.claim_without_write = true;
         }
-        let snooze = Command::Snooze(cmd::Snooze {
+        let snooze = cmd::Snooze {
             snoozes: vec![(job.receipt, Millis(0))],
-        });
-        let put_back = self.apply(snooze);
+        };
+        let put_back = self.run(snooze);
         assert!(
-            put_back.is_none()
-                || matches!(&put_back, Some(Outcome::Snoozed(Ok(items))) if items[0].is_ok()),
+            put_back.is_none() || matches!(&put_back, Some(Ok(items)) if items[0].is_ok()),
             "the claimed job goes back: {put_back:?}"
         );
     }
@@ -559,10 +558,10 @@ impl ClaimerState {
         };
         self.releases -= 1;
         self.procs[p].drop_grant();
-        self.apply(Command::ClaimerRelease(cmd::ClaimerRelease {
+        self.run(cmd::ClaimerRelease {
             queue: queue(),
             claimer,
-        }));
+        });
     }
 
     /// Forgets ghost times that can no longer matter, so they do not split

@@ -66,7 +66,7 @@ use weir_core::{
     WorldConfig,
 };
 
-use crate::check::{apply, guard, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use crate::check::{apply, guard, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 
 /// The dispatcher's own bookkeeping holds after every input
 /// (`Dispatcher::check_invariants`), and no input makes it panic.
@@ -691,12 +691,10 @@ impl Model for DispatcherModel {
                 "{enqueued:?}"
             );
         }
-        let elect = Command::LeaderElect(cmd::LeaderElect {
+        let elect = cmd::LeaderElect {
             process: MAINTAINER,
-        });
-        let Some(Outcome::LeaderElected(Ok(leader))) =
-            apply(&mut world, Timestamp::ZERO, elect, &mut faults)
-        else {
+        };
+        let Some(Ok(leader)) = run(&mut world, Timestamp::ZERO, elect, &mut faults) else {
             panic!("the maintainer is elected in an empty world");
         };
         let procs = (0..self.shape.dispatchers)

@@ -33,11 +33,11 @@ use std::sync::OnceLock;
 use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
-    Command, LeaderGrant, LeaderTerm, Leadership, Millis, Mutation, Outcome, ProcessId, Reject,
-    Timestamp, World, WorldConfig,
+    LeaderGrant, LeaderTerm, Leadership, Millis, Mutation, ProcessId, Reject, Request, Timestamp,
+    World, WorldConfig,
 };
 
-use crate::check::{apply, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use crate::check::{run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permutations, permute};
 
 /// Competing processes.
@@ -159,16 +159,14 @@ impl LeaderState {
         self.world.now()
     }
 
-    fn apply(&mut self, command: Command) -> Option<Outcome> {
+    fn run<R: Request>(&mut self, request: R) -> Option<R::Output> {
         let now = self.now();
-        apply(&mut self.world, now, command, &mut self.faults)
+        run(&mut self.world, now, request, &mut self.faults)
     }
 
     fn elect(&mut self, p: usize) {
         let until = self.now().plus(LEADER_TTL);
-        let Some(Outcome::LeaderElected(result)) =
-            self.apply(Command::LeaderElect(cmd::LeaderElect { process: pid(p) }))
-        else {
+        let Some(result) = self.run(cmd::LeaderElect { process: pid(p) }) else {
             return;
         };
         let grant = match result {
@@ -217,9 +215,7 @@ impl LeaderState {
             return;
         };
         self.resigns -= 1;
-        let Some(Outcome::LeaderResigned(ended)) =
-            self.apply(Command::LeaderResign(cmd::LeaderResign { leader }))
-        else {
+        let Some(ended) = self.run(cmd::LeaderResign { leader }) else {
             return;
         };
         let now = self.now();
@@ -235,9 +231,7 @@ impl LeaderState {
             return;
         };
         let now = self.now();
-        let Some(Outcome::Promoted(result)) =
-            self.apply(Command::Promote(cmd::Promote { leader, max: 1 }))
-        else {
+        let Some(result) = self.run(cmd::Promote { leader, max: 1 }) else {
             return;
         };
         let legit = self.latest.is_some_and(|latest| {

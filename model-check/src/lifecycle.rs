@@ -109,12 +109,12 @@ use std::sync::OnceLock;
 use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
-    Backoff, ClaimerConfig, ClaimerGrant, Command, Epoch, FailError, Failure, JobId, JobLimits,
-    JobState, Kind, LeaderGrant, LeaderTerm, Millis, Mutation, NewJob, Outcome, Payload, ProcessId,
-    QueueName, Receipt, Reject, Retry, Timestamp, World, WorldConfig,
+    answer_of, Backoff, ClaimerConfig, ClaimerGrant, Command, Epoch, FailError, Failure, JobId,
+    JobLimits, JobState, Kind, LeaderGrant, LeaderTerm, Millis, Mutation, NewJob, Outcome, Payload,
+    ProcessId, QueueName, Receipt, Reject, Request, Retry, Timestamp, World, WorldConfig,
 };
 
-use crate::check::{apply, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use crate::check::{apply, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permutations, permute};
 
 /// Worker processes.
@@ -585,26 +585,22 @@ fn one_by_one(before: &World, command: &Command) -> Option<(Outcome, World)> {
         Command::Complete(cmd::Complete { receipts }) => {
             let mut answers = Vec::new();
             for &receipt in receipts {
-                let one = Command::Complete(cmd::Complete {
+                let one = cmd::Complete {
                     receipts: vec![receipt],
-                });
-                match apply(&mut world, now, one, &mut scratch)? {
-                    Outcome::Completed(batch) => answers.extend(items(&batch, 1)),
-                    other => panic!("complete answered {other:?}"),
-                }
+                };
+                let batch = run(&mut world, now, one, &mut scratch)?;
+                answers.extend(items(&batch, 1));
             }
             Outcome::Completed(Ok(answers))
         }
         Command::Fail(cmd::Fail { failures }) => {
             let mut answers = Vec::new();
             for failure in failures {
-                let one = Command::Fail(cmd::Fail {
+                let one = cmd::Fail {
                     failures: vec![failure.clone()],
-                });
-                match apply(&mut world, now, one, &mut scratch)? {
-                    Outcome::Failed(batch) => answers.extend(items(&batch, 1)),
-                    other => panic!("fail answered {other:?}"),
-                }
+                };
+                let batch = run(&mut world, now, one, &mut scratch)?;
+                answers.extend(items(&batch, 1));
             }
             Outcome::Failed(Ok(answers))
         }
@@ -623,6 +619,11 @@ impl LifecycleState {
         apply(&mut self.world, now, command, &mut self.faults)
     }
 
+    /// [`LifecycleState::apply`] of one request, answered with its own type.
+    fn run<R: Request>(&mut self, request: R) -> Option<R::Output> {
+        self.apply(request.into()).map(answer_of::<R>)
+    }
+
     /// [`LifecycleState::apply`] of a receipt batch, checking that it
     /// answers as its items one by one would ([`BATCH_PER_ITEM`]).
     fn apply_batch(&mut self, command: Command) -> Option<Outcome> {
@@ -637,6 +638,12 @@ impl LifecycleState {
             }
         }
         Some(outcome)
+    }
+
+    /// [`LifecycleState::apply_batch`] of one request, answered with its
+    /// own type.
+    fn run_batch<R: Request>(&mut self, request: R) -> Option<R::Output> {
+        self.apply_batch(request.into()).map(answer_of::<R>)
     }
 
     fn job(&self, id: JobId) -> Option<&weir_core::Job> {
@@ -670,13 +677,13 @@ impl LifecycleState {
             .jobs()
             .any(|j| j.queue == queue && matches!(j.state, JobState::Available { .. }));
         let paused = self.world.is_paused(&queue);
-        let claim = Command::Claim(cmd::Claim {
+        let claim = cmd::Claim {
             queue,
             claimer,
             max,
             kinds: None,
-        });
-        let Some(Outcome::Claimed(Ok(claimed))) = self.apply(claim) else {
+        };
+        let Some(Ok(claimed)) = self.run(claim) else {
             return;
         };
         assert!(
@@ -699,10 +706,10 @@ impl LifecycleState {
     }
 
     fn heartbeat(&mut self, worker: usize, receipt: Receipt) {
-        let command = Command::Heartbeat(cmd::Heartbeat {
+        let command = cmd::Heartbeat {
             receipts: vec![receipt],
-        });
-        let Some(Outcome::Heartbeats(batch)) = self.apply(command) else {
+        };
+        let Some(batch) = self.run(command) else {
             return;
         };
         if let Err(reject) = items(&batch, 1).remove(0) {
@@ -711,10 +718,10 @@ impl LifecycleState {
     }
 
     fn complete(&mut self, worker: usize, receipts: Vec<Receipt>) {
-        let command = Command::Complete(cmd::Complete {
+        let command = cmd::Complete {
             receipts: receipts.clone(),
-        });
-        let Some(Outcome::Completed(batch)) = self.apply_batch(command) else {
+        };
+        let Some(batch) = self.run_batch(command) else {
             return;
         };
         let answers = items(&batch, receipts.len());
@@ -745,8 +752,7 @@ impl LifecycleState {
                 draw: 0,
             })
             .collect();
-        let Some(Outcome::Failed(batch)) = self.apply_batch(Command::Fail(cmd::Fail { failures }))
-        else {
+        let Some(batch) = self.run_batch(cmd::Fail { failures }) else {
             return;
         };
         let answers = items(&batch, receipts.len());
@@ -766,10 +772,10 @@ impl LifecycleState {
             .job(receipt.job)
             .expect("the classic shape never prunes")
             .attempt;
-        let command = Command::Snooze(cmd::Snooze {
+        let command = cmd::Snooze {
             snoozes: vec![(receipt, Millis(0))],
-        });
-        let Some(Outcome::Snoozed(batch)) = self.apply(command) else {
+        };
+        let Some(batch) = self.run(command) else {
             return;
         };
         match items(&batch, 1).remove(0) {
@@ -789,10 +795,10 @@ impl LifecycleState {
     }
 
     fn wait_external(&mut self, worker: usize, receipt: Receipt) {
-        let command = Command::WaitExternal(cmd::WaitExternal {
+        let command = cmd::WaitExternal {
             waits: vec![(receipt, CALLBACK_TIMEOUT)],
-        });
-        let Some(Outcome::Waiting(batch)) = self.apply(command) else {
+        };
+        let Some(batch) = self.run(command) else {
             return;
         };
         match items(&batch, 1).remove(0) {
@@ -808,9 +814,7 @@ impl LifecycleState {
 
     fn callback(&mut self, receipt: Receipt) {
         self.ghosts.callbacks.remove(&receipt);
-        let Some(Outcome::Resumed(answer)) =
-            self.apply(Command::ResumeExternal(cmd::ResumeExternal { receipt }))
-        else {
+        let Some(answer) = self.run(cmd::ResumeExternal { receipt }) else {
             return;
         };
         match answer {
@@ -827,24 +831,24 @@ impl LifecycleState {
     }
 
     fn cancel(&mut self, job: JobId) {
-        if let Some(Outcome::Cancelled(Ok(_))) = self.apply(Command::Cancel(cmd::Cancel { job })) {
+        if let Some(Ok(_)) = self.run(cmd::Cancel { job }) {
             self.budget.cancels -= 1;
         }
     }
 
     fn retry(&mut self, job: JobId) {
-        if let Some(Outcome::Retried(Ok(()))) = self.apply(Command::Retry(cmd::Retry { job })) {
+        if let Some(Ok(())) = self.run(cmd::Retry { job }) {
             self.budget.retries -= 1;
         }
     }
 
     fn pause(&mut self, queue: QueueName, pause: bool) {
-        let command = if pause {
-            Command::PauseQueue(cmd::PauseQueue { queue })
+        let changed = if pause {
+            self.run(cmd::PauseQueue { queue })
         } else {
-            Command::ResumeQueue(cmd::ResumeQueue { queue })
+            self.run(cmd::ResumeQueue { queue })
         };
-        if let Some(Outcome::QueuePauseChanged(true)) = self.apply(command) {
+        if let Some(true) = changed {
             if pause {
                 self.budget.pauses -= 1;
             }
@@ -853,10 +857,10 @@ impl LifecycleState {
 
     fn elect(&mut self, m: usize) {
         let until = self.now().plus(self.world.config().leader_ttl);
-        let command = Command::LeaderElect(cmd::LeaderElect {
+        let command = cmd::LeaderElect {
             process: MAINTAINERS[m],
-        });
-        let Some(Outcome::LeaderElected(Ok(grant))) = self.apply(command) else {
+        };
+        let Some(Ok(grant)) = self.run(command) else {
             return;
         };
         self.maintainers[m] = Some(grant);
@@ -892,8 +896,8 @@ impl LifecycleState {
         let Some(leader) = self.maintainers[m] else {
             return;
         };
-        let command = Command::Promote(cmd::Promote { leader, max: 16 });
-        let Some(Outcome::Promoted(result)) = self.apply(command) else {
+        let command = cmd::Promote { leader, max: 16 };
+        let Some(result) = self.run(command) else {
             return;
         };
         self.maintained(m, leader, result.as_ref().map(|_| ()));
@@ -903,12 +907,12 @@ impl LifecycleState {
         let Some(leader) = self.maintainers[m] else {
             return;
         };
-        let command = Command::Prune(cmd::Prune {
+        let command = cmd::Prune {
             leader,
             older_than: Millis(0),
             max: 16,
-        });
-        let Some(Outcome::Pruned(result)) = self.apply(command) else {
+        };
+        let Some(result) = self.run(command) else {
             return;
         };
         self.maintained(m, leader, result.as_ref().map(|_| ()));
@@ -935,12 +939,12 @@ impl LifecycleState {
             .filter(|job| matches!(job.state, JobState::WaitingExternal { .. }))
             .map(|job| job.id)
             .collect();
-        let command = Command::Rescue(cmd::Rescue {
+        let command = cmd::Rescue {
             leader,
             draw: 0,
             max,
-        });
-        let Some(Outcome::Rescued(result)) = self.apply(command) else {
+        };
+        let Some(result) = self.run(command) else {
             return;
         };
         self.maintained(m, leader, result.as_ref().map(|_| ()));
@@ -989,10 +993,10 @@ impl LifecycleState {
         let Some(receipt) = self.workers[worker].unheard.take() else {
             return;
         };
-        let command = Command::Complete(cmd::Complete {
+        let command = cmd::Complete {
             receipts: vec![receipt],
-        });
-        if let Some(Outcome::Completed(batch)) = self.apply(command) {
+        };
+        if let Some(batch) = self.run(command) {
             let done = self
                 .job(receipt.job)
                 .is_some_and(|job| job.state_name() == weir_core::StateName::Completed);
@@ -1165,28 +1169,25 @@ impl Model for Lifecycle {
         let jobs = shape.job_queues().into_iter().map(new_job).collect();
         let enqueued = world.apply(now, Command::Enqueue(cmd::Enqueue { jobs }));
         assert!(matches!(enqueued, Outcome::Enqueued(Ok(_))), "{enqueued:?}");
-        let elected = world.apply(
+        let elected = world.run(
             now,
-            Command::LeaderElect(cmd::LeaderElect {
+            cmd::LeaderElect {
                 process: MAINTAINERS[0],
-            }),
+            },
         );
-        let Outcome::LeaderElected(Ok(leader)) = elected else {
-            panic!("the first election wins: {elected:?}");
-        };
+        let leader = elected.expect("the first election wins");
         let workers = std::array::from_fn(|w| {
             let claimers = shape
                 .queues()
                 .into_iter()
                 .map(|queue| {
-                    let acquire = Command::ClaimerAcquire(cmd::ClaimerAcquire {
+                    let acquire = cmd::ClaimerAcquire {
                         queue: queue.clone(),
                         process: pid(w),
-                    });
-                    let acquired = world.apply(now, acquire);
-                    let Outcome::ClaimerAcquired(Ok((claimer, _))) = acquired else {
-                        panic!("K = WORKERS slots, so every worker gets one: {acquired:?}");
                     };
+                    let (claimer, _) = world
+                        .run(now, acquire)
+                        .expect("K = WORKERS slots, so every worker gets one");
                     (queue, claimer)
                 })
                 .collect();

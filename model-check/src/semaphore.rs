@@ -52,12 +52,11 @@ use std::sync::OnceLock;
 use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
-    AcquireStep, Acquisition, Command, Hold, Millis, Mutation, Outcome, ProcessId, Reject,
-    SemaphoreName, SlotGrant, SlotHolder, SlotIndex, Timestamp, TryResult, WaitConfig, World,
-    WorldConfig,
+    AcquireStep, Acquisition, Hold, Millis, Mutation, ProcessId, Reject, Request, SemaphoreName,
+    SlotGrant, SlotHolder, SlotIndex, Timestamp, TryResult, WaitConfig, World, WorldConfig,
 };
 
-use crate::check::{apply, guard, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use crate::check::{guard, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permute};
 
 /// Processes (0 and 1 hold for their session, 2 and 3 hold leases).
@@ -260,9 +259,9 @@ impl SemaphoreState {
         self.world.now()
     }
 
-    fn apply(&mut self, command: Command) -> Option<Outcome> {
+    fn run<R: Request>(&mut self, request: R) -> Option<R::Output> {
         let now = self.now();
-        apply(&mut self.world, now, command, &mut self.faults)
+        run(&mut self.world, now, request, &mut self.faults)
     }
 
     /// Whether `p` has a step that must happen before time moves on.
@@ -312,16 +311,16 @@ impl SemaphoreState {
                 .semaphore(&name())
                 .and_then(|sem| sem.slots().nth(usize::from(slot.0)))
                 .and_then(|(_, s)| s.held);
-            let command = Command::SlotTry(cmd::SlotTry {
+            let command = cmd::SlotTry {
                 semaphore: name(),
                 permits: PERMITS,
                 slot,
                 holder: pid(p),
                 lease_ttl: lease(p),
-            });
-            match self.apply(command) {
+            };
+            match self.run(command) {
                 None => return,
-                Some(Outcome::SlotTried(Ok(grant))) => {
+                Some(Ok(grant)) => {
                     self.reused.0 |= self
                         .procs
                         .iter()
@@ -329,8 +328,8 @@ impl SemaphoreState {
                     self.reused.1 |= previous.is_some_and(|h| matches!(h.hold, Hold::Lease { .. }));
                     TryResult::Acquired(grant)
                 }
-                Some(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => TryResult::Busy,
-                Some(other) => panic!("slot try answered {other:?}"),
+                Some(Err(Reject::SlotBusy { .. })) => TryResult::Busy,
+                Some(Err(other)) => panic!("slot try answered {other:?}"),
             }
         };
         if guard(&mut self.faults, "handle_try", || {
@@ -400,21 +399,20 @@ impl SemaphoreState {
         let (Phase::Holding { grant, .. }, Some(ttl)) = (self.procs[p].clone(), lease(p)) else {
             return;
         };
-        let command = Command::SlotRenew(cmd::SlotRenew {
+        let command = cmd::SlotRenew {
             semaphore: name(),
             grant,
             lease_ttl: ttl,
-        });
+        };
         let until = self.now().plus(ttl);
-        self.procs[p] = match self.apply(command) {
+        self.procs[p] = match self.run(command) {
             None => return,
-            Some(Outcome::SlotRenewed(Ok(()))) => Phase::Holding {
+            Some(Ok(())) => Phase::Holding {
                 grant,
                 until: Some(until),
             },
             // Someone else has the slot: the holder learns it lost it.
-            Some(Outcome::SlotRenewed(Err(_))) => Phase::Released,
-            Some(other) => panic!("slot renew answered {other:?}"),
+            Some(Err(_)) => Phase::Released,
         };
     }
 
@@ -423,10 +421,10 @@ impl SemaphoreState {
             return;
         };
         self.procs[p] = Phase::Released;
-        self.apply(Command::SlotRelease(cmd::SlotRelease {
+        self.run(cmd::SlotRelease {
             semaphore: name(),
             grant,
-        }));
+        });
     }
 
     /// Releases `p`'s slot, at once tries the same slot again, as the
@@ -441,23 +439,23 @@ impl SemaphoreState {
         };
         self.again -= 1;
         self.procs[p] = Phase::Released;
-        let release = Command::SlotRelease(cmd::SlotRelease {
+        let release = cmd::SlotRelease {
             semaphore: name(),
             grant,
-        });
-        if self.apply(release.clone()).is_none() {
+        };
+        if self.run(release.clone()).is_none() {
             return;
         }
-        let command = Command::SlotTry(cmd::SlotTry {
+        let command = cmd::SlotTry {
             semaphore: name(),
             permits: PERMITS,
             slot: grant.slot,
             holder: pid(p),
             lease_ttl: lease(p),
-        });
+        };
         let now = self.now();
-        match self.apply(command) {
-            Some(Outcome::SlotTried(Ok(again))) => {
+        match self.run(command) {
+            Some(Ok(again)) => {
                 self.late_reheld = true;
                 self.procs[p] = Phase::Holding {
                     grant: again,
@@ -465,10 +463,10 @@ impl SemaphoreState {
                 }
             }
             None => return,
-            Some(Outcome::SlotTried(Err(Reject::SlotBusy { .. }))) => {}
-            Some(other) => panic!("slot try answered {other:?}"),
+            Some(Err(Reject::SlotBusy { .. })) => {}
+            Some(Err(other)) => panic!("slot try answered {other:?}"),
         }
-        self.apply(release);
+        self.run(release);
     }
 
     fn crash(&mut self, p: usize) {
@@ -481,9 +479,7 @@ impl SemaphoreState {
             until,
         };
         if until.is_none() {
-            self.apply(Command::ProcessCrashed(cmd::ProcessCrashed {
-                process: pid(p),
-            }));
+            self.run(cmd::ProcessCrashed { process: pid(p) });
         }
     }
 

@@ -42,8 +42,8 @@ use std::fmt::Write as _;
 
 use weir_core::cmd;
 use weir_core::{
-    Command, Epoch, Failure, JobId, Millis, Outcome, ProcessId, Receipt, Reject, Retry, StateName,
-    Timestamp, World,
+    answer_of, Command, Epoch, Failure, JobId, Millis, Outcome, ProcessId, Receipt, Reject, Retry,
+    StateName, Timestamp, World,
 };
 
 /// What a trace event stands for in `Lifecycle.tla`.
@@ -487,7 +487,7 @@ impl Builder {
             }
             Command::Enqueue(cmd::Enqueue { .. }) => {
                 let outcome = self.apply(step, at, command, recorded)?;
-                if let Outcome::Enqueued(Ok(enqueued)) = outcome {
+                if let Ok(enqueued) = answer_of::<cmd::Enqueue>(outcome) {
                     for e in enqueued.into_iter().filter(|e| !e.duplicate) {
                         let job = self.world.job(e.id).expect("just enqueued");
                         self.jobs.push(TraceJob {
@@ -504,8 +504,8 @@ impl Builder {
             Command::Claim(cmd::Claim { ref claimer, .. }) => {
                 let process = claimer.process;
                 let outcome = self.apply(step, at, command, recorded)?;
-                match outcome {
-                    Outcome::Claimed(Ok(claimed)) if !claimed.jobs.is_empty() => {
+                match answer_of::<cmd::Claim>(outcome) {
+                    Ok(claimed) if !claimed.jobs.is_empty() => {
                         for c in claimed.jobs {
                             let job = self.job(step, c.receipt.job)?;
                             self.claimed_by.push(process);
@@ -531,9 +531,7 @@ impl Builder {
             }
             Command::ResumeExternal(cmd::ResumeExternal { receipt }) => {
                 let outcome = self.apply(step, at, command, recorded)?;
-                let Outcome::Resumed(answer) = outcome else {
-                    unreachable!("resume answers Resumed")
-                };
+                let answer = answer_of::<cmd::ResumeExternal>(outcome);
                 let job = self.job(step, receipt.job)?;
                 let post = self.row(receipt.job);
                 self.push(Event {

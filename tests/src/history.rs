@@ -681,7 +681,9 @@ pub fn overlaps(history: &History) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_core::{ClaimerConfig, Kind, Millis, NewJob, Payload, ProcessId, QueueName};
+    use weir_core::{
+        answer_of, ClaimerConfig, Kind, Millis, NewJob, Payload, ProcessId, QueueName,
+    };
 
     fn config() -> WorldConfig {
         WorldConfig {
@@ -831,9 +833,7 @@ mod tests {
             (Timestamp(2), acquire(1)),
             (Timestamp(3), enqueue.clone()),
         ]);
-        let Outcome::ClaimerAcquired(Ok((claimer, _))) = answers[1].clone() else {
-            panic!("acquired: {:?}", answers[1])
-        };
+        let (claimer, _) = answer_of::<cmd::ClaimerAcquire>(answers[1].clone()).expect("acquired");
         let claim = Command::Claim(cmd::Claim {
             queue: queue(),
             claimer,

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use weir::{Backend, JobFilter, Presence, QueueInfo, Wakeup};
+use weir::{Backend, BackendExt, JobFilter, Presence, QueueInfo, Wakeup};
 use weir_core::cmd;
 use weir_core::{
     Acquired, Claimed, ClaimerGrant, Command, Enqueued, Epoch, FailError, FailOutcome, FailReason,
     Failure, InvalidJob, Job, JobId, JobLimits, JobState, Kind, LeaderGrant, Millis, NewJob,
-    Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject, Retry, SemaphoreName,
-    SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
+    Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject, Request, Retry,
+    SemaphoreName, SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
 };
 
 /// Every scenario, by name, for the instantiating macro.
@@ -51,6 +51,11 @@ async fn exec(b: &dyn Backend, command: Command) -> Outcome {
     b.execute(command).await.expect("the backend is available")
 }
 
+/// [`exec`] of one request, answered with its own type.
+async fn run<R: Request + Send>(b: &dyn Backend, request: R) -> R::Output {
+    b.run(request).await.expect("the backend is available")
+}
+
 fn queue() -> QueueName {
     QueueName::new("default").expect("valid")
 }
@@ -64,42 +69,31 @@ fn job(kind: &str) -> NewJob {
 }
 
 async fn enqueue(b: &dyn Backend, jobs: Vec<NewJob>) -> Vec<Enqueued> {
-    match exec(b, Command::Enqueue(cmd::Enqueue { jobs })).await {
-        Outcome::Enqueued(Ok(done)) => done,
-        other => panic!("enqueue: {other:?}"),
-    }
+    run(b, cmd::Enqueue { jobs }).await.expect("enqueue")
 }
 
 async fn acquire(b: &dyn Backend, process: u64) -> Result<(ClaimerGrant, Acquired), Reject> {
-    match exec(
+    run(
         b,
-        Command::ClaimerAcquire(cmd::ClaimerAcquire {
+        cmd::ClaimerAcquire {
             queue: queue(),
             process: ProcessId(process),
-        }),
+        },
     )
     .await
-    {
-        Outcome::ClaimerAcquired(result) => result,
-        other => panic!("acquire: {other:?}"),
-    }
 }
 
 async fn claim_with(b: &dyn Backend, claimer: ClaimerGrant, max: u32) -> Result<Claimed, Reject> {
-    match exec(
+    run(
         b,
-        Command::Claim(cmd::Claim {
+        cmd::Claim {
             queue: queue(),
             claimer,
             max,
             kinds: None,
-        }),
+        },
     )
     .await
-    {
-        Outcome::Claimed(result) => result,
-        other => panic!("claim: {other:?}"),
-    }
 }
 
 /// Acquires a lease for `process` and claims up to `max` jobs.
@@ -109,24 +103,17 @@ async fn claim(b: &dyn Backend, process: u64, max: u32) -> Claimed {
 }
 
 async fn complete(b: &dyn Backend, receipts: Vec<Receipt>) -> Vec<Result<(), Reject>> {
-    match exec(b, Command::Complete(cmd::Complete { receipts })).await {
-        Outcome::Completed(Ok(items)) => items,
-        other => panic!("complete: {other:?}"),
-    }
+    run(b, cmd::Complete { receipts }).await.expect("complete")
 }
 
 async fn elect(b: &dyn Backend, process: u64) -> Result<LeaderGrant, Reject> {
-    match exec(
+    run(
         b,
-        Command::LeaderElect(cmd::LeaderElect {
+        cmd::LeaderElect {
             process: ProcessId(process),
-        }),
+        },
     )
     .await
-    {
-        Outcome::LeaderElected(result) => result,
-        other => panic!("elect: {other:?}"),
-    }
 }
 
 async fn sleep_ms(ms: u64) {
@@ -399,43 +386,40 @@ pub async fn external_wait_resumes_with_the_same_receipt(b: &dyn Backend) {
 /// session frees its slots, and a stale grant frees nothing.
 pub async fn semaphore_slots_are_exclusive_and_a_crashed_session_frees_them(b: &dyn Backend) {
     let name = SemaphoreName::new("reports").expect("valid");
-    let try_slot = |slot: u16, holder: u64, permits: u16, lease: Option<Millis>| {
-        Command::SlotTry(cmd::SlotTry {
-            semaphore: name.clone(),
-            permits,
-            slot: SlotIndex(slot),
-            holder: ProcessId(holder),
-            lease_ttl: lease,
-        })
+    let try_slot = |slot: u16, holder: u64, permits: u16, lease: Option<Millis>| cmd::SlotTry {
+        semaphore: name.clone(),
+        permits,
+        slot: SlotIndex(slot),
+        holder: ProcessId(holder),
+        lease_ttl: lease,
     };
-    let Outcome::SlotTried(Ok(g1)) = exec(b, try_slot(0, 1, 2, None)).await else {
-        panic!("slot 0 is free")
-    };
+    let g1 = run(b, try_slot(0, 1, 2, None))
+        .await
+        .expect("slot 0 is free");
     assert_eq!(
-        exec(b, try_slot(0, 2, 2, None)).await,
-        Outcome::SlotTried(Err(Reject::SlotBusy {
+        run(b, try_slot(0, 2, 2, None)).await,
+        Err(Reject::SlotBusy {
             slot: SlotIndex(0),
             holder: ProcessId(1)
-        }))
+        })
     );
-    assert!(matches!(
-        exec(b, try_slot(1, 2, 2, Some(Millis(60_000)))).await,
-        Outcome::SlotTried(Ok(_))
-    ));
+    assert!(run(b, try_slot(1, 2, 2, Some(Millis(60_000))))
+        .await
+        .is_ok());
     assert_eq!(
-        exec(b, try_slot(1, 3, 3, None)).await,
-        Outcome::SlotTried(Err(Reject::PermitsMismatch {
+        run(b, try_slot(1, 3, 3, None)).await,
+        Err(Reject::PermitsMismatch {
             name: name.clone(),
             configured: 2,
             presented: 3
-        }))
+        })
     );
     assert_eq!(
-        exec(b, try_slot(2, 3, 2, None)).await,
-        Outcome::SlotTried(Err(Reject::SlotOutOfRange {
+        run(b, try_slot(2, 3, 2, None)).await,
+        Err(Reject::SlotOutOfRange {
             slot: SlotIndex(2),
             permits: 2
-        }))
+        })
     );
     assert_eq!(
         exec(
@@ -447,9 +431,9 @@ pub async fn semaphore_slots_are_exclusive_and_a_crashed_session_frees_them(b: &
         .await,
         Outcome::SessionEnded(vec![(name.clone(), SlotIndex(0))])
     );
-    let Outcome::SlotTried(Ok(g3)) = exec(b, try_slot(0, 3, 2, None)).await else {
-        panic!("the crashed holder's slot is free")
-    };
+    let g3 = run(b, try_slot(0, 3, 2, None))
+        .await
+        .expect("the crashed holder's slot is free");
     assert!(g3.epoch > g1.epoch);
     let stale = Command::SlotRelease(cmd::SlotRelease {
         semaphore: name.clone(),
@@ -1263,14 +1247,12 @@ pub async fn a_released_claimer_slot_is_taken_over_at_once(b: &dyn Backend) {
 /// renews nothing, and neither does a grant of an unknown semaphore.
 pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
     let name = SemaphoreName::new("exports").expect("valid");
-    let try_slot = |slot: u16, holder: u64, ttl_ms: u64| {
-        Command::SlotTry(cmd::SlotTry {
-            semaphore: name.clone(),
-            permits: 2,
-            slot: SlotIndex(slot),
-            holder: ProcessId(holder),
-            lease_ttl: Some(Millis(ttl_ms)),
-        })
+    let try_slot = |slot: u16, holder: u64, ttl_ms: u64| cmd::SlotTry {
+        semaphore: name.clone(),
+        permits: 2,
+        slot: SlotIndex(slot),
+        holder: ProcessId(holder),
+        lease_ttl: Some(Millis(ttl_ms)),
     };
     let renew = |grant: SlotGrant, ttl_ms: u64| {
         Command::SlotRenew(cmd::SlotRenew {
@@ -1279,12 +1261,8 @@ pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
             lease_ttl: Millis(ttl_ms),
         })
     };
-    let Outcome::SlotTried(Ok(kept)) = exec(b, try_slot(0, 1, 1_000)).await else {
-        panic!("slot 0 is free")
-    };
-    let Outcome::SlotTried(Ok(lapsed)) = exec(b, try_slot(1, 1, 1_000)).await else {
-        panic!("slot 1 is free")
-    };
+    let kept = run(b, try_slot(0, 1, 1_000)).await.expect("slot 0 is free");
+    let lapsed = run(b, try_slot(1, 1, 1_000)).await.expect("slot 1 is free");
     assert_eq!(
         exec(b, renew(kept, 60_000)).await,
         Outcome::SlotRenewed(Ok(()))
@@ -1296,11 +1274,11 @@ pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
     );
     sleep_ms(1_300).await;
     assert_eq!(
-        exec(b, try_slot(0, 2, 60_000)).await,
-        Outcome::SlotTried(Err(Reject::SlotBusy {
+        run(b, try_slot(0, 2, 60_000)).await,
+        Err(Reject::SlotBusy {
             slot: SlotIndex(0),
             holder: ProcessId(1)
-        }))
+        })
     );
     let not_held = |slot: u16| {
         Outcome::SlotRenewed(Err(Reject::SlotNotHeld {
@@ -1308,9 +1286,9 @@ pub async fn a_renewed_slot_lease_outlives_its_first_ttl(b: &dyn Backend) {
         }))
     };
     assert_eq!(exec(b, renew(lapsed, 60_000)).await, not_held(1));
-    let Outcome::SlotTried(Ok(taken)) = exec(b, try_slot(1, 2, 60_000)).await else {
-        panic!("the lapsed slot is free")
-    };
+    let taken = run(b, try_slot(1, 2, 60_000))
+        .await
+        .expect("the lapsed slot is free");
     assert!(taken.epoch > lapsed.epoch);
     assert_eq!(exec(b, renew(lapsed, 60_000)).await, not_held(1));
     assert_eq!(
@@ -1448,23 +1426,21 @@ pub async fn an_expired_external_wait_is_retried_and_its_late_callback_fenced(b:
         Outcome::Waiting(Ok(vec![Ok(()), Ok(())]))
     );
     let leader = elect(b, 9).await.expect("no other leader");
-    let rescue = Command::Rescue(cmd::Rescue {
+    let rescue = cmd::Rescue {
         leader,
         draw: 0,
         max: 10,
-    });
+    };
     assert_eq!(
-        exec(b, rescue.clone()).await,
-        Outcome::Rescued(Ok(vec![])),
+        run(b, rescue.clone()).await,
+        Ok(vec![]),
         "not before the timeout"
     );
     sleep_ms(1_300).await;
     let before = now(b).await;
-    let rescued = exec(b, rescue).await;
+    let rescued = run(b, rescue).await;
     let after = now(b).await;
-    let Outcome::Rescued(Ok(rescued)) = rescued else {
-        panic!("rescue: {rescued:?}")
-    };
+    let rescued = rescued.expect("rescue");
     let [(first, FailOutcome::Retrying { run_at }), second] = rescued[..] else {
         panic!("two expired waits, the first retried: {rescued:?}")
     };

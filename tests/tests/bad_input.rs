@@ -33,7 +33,7 @@ use weir::core::{
     WorldConfig,
 };
 use weir::{
-    warmup, Backend, BackendError, Client, ClientError, InsertOptions, InvalidLimit,
+    warmup, Backend, BackendError, BackendExt, Client, ClientError, InsertOptions, InvalidLimit,
     InvalidPoolConfig, JobArgs, JobOutcome, Limit, PoolConfig, PoolError, Registry, WarmupConfig,
     WarmupError, WorkerPool,
 };
@@ -829,40 +829,40 @@ async fn past_run_ats_run_now_and_the_limits_themselves_are_accepted<B: Store>(b
 /// semaphore exists, 0 is a size mismatch and changes nothing.
 async fn a_slot_try_with_zero_permits_is_refused_and_stores_nothing<B: Store>(backend: Arc<B>) {
     let name = SemaphoreName::new("bad-input:zero").unwrap();
-    let slot_try = |permits| {
-        Command::SlotTry(cmd::SlotTry {
-            semaphore: name.clone(),
-            permits,
-            slot: SlotIndex(0),
-            holder: ProcessId(7),
-            lease_ttl: Some(Millis(60_000)),
-        })
+    let slot_try = |permits| cmd::SlotTry {
+        semaphore: name.clone(),
+        permits,
+        slot: SlotIndex(0),
+        holder: ProcessId(7),
+        lease_ttl: Some(Millis(60_000)),
     };
     let before = backend.counts().await;
-    let refused = backend.execute(slot_try(0)).await.unwrap();
-    assert_eq!(refused, Outcome::SlotTried(Err(Reject::ZeroPermits)));
+    let refused = backend.run(slot_try(0)).await.unwrap();
+    assert_eq!(refused, Err(Reject::ZeroPermits));
     assert!(Reject::ZeroPermits
         .to_string()
         .contains("at least one permit"));
     assert_eq!(backend.counts().await, before);
 
     // Once the semaphore exists with 2 slots, 0 is a size mismatch.
-    let Outcome::SlotTried(Ok(grant)) = backend.execute(slot_try(2)).await.unwrap() else {
-        panic!("a slot of a new semaphore of 2 is free");
-    };
+    let grant = backend
+        .run(slot_try(2))
+        .await
+        .unwrap()
+        .expect("a slot of a new semaphore of 2 is free");
     let held = backend.counts().await;
     assert_eq!(
         (held.semaphores, held.slots_held),
         (before.semaphores + 1, 1)
     );
-    let mismatch = backend.execute(slot_try(0)).await.unwrap();
+    let mismatch = backend.run(slot_try(0)).await.unwrap();
     assert_eq!(
         mismatch,
-        Outcome::SlotTried(Err(Reject::PermitsMismatch {
+        Err(Reject::PermitsMismatch {
             name: name.clone(),
             configured: 2,
             presented: 0
-        }))
+        })
     );
     assert_eq!(backend.counts().await, held);
     let release = Command::SlotRelease(cmd::SlotRelease {
@@ -1692,13 +1692,7 @@ async fn enqueue_by(
     jobs: Vec<NewJob>,
 ) -> Result<usize, BackendError> {
     let result = match path {
-        Path::Statement => match backend
-            .execute(Command::Enqueue(cmd::Enqueue { jobs }))
-            .await?
-        {
-            Outcome::Enqueued(result) => result,
-            other => panic!("{other:?}"),
-        },
+        Path::Statement => backend.run(cmd::Enqueue { jobs }).await?,
         Path::Copy | Path::KeyedChunks => backend.enqueue_bulk(jobs).await?,
     };
     Ok(result.expect("a valid batch").len())

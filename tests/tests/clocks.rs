@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir::core::cmd;
-use weir::core::{Command, JobId, Outcome, ProcessId, StateName};
-use weir::{Backend, Client, InsertOptions};
+use weir::core::{Command, JobId, ProcessId, StateName};
+use weir::{Backend, BackendExt, Client, InsertOptions};
 use weir_postgres::harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig};
 use weir_tests::clocks::{world_config, Sleep};
@@ -120,10 +120,7 @@ fn lead(backend: &Arc<PgBackend>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let process = ProcessId(1_000);
-            if let Ok(Outcome::LeaderElected(Ok(leader))) = backend
-                .execute(Command::LeaderElect(cmd::LeaderElect { process }))
-                .await
-            {
+            if let Ok(Ok(leader)) = backend.run(cmd::LeaderElect { process }).await {
                 let _ = backend
                     .execute(Command::Rescue(cmd::Rescue {
                         leader,

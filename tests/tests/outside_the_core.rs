@@ -22,8 +22,8 @@ use weir::core::{
     ProcessId, QueueName, StateName, Timestamp, WorldConfig,
 };
 use weir::{
-    Backend, BackendError, Client, InsertOptions, InvalidPoolConfig, JobArgs, JobFilter,
-    JobOutcome, PoolConfig, PoolError, Registry, WorkerPool,
+    Backend, BackendError, BackendExt, Client, InsertOptions, InvalidPoolConfig, JobArgs,
+    JobFilter, JobOutcome, PoolConfig, PoolError, Registry, WorkerPool,
 };
 use weir_memory::{Clock, MemoryBackend, SystemClock};
 use weir_postgres::harness::{test_database, TestDatabase};
@@ -594,10 +594,7 @@ async fn heartbeats_are_cut_to_the_backends_batch_limit() {
         async move {
             loop {
                 let process = ProcessId(99);
-                if let Ok(Outcome::LeaderElected(Ok(leader))) = backend
-                    .execute(Command::LeaderElect(cmd::LeaderElect { process }))
-                    .await
-                {
+                if let Ok(Ok(leader)) = backend.run(cmd::LeaderElect { process }).await {
                     let rescue = Command::Rescue(cmd::Rescue {
                         leader,
                         draw: 0,

@@ -305,6 +305,11 @@ impl Run {
         outcome
     }
 
+    /// [`Self::apply`] of one request, answered with its own type.
+    fn run<R: Request>(&mut self, request: R) -> R::Output {
+        answer_of::<R>(self.apply(request.into()))
+    }
+
     /// Properties of one step beyond the invariants.
     fn check_targeted(&self, before: &World, command: &Command, outcome: &Outcome) {
         match (command, outcome) {
@@ -393,11 +398,11 @@ impl Run {
                 only_kind,
             } => {
                 let process = ProcessId(u64::from(p));
-                let acquired = self.apply(Command::ClaimerAcquire(cmd::ClaimerAcquire {
+                let acquired = self.run(cmd::ClaimerAcquire {
                     queue: q(queue),
                     process,
-                }));
-                let Outcome::ClaimerAcquired(Ok((claimer, _))) = acquired else {
+                });
+                let Ok((claimer, _)) = acquired else {
                     return;
                 };
                 let kinds =
