@@ -19,7 +19,7 @@ use weir_core::{
     Payload, ProcessId, QueueName, Receipt, Reject, SemaphoreName, SlotIndex, StateName, Timestamp,
     UniqueKey, World, WorldConfig,
 };
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::notify::Listener;
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
 

@@ -16,7 +16,7 @@ use weir_core::{
     Command, FailError, Failure, JobState, Kind, Millis, NewJob, Outcome, Payload, ProcessId,
     QueueName, Receipt, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
 };
-use weir_postgres::harness::{pgbouncer, test_database, PoolMode, TestDatabase};
+use weir_pg_harness::{pgbouncer, test_database, PoolMode, TestDatabase};
 use weir_postgres::semaphore::{
     acquire, AdvisoryError, AdvisorySemaphore, LeaseSemaphore, SessionNotPinned, SlotStore,
 };

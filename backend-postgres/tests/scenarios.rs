@@ -43,7 +43,7 @@ fn wait(wait_max: u64) -> WaitConfig {
 }
 
 async fn advisory(
-    db: &weir_postgres::harness::TestDatabase,
+    db: &weir_pg_harness::TestDatabase,
     backend: &PgBackend,
     name: &str,
     permits: u16,
@@ -911,7 +911,7 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
 
 #[tokio::test]
 async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
-    let db = weir_postgres::harness::test_database().await;
+    let db = weir_pg_harness::test_database().await;
     let pool = db.app_pool().await;
     let schema = SchemaName::new("weir").unwrap();
     let v1 = migrate_to(&pool, &schema, 1).await.unwrap();
