@@ -105,6 +105,7 @@ pub mod invariants;
 pub mod job;
 pub mod leader;
 pub mod mutation;
+pub mod reads;
 pub mod reject;
 pub mod semaphore;
 pub mod time;

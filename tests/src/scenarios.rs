@@ -1,7 +1,7 @@
 //! The conformance suite: each scenario drives one backend through the
 //! [`Backend`] trait only — commands through [`Backend::execute`], and the
 //! bulk path, the operator reads, presence and wake-ups — and checks the
-//! answers the core (and `weir::reference`) define. Every backend must
+//! answers the core (and `weir_core::reads`) define. Every backend must
 //! pass every scenario unchanged.
 
 use std::time::Duration;
