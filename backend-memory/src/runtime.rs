@@ -234,10 +234,13 @@ impl<C: Clock> Backend for MemoryBackend<C> {
         let mut locked = self.locked();
         let now = locked.now().max(locked.world().now());
         let config = locked.world().config().clone();
-        let result =
-            weir::core::reads::enqueue_bulk(now, config.batch_max, &config.limits, jobs, |command| {
-                locked.apply(command)
-            });
+        let result = weir::core::reads::enqueue_bulk(
+            now,
+            config.batch_max,
+            &config.limits,
+            jobs,
+            |command| locked.apply(command),
+        );
         let queues: BTreeSet<QueueName> = match &result {
             Ok(ids) => ids
                 .iter()

@@ -80,7 +80,6 @@ impl QueueInfo {
     }
 }
 
-
 /// `weir::Backend::jobs` over a world: the jobs `filter` passes, in id
 /// order, at most `min(filter.limit, JobFilter::LIMIT_MAX)` of them.
 pub fn jobs(world: &World, filter: &JobFilter) -> Vec<Job> {
