@@ -270,11 +270,10 @@ mod tests {
     use std::pin::pin;
     use std::task::{Context, Poll, Waker};
 
-    use weir_core::{
-        ClaimerGrant, Kind, NewJob, Payload, ProcessId, QueueName, Receipt, Reject, StateName,
-    };
+    use weir_core::{ClaimerGrant, Kind, NewJob, Payload, ProcessId, Receipt, Reject, StateName};
 
     use weir::Backend;
+    use weir_test_kit::queue;
 
     use super::*;
     use crate::clock::VirtualClock;
@@ -286,10 +285,6 @@ mod tests {
             Poll::Ready(value) => value,
             Poll::Pending => panic!("the memory backend never waits"),
         }
-    }
-
-    fn queue() -> QueueName {
-        QueueName::new("default").unwrap()
     }
 
     fn claimer(backend: &dyn Backend, process: u64) -> ClaimerGrant {

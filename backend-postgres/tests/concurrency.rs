@@ -15,27 +15,19 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use weir::{Backend, BackendError};
 use weir_core::{
-    Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob, Outcome,
-    Payload, ProcessId, QueueName, Receipt, Reject, SemaphoreName, SlotIndex, StateName, Timestamp,
-    UniqueKey, World, WorldConfig,
+    Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Millis, NewJob, Outcome, ProcessId,
+    Receipt, Reject, SemaphoreName, SlotIndex, StateName, Timestamp, UniqueKey, World, WorldConfig,
 };
 use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::notify::Listener;
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
+use weir_test_kit::{job, queue};
 
 /// How long a test waits for a party to reach the point a race needs.
 const REACH_WITHIN: Duration = Duration::from_secs(10);
 
-fn queue() -> QueueName {
-    QueueName::new("default").unwrap()
-}
-
-fn job() -> NewJob {
-    NewJob::new(queue(), Kind::new("k").unwrap(), Payload(b"{}".to_vec()))
-}
-
 fn keyed(key: &str) -> NewJob {
-    let mut j = job();
+    let mut j = job("k");
     j.unique_key = Some(UniqueKey::new(key).unwrap());
     j
 }
@@ -183,7 +175,7 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     step(
         0,
         Command::Enqueue {
-            jobs: vec![job(), job(), job()],
+            jobs: vec![job("k"), job("k"), job("k")],
         },
     )
     .await;
@@ -325,7 +317,7 @@ async fn an_enqueue_never_says_not_applied_after_part_of_it_committed() {
         tokio::spawn(async move {
             backend
                 .execute(Command::Enqueue {
-                    jobs: vec![job(), keyed("k")],
+                    jobs: vec![job("k"), keyed("k")],
                 })
                 .await
         })
@@ -441,7 +433,9 @@ async fn a_takeover_never_overwrites_a_concurrent_claim_and_refresh() {
         queue: queue(),
         process: ProcessId(process),
     };
-    let enqueue = Command::Enqueue { jobs: vec![job()] };
+    let enqueue = Command::Enqueue {
+        jobs: vec![job("k")],
+    };
     let mut world = World::new(world_config);
     world.apply(Timestamp(0), enqueue.clone());
     owner.execute_at(Timestamp(0), enqueue).await.unwrap();
@@ -850,7 +844,12 @@ async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
     let superuser = db.pool().await;
     let backend = process(&db, "weir-completer", WorldConfig::default()).await;
     backend
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .execute_at(
+            Timestamp(0),
+            Command::Enqueue {
+                jobs: vec![job("k")],
+            },
+        )
         .await
         .unwrap();
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
@@ -954,7 +953,12 @@ async fn an_interrupted_statement_is_a_lost_answer_not_a_refusal() {
     // Every job insert sleeps past the statement timeout.
     slow_inserts(&superuser, 0.2).await;
     let answer = backend
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .execute_at(
+            Timestamp(0),
+            Command::Enqueue {
+                jobs: vec![job("k")],
+            },
+        )
         .await;
     match answer {
         Err(BackendError::Lost(why)) => assert!(why.contains("statement timeout"), "{why}"),
@@ -1057,7 +1061,7 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
             .execute_at(
                 Timestamp(2_000),
                 Command::Enqueue {
-                    jobs: vec![keyed("k"), job()],
+                    jobs: vec![keyed("k"), job("k")],
                 },
             )
             .await
@@ -1111,7 +1115,12 @@ async fn worker_and_operator(db: &TestDatabase) -> (PgBackend, PgBackend, Comman
     let worker = process(db, "weir-claimer", WorldConfig::default()).await;
     let operator = process(db, "weir-pauser", WorldConfig::default()).await;
     worker
-        .execute_at(Timestamp(0), Command::Enqueue { jobs: vec![job()] })
+        .execute_at(
+            Timestamp(0),
+            Command::Enqueue {
+                jobs: vec![job("k")],
+            },
+        )
         .await
         .unwrap();
     let Ok(Outcome::ClaimerAcquired(Ok((claimer, _)))) = worker

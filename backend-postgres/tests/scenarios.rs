@@ -12,7 +12,7 @@ use sqlx::Row;
 use weir::{Backend, BackendError, Presence};
 use weir_core::{
     Acquired, ClaimerConfig, Command, Enqueued, InvalidJob, JobLimits, Kind, Millis, NewJob,
-    Outcome, Payload, ProcessId, QueueName, Reject, SemaphoreName, StateName, Timestamp, UniqueKey,
+    Outcome, Payload, ProcessId, Reject, SemaphoreName, StateName, Timestamp, UniqueKey,
     WaitConfig, WorldConfig,
 };
 use weir_postgres::migrate::migrate_to;
@@ -21,14 +21,7 @@ use weir_postgres::semaphore::{
     acquire, AcquireError, AdvisorySemaphore, LeaseSemaphore, SlotStore,
 };
 use weir_postgres::{migrate, MigrateError, PgBackend, PgConfig, SchemaName, LATEST_VERSION};
-
-fn queue() -> QueueName {
-    QueueName::new("default").unwrap()
-}
-
-fn job() -> NewJob {
-    NewJob::new(queue(), Kind::new("k").unwrap(), Payload(b"{}".to_vec()))
-}
+use weir_test_kit::{job, queue};
 
 async fn run(backend: &PgBackend, now: i64, command: Command) -> Outcome {
     backend.execute_at(Timestamp(now), command).await.unwrap()
@@ -101,7 +94,14 @@ async fn the_role_is_not_a_superuser() {
 #[tokio::test]
 async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    run(&backend, 1_000, Command::Enqueue { jobs: vec![job()] }).await;
+    run(
+        &backend,
+        1_000,
+        Command::Enqueue {
+            jobs: vec![job("k")],
+        },
+    )
+    .await;
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = run(
         &backend,
         1_000,
@@ -194,7 +194,7 @@ async fn fresh_claimer_claims_without_a_lease_write_and_a_half_stale_one_refresh
         ..WorldConfig::default()
     };
     let (_db, backend) = common::backend(world).await;
-    let jobs = (0..4).map(|_| job()).collect();
+    let jobs = (0..4).map(|_| job("k")).collect();
     run(&backend, 0, Command::Enqueue { jobs }).await;
     let acquire = |process| Command::ClaimerAcquire {
         queue: queue(),
@@ -258,9 +258,9 @@ async fn concurrent_unique_inserts_give_one_job() {
     for _ in 0..16 {
         let backend = backend.clone();
         tasks.push(tokio::spawn(async move {
-            let mut j = job();
+            let mut j = job("k");
             j.unique_key = Some(UniqueKey::new("order-42").unwrap());
-            let mut other = job();
+            let mut other = job("k");
             other.unique_key = Some(UniqueKey::new("order-43").unwrap());
             match backend
                 .execute(Command::Enqueue {
@@ -304,7 +304,7 @@ async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it() {
         .await
         .unwrap();
     backend
-        .enqueue(&mut *tx, vec![job()])
+        .enqueue(&mut *tx, vec![job("k")])
         .await
         .unwrap()
         .unwrap();
@@ -324,7 +324,7 @@ async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it() {
         .await
         .unwrap();
     let done = backend
-        .enqueue(&mut *tx, vec![job(), job()])
+        .enqueue(&mut *tx, vec![job("k"), job("k")])
         .await
         .unwrap()
         .unwrap();
@@ -338,7 +338,7 @@ async fn bulk_copy_inserts_every_job_in_order() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
     let jobs: Vec<NewJob> = (0..5000u32)
         .map(|i| {
-            let mut j = job();
+            let mut j = job("k");
             j.payload = Payload(i.to_be_bytes().to_vec());
             j
         })
@@ -351,7 +351,7 @@ async fn bulk_copy_inserts_every_job_in_order() {
         assert_eq!(stored.payload, jobs[i].payload);
         assert_eq!(stored.state_name(), StateName::Available);
     }
-    let mut unique = job();
+    let mut unique = job("k");
     unique.unique_key = Some(UniqueKey::new("x").unwrap());
     assert!(backend.enqueue_copy(&[unique]).await.is_err());
 }
@@ -359,7 +359,7 @@ async fn bulk_copy_inserts_every_job_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claimers_never_share_a_job() {
     let (_db, backend) = common::backend_with(WorldConfig::default(), 8).await;
-    let jobs: Vec<NewJob> = (0..400).map(|_| job()).collect();
+    let jobs: Vec<NewJob> = (0..400).map(|_| job("k")).collect();
     backend.enqueue_copy(&jobs).await.unwrap();
     let mut tasks = Vec::new();
     for process in 1..=4u64 {
@@ -546,7 +546,9 @@ async fn a_listener_whose_connection_dropped_says_so_and_listens_again() {
     // Reconnected and listening again: the next enqueue wakes it.
     let woke = loop {
         backend
-            .execute(Command::Enqueue { jobs: vec![job()] })
+            .execute(Command::Enqueue {
+                jobs: vec![job("k")],
+            })
             .await
             .unwrap();
         match listener.wait(Duration::from_millis(500)).await.unwrap() {
@@ -567,7 +569,9 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     );
     let started = std::time::Instant::now();
     backend
-        .execute(Command::Enqueue { jobs: vec![job()] })
+        .execute(Command::Enqueue {
+            jobs: vec![job("k")],
+        })
         .await
         .unwrap();
     let woke = listener.wait(Duration::from_secs(5)).await.unwrap();
@@ -637,7 +641,9 @@ async fn the_database_clock_drives_production_commands() {
     let now = backend.now().await.unwrap();
     assert!((now.0 - before).abs() < 60_000, "{now:?} vs {before}");
     let Outcome::Enqueued(Ok(done)) = backend
-        .execute(Command::Enqueue { jobs: vec![job()] })
+        .execute(Command::Enqueue {
+            jobs: vec![job("k")],
+        })
         .await
         .unwrap()
     else {
@@ -681,7 +687,7 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
     let (db, backend) = common::backend(WorldConfig::default()).await;
     const BATCHES: usize = 20;
     const BATCH: usize = 128;
-    let jobs: Vec<NewJob> = (0..BATCHES * BATCH).map(|_| job()).collect();
+    let jobs: Vec<NewJob> = (0..BATCHES * BATCH).map(|_| job("k")).collect();
     backend.enqueue_copy(&jobs).await.unwrap();
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = backend
         .execute(Command::ClaimerAcquire {
@@ -778,7 +784,7 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let (_db, backend) = common::backend_with(WorldConfig::default(), 8).await;
-    let jobs: Vec<NewJob> = (0..256).map(|_| job()).collect();
+    let jobs: Vec<NewJob> = (0..256).map(|_| job("k")).collect();
     run(&backend, 1_000, Command::Enqueue { jobs }).await;
     let Outcome::ClaimerAcquired(Ok((claimer, _))) = run(
         &backend,
@@ -920,7 +926,7 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     // What a v1 release did: enqueue; it has no presence table.
     let Outcome::Enqueued(Ok(done)) = backend
         .execute(Command::Enqueue {
-            jobs: vec![job(), job()],
+            jobs: vec![job("k"), job("k")],
         })
         .await
         .unwrap()
@@ -959,7 +965,7 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].presence, presence);
     // The upgraded schema goes on where v1 left off.
-    let more = backend.enqueue_bulk(vec![job()]).await.unwrap().unwrap();
+    let more = backend.enqueue_bulk(vec![job("k")]).await.unwrap().unwrap();
     assert!(more[0].id > done[1].id);
     let versions: Vec<i32> =
         sqlx::query_scalar("SELECT version FROM weir.schema_migrations ORDER BY version")
@@ -977,7 +983,7 @@ async fn last_id(backend: &PgBackend) -> i64 {
 }
 
 fn keyed(key: &str) -> NewJob {
-    let mut j = job();
+    let mut j = job("k");
     j.unique_key = Some(UniqueKey::new(key).unwrap());
     j
 }
@@ -1015,7 +1021,7 @@ async fn a_bulk_with_unique_keys_is_all_or_none_when_a_later_chunk_is_invalid() 
                     1 | 5 => keyed("a"),
                     2 => keyed("held"),
                     4 => keyed(&format!("b{i}")),
-                    _ => job(),
+                    _ => job("k"),
                 };
                 if i == 17 {
                     j.run_at = run_at;
@@ -1085,9 +1091,9 @@ async fn a_bulk_with_unique_keys_is_all_or_none_when_a_later_chunk_is_invalid() 
 #[tokio::test]
 async fn a_refused_copy_bulk_writes_nothing_and_reserves_no_ids() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    backend.enqueue_copy(&[job()]).await.unwrap();
+    backend.enqueue_copy(&[job("k")]).await.unwrap();
     let seq_before = last_id(&backend).await;
-    let mut jobs: Vec<NewJob> = (0..1000).map(|_| job()).collect();
+    let mut jobs: Vec<NewJob> = (0..1000).map(|_| job("k")).collect();
     jobs[700].run_at = Some(Timestamp(i64::MAX - 1));
     let refused = backend.enqueue_bulk(jobs.clone()).await.unwrap();
     assert!(
@@ -1135,7 +1141,7 @@ async fn a_connection_dropped_mid_copy_leaves_nothing() {
     .await
     .unwrap();
     let mut listener = Listener::connect(&backend).await.unwrap();
-    let mut jobs: Vec<NewJob> = (0..20_000).map(|_| job()).collect();
+    let mut jobs: Vec<NewJob> = (0..20_000).map(|_| job("k")).collect();
     jobs[10_000].priority = weir_core::Priority(77);
     let bulk = {
         let backend = backend.clone();
@@ -1176,7 +1182,10 @@ async fn a_connection_dropped_mid_copy_leaves_nothing() {
         listener.wait(Duration::from_millis(300)).await.unwrap(),
         None
     );
-    let done = backend.enqueue_bulk(vec![job(), job()]).await.unwrap();
+    let done = backend
+        .enqueue_bulk(vec![job("k"), job("k")])
+        .await
+        .unwrap();
     assert_eq!(done.map(|d| d.len()), Ok(2));
 }
 

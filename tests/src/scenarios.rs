@@ -13,6 +13,7 @@ use weir_core::{
     Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject, Retry, SemaphoreName,
     SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
 };
+use weir_test_kit::{job, queue};
 
 /// Every scenario, by name, for the instantiating macro.
 pub const ALL: &[&str] = &[
@@ -48,18 +49,6 @@ pub const ALL: &[&str] = &[
 
 async fn exec(b: &dyn Backend, command: Command) -> Outcome {
     b.execute(command).await.expect("the backend is available")
-}
-
-fn queue() -> QueueName {
-    QueueName::new("default").expect("valid")
-}
-
-fn job(kind: &str) -> NewJob {
-    NewJob::new(
-        queue(),
-        Kind::new(kind).expect("valid"),
-        Payload(b"{}".to_vec()),
-    )
 }
 
 async fn enqueue(b: &dyn Backend, jobs: Vec<NewJob>) -> Vec<Enqueued> {
