@@ -8,7 +8,8 @@
 # Usage: scripts/bench-ab.sh ROUNDS NAME=BINARY [NAME=BINARY ...] [-- BENCH ARGS]
 # e.g.   scripts/bench-ab.sh 3 before=/tmp/weir-before after=target/release/weir
 # Binaries must have `weir bench` (build each variant with
-# `cargo build --release -p weir-cli` and copy target/release/weir away).
+# `cargo build --release -p weir-cli --features bench` and copy
+# target/release/weir away).
 set -euo pipefail
 rounds=${1:?usage: bench-ab.sh ROUNDS NAME=BINARY ... [-- BENCH ARGS]}
 shift

@@ -271,11 +271,11 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use weir_core::{
-        answer_of, ClaimerGrant, Kind, NewJob, Payload, ProcessId, QueueName, Receipt, Reject,
-        StateName,
+        answer_of, ClaimerGrant, Kind, NewJob, Payload, ProcessId, Receipt, Reject, StateName,
     };
 
     use weir::{Backend, BackendExt};
+    use weir_test_kit::queue;
 
     use super::*;
     use crate::clock::VirtualClock;
@@ -288,10 +288,6 @@ mod tests {
             Poll::Ready(value) => value,
             Poll::Pending => panic!("the memory backend never waits"),
         }
-    }
-
-    fn queue() -> QueueName {
-        QueueName::new("default").unwrap()
     }
 
     fn claimer(backend: &dyn Backend, process: u64) -> ClaimerGrant {

@@ -3,8 +3,8 @@
 //!
 //! Commands go through [`MemoryBackend::apply`], so outcomes are
 //! `World::apply`'s by construction. The reads and the bulk path are the
-//! runtime's reference implementations over the world
-//! ([`weir::reference`]). Presence is a map beside the world; wake-ups are
+//! core's reference implementations over the world
+//! ([`weir::core::reads`]). Presence is a map beside the world; wake-ups are
 //! a broadcast channel fed from what each command did, sent only while
 //! someone listens.
 
@@ -214,10 +214,13 @@ impl<C: Clock> Backend for MemoryBackend<C> {
         let mut locked = self.locked();
         let now = locked.now().max(locked.world().now());
         let config = locked.world().config().clone();
-        let result =
-            weir::reference::enqueue_bulk(now, config.batch_max, &config.limits, jobs, |command| {
-                locked.apply(command)
-            });
+        let result = weir::core::reads::enqueue_bulk(
+            now,
+            config.batch_max,
+            &config.limits,
+            jobs,
+            |command| locked.apply(command),
+        );
         let queues: BTreeSet<QueueName> = match &result {
             Ok(ids) => ids
                 .iter()
@@ -235,15 +238,15 @@ impl<C: Clock> Backend for MemoryBackend<C> {
     }
 
     async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError> {
-        Ok(self.inspect(|world| weir::reference::job(world, id)))
+        Ok(self.inspect(|world| weir::core::reads::job(world, id)))
     }
 
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError> {
-        Ok(self.inspect(|world| weir::reference::jobs(world, filter)))
+        Ok(self.inspect(|world| weir::core::reads::jobs(world, filter)))
     }
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
-        Ok(self.inspect(weir::reference::queues))
+        Ok(self.inspect(weir::core::reads::queues))
     }
 
     async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError> {

@@ -1,4 +1,4 @@
-//! How a [`PgBackend`](crate::PgBackend) is set up: [`PgConfig`], what its
+//! How a [`PgBackend`](crate::PgBackend)(crate::PgBackend) is set up: [`PgConfig`], what its
 //! pool connects through ([`Pooler`]), and the configurations that cannot
 //! work ([`ConfigError`]).
 
@@ -6,7 +6,7 @@ use weir_core::{InvalidClaimerConfig, WorldConfig};
 
 use crate::schema::SchemaName;
 
-/// How a [`PgBackend`] is set up.
+/// How a [`PgBackend`](crate::PgBackend) is set up.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// The schema holding Weir's tables.
@@ -19,7 +19,7 @@ pub struct PgConfig {
     /// What the pool's connections go through: straight to Postgres (or a
     /// session-pooling PgBouncer), or a transaction-pooling PgBouncer.
     pub pooler: Pooler,
-    /// Where the LISTEN connection of [`Backend::subscribe`] goes, when not
+    /// Where the LISTEN connection of [`Backend::subscribe`](weir::Backend::subscribe) goes, when not
     /// where the pool goes: a URL of the Postgres server itself. Needed
     /// with [`Pooler::Transaction`] and `notify` on, since LISTEN needs a
     /// session of its own. `None`: the pool's connect options.
@@ -52,7 +52,7 @@ impl std::fmt::Debug for PgConfig {
     }
 }
 
-/// What a [`PgBackend`]'s pool connects through, which decides how
+/// What a [`PgBackend`](crate::PgBackend)'s pool connects through, which decides how
 /// statements are sent (see the crate README's deployment notes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -3,13 +3,10 @@
 //! path in `bulk.rs`. Unique keys are decided by the `jobs_unique` index,
 //! not by a read before the write.
 
-
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use weir::{BackendError, ClientError, InsertOptions, Inserted, JobArgs};
-use weir_core::{
-    Enqueued, InvalidJob, JobId, JobLimits, NewJob, Reject, Timestamp, UniqueKey,
-};
+use weir_core::{Enqueued, InvalidJob, JobId, JobLimits, NewJob, Reject, Timestamp, UniqueKey};
 
 use crate::backend::PgBackend;
 use crate::error::db;

@@ -27,14 +27,12 @@
 //! The tables, their indexes and why each exists, the grants the role
 //! needs, and the round trips of each command are in the crate's README.
 //!
-//! With the `harness` feature (off by default) the crate also provides
-//! `harness`: throwaway Postgres clusters and isolated per-test databases
-//! for tests, examples and benchmarks.
+//! The throwaway Postgres clusters and per-test databases that its tests,
+//! the examples and the benchmark run on are not here: they are the
+//! unpublished `weir-pg-harness` crate.
 
 #![warn(missing_docs)]
-// The only unsafe code is the `atexit` registration in `harness`, allowed
-// locally on that one function.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod backend;
 mod bulk;
@@ -57,9 +55,6 @@ mod rows;
 mod schema;
 pub mod semaphore;
 mod snapshot;
-
-#[cfg(feature = "harness")]
-pub mod harness;
 
 pub use backend::PgBackend;
 pub use bulk::CopyError;

@@ -1,6 +1,6 @@
 //! Operator reads: [`weir::Backend::job`], [`weir::Backend::jobs`] and
-//! [`weir::Backend::queues`], with the answers of the runtime's reference
-//! reads over a `World` (`weir::reference`).
+//! [`weir::Backend::queues`], with the answers of the core's reference
+//! reads over a `World` (`weir_core::reads`).
 //!
 //! They decide nothing and lock nothing; each is one statement. Orders
 //! that reach the answer (queue and kind names, process ids) are taken in

@@ -16,12 +16,13 @@ use sqlx::{Connection, PgConnection};
 use weir::{Backend, BackendError};
 use weir_core::cmd;
 use weir_core::{
-    answer_of, Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Kind, Millis, NewJob,
-    Outcome, Payload, ProcessId, QueueName, Receipt, Reject, Request, SemaphoreName, SlotIndex,
-    StateName, Timestamp, UniqueKey, World, WorldConfig,
+    answer_of, Acquired, ClaimerConfig, Command, Enqueued, Epoch, JobId, Millis, NewJob, Outcome,
+    ProcessId, Receipt, Reject, Request, SemaphoreName, SlotIndex, StateName, Timestamp, UniqueKey,
+    World, WorldConfig,
 };
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
+use weir_test_kit::{job, queue};
 
 /// How long a test waits for a party to reach the point a race needs.
 const REACH_WITHIN: Duration = Duration::from_secs(10);
@@ -36,16 +37,8 @@ async fn run_at<R: Request>(
     Ok(answer_of::<R>(outcome))
 }
 
-fn queue() -> QueueName {
-    QueueName::new("default").unwrap()
-}
-
-fn job() -> NewJob {
-    NewJob::new(queue(), Kind::new("k").unwrap(), Payload(b"{}".to_vec()))
-}
-
 fn keyed(key: &str) -> NewJob {
-    let mut j = job();
+    let mut j = job("k");
     j.unique_key = Some(UniqueKey::new(key).unwrap());
     j
 }
@@ -193,7 +186,7 @@ async fn cancel_attempts_gives_the_worlds_answers() {
     step(
         0,
         Command::Enqueue(cmd::Enqueue {
-            jobs: vec![job(), job(), job()],
+            jobs: vec![job("k"), job("k"), job("k")],
         }),
     )
     .await;
@@ -335,7 +328,7 @@ async fn an_enqueue_never_says_not_applied_after_part_of_it_committed() {
         tokio::spawn(async move {
             backend
                 .execute(Command::Enqueue(cmd::Enqueue {
-                    jobs: vec![job(), keyed("k")],
+                    jobs: vec![job("k"), keyed("k")],
                 }))
                 .await
         })
@@ -453,7 +446,9 @@ async fn a_takeover_never_overwrites_a_concurrent_claim_and_refresh() {
             process: ProcessId(process),
         })
     };
-    let enqueue = Command::Enqueue(cmd::Enqueue { jobs: vec![job()] });
+    let enqueue = Command::Enqueue(cmd::Enqueue {
+        jobs: vec![job("k")],
+    });
     let mut world = World::new(world_config);
     world.apply(Timestamp(0), enqueue.clone());
     owner.execute_at(Timestamp(0), enqueue).await.unwrap();
@@ -864,7 +859,9 @@ async fn a_completion_never_says_not_applied_after_its_first_step_committed() {
     backend
         .execute_at(
             Timestamp(0),
-            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+            Command::Enqueue(cmd::Enqueue {
+                jobs: vec![job("k")],
+            }),
         )
         .await
         .unwrap();
@@ -967,7 +964,9 @@ async fn an_interrupted_statement_is_a_lost_answer_not_a_refusal() {
     let answer = backend
         .execute_at(
             Timestamp(0),
-            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+            Command::Enqueue(cmd::Enqueue {
+                jobs: vec![job("k")],
+            }),
         )
         .await;
     match answer {
@@ -1070,7 +1069,7 @@ async fn an_enqueue_never_answers_a_duplicate_of_a_job_a_concurrent_prune_remove
             .execute_at(
                 Timestamp(2_000),
                 Command::Enqueue(cmd::Enqueue {
-                    jobs: vec![keyed("k"), job()],
+                    jobs: vec![keyed("k"), job("k")],
                 }),
             )
             .await
@@ -1129,7 +1128,9 @@ async fn worker_and_operator(db: &TestDatabase) -> (PgBackend, PgBackend, Comman
     worker
         .execute_at(
             Timestamp(0),
-            Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }),
+            Command::Enqueue(cmd::Enqueue {
+                jobs: vec![job("k")],
+            }),
         )
         .await
         .unwrap();

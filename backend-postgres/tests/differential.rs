@@ -28,7 +28,7 @@ use weir_core::{
     Receipt, Retry, SemaphoreName, SlotEpoch, SlotGrant, SlotIndex, Timestamp, UniqueKey, World,
     WorldConfig,
 };
-use weir_postgres::harness::{pgbouncer, PoolMode};
+use weir_pg_harness::{pgbouncer, PoolMode};
 use weir_postgres::{PgBackend, PgConfig, Pooler, Snapshot};
 
 fn env_usize(name: &str, default: usize) -> usize {

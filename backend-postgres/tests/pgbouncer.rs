@@ -17,7 +17,7 @@ use weir_core::{
     Command, FailError, Failure, JobState, Kind, Millis, NewJob, Payload, ProcessId, QueueName,
     Receipt, Request, Retry, SemaphoreName, SlotIndex, UniqueKey, WaitConfig, WorldConfig,
 };
-use weir_postgres::harness::{pgbouncer, test_database, PoolMode, TestDatabase};
+use weir_pg_harness::{pgbouncer, test_database, PoolMode, TestDatabase};
 use weir_postgres::semaphore::{
     acquire, AdvisoryError, AdvisorySemaphore, LeaseSemaphore, SessionNotPinned, SlotStore,
 };

@@ -13,8 +13,8 @@ use weir::{Backend, BackendError, BackendExt, Presence};
 use weir_core::cmd;
 use weir_core::{
     answer_of, Acquired, ClaimerConfig, Command, Enqueued, InvalidJob, JobLimits, Kind, Millis,
-    NewJob, Outcome, Payload, ProcessId, QueueName, Reject, Request, SemaphoreName, StateName,
-    Timestamp, UniqueKey, WaitConfig, WorldConfig,
+    NewJob, Outcome, Payload, ProcessId, Reject, Request, SemaphoreName, StateName, Timestamp,
+    UniqueKey, WaitConfig, WorldConfig,
 };
 use weir_postgres::migrate::migrate_to;
 use weir_postgres::notify::Wakeup;
@@ -22,14 +22,7 @@ use weir_postgres::semaphore::{
     acquire, AcquireError, AdvisorySemaphore, LeaseSemaphore, SlotStore,
 };
 use weir_postgres::{migrate, MigrateError, PgBackend, PgConfig, SchemaName, LATEST_VERSION};
-
-fn queue() -> QueueName {
-    QueueName::new("default").unwrap()
-}
-
-fn job() -> NewJob {
-    NewJob::new(queue(), Kind::new("k").unwrap(), Payload(b"{}".to_vec()))
-}
+use weir_test_kit::{job, queue};
 
 /// One request at storage time `now`, answered with its own type.
 async fn run<R: Request>(backend: &PgBackend, now: i64, request: R) -> R::Output {
@@ -46,7 +39,7 @@ fn wait(wait_max: u64) -> WaitConfig {
 }
 
 async fn advisory(
-    db: &weir_postgres::harness::TestDatabase,
+    db: &weir_pg_harness::TestDatabase,
     backend: &PgBackend,
     name: &str,
     permits: u16,
@@ -104,9 +97,15 @@ async fn the_role_is_not_a_superuser() {
 #[tokio::test]
 async fn late_worker_completion_after_rescue_is_rejected_and_changes_nothing() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    run(&backend, 1_000, cmd::Enqueue { jobs: vec![job()] })
-        .await
-        .unwrap();
+    run(
+        &backend,
+        1_000,
+        cmd::Enqueue {
+            jobs: vec![job("k")],
+        },
+    )
+    .await
+    .unwrap();
     let (claimer, _) = run(
         &backend,
         1_000,
@@ -190,7 +189,7 @@ async fn fresh_claimer_claims_without_a_lease_write_and_a_half_stale_one_refresh
         ..WorldConfig::default()
     };
     let (_db, backend) = common::backend(world).await;
-    let jobs = (0..4).map(|_| job()).collect();
+    let jobs = (0..4).map(|_| job("k")).collect();
     run(&backend, 0, cmd::Enqueue { jobs }).await.unwrap();
     let acquire = |process| cmd::ClaimerAcquire {
         queue: queue(),
@@ -246,9 +245,9 @@ async fn concurrent_unique_inserts_give_one_job() {
     for _ in 0..16 {
         let backend = backend.clone();
         tasks.push(tokio::spawn(async move {
-            let mut j = job();
+            let mut j = job("k");
             j.unique_key = Some(UniqueKey::new("order-42").unwrap());
-            let mut other = job();
+            let mut other = job("k");
             other.unique_key = Some(UniqueKey::new("order-43").unwrap());
             backend
                 .run(cmd::Enqueue {
@@ -289,7 +288,7 @@ async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it() {
         .await
         .unwrap();
     backend
-        .enqueue(&mut *tx, vec![job()])
+        .enqueue(&mut *tx, vec![job("k")])
         .await
         .unwrap()
         .unwrap();
@@ -309,7 +308,7 @@ async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it() {
         .await
         .unwrap();
     let done = backend
-        .enqueue(&mut *tx, vec![job(), job()])
+        .enqueue(&mut *tx, vec![job("k"), job("k")])
         .await
         .unwrap()
         .unwrap();
@@ -323,7 +322,7 @@ async fn bulk_copy_inserts_every_job_in_order() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
     let jobs: Vec<NewJob> = (0..5000u32)
         .map(|i| {
-            let mut j = job();
+            let mut j = job("k");
             j.payload = Payload(i.to_be_bytes().to_vec());
             j
         })
@@ -336,7 +335,7 @@ async fn bulk_copy_inserts_every_job_in_order() {
         assert_eq!(stored.payload, jobs[i].payload);
         assert_eq!(stored.state_name(), StateName::Available);
     }
-    let mut unique = job();
+    let mut unique = job("k");
     unique.unique_key = Some(UniqueKey::new("x").unwrap());
     assert!(backend.enqueue_copy(&[unique]).await.is_err());
 }
@@ -344,7 +343,7 @@ async fn bulk_copy_inserts_every_job_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claimers_never_share_a_job() {
     let (_db, backend) = common::backend_with(WorldConfig::default(), 8).await;
-    let jobs: Vec<NewJob> = (0..400).map(|_| job()).collect();
+    let jobs: Vec<NewJob> = (0..400).map(|_| job("k")).collect();
     backend.enqueue_copy(&jobs).await.unwrap();
     let mut tasks = Vec::new();
     for process in 1..=4u64 {
@@ -525,7 +524,9 @@ async fn a_listener_whose_connection_dropped_says_so_and_listens_again() {
     // Reconnected and listening again: the next enqueue wakes it.
     let woke = loop {
         backend
-            .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }))
+            .execute(Command::Enqueue(cmd::Enqueue {
+                jobs: vec![job("k")],
+            }))
             .await
             .unwrap();
         match listener.wait(Duration::from_millis(500)).await.unwrap() {
@@ -546,7 +547,9 @@ async fn new_work_and_cancellations_wake_listeners_within_milliseconds() {
     );
     let started = std::time::Instant::now();
     backend
-        .execute(Command::Enqueue(cmd::Enqueue { jobs: vec![job()] }))
+        .execute(Command::Enqueue(cmd::Enqueue {
+            jobs: vec![job("k")],
+        }))
         .await
         .unwrap();
     let woke = listener.wait(Duration::from_secs(5)).await.unwrap();
@@ -612,7 +615,9 @@ async fn the_database_clock_drives_production_commands() {
     let now = backend.now().await.unwrap();
     assert!((now.0 - before).abs() < 60_000, "{now:?} vs {before}");
     let done = backend
-        .run(cmd::Enqueue { jobs: vec![job()] })
+        .run(cmd::Enqueue {
+            jobs: vec![job("k")],
+        })
         .await
         .unwrap()
         .unwrap();
@@ -654,7 +659,7 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
     let (db, backend) = common::backend(WorldConfig::default()).await;
     const BATCHES: usize = 20;
     const BATCH: usize = 128;
-    let jobs: Vec<NewJob> = (0..BATCHES * BATCH).map(|_| job()).collect();
+    let jobs: Vec<NewJob> = (0..BATCHES * BATCH).map(|_| job("k")).collect();
     backend.enqueue_copy(&jobs).await.unwrap();
     let (claimer, _) = backend
         .run(cmd::ClaimerAcquire {
@@ -747,7 +752,7 @@ async fn a_busy_claimer_writes_each_job_once_per_command_and_its_lease_not_at_al
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
     let (_db, backend) = common::backend_with(WorldConfig::default(), 8).await;
-    let jobs: Vec<NewJob> = (0..256).map(|_| job()).collect();
+    let jobs: Vec<NewJob> = (0..256).map(|_| job("k")).collect();
     run(&backend, 1_000, cmd::Enqueue { jobs }).await.unwrap();
     let (claimer, _) = run(
         &backend,
@@ -870,7 +875,7 @@ async fn racing_completions_and_rescues_end_each_attempt_exactly_once() {
 
 #[tokio::test]
 async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
-    let db = weir_postgres::harness::test_database().await;
+    let db = weir_pg_harness::test_database().await;
     let pool = db.app_pool().await;
     let schema = SchemaName::new("weir").unwrap();
     let v1 = migrate_to(&pool, &schema, 1).await.unwrap();
@@ -879,7 +884,7 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     // What a v1 release did: enqueue; it has no presence table.
     let done = backend
         .run(cmd::Enqueue {
-            jobs: vec![job(), job()],
+            jobs: vec![job("k"), job("k")],
         })
         .await
         .unwrap()
@@ -916,7 +921,7 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].presence, presence);
     // The upgraded schema goes on where v1 left off.
-    let more = backend.enqueue_bulk(vec![job()]).await.unwrap().unwrap();
+    let more = backend.enqueue_bulk(vec![job("k")]).await.unwrap().unwrap();
     assert!(more[0].id > done[1].id);
     let versions: Vec<i32> =
         sqlx::query_scalar("SELECT version FROM weir.schema_migrations ORDER BY version")
@@ -934,7 +939,7 @@ async fn last_id(backend: &PgBackend) -> i64 {
 }
 
 fn keyed(key: &str) -> NewJob {
-    let mut j = job();
+    let mut j = job("k");
     j.unique_key = Some(UniqueKey::new(key).unwrap());
     j
 }
@@ -972,7 +977,7 @@ async fn a_bulk_with_unique_keys_is_all_or_none_when_a_later_chunk_is_invalid() 
                     1 | 5 => keyed("a"),
                     2 => keyed("held"),
                     4 => keyed(&format!("b{i}")),
-                    _ => job(),
+                    _ => job("k"),
                 };
                 if i == 17 {
                     j.run_at = run_at;
@@ -1042,9 +1047,9 @@ async fn a_bulk_with_unique_keys_is_all_or_none_when_a_later_chunk_is_invalid() 
 #[tokio::test]
 async fn a_refused_copy_bulk_writes_nothing_and_reserves_no_ids() {
     let (_db, backend) = common::backend(WorldConfig::default()).await;
-    backend.enqueue_copy(&[job()]).await.unwrap();
+    backend.enqueue_copy(&[job("k")]).await.unwrap();
     let seq_before = last_id(&backend).await;
-    let mut jobs: Vec<NewJob> = (0..1000).map(|_| job()).collect();
+    let mut jobs: Vec<NewJob> = (0..1000).map(|_| job("k")).collect();
     jobs[700].run_at = Some(Timestamp(i64::MAX - 1));
     let refused = backend.enqueue_bulk(jobs.clone()).await.unwrap();
     assert!(
@@ -1092,7 +1097,7 @@ async fn a_connection_dropped_mid_copy_leaves_nothing() {
     .await
     .unwrap();
     let mut listener = backend.listener().await.unwrap();
-    let mut jobs: Vec<NewJob> = (0..20_000).map(|_| job()).collect();
+    let mut jobs: Vec<NewJob> = (0..20_000).map(|_| job("k")).collect();
     jobs[10_000].priority = weir_core::Priority(77);
     let bulk = {
         let backend = backend.clone();
@@ -1133,7 +1138,10 @@ async fn a_connection_dropped_mid_copy_leaves_nothing() {
         listener.wait(Duration::from_millis(300)).await.unwrap(),
         None
     );
-    let done = backend.enqueue_bulk(vec![job(), job()]).await.unwrap();
+    let done = backend
+        .enqueue_bulk(vec![job("k"), job("k")])
+        .await
+        .unwrap();
     assert_eq!(done.map(|d| d.len()), Ok(2));
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 use weir_core::{Millis, ProcessId, SemaphoreName, WaitConfig, WorldConfig};
-use weir_postgres::harness::TestDatabase;
+use weir_pg_harness::TestDatabase;
 use weir_postgres::semaphore::{
     acquire, AcquireError, AdvisoryError, AdvisorySemaphore, LeaseSemaphore, SessionNotPinned,
     SlotStore,

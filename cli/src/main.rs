@@ -4,8 +4,6 @@
 
 #[cfg(feature = "postgres")]
 mod admin;
-#[cfg(feature = "bench")]
-mod bench;
 mod demo;
 #[cfg(feature = "postgres")]
 mod migrate;
@@ -55,7 +53,7 @@ enum Command {
     /// writes docs/benchmarks/results.jsonl and latest.md. Without
     /// --database-url a throwaway Postgres is started.
     #[cfg(feature = "bench")]
-    Bench(bench::BenchArgs),
+    Bench(weir_bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,7 +70,7 @@ fn main() -> std::process::ExitCode {
         #[cfg(feature = "postgres")]
         Command::Workers(args) => admin::workers(&args),
         #[cfg(feature = "bench")]
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => weir_bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -22,7 +22,7 @@ fn job(queue: &str, kind: &str) -> NewJob {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_list_show_cancel_retry_and_pause() {
-    let db = weir_postgres::harness::test_database().await;
+    let db = weir_pg_harness::test_database().await;
     let url = db.url_as_app_user();
     let (ok, text) = weir(&["queues", "--database-url", url]);
     assert!(!ok, "no schema yet");
@@ -116,7 +116,7 @@ fn a_bad_database_url_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_on_postgres_and_fences_the_stalled_pool() {
-    let db = weir_postgres::harness::test_database().await;
+    let db = weir_pg_harness::test_database().await;
     let (ok, text) = weir(&[
         "demo",
         "--database-url",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use weir::core::cmd;
 use weir::core::{self, Millis, ProcessId, QueueName};
 use weir::{Backend, BackendExt};
-use weir_postgres::harness::test_database;
+use weir_pg_harness::test_database;
 use weir_postgres::{PgBackend, PgConfig, LATEST_VERSION};
 
 mod common;

@@ -6,10 +6,11 @@
 use std::process::Command;
 
 /// About 20-60 s on two cores, so not part of every `cargo test`: `.ci/run`
-/// runs it as its own stage (`cargo test --workspace --test bench --
-/// --ignored`, which reuses the workspace's build).
+/// runs it as its own stage (`cargo test --workspace --features
+/// weir-cli/bench --test bench -- --ignored`, which reuses the workspace's
+/// build). Only built with the `bench` feature (`required-features`).
 #[test]
-#[ignore = "the bench smoke run: cargo test -p weir-cli --test bench -- --ignored"]
+#[ignore = "the bench smoke run: cargo test -p weir-cli --features bench --test bench -- --ignored"]
 fn bench_all_quick_runs_end_to_end_and_writes_its_files() {
     let out = std::env::temp_dir().join(format!("weir-bench-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);

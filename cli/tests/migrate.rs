@@ -8,7 +8,7 @@ use common::weir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_the_schema_then_is_a_no_op() {
-    let db = weir_postgres::harness::test_database().await;
+    let db = weir_pg_harness::test_database().await;
     let url = db.url_as_app_user();
     let (ok, text) = weir(&["migrate", "--database-url", url, "--schema", "weir_cli"]);
     assert!(ok, "{text}");
@@ -23,7 +23,7 @@ async fn migrate_creates_the_schema_then_is_a_no_op() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_upgrades_a_v1_schema_in_place() {
-    let db = weir_postgres::harness::test_database().await;
+    let db = weir_pg_harness::test_database().await;
     let schema = weir_postgres::SchemaName::new("weir_old").unwrap();
     let pool = db.app_pool().await;
     weir_postgres::migrate::migrate_to(&pool, &schema, 1)

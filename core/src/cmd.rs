@@ -68,7 +68,7 @@ pub struct Snooze {
 }
 
 /// Cancel running attempts at their handlers' request (receipt-guarded,
-/// unlike the operator's [`Command::Cancel`]).
+/// unlike the operator's [`Cancel`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CancelAttempts {
     /// The attempts.

@@ -112,6 +112,7 @@ pub mod job;
 pub mod leader;
 pub mod mutation;
 pub mod protocol;
+pub mod reads;
 pub mod reject;
 pub mod semaphore;
 pub mod time;

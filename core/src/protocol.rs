@@ -1,14 +1,14 @@
 //! The storage protocol: what every backend implements.
 //!
 //! A [`Command`] goes in, its [`Outcome`] comes out. Each command is a
-//! type of [`cmd`](crate::cmd), and each is a [`Request`] whose `Output`
+//! type of [`cmd`], and each is a [`Request`] whose `Output`
 //! is its answer alone: [`Request::answer`] is the one place an outcome is
 //! matched to the command it answers, so callers never unpack one by hand.
 //!
 //! The protocol is closed: `Command` and [`Outcome`] are not
 //! `#[non_exhaustive]`, and no code that executes commands has a wildcard
 //! arm, so a new command that a backend does not implement fails to
-//! compile instead of failing at run time. The table in [`protocol!`] ties
+//! compile instead of failing at run time. The table in `protocol!` ties
 //! each command to its outcome variant; adding a command is a row there, a
 //! type in `cmd`, an arm in `World::dispatch` and in each backend
 //! (docs/HACKING.md has the checklist).
@@ -136,7 +136,7 @@ pub enum Outcome {
 }
 
 /// A command whose answer has a type of its own: each type of
-/// [`cmd`](crate::cmd) is one.
+/// [`cmd`] is one.
 pub trait Request: Into<Command> {
     /// The answer to this command.
     type Output;
@@ -167,7 +167,7 @@ pub fn answer_of<R: Request>(outcome: Outcome) -> R::Output {
 macro_rules! protocol {
     ($($name:ident => $outcome:ident($output:ty), $text:literal;)*) => {
         /// A storage command: the unit every backend implements. Each
-        /// variant carries its type of [`cmd`](crate::cmd).
+        /// variant carries its type of [`cmd`].
         #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum Command {
             $(

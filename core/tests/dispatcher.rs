@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 
 use weir_core::cmd;
 use weir_core::*;
-
-fn queue() -> QueueName {
-    QueueName::new("default").unwrap()
-}
+use weir_test_kit::queue;
 
 fn world() -> World {
     World::new(WorldConfig {

@@ -5,17 +5,10 @@ use std::collections::BTreeSet;
 
 use weir_core::cmd;
 use weir_core::*;
+use weir_test_kit::{kind, queue};
 
 const P1: ProcessId = ProcessId(1);
 const P2: ProcessId = ProcessId(2);
-
-fn queue() -> QueueName {
-    QueueName::new("default").unwrap()
-}
-
-fn kind(name: &str) -> Kind {
-    Kind::new(name).unwrap()
-}
 
 fn config() -> WorldConfig {
     WorldConfig {

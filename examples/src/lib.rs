@@ -2,13 +2,13 @@
 //!
 //! With `DATABASE_URL` set, the examples use that server (they create the
 //! schema they need with `weir migrate`'s code). Without it they start a
-//! throwaway Postgres with `weir_postgres::harness`, as the tests do, so
+//! throwaway Postgres with `weir_pg_harness`, as the tests do, so
 //! `cargo run -p weir-examples --example quickstart` works on a machine
 //! with the Postgres server binaries and nothing running.
 
 #![forbid(unsafe_code)]
 
-use weir_postgres::harness::TestDatabase;
+use weir_pg_harness::TestDatabase;
 
 /// A database URL, and the throwaway database behind it (dropped with it).
 pub struct Database {
@@ -25,7 +25,7 @@ pub async fn database() -> Database {
             _throwaway: None,
         },
         _ => {
-            let db = weir_postgres::harness::test_database().await;
+            let db = weir_pg_harness::test_database().await;
             Database {
                 url: db.url_as_app_user().to_string(),
                 _throwaway: Some(db),

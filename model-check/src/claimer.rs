@@ -80,11 +80,12 @@ use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
     Acquired, ClaimerConfig, ClaimerGrant, ClaimerSlot, Command, JobState, Kind, Millis, Mutation,
-    NewJob, Outcome, Payload, ProcessId, QueueName, Reject, Request, Timestamp, World, WorldConfig,
+    NewJob, Outcome, Payload, ProcessId, Reject, Request, Timestamp, World, WorldConfig,
 };
 
 use crate::check::{run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permutations, permute};
+use weir_test_kit::{index, pid, queue};
 
 /// Competing processes.
 pub const PROCESSES: usize = 3;
@@ -375,18 +376,6 @@ pub enum ClaimerAction {
     Release(usize),
     /// Time passes.
     Tick,
-}
-
-fn queue() -> QueueName {
-    QueueName::new("default").expect("a valid queue name")
-}
-
-fn pid(p: usize) -> ProcessId {
-    ProcessId(p as u64 + 1)
-}
-
-fn index(id: ProcessId) -> usize {
-    usize::try_from(id.0 - 1).expect("a model process id")
 }
 
 fn config(timing: Timing) -> WorldConfig {

@@ -62,11 +62,11 @@ use weir_core::cmd;
 use weir_core::{
     Backoff, ClaimerConfig, Command, CommandId, Dispatcher, DispatcherConfig, DispatcherMutation,
     Effect, FailError, HandlerResult, Input, JobId, JobLimits, JobState, Kind, LeaderGrant, Millis,
-    NewJob, Outcome, Payload, ProcessId, QueueName, Receipt, Retry, StopReason, Timestamp, World,
-    WorldConfig,
+    NewJob, Outcome, Payload, ProcessId, Receipt, Retry, StopReason, Timestamp, World, WorldConfig,
 };
 
 use crate::check::{apply, guard, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use weir_test_kit::{pid, queue};
 
 /// The dispatcher's own bookkeeping holds after every input
 /// (`Dispatcher::check_invariants`), and no input makes it panic.
@@ -373,14 +373,6 @@ pub enum DispatcherAction {
     Cancel(JobId),
     /// Time passes.
     Tick,
-}
-
-fn queue() -> QueueName {
-    QueueName::new("default").expect("a valid queue name")
-}
-
-fn pid(p: usize) -> ProcessId {
-    ProcessId(p as u64 + 1)
 }
 
 fn new_job() -> NewJob {

@@ -39,6 +39,7 @@ use weir_core::{
 
 use crate::check::{run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permutations, permute};
+use weir_test_kit::{index, pid};
 
 /// Competing processes.
 pub const PROCESSES: usize = 3;
@@ -136,14 +137,6 @@ pub enum LeaderAction {
     Crash(usize),
     /// Time passes.
     Tick,
-}
-
-fn pid(p: usize) -> ProcessId {
-    ProcessId(p as u64 + 1)
-}
-
-fn index(id: ProcessId) -> usize {
-    usize::try_from(id.0 - 1).expect("a model process id")
 }
 
 fn config() -> WorldConfig {

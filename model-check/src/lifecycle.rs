@@ -116,6 +116,7 @@ use weir_core::{
 
 use crate::check::{apply, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permutations, permute};
+use weir_test_kit::{index, pid, queue};
 
 /// Worker processes.
 pub const WORKERS: usize = 3;
@@ -507,20 +508,8 @@ pub enum LifecycleAction {
     Tick,
 }
 
-fn queue() -> QueueName {
-    QueueName::new("default").expect("a valid queue name")
-}
-
 fn other_queue() -> QueueName {
     QueueName::new("other").expect("a valid queue name")
-}
-
-fn pid(worker: usize) -> ProcessId {
-    ProcessId(worker as u64 + 1)
-}
-
-fn index(id: ProcessId) -> usize {
-    usize::try_from(id.0 - 1).expect("a worker's process id")
 }
 
 fn config(shape: Shape) -> WorldConfig {

@@ -58,6 +58,7 @@ use weir_core::{
 
 use crate::check::{guard, run, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
 use crate::symmetry::{least_hash, permute};
+use weir_test_kit::{index, pid};
 
 /// Processes (0 and 1 hold for their session, 2 and 3 hold leases).
 pub const PROCESSES: usize = 4;
@@ -231,14 +232,6 @@ pub enum SemaphoreAction {
 
 fn name() -> SemaphoreName {
     SemaphoreName::new("sem").expect("a valid semaphore name")
-}
-
-fn pid(p: usize) -> ProcessId {
-    ProcessId(p as u64 + 1)
-}
-
-fn index(id: ProcessId) -> usize {
-    usize::try_from(id.0 - 1).expect("a model process id")
 }
 
 fn lease(p: usize) -> Option<Millis> {

@@ -70,12 +70,12 @@
 use stateright::{Model, Property};
 use weir_core::cmd;
 use weir_core::{
-    Command, Hold, Millis, Mutation, Outcome, ProcessId, SemaphoreName, SlotLoss, StorageAnswer,
-    Timestamp, WaitConfig, Warmup, WarmupConfig, WarmupDriver, WarmupFailure, WarmupStep, World,
-    WorldConfig,
+    Command, Hold, Millis, Mutation, Outcome, SemaphoreName, SlotLoss, StorageAnswer, Timestamp,
+    WaitConfig, Warmup, WarmupConfig, WarmupDriver, WarmupFailure, WarmupStep, World, WorldConfig,
 };
 
 use crate::check::{apply, guard, tick, Faults, STEP_INVARIANTS, WORLD_INVARIANTS};
+use weir_test_kit::pid;
 
 /// Each holder's lease.
 pub const LEASE_TTL: Millis = Millis(3);
@@ -332,10 +332,6 @@ pub enum WarmupAction {
 
 fn name() -> SemaphoreName {
     SemaphoreName::new("warm").expect("a valid semaphore name")
-}
-
-fn pid(p: usize) -> ProcessId {
-    ProcessId(p as u64 + 1)
 }
 
 /// What the next poll would return, and whether it would change anything.

@@ -24,7 +24,6 @@ pub mod clock;
 pub mod job;
 pub mod limit;
 pub mod metrics;
-pub mod reference;
 pub mod registry;
 pub mod warmup;
 pub mod worker;

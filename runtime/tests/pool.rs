@@ -44,7 +44,7 @@ impl Backend for WorldBackend {
     ) -> Result<Result<Vec<Enqueued>, Reject>, BackendError> {
         let mut world = self.world.lock().unwrap();
         let (now, config) = (weir::wall_clock(), world.config().clone());
-        Ok(weir::reference::enqueue_bulk(
+        Ok(weir::core::reads::enqueue_bulk(
             now,
             config.batch_max,
             &config.limits,
@@ -54,15 +54,15 @@ impl Backend for WorldBackend {
     }
 
     async fn job(&self, id: JobId) -> Result<Option<Job>, BackendError> {
-        Ok(weir::reference::job(&self.world.lock().unwrap(), id))
+        Ok(weir::core::reads::job(&self.world.lock().unwrap(), id))
     }
 
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, BackendError> {
-        Ok(weir::reference::jobs(&self.world.lock().unwrap(), filter))
+        Ok(weir::core::reads::jobs(&self.world.lock().unwrap(), filter))
     }
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, BackendError> {
-        Ok(weir::reference::queues(&self.world.lock().unwrap()))
+        Ok(weir::core::reads::queues(&self.world.lock().unwrap()))
     }
 
     async fn announce(&self, presence: &Presence, ttl: Duration) -> Result<(), BackendError> {

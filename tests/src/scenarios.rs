@@ -1,7 +1,7 @@
 //! The conformance suite: each scenario drives one backend through the
 //! [`Backend`] trait only — commands through [`Backend::execute`], and the
 //! bulk path, the operator reads, presence and wake-ups — and checks the
-//! answers the core (and `weir::reference`) define. Every backend must
+//! answers the core (and `weir_core::reads`) define. Every backend must
 //! pass every scenario unchanged.
 
 use std::time::Duration;
@@ -14,6 +14,7 @@ use weir_core::{
     Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject, Request, Retry,
     SemaphoreName, SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
 };
+use weir_test_kit::{job, queue};
 
 /// Every scenario, by name, for the instantiating macro.
 pub const ALL: &[&str] = &[
@@ -54,18 +55,6 @@ async fn exec(b: &dyn Backend, command: Command) -> Outcome {
 /// [`exec`] of one request, answered with its own type.
 async fn run<R: Request + Send>(b: &dyn Backend, request: R) -> R::Output {
     b.run(request).await.expect("the backend is available")
-}
-
-fn queue() -> QueueName {
-    QueueName::new("default").expect("valid")
-}
-
-fn job(kind: &str) -> NewJob {
-    NewJob::new(
-        queue(),
-        Kind::new(kind).expect("valid"),
-        Payload(b"{}".to_vec()),
-    )
 }
 
 async fn enqueue(b: &dyn Backend, jobs: Vec<NewJob>) -> Vec<Enqueued> {

@@ -38,7 +38,7 @@ use weir::{
     WarmupError, WorkerPool,
 };
 use weir_memory::MemoryBackend;
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{migrate, ConfigError, MigrateError, PgBackend, PgConfig, SchemaName};
 
 // ---------------------------------------------------------------------------

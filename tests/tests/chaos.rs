@@ -28,7 +28,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use weir::{new_process_id, wall_clock, BackendError, Client, ClientError, InsertOptions};
-use weir_postgres::harness::{test_database, StopMode, TestDatabase};
+use weir_pg_harness::{test_database, StopMode, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
 use weir_tests::chaos::{
     check, recovery, world_config, End, Evidence, Execution, Hold, JobRow, LeaseRow, ProcessRecord,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use weir::core::cmd;
 use weir::core::{Command, JobId, ProcessId, StateName};
 use weir::{Backend, BackendExt, Client, InsertOptions};
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig};
 use weir_tests::clocks::{world_config, Sleep};
 

@@ -8,7 +8,7 @@
 //! out of the scenarios).
 
 use sqlx::postgres::PgPoolOptions;
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig};
 use weir_tests::recording::{Recording, SuiteCoverage};
 

@@ -68,7 +68,7 @@ use weir_core::cmd;
 use weir_core::{Command, JobId, Outcome, StateName, Timestamp};
 use weir_core::{Mutation, World};
 use weir_memory::{MemoryBackend, VirtualClock};
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, SqlMutation};
 use weir_tests::history::{self, History, Hold, Observed, Op, Verdict};
 use weir_tests::history_client::{

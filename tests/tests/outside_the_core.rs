@@ -26,7 +26,7 @@ use weir::{
     JobFilter, JobOutcome, PoolConfig, PoolError, Registry, WorkerPool,
 };
 use weir_memory::{Clock, MemoryBackend, SystemClock};
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig};
 
 // ---------------------------------------------------------------- helpers

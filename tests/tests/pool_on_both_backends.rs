@@ -14,7 +14,7 @@ use weir::{
     Backend, Client, InsertOptions, JobArgs, JobFilter, JobOutcome, PoolConfig, PoolReport,
     Registry, WorkerPool,
 };
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig};
 
 #[derive(Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 
 use sqlx::postgres::PgPoolOptions;
 use weir_core::WorldConfig;
-use weir_postgres::harness::{test_database, TestDatabase};
+use weir_pg_harness::{test_database, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig, SchemaName};
 
 /// A fresh database, migrated, and a backend on it as `weir_app`.

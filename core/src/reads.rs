@@ -1,19 +1,22 @@
-//! The backend reads and the bulk path over the core's reference
-//! [`World`], for backends that keep one (the memory backend, test
-//! backends). Postgres answers the same questions in SQL; the conformance
-//! suite holds both to the same answers.
+//! The operator reads and the bulk path over the reference [`World`], for
+//! backends that keep one (the memory backend, test backends): what
+//! `weir::Backend`'s `jobs`, `job`, `queues` and `enqueue_bulk` answer.
+//! Postgres answers the same questions in SQL; the conformance suite holds
+//! both to the same answers. Like the world, nothing here reads a clock:
+//! the bulk path is given its `now`.
+
+mod types;
 
 use std::collections::BTreeMap;
 
-use weir_core::cmd;
-use weir_core::{Command, Outcome};
-use weir_core::{
-    Enqueued, Job, JobId, Kind, NewJob, QueueName, Reject, StateName, Timestamp, World,
-};
+use crate::cmd;
+use crate::{Command, Outcome};
+use crate::{Enqueued, Job, JobId, Kind, NewJob, QueueName, Reject, StateName, Timestamp, World};
 
-use crate::backend::{JobFilter, QueueInfo};
+pub use types::{JobFilter, QueueInfo};
 
-/// [`crate::Backend::jobs`] over a world.
+/// `weir::Backend::jobs` over a world: the jobs `filter` passes, in id
+/// order, at most `min(filter.limit, JobFilter::LIMIT_MAX)` of them.
 pub fn jobs(world: &World, filter: &JobFilter) -> Vec<Job> {
     let limit = filter.limit.min(JobFilter::LIMIT_MAX) as usize;
     world
@@ -24,12 +27,13 @@ pub fn jobs(world: &World, filter: &JobFilter) -> Vec<Job> {
         .collect()
 }
 
-/// [`crate::Backend::job`] over a world.
+/// `weir::Backend::job` over a world.
 pub fn job(world: &World, id: JobId) -> Option<Job> {
     world.job(id).cloned()
 }
 
-/// [`crate::Backend::queues`] over a world.
+/// `weir::Backend::queues` over a world: every queue that has a job or is
+/// paused, in queue order.
 pub fn queues(world: &World) -> Vec<QueueInfo> {
     let mut by_queue: BTreeMap<QueueName, QueueInfo> = BTreeMap::new();
     let blank = |queue: &QueueName| QueueInfo {
@@ -71,14 +75,14 @@ pub fn queues(world: &World) -> Vec<QueueInfo> {
     by_queue.into_values().collect()
 }
 
-/// [`crate::Backend::enqueue_bulk`] over a world: every job is validated
+/// `weir::Backend::enqueue_bulk` over a world: every job is validated
 /// first, so an invalid one writes nothing; then the jobs go in as
 /// enqueue commands of at most `batch_max`, applied back to back by `apply`
 /// (which the caller runs under one lock, so nothing interleaves).
 pub fn enqueue_bulk(
     now: Timestamp,
     batch_max: usize,
-    limits: &weir_core::JobLimits,
+    limits: &crate::JobLimits,
     jobs: Vec<NewJob>,
     mut apply: impl FnMut(Command) -> Outcome,
 ) -> Result<Vec<Enqueued>, Reject> {

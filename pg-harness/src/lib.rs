@@ -1,13 +1,15 @@
 //! A real Postgres for tests, examples and benchmarks.
 //!
-//! Behind the `harness` feature. [`test_database`] hands every test its own
-//! fresh database (`weir_test_<pid>_<n>`), so tests run in parallel without
-//! seeing each other's tables; [`cluster`] gives the server those databases
-//! live in, shared by the whole process.
+//! An unpublished crate of its own (`weir-pg-harness`), so that no product
+//! crate carries it: tests, examples and the benchmark depend on it.
+//! [`test_database`] hands every test its own fresh database
+//! (`weir_test_<pid>_<n>`), so tests run in parallel without seeing each
+//! other's tables; [`cluster`] gives the server those databases live in,
+//! shared by the whole process.
 //!
 //! ```no_run
 //! # async fn example() {
-//! let db = weir_postgres::harness::test_database().await;
+//! let db = weir_pg_harness::test_database().await;
 //! let pool = db.pool().await; // superuser `postgres`
 //! let app = db.app_pool().await; // the non-superuser role `weir_app`
 //! # let _ = (pool, app);
@@ -115,6 +117,11 @@
 //! need); see [`PgBouncer`] for how it is set up. Without a `pgbouncer`
 //! binary those tests fail with install instructions (`apt-get install
 //! pgbouncer`); they are never skipped.
+
+#![warn(missing_docs)]
+// The only unsafe code is the `atexit` registration, allowed locally on that
+// one function.
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -1213,7 +1220,7 @@ fn initdb(pg: &Pg, dir: &Path, data_dir: &Path) -> Result<(), HarnessError> {
 
     let socket_dir = dir.to_string_lossy().replace('\'', "''");
     let settings = format!(
-        "\n# Added by weir_postgres::harness: a throwaway cluster for tests.\n\
+        "\n# Added by weir_pg_harness: a throwaway cluster for tests.\n\
          listen_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{socket_dir}'\n\
          fsync = off\n\

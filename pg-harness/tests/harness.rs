@@ -1,4 +1,4 @@
-//! Tests of `weir_postgres::harness` against a real server.
+//! Tests of the harness (`weir_pg_harness`) against a real server.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Row;
-use weir_postgres::harness::{self, test_database, APP_ROLE};
+use weir_pg_harness::{self as harness, test_database, APP_ROLE};
 
 /// Serialises the tests that start clusters in child processes.
 static CHILDREN: Mutex<()> = Mutex::new(());

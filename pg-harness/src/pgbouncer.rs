@@ -315,7 +315,7 @@ impl Conf<'_> {
             .unwrap_or_default();
         let dir_text = dir.to_string_lossy();
         let ini = format!(
-            "; Written by weir_postgres::harness: a throwaway PgBouncer for tests.\n\
+            "; Written by weir_pg_harness: a throwaway PgBouncer for tests.\n\
              [databases]\n\
              * = host={host} port={server_port}\n\
              [pgbouncer]\n\

@@ -2,6 +2,13 @@
 //! raw-SQL ceiling measured on the same Postgres in the same run (the
 //! contract is `docs/benchmarks/README.md`).
 //!
+//! An unpublished crate of its own, so that the `weir` binary a user
+//! installs carries neither the test harness nor the model checker: the
+//! binary offers `weir bench` only with its non-default feature `bench`
+//! (`cargo run --release -p weir-cli --features bench -- bench all`). The
+//! binary that hosts [`run`] must route `<binary> bench ARGS` to it: worker
+//! processes are this same binary started as `bench worker --spec JSON`.
+//!
 //! | shape | module | what |
 //! |---|---|---|
 //! | `burn-down` (and `cost`) | `burn.rs` | bulk-insert N no-op jobs, W workers drain them; jobs/s against the ceiling; commits, WAL and row writes per job, claimer-lease writes |
@@ -10,7 +17,7 @@
 //! | `herd` | `herd.rs` | P processes on an N-slot semaphore: most holders at once, waits, the herd bound |
 //! | `core` | `core_bench.rs` | `World::apply`, the simulator, the model checker |
 //!
-//! Worker processes are real processes of this binary (`child.rs`,
+//! Worker processes are real processes of the hosting binary (`child.rs`,
 //! `worker.rs`); the database, its settings and the cost counters are in
 //! `db.rs`; the ceiling in `ceiling.rs`; the output in `report.rs`.
 
@@ -254,7 +261,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     if cfg!(debug_assertions) {
         eprintln!(
-            "weir bench: this is a debug build; run `cargo run --release -p weir-cli -- bench ...` \
+            "weir bench: this is a debug build; run `cargo run --release -p weir-cli --features bench -- bench ...` \
              for figures worth quoting"
         );
     }

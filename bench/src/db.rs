@@ -3,7 +3,7 @@
 //! whose deltas become the cost-per-job figures.
 //!
 //! Without `--database-url` the server is a throwaway cluster started the
-//! way the tests start theirs (`weir_postgres::harness`), and every shape
+//! way the tests start theirs (`weir_pg_harness`), and every shape
 //! gets a database of its own, so the deltas are the shape's alone. With
 //! `--database-url` every shape gets a fresh schema in that database; the
 //! commit count is then the database's and the WAL the server's, so other
@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, Executor, Row};
-use weir_postgres::harness::{self, TestDatabase};
+use weir_pg_harness::{self as harness, TestDatabase};
 use weir_postgres::{PgBackend, PgConfig, Pooler, SchemaName};
 
 use super::PoolerArg;
