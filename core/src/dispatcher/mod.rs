@@ -66,7 +66,7 @@ use crate::cmd;
 use crate::ids::{Attempt, QueueName, Receipt};
 use crate::job::{FailError, Retry};
 use crate::leader::LeaderGrant;
-use crate::protocol::{ClaimedJob, Command, Failure, Outcome};
+use crate::protocol::{answer_of, ClaimedJob, Command, Failure, Outcome};
 use crate::reject::{Reject, StateName};
 use crate::time::{Millis, Timestamp};
 
@@ -1111,56 +1111,65 @@ impl Dispatcher {
             .in_flight
             .remove(&id)
             .expect("Outcome for a command that is not in flight");
-        match (lane, outcome) {
-            (Lane::Acquire(i), Outcome::ClaimerAcquired(result)) => {
+        // Each lane but three carries one command: its answer is that
+        // command's alone (`answer_of` panics if storage broke the
+        // protocol). Reports, maintenance and releases carry several.
+        match lane {
+            Lane::Acquire(i) => {
+                let result = answer_of::<cmd::ClaimerAcquire>(outcome);
                 self.on_acquired(now, i, result)
             }
-            (
-                Lane::Claim {
-                    queue,
-                    max,
-                    sent_at,
-                },
-                Outcome::Claimed(result),
-            ) => self.on_claimed(now, queue, max, sent_at, result),
-            (Lane::Heartbeat(receipts), Outcome::Heartbeats(result)) => {
+            Lane::Claim {
+                queue,
+                max,
+                sent_at,
+            } => {
+                let result = answer_of::<cmd::Claim>(outcome);
+                self.on_claimed(now, queue, max, sent_at, result)
+            }
+            Lane::Heartbeat(receipts) => {
+                let result = answer_of::<cmd::Heartbeat>(outcome);
                 for (receipt, result) in receipts.into_iter().zip(result.unwrap_or_default()) {
                     if result.is_err() {
                         self.fence(now, receipt);
                     }
                 }
             }
-            (Lane::Probe(receipt), Outcome::Heartbeats(result)) => {
+            Lane::Probe(receipt) => {
+                let result = answer_of::<cmd::Heartbeat>(outcome);
                 self.on_probed(now, receipt, result)
             }
-            (Lane::Report(receipts), outcome) => self.on_reported(now, receipts, outcome),
-            (
-                Lane::SlotTry {
-                    receipt,
-                    slot,
-                    sent_at,
-                },
-                Outcome::SlotTried(result),
-            ) => {
+            Lane::Report(receipts) => self.on_reported(now, receipts, outcome),
+            Lane::SlotTry {
+                receipt,
+                slot,
+                sent_at,
+            } => {
+                let result = answer_of::<cmd::SlotTry>(outcome);
                 let answer = attempt::TryAnswer::from_outcome(result, sent_at);
                 self.on_slot_try(now, draw, receipt, slot, answer)
             }
-            (
-                Lane::SlotRenew {
-                    receipt,
-                    index,
-                    sent_at,
-                },
-                Outcome::SlotRenewed(result),
-            ) => self.on_renewed(now, receipt, index, sent_at, result),
-            (Lane::SlotRelease, Outcome::SlotReleased(_)) => {}
-            (Lane::Leader, Outcome::LeaderElected(result)) => {
+            Lane::SlotRenew {
+                receipt,
+                index,
+                sent_at,
+            } => {
+                let result = answer_of::<cmd::SlotRenew>(outcome);
+                self.on_renewed(now, receipt, index, sent_at, result)
+            }
+            Lane::SlotRelease => {
+                answer_of::<cmd::SlotRelease>(outcome);
+            }
+            Lane::Leader => {
+                let result = answer_of::<cmd::LeaderElect>(outcome);
                 self.leader = result.ok();
                 self.maintenance_due = self.leader.is_some();
             }
-            (Lane::Maintenance, outcome) => self.on_maintained(outcome),
-            (Lane::Release, Outcome::ClaimerReleased(_) | Outcome::LeaderResigned(_)) => {}
-            (lane, outcome) => panic!("outcome {outcome:?} does not answer {lane:?}"),
+            Lane::Maintenance => self.on_maintained(outcome),
+            Lane::Release => match outcome {
+                Outcome::ClaimerReleased(_) | Outcome::LeaderResigned(_) => {}
+                other => panic!("outcome {other:?} does not answer a release"),
+            },
         }
         self.finish_release();
     }
