@@ -246,27 +246,7 @@ impl PgBackend {
         if receipts.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        let mut sorted: Vec<Receipt> = receipts.clone();
-        sorted.sort();
-        sorted.dedup();
-        let ids: Vec<i64> = sorted.iter().map(|r| r.job.0).collect();
-        let epochs: Vec<i64> = sorted.iter().map(|r| u64_to_i64(r.epoch.0)).collect();
-        let rows = sqlx::query(&self.sql(COMPLETE_FAST_SQL))
-            .bind(now.map(|t| t.0))
-            .bind(ids)
-            .bind(epochs)
-            .fetch_all(self.via(&self.inner.pool))
-            .await
-            .map_err(db)?;
-        let mut completed = std::collections::BTreeSet::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id").map_err(db)?;
-            let epoch: i64 = row.try_get("epoch").map_err(db)?;
-            completed.insert(Receipt {
-                job: weir_core::JobId(id),
-                epoch: Epoch(i64_to_u64(epoch)),
-            });
-        }
+        let mut completed = self.complete_fast(now, &receipts).await?;
         let mut answers: Vec<Option<Result<(), Reject>>> = vec![None; receipts.len()];
         let mut rest = Vec::new();
         for (i, receipt) in receipts.iter().enumerate() {
@@ -306,6 +286,37 @@ impl PgBackend {
             .into_iter()
             .map(|a| a.expect("every item answered"))
             .collect()))
+    }
+
+    /// [`COMPLETE_FAST_SQL`]: the guarded `UPDATE` of every receipt at
+    /// once (each once, in key order); the receipts it completed.
+    async fn complete_fast(
+        &self,
+        now: Option<Timestamp>,
+        receipts: &[Receipt],
+    ) -> Result<std::collections::BTreeSet<Receipt>, BackendError> {
+        let mut sorted: Vec<Receipt> = receipts.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let ids: Vec<i64> = sorted.iter().map(|r| r.job.0).collect();
+        let epochs: Vec<i64> = sorted.iter().map(|r| u64_to_i64(r.epoch.0)).collect();
+        let rows = sqlx::query(&self.sql(COMPLETE_FAST_SQL))
+            .bind(now.map(|t| t.0))
+            .bind(ids)
+            .bind(epochs)
+            .fetch_all(self.via(&self.inner.pool))
+            .await
+            .map_err(db)?;
+        let mut completed = std::collections::BTreeSet::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id").map_err(db)?;
+            let epoch: i64 = row.try_get("epoch").map_err(db)?;
+            completed.insert(Receipt {
+                job: weir_core::JobId(id),
+                epoch: Epoch(i64_to_u64(epoch)),
+            });
+        }
+        Ok(completed)
     }
 
     pub(crate) async fn snooze(

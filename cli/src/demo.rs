@@ -328,6 +328,21 @@ async fn watch<B: Backend>(
     }
 }
 
+/// Every pool's pickup latencies merged: p50, p99 and max, in ms.
+fn pickup_quantiles(metrics: &[Arc<PoolMetrics>]) -> Result<[u64; 3], String> {
+    let mut pickup = metrics[0].pickup_histogram();
+    for m in &metrics[1..] {
+        pickup
+            .add(m.pickup_histogram())
+            .map_err(|e| format!("merging histograms: {e}"))?;
+    }
+    Ok([
+        pickup.value_at_quantile(0.5),
+        pickup.value_at_quantile(0.99),
+        pickup.max(),
+    ])
+}
+
 async fn summary<B: Backend>(
     client: &Client<B>,
     metrics: &[Arc<PoolMetrics>],
@@ -336,12 +351,7 @@ async fn summary<B: Backend>(
     before: u64,
     times: Times,
 ) -> Result<(), String> {
-    let mut pickup = metrics[0].pickup_histogram();
-    for m in &metrics[1..] {
-        pickup
-            .add(m.pickup_histogram())
-            .map_err(|e| format!("merging histograms: {e}"))?;
-    }
+    let [p50, p99, max] = pickup_quantiles(metrics)?;
     let sum = |f: fn(&PoolReport) -> u64| reports.iter().map(f).sum::<u64>();
     let queue = client
         .queues()
@@ -367,11 +377,8 @@ async fn summary<B: Backend>(
         rate(completed as f64 * 0.99, times.most)
     );
     println!(
-        "  pickup latency   p50 {} ms, p99 {} ms, max {} ms (due -> handler start; \
-         the backlog is the wait)",
-        pickup.value_at_quantile(0.5),
-        pickup.value_at_quantile(0.99),
-        pickup.max()
+        "  pickup latency   p50 {p50} ms, p99 {p99} ms, max {max} ms (due -> handler start; \
+         the backlog is the wait)"
     );
     println!(
         "  retries          {} (first attempts that failed on purpose)",
