@@ -9,11 +9,11 @@
 //! commit count is then the database's and the WAL the server's, so other
 //! traffic there is counted too (the JSON says which it was).
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, Executor, Row};
 use weir_pg_harness::{self as harness, TestDatabase};
@@ -180,7 +180,7 @@ pub fn sql_err(e: sqlx::Error) -> String {
 }
 
 /// The server's version and the settings that change the figures.
-pub async fn server_info(conn: &mut PgConnection) -> Result<Value, String> {
+pub async fn server_info(conn: &mut PgConnection) -> Result<ServerInfo, String> {
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&mut *conn)
         .await
@@ -209,13 +209,11 @@ pub async fn server_info(conn: &mut PgConnection) -> Result<Value, String> {
     .fetch_all(&mut *conn)
     .await
     .map_err(sql_err)?;
-    let mut settings = serde_json::Map::new();
-    for row in rows {
-        let name: String = row.get("name");
-        let value: String = row.get("value");
-        settings.insert(name, Value::String(value));
-    }
-    Ok(json!({ "version": version, "settings": settings }))
+    let settings = rows
+        .into_iter()
+        .map(|row| (row.get("name"), row.get("value")))
+        .collect();
+    Ok(ServerInfo { version, settings })
 }
 
 /// The jobs table's own storage settings (fillfactor, autovacuum).
@@ -396,6 +394,7 @@ impl StatsConn {
 
 /// What a shape cost, from two settled snapshots.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(test, derive(Default))]
 pub struct Cost {
     /// Commits of the shape's own clients (the stats connection's own
     /// statements taken out).
@@ -459,17 +458,86 @@ impl Cost {
         (writes - one_off).max(0) as f64 / seconds.max(1e-9) / f64::from(pools.max(1))
     }
 
-    /// The figures per job, as JSON.
-    pub fn per_job(&self, jobs: u64) -> Value {
+    /// The figures per job.
+    pub fn per_job(&self, jobs: u64) -> PerJob {
         let per = |x: i64| x as f64 / jobs.max(1) as f64;
-        json!({
-            "jobs": jobs,
-            "commits_per_job": per(self.commits),
-            "wal_bytes_per_job": per(self.wal_bytes),
-            "row_writes_per_job": per(self.row_writes),
-            "jobs_table_updates_per_job": per(self.jobs.upd),
-            "jobs_table_hot_updates_per_job": per(self.jobs.hot_upd),
-            "raw": self,
-        })
+        PerJob {
+            jobs,
+            commits_per_job: per(self.commits),
+            wal_bytes_per_job: per(self.wal_bytes),
+            row_writes_per_job: per(self.row_writes),
+            jobs_table_updates_per_job: per(self.jobs.upd),
+            jobs_table_hot_updates_per_job: per(self.jobs.hot_upd),
+            raw: self.clone(),
+        }
+    }
+}
+
+/// [`Cost`] per completed job, with the raw counts.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct PerJob {
+    pub jobs: u64,
+    pub commits_per_job: f64,
+    pub wal_bytes_per_job: f64,
+    pub row_writes_per_job: f64,
+    pub jobs_table_updates_per_job: f64,
+    pub jobs_table_hot_updates_per_job: f64,
+    pub raw: Cost,
+}
+
+/// The server's version and the settings that change the figures.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct ServerInfo {
+    pub version: String,
+    /// By name (sorted, as the JSON always was).
+    pub settings: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{key_paths, sorted};
+
+    /// The keys `Cost::per_job` wrote as a `json!` before it was typed.
+    #[test]
+    fn per_job_keeps_its_keys() {
+        let raw = [
+            "commits",
+            "rollbacks",
+            "wal_bytes",
+            "wal_lsn_start",
+            "wal_lsn_end",
+            "row_writes",
+            "dead_tuples_end",
+        ];
+        let table = ["ins", "upd", "hot_upd", "del", "dead", "live", "vacuums"];
+        let mut keys: Vec<String> = [
+            "jobs",
+            "commits_per_job",
+            "wal_bytes_per_job",
+            "row_writes_per_job",
+            "jobs_table_updates_per_job",
+            "jobs_table_hot_updates_per_job",
+            "raw",
+            "raw.jobs",
+            "raw.claimer_leases",
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+        keys.extend(raw.iter().map(|k| format!("raw.{k}")));
+        for t in ["jobs", "claimer_leases"] {
+            keys.extend(table.iter().map(|k| format!("raw.{t}.{k}")));
+        }
+        keys.sort();
+        assert_eq!(key_paths(&Cost::default().per_job(1)), keys);
+    }
+
+    #[test]
+    fn server_info_keeps_its_keys() {
+        let info = ServerInfo::default();
+        assert_eq!(key_paths(&info), sorted(&["version", "settings"]));
     }
 }

@@ -2,12 +2,13 @@
 //! per statement) and the bulk path (`COPY`), jobs/s, each from P
 //! processes at once into a fresh database.
 
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value;
 
 use super::burn::split;
 use super::child::{Children, WorkerSpec};
 use super::report::{thousands, Shape, Verdict};
-use super::{ceiling_json, Ctx, REFERENCE_CLIENTS};
+use super::{CeilingRecord, Ctx, REFERENCE_CLIENTS};
 
 /// `weir bench enqueue`.
 pub async fn run(ctx: &mut Ctx, jobs: u64, processes: u32) -> Result<Shape, String> {
@@ -38,20 +39,78 @@ pub async fn run(ctx: &mut Ctx, jobs: u64, processes: u32) -> Result<Shape, Stri
         children.go()?;
         let done = children.finish().await?;
         bar.finish_and_clear();
+        let record = ModeRecord::new(mode, done);
+        rows.push(record.verdict(processes));
+        modes.push(record);
+    }
+    let record = EnqueueRecord {
+        params: EnqueueParams {
+            processes,
+            seconds,
+            bulk_jobs: jobs,
+        },
+        ceiling: CeilingRecord::new(&ceilings),
+        modes,
+    };
+    Ok(Shape::new("enqueue", &record, rows))
+}
+
+/// The `enqueue` shape's record.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct EnqueueRecord {
+    params: EnqueueParams,
+    ceiling: CeilingRecord,
+    modes: Vec<ModeRecord>,
+}
+
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct EnqueueParams {
+    processes: u32,
+    seconds: f64,
+    bulk_jobs: u64,
+}
+
+/// One insert mode, over every process.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct ModeRecord {
+    mode: &'static str,
+    jobs: u64,
+    seconds: f64,
+    jobs_per_s: f64,
+    /// The enqueuing processes' own records.
+    per_process: Vec<Value>,
+}
+
+impl ModeRecord {
+    fn new(mode: &'static str, done: Vec<Value>) -> ModeRecord {
         let total: u64 = done.iter().filter_map(|d| d["jobs"].as_u64()).sum();
         let longest = done
             .iter()
             .filter_map(|d| d["seconds"].as_f64())
             .fold(0.0, f64::max);
-        let rate = total as f64 / longest.max(1e-9);
-        let per: Vec<String> = done
+        ModeRecord {
+            mode,
+            jobs: total,
+            seconds: longest,
+            jobs_per_s: total as f64 / longest.max(1e-9),
+            per_process: done,
+        }
+    }
+
+    fn verdict(&self, processes: u32) -> Verdict {
+        let per: Vec<String> = self
+            .per_process
             .iter()
             .map(|d| thousands(d["jobs_per_s"].as_f64().unwrap_or(0.0)))
             .collect();
-        rows.push(Verdict::new(
+        Verdict::new(
             format!(
-                "enqueue, {mode} ({}), {processes} process(es)",
-                match mode {
+                "enqueue, {} ({}), {processes} process(es)",
+                self.mode,
+                match self.mode {
                     "single" => "one job per statement",
                     "batch" => "128 per statement",
                     _ => "COPY",
@@ -60,19 +119,41 @@ pub async fn run(ctx: &mut Ctx, jobs: u64, processes: u32) -> Result<Shape, Stri
             "reported",
             format!(
                 "{} jobs/s (per process: {})",
-                thousands(rate),
+                thousands(self.jobs_per_s),
                 per.join(", ")
             ),
             None,
-        ));
-        modes.push(json!({
-            "mode": mode, "jobs": total, "seconds": longest, "jobs_per_s": rate, "per_process": done,
-        }));
+        )
     }
-    let record = json!({
-        "params": { "processes": processes, "seconds": seconds, "bulk_jobs": jobs },
-        "ceiling": ceiling_json(&ceilings),
-        "modes": modes,
-    });
-    Ok(Shape::new("enqueue", record, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{key_paths, sorted};
+
+    /// The keys the enqueue shape's `json!` wrote before it was typed.
+    #[test]
+    fn enqueue_record_keeps_its_keys() {
+        let record = EnqueueRecord {
+            modes: vec![ModeRecord::default()],
+            ..EnqueueRecord::default()
+        };
+        let keys = [
+            "params",
+            "params.processes",
+            "params.seconds",
+            "params.bulk_jobs",
+            "ceiling",
+            "ceiling.measured",
+            "ceiling.judged_against_jobs_per_s",
+            "modes",
+            "modes[].mode",
+            "modes[].jobs",
+            "modes[].seconds",
+            "modes[].jobs_per_s",
+            "modes[].per_process",
+        ];
+        assert_eq!(key_paths(&record), sorted(&keys));
+    }
 }

@@ -37,10 +37,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use ceiling::Ceiling;
-use db::{BenchDb, Server};
+use db::{BenchDb, Server, ServerInfo};
 use report::{Run, Shape};
 
 /// What to measure.
@@ -273,102 +274,22 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
 }
 
 async fn bench(args: &BenchArgs) -> Result<(), String> {
-    let quick = args.quick;
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let mut ctx = Ctx {
-        server: Server::new(args.database_url.as_deref(), args.worker_url.as_deref())?,
-        overrides: match &args.dispatcher {
-            Some(json) => {
-                Some(serde_json::from_str(json).map_err(|e| format!("--dispatcher: {e}"))?)
-            }
-            None => None,
-        },
-        quick,
-        naptime: match args.autovacuum_naptime.as_str() {
-            "keep" => None,
-            v if v.chars().all(|c| c.is_ascii_alphanumeric()) => Some(v.to_string()),
-            v => {
-                return Err(format!(
-                    "--autovacuum-naptime {v:?}: a duration like 1s, or keep"
-                ))
-            }
-        },
-        ceiling_seconds: args
-            .ceiling_seconds
-            .unwrap_or(if quick { 2.0 } else { 10.0 }),
-        ceilings: Vec::new(),
-    };
+    let mut ctx = Ctx::new(args)?;
     let postgres = {
         let db = ctx.server.fresh().await?;
         let mut conn = db.admin().await?;
         db::server_info(&mut conn).await?
     };
-    let jobs = args.jobs.unwrap_or(if quick { 10_000 } else { 100_000 });
-    let seconds = args.seconds.unwrap_or(if quick { 5.0 } else { 60.0 });
-    let mut shapes: Vec<Shape> = Vec::new();
-    let shape = args.shape;
-    let all = shape == ShapeName::All;
-    if all || shape == ShapeName::Core {
-        shapes.push(core_bench::run(&ctx).await?);
-    }
-    if all || shape == ShapeName::BurnDown || shape == ShapeName::Cost {
-        // `all` drains with one process and with two; the cost is the
-        // first run's.
-        let runs: Vec<u32> = match (all, args.processes) {
-            (true, None) => vec![1, 2],
-            (_, p) => vec![p.unwrap_or(1)],
-        };
-        for (i, processes) in runs.into_iter().enumerate() {
-            let (burn, cost) = burn::run(&mut ctx, jobs, args.workers, processes).await?;
-            if shape != ShapeName::Cost {
-                shapes.push(burn);
-            }
-            if shape != ShapeName::BurnDown && i == 0 {
-                shapes.push(cost);
-            }
-        }
-    }
-    if all || shape == ShapeName::Offered {
-        let runs: Vec<u32> = match (all, args.processes) {
-            (true, None) => vec![1, 2],
-            (_, p) => vec![p.unwrap_or(1)],
-        };
-        for processes in runs {
-            shapes.push(offered::run(&mut ctx, args.rate, seconds, args.workers, processes).await?);
-        }
-    }
-    if all || shape == ShapeName::Enqueue {
-        let processes = args.processes.unwrap_or(1);
-        shapes.push(enqueue::run(&mut ctx, jobs, processes).await?);
-    }
-    if all || shape == ShapeName::Herd {
-        let processes = match (all, args.processes) {
-            (true, _) | (_, None) => 8,
-            (_, Some(p)) => p,
-        };
-        shapes.push(herd::run(&mut ctx, processes, args.permits).await?);
-    }
-    let header = json!({
-        "run": started,
-        "at": humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(started)).to_string(),
-        "command": std::env::args().skip(1).fold("weir".to_string(), |a, b| a + " " + &b),
-        "git": git_commit(),
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
-        "quick": quick,
-        "pooler": args.pooler.name(),
-        "dispatcher_overrides": ctx.overrides,
-        "server_kind": match ctx.server {
-            Server::Throwaway(_) => "throwaway cluster, a database per shape",
-            Server::Url { .. } => "--database-url, a schema per shape",
-        },
-        "postgres": postgres,
-        "ceiling": ctx.ceilings,
-    });
-    let run = Run { header, shapes };
+    let shapes = run_shapes(&mut ctx, args).await?;
+    let header = Header::new(args, &ctx, started, postgres);
+    let run = Run {
+        header: serde_json::to_value(&header).expect("the header serialises"),
+        shapes,
+    };
     println!();
     print!("{}", run.table());
     if !args.no_write {
@@ -382,7 +303,188 @@ async fn bench(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+impl Ctx {
+    /// The run's shared state, from the command line.
+    fn new(args: &BenchArgs) -> Result<Ctx, String> {
+        let quick = args.quick;
+        Ok(Ctx {
+            server: Server::new(args.database_url.as_deref(), args.worker_url.as_deref())?,
+            overrides: match &args.dispatcher {
+                Some(json) => {
+                    Some(serde_json::from_str(json).map_err(|e| format!("--dispatcher: {e}"))?)
+                }
+                None => None,
+            },
+            quick,
+            naptime: match args.autovacuum_naptime.as_str() {
+                "keep" => None,
+                v if v.chars().all(|c| c.is_ascii_alphanumeric()) => Some(v.to_string()),
+                v => {
+                    return Err(format!(
+                        "--autovacuum-naptime {v:?}: a duration like 1s, or keep"
+                    ))
+                }
+            },
+            ceiling_seconds: args
+                .ceiling_seconds
+                .unwrap_or(if quick { 2.0 } else { 10.0 }),
+            ceilings: Vec::new(),
+        })
+    }
+}
+
+/// The process counts a burn-down or an offered load runs with: `all`
+/// without --processes runs both 1 and 2.
+fn process_runs(all: bool, processes: Option<u32>) -> Vec<u32> {
+    match (all, processes) {
+        (true, None) => vec![1, 2],
+        (_, p) => vec![p.unwrap_or(1)],
+    }
+}
+
+/// Runs the shapes `args` asks for, in the fixed order core, burn-down
+/// and cost, offered, enqueue, herd.
+async fn run_shapes(ctx: &mut Ctx, args: &BenchArgs) -> Result<Vec<Shape>, String> {
+    let quick = args.quick;
+    let jobs = args.jobs.unwrap_or(if quick { 10_000 } else { 100_000 });
+    let seconds = args.seconds.unwrap_or(if quick { 5.0 } else { 60.0 });
+    let mut shapes: Vec<Shape> = Vec::new();
+    let shape = args.shape;
+    let all = shape == ShapeName::All;
+    if all || shape == ShapeName::Core {
+        shapes.push(core_bench::run(ctx).await?);
+    }
+    if all || shape == ShapeName::BurnDown || shape == ShapeName::Cost {
+        // `all` drains with one process and with two; the cost is the
+        // first run's.
+        for (i, processes) in process_runs(all, args.processes).into_iter().enumerate() {
+            let (burn, cost) = burn::run(ctx, jobs, args.workers, processes).await?;
+            if shape != ShapeName::Cost {
+                shapes.push(burn);
+            }
+            if shape != ShapeName::BurnDown && i == 0 {
+                shapes.push(cost);
+            }
+        }
+    }
+    if all || shape == ShapeName::Offered {
+        for processes in process_runs(all, args.processes) {
+            shapes.push(offered::run(ctx, args.rate, seconds, args.workers, processes).await?);
+        }
+    }
+    if all || shape == ShapeName::Enqueue {
+        let processes = args.processes.unwrap_or(1);
+        shapes.push(enqueue::run(ctx, jobs, processes).await?);
+    }
+    if all || shape == ShapeName::Herd {
+        let processes = match (all, args.processes) {
+            (true, _) | (_, None) => 8,
+            (_, Some(p)) => p,
+        };
+        shapes.push(herd::run(ctx, processes, args.permits).await?);
+    }
+    Ok(shapes)
+}
+
+/// What every record of one run carries (`report::Run::header`).
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct Header {
+    run: u64,
+    at: String,
+    command: String,
+    git: Option<String>,
+    cores: usize,
+    build: &'static str,
+    quick: bool,
+    pooler: &'static str,
+    dispatcher_overrides: Option<Value>,
+    server_kind: &'static str,
+    postgres: ServerInfo,
+    ceiling: Vec<Ceiling>,
+}
+
+impl Header {
+    fn new(args: &BenchArgs, ctx: &Ctx, started: u64, postgres: ServerInfo) -> Header {
+        let at = UNIX_EPOCH + Duration::from_secs(started);
+        Header {
+            run: started,
+            at: humantime::format_rfc3339_seconds(at).to_string(),
+            command: std::env::args()
+                .skip(1)
+                .fold("weir".to_string(), |a, b| a + " " + &b),
+            git: git_commit(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            quick: args.quick,
+            pooler: args.pooler.name(),
+            dispatcher_overrides: ctx.overrides.clone(),
+            server_kind: match ctx.server {
+                Server::Throwaway(_) => "throwaway cluster, a database per shape",
+                Server::Url { .. } => "--database-url, a schema per shape",
+            },
+            postgres,
+            ceiling: ctx.ceilings.clone(),
+        }
+    }
+}
+
 /// The ceiling fields every record carries.
-fn ceiling_json(ceilings: &[Ceiling]) -> Value {
-    json!({ "measured": ceilings, "judged_against_jobs_per_s": best(ceilings) })
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct CeilingRecord {
+    measured: Vec<Ceiling>,
+    judged_against_jobs_per_s: f64,
+}
+
+impl CeilingRecord {
+    fn new(ceilings: &[Ceiling]) -> CeilingRecord {
+        CeilingRecord {
+            measured: ceilings.to_vec(),
+            judged_against_jobs_per_s: best(ceilings),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::{key_paths, sorted};
+
+    /// The header's keys as the `json!` wrote them before it was typed
+    /// (`postgres` and `ceiling[]` are checked by their own structs).
+    #[test]
+    fn header_keeps_its_keys() {
+        let header = Header::default();
+        let keys = [
+            "run",
+            "at",
+            "command",
+            "git",
+            "cores",
+            "build",
+            "quick",
+            "pooler",
+            "dispatcher_overrides",
+            "server_kind",
+            "postgres",
+            "postgres.version",
+            "postgres.settings",
+            "ceiling",
+        ];
+        assert_eq!(key_paths(&header), sorted(&keys));
+    }
+
+    #[test]
+    fn ceiling_record_keeps_its_keys() {
+        let record = CeilingRecord::default();
+        assert_eq!(
+            key_paths(&record),
+            sorted(&["measured", "judged_against_jobs_per_s"])
+        );
+    }
 }

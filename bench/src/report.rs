@@ -51,10 +51,12 @@ pub struct Shape {
 }
 
 impl Shape {
-    pub fn new(name: &str, record: Value, rows: Vec<Verdict>) -> Shape {
+    /// `record` is the shape's typed record; it is kept as JSON, the
+    /// form every consumer of `results.jsonl` reads.
+    pub fn new(name: &str, record: &impl Serialize, rows: Vec<Verdict>) -> Shape {
         Shape {
             name: name.to_string(),
-            record,
+            record: serde_json::to_value(record).expect("a bench record serialises"),
             rows,
         }
     }
@@ -217,6 +219,52 @@ pub fn thousands(n: f64) -> String {
     }
 }
 
+/// Every key path of `record`'s JSON form (`a.b`; an array's first
+/// element as `a[]`), sorted: what the key-set tests of each shape's
+/// record compare with the keys the bench has always written.
+#[cfg(test)]
+pub fn key_paths(record: &impl Serialize) -> Vec<String> {
+    fn walk(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    out.push(path.clone());
+                    walk(&path, inner, out);
+                }
+            }
+            Value::Array(items) => {
+                if let Some(first) = items.first() {
+                    if first.is_object() {
+                        walk(&format!("{prefix}[]"), first, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &serde_json::to_value(record).expect("serialises"),
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+/// `keys`, sorted, as owned strings: the expected side of a key-set test.
+#[cfg(test)]
+pub fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +284,7 @@ mod tests {
             header: json!({"command": "weir bench all"}),
             shapes: vec![Shape::new(
                 "burn-down",
-                json!({}),
+                &json!({}),
                 vec![
                     Verdict::new("a", "<= 1", "2", Some(false)),
                     Verdict::new("b", "<= 1", "1", Some(true)),

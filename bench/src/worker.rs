@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use weir::core::cmd;
 use weir::core::{DispatcherConfig, NewJob, Timestamp};
 use weir::{
-    Backend, BackendExt, Client, InsertOptions, JobArgs, JobOutcome, PoolConfig, Registry,
-    WorkerPool,
+    Backend, BackendExt, Client, InsertOptions, JobArgs, JobOutcome, PoolConfig, PoolMetrics,
+    PoolReport, Registry, WorkerPool,
 };
 
 use super::child::{send, Message, Orders, WorkerSpec};
@@ -130,35 +130,9 @@ async fn pool(
         .await
         .map_err(|e| format!("the pool panicked: {e}"))?
         .map_err(|e| format!("the pool failed: {e}"))?;
-    let pickup = metrics.pickup_histogram();
-    let recorded: Vec<(u64, u64)> = pickup
-        .iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect();
     let busy = last_change.duration_since(go).as_secs_f64();
-    let m = report.metrics;
-    Ok(json!({
-        "process": process.0,
-        "pid": std::process::id(),
-        "workers": workers,
-        "completed": m.completed,
-        "started": m.started,
-        "busy_seconds": busy,
-        "jobs_per_s": m.completed as f64 / busy.max(1e-9),
-        "claims": report.stats.claims,
-        "claimed": report.stats.claimed,
-        "jobs_per_claim": report.stats.claimed as f64 / report.stats.claims.max(1) as f64,
-        "reported": report.stats.reported,
-        "lease_refreshes": report.stats.lease_refreshes,
-        "lease_acquisitions": report.stats.lease_acquisitions,
-        "fenced": report.stats.fenced,
-        "lost": report.stats.lost,
-        "maintained": report.stats.maintained,
-        "pickup_p50_ms": pickup.value_at_quantile(0.5),
-        "pickup_p99_ms": pickup.value_at_quantile(0.99),
-        "pickup_max_ms": pickup.max(),
-        "pickup_histogram": recorded,
-    }))
+    let record = PoolProcessRecord::new(process.0, workers, busy, &report, &metrics);
+    Ok(serde_json::to_value(&record).expect("a process's record serialises"))
 }
 
 /// `config` with the fields named in `overrides` replaced.
@@ -234,11 +208,132 @@ async fn enqueue(
     }
     let elapsed = started.elapsed().as_secs_f64();
     backend.pool().close().await;
-    Ok(json!({
-        "pid": std::process::id(),
-        "mode": mode,
-        "jobs": inserted,
-        "seconds": elapsed,
-        "jobs_per_s": inserted as f64 / elapsed.max(1e-9),
-    }))
+    let record = EnqueueProcessRecord {
+        pid: std::process::id(),
+        mode: mode.to_string(),
+        jobs: inserted,
+        seconds: elapsed,
+        jobs_per_s: inserted as f64 / elapsed.max(1e-9),
+    };
+    Ok(serde_json::to_value(&record).expect("a process's record serialises"))
+}
+
+/// What one worker-pool process reports (an entry of a burn-down's or an
+/// offered load's `per_process`).
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct PoolProcessRecord {
+    process: u64,
+    pid: u32,
+    workers: u32,
+    completed: u64,
+    started: u64,
+    busy_seconds: f64,
+    jobs_per_s: f64,
+    claims: u64,
+    claimed: u64,
+    jobs_per_claim: f64,
+    reported: u64,
+    lease_refreshes: u64,
+    lease_acquisitions: u64,
+    fenced: u64,
+    lost: u64,
+    maintained: u64,
+    pickup_p50_ms: u64,
+    pickup_p99_ms: u64,
+    pickup_max_ms: u64,
+    /// `(value, count)` of every recorded value of the pickup histogram.
+    pickup_histogram: Vec<(u64, u64)>,
+}
+
+impl PoolProcessRecord {
+    fn new(
+        process: u64,
+        workers: u32,
+        busy: f64,
+        report: &PoolReport,
+        metrics: &PoolMetrics,
+    ) -> PoolProcessRecord {
+        let pickup = metrics.pickup_histogram();
+        let recorded: Vec<(u64, u64)> = pickup
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        let (m, stats) = (&report.metrics, &report.stats);
+        PoolProcessRecord {
+            process,
+            pid: std::process::id(),
+            workers,
+            completed: m.completed,
+            started: m.started,
+            busy_seconds: busy,
+            jobs_per_s: m.completed as f64 / busy.max(1e-9),
+            claims: stats.claims,
+            claimed: stats.claimed,
+            jobs_per_claim: stats.claimed as f64 / stats.claims.max(1) as f64,
+            reported: stats.reported,
+            lease_refreshes: stats.lease_refreshes,
+            lease_acquisitions: stats.lease_acquisitions,
+            fenced: stats.fenced,
+            lost: stats.lost,
+            maintained: stats.maintained,
+            pickup_p50_ms: pickup.value_at_quantile(0.5),
+            pickup_p99_ms: pickup.value_at_quantile(0.99),
+            pickup_max_ms: pickup.max(),
+            pickup_histogram: recorded,
+        }
+    }
+}
+
+/// What one enqueuing process reports (an entry of an enqueue mode's
+/// `per_process`).
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct EnqueueProcessRecord {
+    pid: u32,
+    mode: String,
+    jobs: u64,
+    seconds: f64,
+    jobs_per_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{key_paths, sorted};
+
+    /// The keys a pool process's `json!` wrote before it was typed.
+    #[test]
+    fn pool_process_record_keeps_its_keys() {
+        let keys = [
+            "process",
+            "pid",
+            "workers",
+            "completed",
+            "started",
+            "busy_seconds",
+            "jobs_per_s",
+            "claims",
+            "claimed",
+            "jobs_per_claim",
+            "reported",
+            "lease_refreshes",
+            "lease_acquisitions",
+            "fenced",
+            "lost",
+            "maintained",
+            "pickup_p50_ms",
+            "pickup_p99_ms",
+            "pickup_max_ms",
+            "pickup_histogram",
+        ];
+        assert_eq!(key_paths(&PoolProcessRecord::default()), sorted(&keys));
+    }
+
+    /// The keys an enqueuing process's `json!` wrote before it was typed.
+    #[test]
+    fn enqueue_process_record_keeps_its_keys() {
+        let keys = ["pid", "mode", "jobs", "seconds", "jobs_per_s"];
+        assert_eq!(key_paths(&EnqueueProcessRecord::default()), sorted(&keys));
+    }
 }
