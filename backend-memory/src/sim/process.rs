@@ -433,44 +433,11 @@ impl Engine {
                 Ok(())
             }
             Effect::StartHandler(job) => {
-                let faults = self.faults_on();
-                let (length, result) = workload::handler_plan(&mut self.rng, faults);
-                if self.procs[index]
-                    .dispatcher
-                    .slots()
-                    .any(|(r, _, _)| r == job.receipt)
-                {
-                    self.coverage.path("limit_slot_taken");
-                }
-                self.procs[index].handlers.insert(job.receipt);
-                let receipt = job.receipt;
-                let event = Event::HandlerDone {
-                    to: me,
-                    receipt,
-                    result: Some(result),
-                };
-                self.schedule(self.now().plus(length), event);
+                self.start_handler(index, job);
                 Ok(())
             }
             Effect::StopHandler(receipt, reason) => {
-                match reason {
-                    StopReason::Fenced => self.coverage.path("handler_stopped_fenced"),
-                    StopReason::Timeout => self.coverage.path("handler_timed_out"),
-                    StopReason::SlotLost => self.coverage.path("limit_slot_lost"),
-                    StopReason::Shutdown => self.coverage.path("handler_stopped_shutdown"),
-                }
-                // Most handlers notice the token and end soon, with some
-                // result; the rest go on until aborted.
-                if self.rng.random_ratio(2, 3) {
-                    let at = self.now().plus(Millis(self.rng.random_range(0..50)));
-                    let result = Some(HandlerResult::Complete);
-                    let event = Event::HandlerDone {
-                        to: me,
-                        receipt,
-                        result,
-                    };
-                    self.schedule(at, event);
-                }
+                self.stop_handler(me, receipt, reason);
                 Ok(())
             }
             Effect::AbortHandler(receipt) => {
@@ -490,22 +457,69 @@ impl Engine {
                 }
                 Ok(())
             }
-            Effect::ShutdownComplete => {
-                if let Some(receipt) = self.procs[index].handlers.first() {
-                    return Err(format!(
-                        "process {}: shutdown completed while the handler of {receipt} still runs",
-                        me.id
-                    ));
-                }
-                self.check_nothing_left_running(index)?;
-                self.coverage.path("graceful_shutdown");
-                if self.procs[index].stopping {
-                    self.coverage.path("shutdown_under_faults_completed");
-                    self.schedule(self.now(), Event::Exit { to: me });
-                }
-                Ok(())
-            }
+            Effect::ShutdownComplete => self.shutdown_complete(index),
         }
+    }
+
+    /// A handler starts: it ends after a drawn length with a drawn result.
+    fn start_handler(&mut self, index: usize, job: weir_core::ClaimedJob) {
+        let me = self.procs[index].me;
+        let faults = self.faults_on();
+        let (length, result) = workload::handler_plan(&mut self.rng, faults);
+        if self.procs[index]
+            .dispatcher
+            .slots()
+            .any(|(r, _, _)| r == job.receipt)
+        {
+            self.coverage.path("limit_slot_taken");
+        }
+        self.procs[index].handlers.insert(job.receipt);
+        let receipt = job.receipt;
+        let event = Event::HandlerDone {
+            to: me,
+            receipt,
+            result: Some(result),
+        };
+        self.schedule(self.now().plus(length), event);
+    }
+
+    /// A handler is told to stop: most notice the token and end soon, with
+    /// some result; the rest go on until aborted.
+    fn stop_handler(&mut self, me: ProcRef, receipt: Receipt, reason: StopReason) {
+        match reason {
+            StopReason::Fenced => self.coverage.path("handler_stopped_fenced"),
+            StopReason::Timeout => self.coverage.path("handler_timed_out"),
+            StopReason::SlotLost => self.coverage.path("limit_slot_lost"),
+            StopReason::Shutdown => self.coverage.path("handler_stopped_shutdown"),
+        }
+        if self.rng.random_ratio(2, 3) {
+            let at = self.now().plus(Millis(self.rng.random_range(0..50)));
+            let result = Some(HandlerResult::Complete);
+            let event = Event::HandlerDone {
+                to: me,
+                receipt,
+                result,
+            };
+            self.schedule(at, event);
+        }
+    }
+
+    /// The dispatcher says shutdown is complete: nothing may still run.
+    fn shutdown_complete(&mut self, index: usize) -> Result<(), String> {
+        let me = self.procs[index].me;
+        if let Some(receipt) = self.procs[index].handlers.first() {
+            return Err(format!(
+                "process {}: shutdown completed while the handler of {receipt} still runs",
+                me.id
+            ));
+        }
+        self.check_nothing_left_running(index)?;
+        self.coverage.path("graceful_shutdown");
+        if self.procs[index].stopping {
+            self.coverage.path("shutdown_under_faults_completed");
+            self.schedule(self.now(), Event::Exit { to: me });
+        }
+        Ok(())
     }
 
     /// After a shutdown completed: the dispatcher holds no attempt, and no
