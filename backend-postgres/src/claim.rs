@@ -5,12 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::postgres::PgRow;
-use sqlx::Row;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{Postgres, Row};
 use weir::BackendError;
 use weir_core::{
-    Claimed, ClaimedJob, ClaimerGrant, Epoch, JobId, Kind, Payload, QueueName, Receipt, Reject,
-    Timestamp,
+    Claimed, ClaimedJob, ClaimerConfig, ClaimerGrant, Epoch, JobId, Kind, Payload, QueueName,
+    Receipt, Reject, Timestamp,
 };
 
 use crate::backend::PgBackend;
@@ -198,15 +199,7 @@ impl PgBackend {
         } else {
             self.sql(CLAIM_FRESH_SQL)
         };
-        let mut fresh = sqlx::query(&sql)
-            .bind(now.map(|t| t.0))
-            .bind(queue.as_str())
-            .bind(i32::from(claimer.slot.0))
-            .bind(u64_to_i64(claimer.lease_epoch.0))
-            .bind(u64_to_i64(claimer.process.0))
-            .bind(span(config.idle_threshold.half()))
-            .bind(span(config.lease_ttl.half()))
-            .bind(kinds);
+        let mut fresh = bind_grant(sqlx::query(&sql), now, queue, claimer, &config, kinds);
         if !literal {
             fresh = fresh.bind(i64::from(max));
         }
@@ -242,15 +235,8 @@ impl PgBackend {
         kinds: Option<Vec<&str>>,
     ) -> Result<Result<Claimed, Reject>, BackendError> {
         let config = self.inner.config.world.claimer;
-        let rows = sqlx::query(&self.sql(CLAIM_SQL))
-            .bind(now.map(|t| t.0))
-            .bind(queue.as_str())
-            .bind(i32::from(claimer.slot.0))
-            .bind(u64_to_i64(claimer.lease_epoch.0))
-            .bind(u64_to_i64(claimer.process.0))
-            .bind(span(config.idle_threshold.half()))
-            .bind(span(config.lease_ttl.half()))
-            .bind(kinds)
+        let sql = self.sql(CLAIM_SQL);
+        let rows = bind_grant(sqlx::query(&sql), now, queue, claimer, &config, kinds)
             .bind(i64::from(max))
             .bind(span(config.lease_ttl))
             .fetch_all(self.via(&self.inner.pool))
@@ -278,6 +264,28 @@ impl PgBackend {
         }
         Ok(Ok(claimed))
     }
+}
+
+/// Both claim statements' parameters `$1..$8`: the clock, the grant
+/// (queue, slot, lease epoch, owner), half the idle threshold, half the
+/// lease length, and the kinds.
+fn bind_grant<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    now: Option<Timestamp>,
+    queue: &'q QueueName,
+    claimer: &ClaimerGrant,
+    config: &ClaimerConfig,
+    kinds: Option<Vec<&'q str>>,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(now.map(|t| t.0))
+        .bind(queue.as_str())
+        .bind(i32::from(claimer.slot.0))
+        .bind(u64_to_i64(claimer.lease_epoch.0))
+        .bind(u64_to_i64(claimer.process.0))
+        .bind(span(config.idle_threshold.half()))
+        .bind(span(config.lease_ttl.half()))
+        .bind(kinds)
 }
 
 fn claimed_job(id: i64, row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
