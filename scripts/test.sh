@@ -24,7 +24,7 @@ echo "== examples (each against a throwaway Postgres unless DATABASE_URL is set)
 # weir-examples` would build them again with that package's features only
 # (another copy of sqlx and the backends, minutes in CI).
 built=$(cargo test --workspace --no-run --message-format=json 2>/dev/null)
-for example in quickstart transactional_enqueue cache_warmer external_callback; do
+for example in quickstart transactional_enqueue cache_warmer external_callback retry_policy; do
     binary=$(printf '%s\n' "$built" | python3 -c '
 import json, sys
 name = sys.argv[1]

@@ -54,7 +54,8 @@ SELECT c.now, (SELECT ids FROM ids) AS ids, (SELECT count(*) FROM notified) AS n
 FROM clock c";
 
 const COPY_SQL: &str = "COPY {s}.jobs (id, queue, kind, payload, priority, attempt, \
-     max_attempts, epoch, timeout_ms, created_at, state, run_at) FROM STDIN";
+     max_attempts, epoch, timeout_ms, created_at, state, run_at, backoff_base_ms, backoff_factor, \
+     backoff_cap_ms, backoff_jitter) FROM STDIN";
 
 /// Why a bulk enqueue did not happen. Nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -316,7 +317,7 @@ fn copy_row(out: &mut String, id: i64, job: &NewJob, now: Timestamp) {
     for byte in &job.payload.0 {
         let _ = write!(out, "{byte:02x}");
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
         "\t{}\t0\t{}\t0\t{}\t{}\t{state}\t{}",
         job.priority.0,
@@ -325,4 +326,15 @@ fn copy_row(out: &mut String, id: i64, job: &NewJob, now: Timestamp) {
         now.0,
         run_at.0
     );
+    let _ = match &job.backoff {
+        None => writeln!(out, "\t\\N\t\\N\t\\N\t\\N"),
+        Some(b) => writeln!(
+            out,
+            "\t{}\t{}\t{}\t{}",
+            span(b.base()),
+            b.factor(),
+            span(b.cap()),
+            b.jitter_permille()
+        ),
+    };
 }

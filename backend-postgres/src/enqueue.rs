@@ -10,7 +10,7 @@ use weir_core::{Enqueued, InvalidJob, JobId, JobLimits, NewJob, Reject, Timestam
 
 use crate::backend::PgBackend;
 use crate::error::db;
-use crate::rows::span;
+use crate::rows::{span, BackoffColumns};
 
 /// The batch enqueue, one statement, so all of it commits or none (a
 /// second statement after an autocommit first one could fail after the
@@ -32,8 +32,10 @@ const ENQUEUE_SQL: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
 input AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::smallint[],
-                         $7::integer[], $8::bigint[], $9::bigint[], $10::text[])
-        AS i(ord, queue, kind, payload, priority, max_attempts, timeout_ms, run_at, unique_key)
+                         $7::integer[], $8::bigint[], $9::bigint[], $10::text[],
+                         $15::bigint[], $16::bigint[], $17::bigint[], $18::smallint[])
+        AS i(ord, queue, kind, payload, priority, max_attempts, timeout_ms, run_at, unique_key,
+             backoff_base_ms, backoff_factor, backoff_cap_ms, backoff_jitter)
 ),
 bad AS (
     SELECT min(t.ord) - 1 AS ord
@@ -56,11 +58,13 @@ fresh AS (
 ),
 ins AS (
     INSERT INTO {s}.jobs AS j (id, queue, kind, payload, priority, attempt, max_attempts, epoch,
-                               timeout_ms, unique_key, created_at, state, run_at)
+                               timeout_ms, unique_key, created_at, state, run_at,
+                               backoff_base_ms, backoff_factor, backoff_cap_ms, backoff_jitter)
     SELECT f.id, f.queue, f.kind, f.payload, f.priority, 0, f.max_attempts, 0, f.timeout_ms,
            f.unique_key, c.now,
            CASE WHEN coalesce(f.run_at, c.now) > c.now THEN 'scheduled' ELSE 'available' END,
-           coalesce(f.run_at, c.now)
+           coalesce(f.run_at, c.now),
+           f.backoff_base_ms, f.backoff_factor, f.backoff_cap_ms, f.backoff_jitter
     FROM fresh f, clock c
     ORDER BY f.kind, f.unique_key, f.id
     ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL
@@ -243,6 +247,7 @@ impl PgBackend {
         let mut timeout = Vec::with_capacity(send.len());
         let mut run_at = Vec::with_capacity(send.len());
         let mut unique_key = Vec::with_capacity(send.len());
+        let mut backoff = BackoffColumns::default();
         for &i in send {
             let job = &jobs[i];
             ord.push(i as i64);
@@ -254,6 +259,7 @@ impl PgBackend {
             timeout.push(span(job.timeout));
             run_at.push(job.run_at.map(|t| t.0));
             unique_key.push(job.unique_key.as_ref().map(UniqueKey::as_str));
+            backoff.push(job.backoff.as_ref());
         }
         let all_run_at: Vec<Option<i64>> = jobs.iter().map(|job| job.run_at.map(|t| t.0)).collect();
         let config = &self.inner.config;
@@ -272,6 +278,10 @@ impl PgBackend {
             .bind(span(config.world.limits.delay_max))
             .bind(config.schema.channel())
             .bind(config.notify)
+            .bind(backoff.base_ms)
+            .bind(backoff.factor)
+            .bind(backoff.cap_ms)
+            .bind(backoff.jitter)
             .fetch_all(self.via(&mut *conn))
             .await
             .map_err(db)

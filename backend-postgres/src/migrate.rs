@@ -55,10 +55,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pause barrier",
         sql: include_str!("../migrations/0005_pause_barrier.sql"),
     },
+    Migration {
+        version: 6,
+        name: "retry policy",
+        sql: include_str!("../migrations/0006_retry_policy.sql"),
+    },
 ];
 
 /// The schema version this code reads and writes.
-pub const LATEST_VERSION: i32 = 5;
+pub const LATEST_VERSION: i32 = 6;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]

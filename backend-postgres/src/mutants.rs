@@ -57,11 +57,15 @@ pub enum SqlMutation {
     /// `epoch = j.epoch`): two attempts share one epoch. The twin of
     /// `ClaimWithoutEpochBump`.
     ClaimWithoutEpochBump,
+    /// A failure of a job with a backoff of its own is retried on the
+    /// configured policy instead (`WHEN l.backoff_base_ms IS NOT NULL`
+    /// became `WHEN false`): the SQL forgets `Job::backoff_or`.
+    FailIgnoresOwnBackoff,
 }
 
 impl SqlMutation {
     /// Every mutation.
-    pub const ALL: [SqlMutation; 10] = [
+    pub const ALL: [SqlMutation; 11] = [
         SqlMutation::ReceiptsWithoutRowLock,
         SqlMutation::ClaimWithoutSkipLocked,
         SqlMutation::CompleteWithoutEpoch,
@@ -72,13 +76,14 @@ impl SqlMutation {
         SqlMutation::SnoozeWithoutRefund,
         SqlMutation::ClaimIgnoresPause,
         SqlMutation::ClaimWithoutEpochBump,
+        SqlMutation::FailIgnoresOwnBackoff,
     ];
 
     /// The mutations the differential test must tell apart from the
     /// world (`backend-postgres/tests/differential.rs`): one serial
     /// client sees them. The others need concurrency, and the concurrent
     /// histories catch them (`tests/tests/histories.rs`).
-    pub const SERIAL: [SqlMutation; 7] = [
+    pub const SERIAL: [SqlMutation; 8] = [
         SqlMutation::HeartbeatWritesStale,
         SqlMutation::ReceiptsWithoutEpoch,
         SqlMutation::ReceiptsWithoutState,
@@ -86,6 +91,7 @@ impl SqlMutation {
         SqlMutation::SnoozeWithoutRefund,
         SqlMutation::ClaimIgnoresPause,
         SqlMutation::ClaimWithoutEpochBump,
+        SqlMutation::FailIgnoresOwnBackoff,
     ];
 
     /// The fragment this mutation rewrites, and what it becomes.
@@ -125,6 +131,10 @@ impl SqlMutation {
             SqlMutation::ClaimWithoutEpochBump => (
                 "SET state = 'running', epoch = j.epoch + 1,",
                 "SET state = 'running', epoch = j.epoch,",
+            ),
+            SqlMutation::FailIgnoresOwnBackoff => (
+                "WHEN l.backoff_base_ms IS NOT NULL THEN",
+                "WHEN false THEN",
             ),
         }
     }

@@ -34,18 +34,22 @@ use crate::rows::{corrupt, fail_reason, i64_to_u64, span, u64_to_i64, RetryKind}
 /// `$1` now; `$2` job ids, `$3` epochs, `$4` a span per item (delay,
 /// timeout), `$5` a retry kind per item, `$6` a message per item; `$7` the
 /// flat backoff table, `$8` its levels per item; `$9` the channel, `$10`
-/// whether to notify.
+/// whether to notify; `$11` each item's jitter draw (for a job with a
+/// backoff of its own), `$12` how many errors a job keeps.
 const PREFIX: &str = "
 WITH clock AS (SELECT coalesce($1::bigint, {s}.now_ms()) AS now),
 params AS (SELECT $7::bigint[] AS delays, $8::integer AS levels, $9::text AS channel,
-                  $10::boolean AS notify),
+                  $10::boolean AS notify, $11::text[]::numeric[] AS draws,
+                  $12::integer AS kept),
 input AS (
     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[])
         WITH ORDINALITY AS i(id, epoch, arg_ms, retry, message, ord)
     WHERE id IS NOT NULL
 ),
 locked AS (
-    SELECT j.id, j.epoch, j.state, j.attempt, j.max_attempts FROM {s}.jobs j
+    SELECT j.id, j.epoch, j.state, j.attempt, j.max_attempts, j.backoff_base_ms,
+           j.backoff_factor, j.backoff_cap_ms, j.backoff_jitter
+    FROM {s}.jobs j
     WHERE j.id IN (SELECT id FROM input)
     ORDER BY j.id
     FOR UPDATE
@@ -128,14 +132,20 @@ fn wait_sql() -> String {
 }
 
 fn fail_sql() -> String {
-    // Job::fail: record the error at the current attempt; `never` fails at
-    // once; otherwise retry after the delay unless attempts are used up.
+    // Job::fail: record the error at the current attempt, keeping the
+    // newest `kept` (Job::record_error); `never` fails at once; otherwise
+    // retry after the delay unless attempts are used up. The delay is the
+    // job's own backoff where it has one (Job::backoff_or), else the
+    // configured one's table.
     format!(
         "decided AS (
             SELECT w.id, i.message, l.attempt,
                    CASE WHEN i.retry = 'never' THEN 'terminal'
                         WHEN l.attempt >= l.max_attempts THEN 'attempts_exhausted' END AS reason,
                    CASE WHEN i.retry = 'after' THEN i.arg_ms
+                        WHEN l.backoff_base_ms IS NOT NULL THEN {{s}}.backoff_delay(
+                            l.backoff_base_ms, l.backoff_factor, l.backoff_cap_ms,
+                            l.backoff_jitter, l.attempt, p.draws[w.ord])
                         ELSE p.delays[((w.ord - 1) * p.levels
                                        + least(greatest(l.attempt, 1), p.levels))::integer]
                    END AS delay
@@ -147,8 +157,11 @@ fn fail_sql() -> String {
                 run_at = CASE WHEN x.reason IS NULL THEN {{s}}.plus_ms(c.now, x.delay) END,
                 finished_at = CASE WHEN x.reason IS NULL THEN NULL ELSE c.now END,
                 fail_reason = x.reason, deadline = NULL, {LEAVE_RUNNING},
-                error_attempt = x.attempt, error_at = c.now, error_message = x.message
-            FROM decided x, clock c WHERE j.id = x.id
+                errors = (CASE WHEN jsonb_array_length(j.errors) >= p.kept
+                               THEN j.errors - 0 ELSE j.errors END)
+                         || jsonb_build_array(jsonb_build_object(
+                                'attempt', x.attempt, 'at', c.now, 'message', x.message))
+            FROM decided x, clock c, params p WHERE j.id = x.id
             {RETURNING}
         ),"
     )
@@ -214,6 +227,7 @@ struct Args {
     message: Vec<Option<String>>,
     delays: Vec<i64>,
     levels: i32,
+    draws: Vec<String>,
 }
 
 impl PgBackend {
@@ -369,6 +383,7 @@ impl PgBackend {
                 .push(Some(ErrorRecord::clean(&f.error.message)));
             args.delays
                 .extend((1..=levels).map(|level| span(backoff.delay(Attempt(level), f.draw))));
+            args.draws.push(f.draw.to_string());
         }
         let rows = self
             .receipt_batch_rows(now, &receipts, args, &fail_sql())
@@ -437,6 +452,8 @@ impl PgBackend {
             .bind(args.levels)
             .bind(config.schema.channel())
             .bind(config.notify)
+            .bind(args.draws)
+            .bind(ErrorRecord::KEPT as i32)
             .fetch_all(self.via(&self.inner.pool))
             .await
             .map_err(db)?;

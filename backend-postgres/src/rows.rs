@@ -11,16 +11,17 @@ use std::collections::BTreeMap;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use weir_core::{
-    Attempt, ClaimerLease, ClaimerSlot, ClaimerTable, Epoch, ErrorRecord, FailReason, Hold, Job,
-    JobId, JobState, Kind, LeaseEpoch, Millis, Payload, Priority, ProcessId, QueueName, Retry,
-    Semaphore, Slot, SlotEpoch, SlotHolder, Timestamp, UniqueKey,
+    Attempt, Backoff, ClaimerLease, ClaimerSlot, ClaimerTable, Epoch, ErrorRecord, FailReason,
+    Hold, Job, JobId, JobState, Kind, LeaseEpoch, Millis, Payload, Priority, ProcessId, QueueName,
+    Retry, Semaphore, Slot, SlotEpoch, SlotHolder, Timestamp, UniqueKey,
 };
 
 /// The columns [`job_from_row`] reads, in `SELECT` form (table alias `j`).
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.kind, j.payload, j.priority, j.attempt, \
      j.max_attempts, j.epoch, j.timeout_ms, j.unique_key, j.created_at, j.state, j.run_at, \
      j.holder, j.claimed_at, j.heartbeat_at, j.deadline, j.waiting_since, j.finished_at, \
-     j.fail_reason, j.error_attempt, j.error_at, j.error_message";
+     j.fail_reason, j.errors::text AS errors, j.backoff_base_ms, j.backoff_factor, \
+     j.backoff_cap_ms, j.backoff_jitter";
 
 pub(crate) fn u64_to_i64(v: u64) -> i64 {
     v as i64
@@ -85,14 +86,8 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         },
         other => return Err(corrupt(format!("unknown job state {other:?}"))),
     };
-    let last_error = match row.try_get::<Option<i32>, _>("error_attempt")? {
-        None => None,
-        Some(attempt) => Some(ErrorRecord {
-            attempt: Attempt(to_u32(attempt)?),
-            at: need(ts("error_at")?, s, "error_at")?,
-            message: need(row.try_get("error_message")?, s, "error_message")?,
-        }),
-    };
+    let errors = errors_from_json(&row.try_get::<String, _>("errors")?)?;
+    let backoff = backoff_from_row(row)?;
     let unique_key = match row.try_get::<Option<String>, _>("unique_key")? {
         None => None,
         Some(key) => Some(UniqueKey::new(key).map_err(|e| corrupt(e.to_string()))?),
@@ -110,9 +105,90 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job, sqlx::Error> {
         timeout: Millis(i64_to_u64(row.try_get("timeout_ms")?)),
         unique_key,
         created_at: Timestamp(row.try_get("created_at")?),
-        last_error,
+        backoff,
+        errors,
         state,
     })
+}
+
+/// One entry of the `errors` column: an [`ErrorRecord`] in the stored
+/// layout, which stays as it is whatever the core's serde form becomes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredError<'a> {
+    attempt: u32,
+    at: i64,
+    message: std::borrow::Cow<'a, str>,
+}
+
+/// The `errors` column as JSON text, oldest first.
+pub(crate) fn errors_to_json(errors: &[ErrorRecord]) -> String {
+    let stored: Vec<StoredError<'_>> = errors
+        .iter()
+        .map(|e| StoredError {
+            attempt: e.attempt.0,
+            at: e.at.0,
+            message: std::borrow::Cow::Borrowed(&e.message),
+        })
+        .collect();
+    serde_json::to_string(&stored).expect("a list of numbers and strings serialises")
+}
+
+fn errors_from_json(text: &str) -> Result<Vec<ErrorRecord>, sqlx::Error> {
+    let stored: Vec<StoredError<'_>> = serde_json::from_str(text)
+        .map_err(|e| corrupt(format!("a job's errors are not a list of errors: {e}")))?;
+    Ok(stored
+        .into_iter()
+        .map(|e| ErrorRecord {
+            attempt: Attempt(e.attempt),
+            at: Timestamp(e.at),
+            message: e.message.into_owned(),
+        })
+        .collect())
+}
+
+/// A job's own backoff from its four columns (all set, or none).
+fn backoff_from_row(row: &PgRow) -> Result<Option<Backoff>, sqlx::Error> {
+    let base: Option<i64> = row.try_get("backoff_base_ms")?;
+    let factor: Option<i64> = row.try_get("backoff_factor")?;
+    let cap: Option<i64> = row.try_get("backoff_cap_ms")?;
+    let jitter: Option<i16> = row.try_get("backoff_jitter")?;
+    let (Some(base), Some(factor), Some(cap), Some(jitter)) = (base, factor, cap, jitter) else {
+        return Ok(None);
+    };
+    let millis = |v: i64| u64::try_from(v).map(Millis);
+    let parts = (
+        millis(base),
+        u32::try_from(factor),
+        millis(cap),
+        u16::try_from(jitter),
+    );
+    let (Ok(base), Ok(factor), Ok(cap), Ok(jitter)) = parts else {
+        return Err(corrupt("a job's backoff has a negative part"));
+    };
+    Backoff::new(base, factor, cap, jitter)
+        .map(Some)
+        .map_err(|e| corrupt(format!("a job's stored backoff is invalid: {e}")))
+}
+
+/// Jobs' own backoffs as the four columns' values, as parallel arrays
+/// for an insert (all `None` for a job without one).
+#[derive(Default)]
+pub(crate) struct BackoffColumns {
+    pub base_ms: Vec<Option<i64>>,
+    pub factor: Vec<Option<i64>>,
+    pub cap_ms: Vec<Option<i64>>,
+    pub jitter: Vec<Option<i16>>,
+}
+
+impl BackoffColumns {
+    pub(crate) fn push(&mut self, backoff: Option<&Backoff>) {
+        self.base_ms.push(backoff.map(|b| span(b.base())));
+        self.factor.push(backoff.map(|b| i64::from(b.factor())));
+        self.cap_ms.push(backoff.map(|b| span(b.cap())));
+        // At most 1000: `Backoff::new` refuses more.
+        self.jitter
+            .push(backoff.map(|b| b.jitter_permille() as i16));
+    }
 }
 
 fn to_u32(v: i32) -> Result<u32, sqlx::Error> {
@@ -135,23 +211,20 @@ pub(crate) struct JobWrites {
     pub waiting_since: Vec<Option<i64>>,
     pub finished_at: Vec<Option<i64>>,
     pub fail_reason: Vec<Option<String>>,
-    pub error_attempt: Vec<Option<i32>>,
-    pub error_at: Vec<Option<i64>>,
-    pub error_message: Vec<Option<String>>,
+    pub errors: Vec<String>,
 }
 
-/// Writes back what a transition may change (`$1`..`$15`).
+/// Writes back what a transition may change (`$1`..`$13`).
 pub(crate) const JOB_WRITE_SQL: &str = "UPDATE {s}.jobs j SET
         attempt = u.attempt, epoch = u.epoch, state = u.state, run_at = u.run_at,
         holder = u.holder, claimed_at = u.claimed_at, heartbeat_at = u.heartbeat_at,
         deadline = u.deadline, waiting_since = u.waiting_since, finished_at = u.finished_at,
-        fail_reason = u.fail_reason, error_attempt = u.error_attempt, error_at = u.error_at,
-        error_message = u.error_message
+        fail_reason = u.fail_reason, errors = u.errors::jsonb
     FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::text[], $5::bigint[],
                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-                $11::bigint[], $12::text[], $13::integer[], $14::bigint[], $15::text[])
+                $11::bigint[], $12::text[], $13::text[])
         AS u(id, attempt, epoch, state, run_at, holder, claimed_at, heartbeat_at, deadline,
-             waiting_since, finished_at, fail_reason, error_attempt, error_at, error_message)
+             waiting_since, finished_at, fail_reason, errors)
     WHERE j.id = u.id";
 
 impl JobWrites {
@@ -201,10 +274,7 @@ impl JobWrites {
         self.waiting_since.push(waiting_since);
         self.finished_at.push(finished_at);
         self.fail_reason.push(fail_reason);
-        let error = job.last_error.as_ref();
-        self.error_attempt.push(error.map(|e| e.attempt.0 as i32));
-        self.error_at.push(error.map(|e| e.at.0));
-        self.error_message.push(error.map(|e| e.message.clone()));
+        self.errors.push(errors_to_json(&job.errors));
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -228,9 +298,7 @@ impl JobWrites {
             .bind(self.waiting_since)
             .bind(self.finished_at)
             .bind(self.fail_reason)
-            .bind(self.error_attempt)
-            .bind(self.error_at)
-            .bind(self.error_message)
+            .bind(self.errors)
     }
 }
 

@@ -785,8 +785,9 @@ async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
         "SELECT slot, epoch, holder, lease_expires_at FROM weir.semaphore_slots ORDER BY slot",
     );
     let rows_v3 = before.fetch_all(&pool).await.unwrap();
+    // The slot rows are compared as stored: `snapshot` reads the latest
+    // schema's job columns, which a version-3 schema does not have.
     let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
-    let snapshot_v3 = backend.snapshot().await.unwrap();
     let report = backend.migrate().await.unwrap();
     assert_eq!(
         (report.from, report.applied),
@@ -797,7 +798,6 @@ async fn a_v3_schema_is_upgraded_to_v4_and_keeps_its_slot_holds() {
         "SELECT slot, epoch, holder, lease_expires_at FROM weir.semaphore_slots ORDER BY slot",
     );
     assert_eq!(after.fetch_all(&pool).await.unwrap(), rows_v3);
-    assert_eq!(backend.snapshot().await.unwrap(), snapshot_v3);
     let try_old = |slot: u16, holder: u64| {
         Command::SlotTry(cmd::SlotTry {
             semaphore: SemaphoreName::new("old").unwrap(),

@@ -242,6 +242,29 @@ fn new_job(rng: &mut ChaCha8Rng, now: Timestamp) -> NewJob {
     if rng.random_bool(0.35) {
         job.unique_key = Some(UniqueKey::new(format!("u{}", rng.random_range(0..3))).unwrap());
     }
+    // A third of the jobs retry on a backoff of their own, so the fail
+    // batch's `backoff_delay` is compared with the core's here too. Drawn
+    // from a generator seeded by what was drawn already, not from `rng`:
+    // the cases every seed gave before (which the SQL mutants' tests rely
+    // on) stay as they were.
+    let seed = (now.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ ((job.priority.0 as u64) << 48)
+        ^ (u64::from(job.max_attempts) << 40)
+        ^ (job.timeout.0 << 16)
+        ^ job.payload.0.len() as u64
+        ^ job.run_at.map_or(0, |t| t.0 as u64).rotate_left(29);
+    let mut own = ChaCha8Rng::seed_from_u64(seed);
+    if own.random_bool(0.3) {
+        let base = own.random_range(0..=60);
+        let cap = base + own.random_range(0..=600);
+        let factor = own.random_range(1..=4);
+        let jitter = *pick(&mut own, &[0, 0, 250, 1000]).unwrap();
+        job.backoff = Some(Backoff::new(Millis(base), factor, Millis(cap), jitter).unwrap());
+        if own.random_bool(0.05) {
+            // A cap past `delay_max`: refused.
+            job.backoff = Some(Backoff::constant(Millis(5001)));
+        }
+    }
     // Now and then, something invalid.
     match rng.random_range(0..60) {
         0 => job.max_attempts = 0,

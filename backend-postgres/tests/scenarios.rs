@@ -881,15 +881,22 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     let v1 = migrate_to(&pool, &schema, 1).await.unwrap();
     assert_eq!((v1.from, v1.to, v1.applied), (0, 1, vec![1]));
     let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
-    // What a v1 release did: enqueue; it has no presence table.
-    let done = backend
-        .run(cmd::Enqueue {
-            jobs: vec![job("k"), job("k")],
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let before = backend.snapshot().await.unwrap();
+    // What a v1 release did: enqueue (written as it wrote, since today's
+    // statements name later versions' columns); it has no presence table.
+    sqlx::raw_sql(
+        "INSERT INTO weir.jobs (queue, kind, payload, priority, attempt, max_attempts, epoch,
+                                timeout_ms, created_at, state, run_at)
+         SELECT 'default', 'k', '\\x', 0, 0, 25, 0, 1800000, 5, 'available', 5
+         FROM generate_series(1, 2)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rows = "SELECT id, queue, kind, payload, attempt, epoch, state, run_at
+                FROM weir.jobs ORDER BY id";
+    type Row = (i64, String, String, Vec<u8>, i32, i64, String, Option<i64>);
+    let before: Vec<Row> = sqlx::query_as(rows).fetch_all(&pool).await.unwrap();
+    assert_eq!(before.len(), 2);
     let behind = backend.check_schema().await.unwrap_err();
     assert!(
         behind.to_string().contains("version 1") && behind.to_string().contains("weir migrate"),
@@ -912,7 +919,10 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
         (1, LATEST_VERSION, (2..=LATEST_VERSION).collect::<Vec<_>>())
     );
     backend.check_schema().await.unwrap();
-    assert_eq!(backend.snapshot().await.unwrap(), before);
+    let after: Vec<Row> = sqlx::query_as(rows).fetch_all(&pool).await.unwrap();
+    assert_eq!(after, before);
+    let jobs = backend.snapshot().await.unwrap().jobs;
+    assert_eq!(jobs.len(), 2, "today's reads see them");
     backend
         .announce(&presence, Duration::from_secs(60))
         .await
@@ -922,13 +932,50 @@ async fn a_v1_schema_is_upgraded_to_v2_in_place_and_keeps_its_jobs() {
     assert_eq!(workers[0].presence, presence);
     // The upgraded schema goes on where v1 left off.
     let more = backend.enqueue_bulk(vec![job("k")]).await.unwrap().unwrap();
-    assert!(more[0].id > done[1].id);
+    assert!(more[0].id.0 > before[1].0);
     let versions: Vec<i32> =
         sqlx::query_scalar("SELECT version FROM weir.schema_migrations ORDER BY version")
             .fetch_all(&pool)
             .await
             .unwrap();
     assert_eq!(versions, (1..=LATEST_VERSION).collect::<Vec<_>>());
+}
+
+/// Version 6 keeps each job's history in `errors`: a v5 job's one stored
+/// error becomes its first entry, a job without one has none, and neither
+/// has a backoff of its own.
+#[tokio::test]
+async fn a_v5_jobs_last_error_becomes_the_first_of_its_errors() {
+    let db = weir_pg_harness::test_database().await;
+    let pool = db.app_pool().await;
+    let schema = SchemaName::new("weir").unwrap();
+    migrate_to(&pool, &schema, 5).await.unwrap();
+    // What a v5 release left: a job retried after a failure, and a fresh one.
+    sqlx::raw_sql(
+        "INSERT INTO weir.jobs (queue, kind, payload, priority, attempt, max_attempts, epoch,
+                                timeout_ms, created_at, state, run_at,
+                                error_attempt, error_at, error_message)
+         VALUES ('q', 'k', '\\x7b7d', 0, 1, 3, 1, 1000, 5, 'retryable', 70, 1, 7, 'boom'),
+                ('q', 'k', '\\x7b7d', 0, 0, 3, 0, 1000, 5, 'available', 5, NULL, NULL, NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let backend = PgBackend::new(pool.clone(), PgConfig::default()).unwrap();
+    let report = backend.migrate().await.unwrap();
+    assert_eq!((report.from, report.applied), (5, vec![6]));
+    let failed = backend.job(weir_core::JobId(1)).await.unwrap().unwrap();
+    assert_eq!(
+        failed.errors,
+        vec![weir_core::ErrorRecord {
+            attempt: weir_core::Attempt(1),
+            at: Timestamp(7),
+            message: "boom".to_string(),
+        }]
+    );
+    let fresh = backend.job(weir_core::JobId(2)).await.unwrap().unwrap();
+    assert_eq!(fresh.errors, vec![]);
+    assert_eq!((failed.backoff, fresh.backoff), (None, None));
 }
 
 async fn last_id(backend: &PgBackend) -> i64 {

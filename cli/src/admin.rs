@@ -420,9 +420,21 @@ fn print_job(job: &Job) {
         Ok(text) => println!("  args          {text}"),
         Err(_) => println!("  args          ({} bytes, not UTF-8)", job.payload.0.len()),
     }
-    if let Some(e) = &job.last_error {
+    if let Some(b) = &job.backoff {
         println!(
-            "  last error    attempt {} at {}: {}",
+            "  backoff       {} ms ×{} up to {} ms, jitter {}‰",
+            b.base().0,
+            b.factor(),
+            b.cap().0,
+            b.jitter_permille()
+        );
+    }
+    if !job.errors.is_empty() {
+        println!("  errors        {} kept, oldest first", job.errors.len());
+    }
+    for e in &job.errors {
+        println!(
+            "    attempt {} at {}: {}",
             e.attempt.0,
             time(e.at),
             e.message

@@ -23,7 +23,7 @@ use crate::ids::{
     Attempt, ClaimerSlot, Epoch, JobId, LeaderTerm, LeaseEpoch, ProcessId, QueueName, Receipt,
     SemaphoreName, SlotEpoch, SlotIndex,
 };
-use crate::job::JobState;
+use crate::job::{ErrorRecord, JobState};
 use crate::leader::LeaderGrant;
 use crate::protocol::{Command, Outcome};
 use crate::reject::{Reject, StateName};
@@ -57,6 +57,15 @@ pub enum Violation {
     AtMostOneLiveAttempt {
         /// The job.
         job: JobId,
+    },
+    /// A job keeps more than [`ErrorRecord::KEPT`] errors, or an error
+    /// message storage could not hold as it is (a NUL, or longer than
+    /// [`ErrorRecord::MESSAGE_MAX_BYTES`]).
+    ErrorHistoryBounded {
+        /// The job.
+        job: JobId,
+        /// The errors it keeps.
+        kept: usize,
     },
     /// A job is missing from, or misfiled in, the indexes, or the counts of
     /// inserted and pruned jobs do not add up.
@@ -289,6 +298,16 @@ impl World {
             let shared_epoch = job.epoch.0 < u64::from(job.attempt.0);
             if live && (job.epoch == Epoch(0) || job.attempt == Attempt(0) || shared_epoch) {
                 return Err(Violation::AtMostOneLiveAttempt { job: job.id });
+            }
+            // What `ErrorRecord::clean` leaves unchanged, without allocating.
+            let unclean = |e: &ErrorRecord| {
+                e.message.len() > ErrorRecord::MESSAGE_MAX_BYTES || e.message.contains('\0')
+            };
+            if job.errors.len() > ErrorRecord::KEPT || job.errors.iter().any(unclean) {
+                return Err(Violation::ErrorHistoryBounded {
+                    job: job.id,
+                    kept: job.errors.len(),
+                });
             }
         }
         Ok(())
@@ -1105,6 +1124,35 @@ mod tests {
             violation(&w),
             Violation::AttemptsBounded { job: JobId(1), .. }
         ));
+    }
+
+    #[test]
+    fn error_history_bounded() {
+        let record = |message: &str| ErrorRecord {
+            attempt: Attempt(1),
+            at: Timestamp(1_000),
+            message: message.to_string(),
+        };
+        let (mut w, _) = world();
+        job_mut(&mut w, 2).errors = vec![record("boom"); ErrorRecord::KEPT];
+        assert_eq!(w.check_invariants(), Ok(()), "KEPT errors are allowed");
+        job_mut(&mut w, 2).errors.push(record("one too many"));
+        assert_eq!(
+            violation(&w),
+            Violation::ErrorHistoryBounded {
+                job: JobId(2),
+                kept: ErrorRecord::KEPT + 1
+            }
+        );
+        let (mut w, _) = world();
+        job_mut(&mut w, 2).errors = vec![record("a \0 byte")];
+        assert_eq!(
+            violation(&w),
+            Violation::ErrorHistoryBounded {
+                job: JobId(2),
+                kept: 1
+            }
+        );
     }
 
     #[test]

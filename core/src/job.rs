@@ -134,7 +134,7 @@ pub enum FailOutcome {
     Failed(FailReason),
 }
 
-/// The last error a job recorded.
+/// An error a job's attempt recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ErrorRecord {
     /// The attempt that failed.
@@ -149,6 +149,10 @@ impl ErrorRecord {
     /// The longest message kept, in bytes; a longer one is cut at a
     /// character boundary and ends in `…`.
     pub const MESSAGE_MAX_BYTES: usize = 16 * 1024;
+
+    /// How many errors a job keeps: the newest, oldest first. With
+    /// [`Self::MESSAGE_MAX_BYTES`] it bounds a job's history at 320 KiB.
+    pub const KEPT: usize = 20;
 
     /// `message` as storage keeps it: every NUL (which Postgres text cannot
     /// hold) replaced by U+FFFD, and cut to [`Self::MESSAGE_MAX_BYTES`].
@@ -236,6 +240,16 @@ pub enum InvalidJob {
         /// Allowed distance from now.
         max: Millis,
     },
+    /// A backoff whose cap is further than the configured limit on
+    /// scheduling (`JobLimits::delay_max`): a retry no job could be
+    /// scheduled for.
+    #[error("backoff cap {cap} exceeds the limit of {max}")]
+    BackoffCapTooLong {
+        /// The policy's cap.
+        cap: Millis,
+        /// Allowed.
+        max: Millis,
+    },
     /// `run_at` before the Unix epoch: a time no job can mean (a sign or
     /// unit mistake), which would otherwise sort it ahead of every job of
     /// its priority. A `run_at` in the past but after the epoch is fine: the
@@ -267,6 +281,11 @@ pub struct NewJob {
     /// With a key, a second job of the same kind and key is not created:
     /// the enqueue returns the existing one until that job is pruned.
     pub unique_key: Option<UniqueKey>,
+    /// Its own retry backoff (its kind's, from `JobArgs::backoff`); `None`
+    /// means the backend's configured one. Kept with the job, so every
+    /// process — and a rescue by the leader — retries it the same way.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
 }
 
 impl NewJob {
@@ -282,6 +301,7 @@ impl NewJob {
             timeout: Millis::from_secs(30 * 60),
             run_at: None,
             unique_key: None,
+            backoff: None,
         }
     }
 
@@ -329,6 +349,14 @@ impl NewJob {
                 max: limits.payload_bytes_max,
             });
         }
+        if let Some(backoff) = &self.backoff {
+            if backoff.cap() > limits.delay_max {
+                return Err(InvalidJob::BackoffCapTooLong {
+                    cap: backoff.cap(),
+                    max: limits.delay_max,
+                });
+            }
+        }
         match self.run_at {
             Some(run_at) if run_at < Timestamp::ZERO => {
                 Err(InvalidJob::RunAtBeforeEpoch { run_at })
@@ -367,8 +395,11 @@ pub struct Job {
     pub unique_key: Option<UniqueKey>,
     /// When it was enqueued.
     pub created_at: Timestamp,
-    /// The last error recorded, if any.
-    pub last_error: Option<ErrorRecord>,
+    /// Its own retry backoff, if it has one (see [`NewJob::backoff`]).
+    pub backoff: Option<Backoff>,
+    /// The errors its attempts recorded, oldest first: the last
+    /// [`ErrorRecord::KEPT`] of them.
+    pub errors: Vec<ErrorRecord>,
     /// Where it is now.
     pub state: JobState,
 }
@@ -429,7 +460,8 @@ impl Job {
             timeout: new.timeout,
             unique_key: new.unique_key,
             created_at: now,
-            last_error: None,
+            backoff: new.backoff,
+            errors: Vec::new(),
             state,
         }
     }
@@ -437,6 +469,16 @@ impl Job {
     /// The state's name.
     pub fn state_name(&self) -> StateName {
         self.state.name()
+    }
+
+    /// The newest error recorded, if any.
+    pub fn last_error(&self) -> Option<&ErrorRecord> {
+        self.errors.last()
+    }
+
+    /// The backoff its retries follow: its own, else `configured`.
+    pub fn backoff_or(&self, configured: &Backoff) -> Backoff {
+        self.backoff.unwrap_or(*configured)
     }
 
     /// The receipt of the running attempt, if the job is running.
@@ -690,7 +732,11 @@ impl Job {
     }
 
     fn record_error(&mut self, now: Timestamp, message: String) {
-        self.last_error = Some(ErrorRecord {
+        if self.errors.len() >= ErrorRecord::KEPT {
+            let drop = self.errors.len() + 1 - ErrorRecord::KEPT;
+            self.errors.drain(..drop);
+        }
+        self.errors.push(ErrorRecord {
             attempt: self.attempt,
             at: now,
             message,
@@ -712,7 +758,7 @@ impl Job {
                 };
                 return FailOutcome::Failed(FailReason::Terminal);
             }
-            Retry::Backoff => backoff.delay(self.attempt, draw),
+            Retry::Backoff => self.backoff_or(backoff).delay(self.attempt, draw),
             Retry::After(delay) => delay,
         };
         let exhausted = if crate::mutation::active(Mutation::RetryPastMaxAttempts) {

@@ -618,7 +618,7 @@ fn an_attempt_past_its_deadline_is_stopped_and_failed() {
     });
     let job = h.world.job(JobId(1)).unwrap();
     assert_eq!(
-        job.last_error.as_ref().unwrap().message,
+        job.last_error().unwrap().message,
         "handler ran past its deadline"
     );
 }

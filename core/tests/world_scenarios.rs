@@ -455,7 +455,7 @@ fn retryable_failures_back_off_until_attempts_are_exhausted() {
     );
     let job = h.world.job(id).unwrap();
     assert_eq!(job.attempt, Attempt(2));
-    assert_eq!(job.last_error.as_ref().unwrap().message, "boom");
+    assert_eq!(job.last_error().unwrap().message, "boom");
 }
 
 #[test]

@@ -94,6 +94,7 @@ pub fn new_job<J: JobArgs>(
         priority: J::PRIORITY,
         max_attempts: J::MAX_ATTEMPTS,
         timeout: J::TIMEOUT,
+        backoff: J::backoff(),
     };
     build(&defaults, Payload(serde_json::to_vec(args)?), options, now)
 }
@@ -105,6 +106,7 @@ struct Defaults<'a> {
     priority: i16,
     max_attempts: u32,
     timeout: Duration,
+    backoff: Option<weir_core::Backoff>,
 }
 
 fn build(
@@ -126,6 +128,7 @@ fn build(
         timeout: Millis::from_duration(options.timeout.unwrap_or(defaults.timeout)),
         run_at,
         unique_key: options.unique_key.clone().map(UniqueKey::new).transpose()?,
+        backoff: defaults.backoff,
         ..NewJob::new(queue, kind, payload)
     })
 }
@@ -146,6 +149,7 @@ pub fn new_raw_job(
         priority: 0,
         max_attempts: 25,
         timeout: Duration::from_secs(30 * 60),
+        backoff: None,
     };
     build(&defaults, Payload(json.to_vec()), options, now)
 }

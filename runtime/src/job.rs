@@ -42,6 +42,33 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// How long one attempt may run by default.
     const TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+    /// This kind's retry backoff, stored with each job at insert, so every
+    /// process — and the leader's rescue of a crashed attempt — waits the
+    /// same before its next attempt. `None` (the default): the backend's
+    /// configured policy (`PgConfig.world.backoff`, the memory backend's
+    /// world configuration). A handler overrides it for one attempt with
+    /// [`JobOutcome::Retry`]'s `after`.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use weir::core::{Backoff, Millis};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct CallPartner;
+    ///
+    /// impl weir::JobArgs for CallPartner {
+    ///     const KIND: &'static str = "partner.call";
+    ///     const MAX_ATTEMPTS: u32 = 8;
+    ///     // 10 s, 30 s, 90 s, … at most 15 min, up to 10% earlier.
+    ///     fn backoff() -> Option<Backoff> {
+    ///         Backoff::new(Millis::from_secs(10), 3, Millis::from_secs(900), 100).ok()
+    ///     }
+    /// }
+    /// ```
+    fn backoff() -> Option<weir_core::Backoff> {
+        None
+    }
+
     /// A cluster-wide concurrency limit for this job: at most `permits`
     /// jobs naming the same semaphore run at once, across every process
     /// (`Some(("tenant:42".into(), 2))`). The name follows

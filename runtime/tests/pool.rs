@@ -256,13 +256,13 @@ async fn errors_retry_panics_are_contained_and_bad_payloads_fail_for_good() {
     );
     let bad = world.jobs().last().unwrap();
     assert!(
-        bad.last_error
+        bad.last_error()
             .as_ref()
             .unwrap()
             .message
             .contains("does not decode"),
         "{:?}",
-        bad.last_error
+        bad.last_error()
     );
 }
 
@@ -579,7 +579,7 @@ async fn an_invalid_concurrency_key_fails_the_job_with_the_reason() {
     })
     .await;
     let world = backend.world.lock().unwrap();
-    let error = world.jobs().next().unwrap().last_error.clone().unwrap();
+    let error = world.jobs().next().unwrap().last_error().cloned().unwrap();
     assert!(
         error.message.contains("invalid concurrency limit"),
         "{error:?}"

@@ -9,10 +9,10 @@ use std::time::Duration;
 use weir::{Backend, BackendExt, JobFilter, Presence, QueueInfo, Wakeup};
 use weir_core::cmd;
 use weir_core::{
-    Acquired, Claimed, ClaimerGrant, Command, Enqueued, Epoch, FailError, FailOutcome, FailReason,
-    Failure, InvalidJob, Job, JobId, JobLimits, JobState, Kind, LeaderGrant, Millis, NewJob,
-    Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject, Request, Retry,
-    SemaphoreName, SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
+    Acquired, Attempt, Backoff, Claimed, ClaimerGrant, Command, Enqueued, Epoch, ErrorRecord,
+    FailError, FailOutcome, FailReason, Failure, InvalidJob, Job, JobId, JobLimits, JobState, Kind,
+    LeaderGrant, Millis, NewJob, Outcome, Payload, Priority, ProcessId, QueueName, Receipt, Reject,
+    Request, Retry, SemaphoreName, SlotGrant, SlotIndex, StateName, Timestamp, UniqueKey,
 };
 use weir_test_kit::{job, queue};
 
@@ -46,6 +46,7 @@ pub const ALL: &[&str] = &[
     "prune_deletes_only_jobs_finished_long_enough_ago",
     "an_expired_external_wait_is_retried_and_its_late_callback_fenced",
     "a_snoozed_job_waits_out_its_delay",
+    "a_jobs_own_backoff_sets_its_delay_and_its_newest_errors_are_kept",
 ];
 
 async fn exec(b: &dyn Backend, command: Command) -> Outcome {
@@ -1461,7 +1462,7 @@ pub async fn an_expired_external_wait_is_retried_and_its_late_callback_fenced(b:
         (retried.state_name(), retried.epoch, retried.attempt.0),
         (StateName::Retryable, Epoch(2), 1)
     );
-    let message = retried.last_error.map(|e| e.message);
+    let message = retried.last_error().map(|e| e.message.clone());
     assert_eq!(message.as_deref(), Some("external callback timed out"));
     assert_eq!(read(b, ids[1]).await.state_name(), StateName::Failed);
 }
@@ -1516,4 +1517,72 @@ pub async fn a_snoozed_job_waits_out_its_delay(b: &dyn Backend) {
             1
         )
     );
+}
+
+/// A job with a backoff of its own retries after that policy's delay, not
+/// the backend's (the suite's is 1 s), jitter included; and it keeps its
+/// newest [`ErrorRecord::KEPT`] errors, oldest first.
+pub async fn a_jobs_own_backoff_sets_its_delay_and_its_newest_errors_are_kept(b: &dyn Backend) {
+    let hour = Millis::from_secs(3_600);
+    let own = Backoff::new(hour, 2, Millis(4 * hour.0), 500).expect("a valid policy");
+    let mut j = job("k");
+    j.max_attempts = 30;
+    j.backoff = Some(own);
+    let id = enqueue(b, vec![j]).await[0].id;
+    assert_eq!(read(b, id).await.backoff, Some(own), "the policy is stored");
+    let leader = elect(b, 9).await.expect("no other leader");
+    let total = ErrorRecord::KEPT as u32 + 2;
+    let draw = 7;
+    for attempt in 1..=total {
+        let receipt = claim(b, 1, 1).await.jobs[0].receipt;
+        let last = attempt == total;
+        let retry = if last {
+            Retry::Backoff
+        } else {
+            Retry::After(Millis::ZERO)
+        };
+        let failure = Failure {
+            receipt,
+            error: FailError {
+                retry,
+                message: format!("attempt {attempt}"),
+            },
+            draw,
+        };
+        let before = now(b).await;
+        let answer = run(
+            b,
+            cmd::Fail {
+                failures: vec![failure],
+            },
+        )
+        .await;
+        let after = now(b).await;
+        let answer = answer.expect("one failure is a valid batch");
+        let [Ok(FailOutcome::Retrying { run_at })] = answer[..] else {
+            panic!("attempt {attempt} of 30 is retried: {answer:?}")
+        };
+        if last {
+            let delay = own.delay(Attempt(attempt), draw);
+            assert_eq!(delay, Millis(4 * hour.0 - draw), "capped, less the draw");
+            assert!(
+                before.plus(delay) <= run_at && run_at <= after.plus(delay),
+                "the job's own backoff: {before} + {delay} <= {run_at} <= {after} + {delay}"
+            );
+        } else {
+            let promoted = run(b, cmd::Promote { leader, max: 10 }).await;
+            assert_eq!(promoted, Ok(vec![id]), "attempt {attempt}");
+        }
+    }
+    let kept = read(b, id).await.errors;
+    let attempts: Vec<u32> = kept.iter().map(|e| e.attempt.0).collect();
+    assert_eq!(
+        attempts,
+        (3..=total).collect::<Vec<u32>>(),
+        "the newest, oldest first"
+    );
+    let messages: Vec<&str> = kept.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages.first(), Some(&"attempt 3"));
+    assert_eq!(messages.last(), Some(&format!("attempt {total}").as_str()));
+    assert!(kept.windows(2).all(|w| w[0].at <= w[1].at));
 }

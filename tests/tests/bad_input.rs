@@ -1260,7 +1260,7 @@ fn failed_for_good(job: &Job) -> &str {
         "no retry: one attempt of {}",
         job.max_attempts
     );
-    &job.last_error.as_ref().expect("the reason is kept").message
+    &job.last_error().expect("the reason is kept").message
 }
 
 /// Valid JSON that is not the job type's shape fails the job for good, with

@@ -216,7 +216,7 @@ async fn a_wall_clock_ahead_of_storage_runs_the_budget_storage_set() {
         job.state_name(),
         StateName::Completed,
         "{:?}",
-        job.last_error
+        job.last_error()
     );
     assert_eq!(
         job.attempt.0, 1,

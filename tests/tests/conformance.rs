@@ -154,4 +154,5 @@ conformance!(
     prune_deletes_only_jobs_finished_long_enough_ago,
     an_expired_external_wait_is_retried_and_its_late_callback_fenced,
     a_snoozed_job_waits_out_its_delay,
+    a_jobs_own_backoff_sets_its_delay_and_its_newest_errors_are_kept,
 );

@@ -450,7 +450,7 @@ async fn a_worker_clock_ahead_of_storage_does_not_time_out_every_attempt() {
         job.state_name(),
         StateName::Completed,
         "{:?}",
-        job.last_error
+        job.last_error()
     );
     assert_eq!(
         job.attempt.0, 1,
@@ -520,7 +520,7 @@ async fn a_nul_in_an_error_message_fails_only_that_attempt_on_postgres() {
         .unwrap();
     let job = client.job(nul).await.unwrap().unwrap();
     assert_eq!(job.attempt.0, 2, "its first attempt failed, its second ran");
-    let error = job.last_error.expect("the failure was recorded");
+    let error = job.last_error().cloned().expect("the failure was recorded");
     assert_eq!(error.message, "the upstream said \u{FFFD} and hung up");
 }
 
