@@ -61,11 +61,16 @@ pub enum SqlMutation {
     /// configured policy instead (`WHEN l.backoff_base_ms IS NOT NULL`
     /// became `WHEN false`): the SQL forgets `Job::backoff_or`.
     FailIgnoresOwnBackoff,
+    /// A failure appends its error without dropping the oldest once a job
+    /// keeps `ErrorRecord::KEPT` (`j.errors - 0` became `j.errors`): the
+    /// history grows without bound. The SQL twin of `Job::record_error`'s
+    /// bound.
+    FailKeepsEveryError,
 }
 
 impl SqlMutation {
     /// Every mutation.
-    pub const ALL: [SqlMutation; 11] = [
+    pub const ALL: [SqlMutation; 12] = [
         SqlMutation::ReceiptsWithoutRowLock,
         SqlMutation::ClaimWithoutSkipLocked,
         SqlMutation::CompleteWithoutEpoch,
@@ -77,12 +82,16 @@ impl SqlMutation {
         SqlMutation::ClaimIgnoresPause,
         SqlMutation::ClaimWithoutEpochBump,
         SqlMutation::FailIgnoresOwnBackoff,
+        SqlMutation::FailKeepsEveryError,
     ];
 
     /// The mutations the differential test must tell apart from the
     /// world (`backend-postgres/tests/differential.rs`): one serial
-    /// client sees them. The others need concurrency, and the concurrent
-    /// histories catch them (`tests/tests/histories.rs`).
+    /// client sees them. Of the others, most need concurrency, and the
+    /// concurrent histories catch them (`tests/tests/histories.rs`);
+    /// `FailKeepsEveryError` needs more failures of one job than the
+    /// differential's jobs may have, and the conformance suite's retry
+    /// scenario catches it (`tests/tests/conformance.rs`).
     pub const SERIAL: [SqlMutation; 8] = [
         SqlMutation::HeartbeatWritesStale,
         SqlMutation::ReceiptsWithoutEpoch,
@@ -135,6 +144,10 @@ impl SqlMutation {
             SqlMutation::FailIgnoresOwnBackoff => (
                 "WHEN l.backoff_base_ms IS NOT NULL THEN",
                 "WHEN false THEN",
+            ),
+            SqlMutation::FailKeepsEveryError => (
+                "THEN j.errors - 0 ELSE j.errors END",
+                "THEN j.errors ELSE j.errors END",
             ),
         }
     }

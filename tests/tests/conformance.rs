@@ -9,12 +9,17 @@
 
 use sqlx::postgres::PgPoolOptions;
 use weir_pg_harness::{test_database, TestDatabase};
-use weir_postgres::{PgBackend, PgConfig};
+use weir_postgres::{PgBackend, PgConfig, SqlMutation};
 use weir_tests::recording::{Recording, SuiteCoverage};
 
 /// A migrated Postgres backend on a fresh database, as `weir_app`. Keep the
 /// [`TestDatabase`] alive for the test: dropping it drops the database.
 async fn postgres() -> (TestDatabase, PgBackend) {
+    postgres_with(None).await
+}
+
+/// [`postgres`], with one fragment of its SQL deliberately broken.
+async fn postgres_with(mutation: Option<SqlMutation>) -> (TestDatabase, PgBackend) {
     let db = test_database().await;
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -25,7 +30,11 @@ async fn postgres() -> (TestDatabase, PgBackend) {
         world: weir_tests::suite_config(),
         ..PgConfig::default()
     };
-    let backend = PgBackend::new(pool, config).expect("valid config");
+    let backend = match mutation {
+        None => PgBackend::new(pool, config),
+        Some(mutation) => PgBackend::mutated(pool, config, mutation),
+    }
+    .expect("valid config");
     backend.migrate().await.expect("migrate");
     (db, backend)
 }
@@ -156,3 +165,37 @@ conformance!(
     a_snoozed_job_waits_out_its_delay,
     a_jobs_own_backoff_sets_its_delay_and_its_newest_errors_are_kept,
 );
+
+/// The retry-policy scenario can fail on Postgres: with either of the fail
+/// batch's restatements of the core broken — the job's own backoff
+/// ignored, or the error history left unbounded — it panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_policy_scenario_catches_broken_fail_sql() {
+    for (mutation, assertion) in [
+        (SqlMutation::FailIgnoresOwnBackoff, "the job's own backoff"),
+        (SqlMutation::FailKeepsEveryError, "the newest, oldest first"),
+    ] {
+        let (db, backend) = postgres_with(Some(mutation)).await;
+        let run = tokio::spawn(async move {
+            let _db = db;
+            weir_tests::scenarios::a_jobs_own_backoff_sets_its_delay_and_its_newest_errors_are_kept(
+                &backend,
+            )
+            .await;
+        });
+        let panic = match run.await {
+            Err(e) if e.is_panic() => e.into_panic(),
+            other => panic!("{mutation:?} went unnoticed: {other:?}"),
+        };
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(
+            message.contains(assertion),
+            "{mutation:?} was caught by another check than expected: {message}"
+        );
+        eprintln!("{mutation:?}: caught by the scenario: {assertion}");
+    }
+}
