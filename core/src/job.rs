@@ -784,6 +784,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_backoff_capped_past_delay_max_is_refused() {
+        let limits = JobLimits::default();
+        let mut job = NewJob::new(
+            QueueName::new("q").unwrap(),
+            Kind::new("k").unwrap(),
+            Payload::default(),
+        );
+        job.backoff = Some(Backoff::constant(limits.delay_max));
+        assert_eq!(job.validate(Timestamp(0), &limits), Ok(()));
+        let past = Millis(limits.delay_max.0 + 1);
+        job.backoff = Some(Backoff::constant(past));
+        assert_eq!(
+            job.validate(Timestamp(0), &limits),
+            Err(InvalidJob::BackoffCapTooLong {
+                cap: past,
+                max: limits.delay_max
+            })
+        );
+    }
+
+    #[test]
     fn a_stored_message_holds_no_nul_and_is_bounded() {
         assert_eq!(ErrorRecord::clean("bad\0byte"), "bad\u{FFFD}byte");
         assert_eq!(ErrorRecord::clean("fine"), "fine");
